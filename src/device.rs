@@ -1,0 +1,121 @@
+//! Choosing where tensors live: `auto`, `cpu`, `cuda` or `cuda:N`, checked against libtorch.
+
+use std::fmt;
+use std::str::FromStr;
+
+use anyhow::{Result, bail};
+use tch::{Cuda, Device};
+
+/// The libtorch this binary was built against (from build.rs).
+pub const LIBTORCH_VERSION: &str = env!("SEQ2SEQ_LIBTORCH_VERSION");
+
+/// A device as the user names it on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    /// The first CUDA device when libtorch sees one, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl FromStr for DeviceChoice {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let unknown = || format!("unknown device {text:?}: use auto, cpu, cuda or cuda:N");
+        match text {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            _ => {
+                let index = text.strip_prefix("cuda:").ok_or_else(unknown)?;
+                index.parse().map(Self::Cuda).map_err(|_| unknown())
+            }
+        }
+    }
+}
+
+impl fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => write!(f, "auto"),
+            Self::Cpu => write!(f, "cpu"),
+            Self::Cuda(index) => write!(f, "cuda:{index}"),
+        }
+    }
+}
+
+impl DeviceChoice {
+    /// The device to use; asking for a CUDA device libtorch does not see is an error.
+    pub fn resolve(self) -> Result<Device> {
+        match self {
+            Self::Auto if Cuda::is_available() => Ok(Device::Cuda(0)),
+            Self::Auto | Self::Cpu => Ok(Device::Cpu),
+            Self::Cuda(index) => {
+                let count = Cuda::device_count() as usize;
+                if count == 0 {
+                    bail!(
+                        "--device {self} was asked for, but libtorch {LIBTORCH_VERSION} sees no CUDA device on this machine; \
+                         use --device cpu (or auto), and see `seq2seq info`"
+                    );
+                }
+                if index >= count {
+                    bail!(
+                        "--device {self} was asked for, but this machine has {count} CUDA device(s): cuda:0..cuda:{}",
+                        count - 1
+                    );
+                }
+                Ok(Device::Cuda(index))
+            }
+        }
+    }
+}
+
+/// A device's name as the output and `config.json` show it.
+pub fn describe(device: Device) -> String {
+    match device {
+        Device::Cuda(index) => format!("cuda:{index}"),
+        Device::Cpu => "cpu".to_owned(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// What `seq2seq info` prints: versions, CUDA availability and the device count.
+pub fn runtime_report() -> String {
+    format!(
+        "seq2seq {}\nlibtorch {LIBTORCH_VERSION}\ncuda available: {}\ncuda devices: {}\ncudnn available: {}\ncpu threads: {}",
+        env!("CARGO_PKG_VERSION"),
+        if Cuda::is_available() { "yes" } else { "no" },
+        Cuda::device_count(),
+        if Cuda::cudnn_is_available() { "yes" } else { "no" },
+        tch::get_num_threads(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_documented_form() {
+        assert_eq!("auto".parse(), Ok(DeviceChoice::Auto));
+        assert_eq!("cpu".parse(), Ok(DeviceChoice::Cpu));
+        assert_eq!("cuda".parse(), Ok(DeviceChoice::Cuda(0)));
+        assert_eq!("cuda:3".parse(), Ok(DeviceChoice::Cuda(3)));
+        for bad in ["gpu", "cuda:", "cuda:-1", "cuda:x", "CPU", ""] {
+            let error = bad.parse::<DeviceChoice>().expect_err(bad);
+            assert!(error.contains("unknown device"), "{error}");
+        }
+    }
+
+    #[test]
+    fn cpu_always_resolves_and_missing_cuda_is_an_error() {
+        assert_eq!(DeviceChoice::Cpu.resolve().ok(), Some(Device::Cpu));
+        if !Cuda::is_available() {
+            let error = DeviceChoice::Cuda(0).resolve().expect_err("no CUDA here");
+            assert!(error.to_string().contains("sees no CUDA device"), "{error}");
+            assert_eq!(DeviceChoice::Auto.resolve().ok(), Some(Device::Cpu));
+        }
+    }
+}

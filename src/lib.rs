@@ -1,0 +1,16 @@
+//! Encoder-decoder LSTMs for sequence-to-sequence problems, on libtorch.
+//!
+//! Data flows one way: [`problem`] and [`vocab`] → [`data`] → [`model`] →
+//! [`train`] / [`evaluate`] / [`predict`] → [`checkpoint`] → [`commands`] ← [`cli`].
+
+pub mod checkpoint;
+pub mod cli;
+pub mod commands;
+pub mod data;
+pub mod device;
+pub mod evaluate;
+pub mod model;
+pub mod predict;
+pub mod problem;
+pub mod train;
+pub mod vocab;
