@@ -20,7 +20,8 @@ const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (libtorch ", env
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// CPU threads libtorch may use (default: libtorch's choice).
+    /// CPU threads libtorch may use. Default: 1 for `train` (the reference model's matrices are
+    /// too small to gain from more; measured in the README), libtorch's choice otherwise.
     #[arg(long, global = true, value_name = "N")]
     pub threads: Option<usize>,
 }
@@ -179,10 +180,13 @@ impl PredictArgs {
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
-    if let Some(threads) = cli.threads {
-        if threads == 0 {
-            bail!("--threads must be at least 1");
-        }
+    let threads = match (cli.threads, &cli.command) {
+        (Some(0), _) => bail!("--threads must be at least 1"),
+        (Some(threads), _) => Some(threads),
+        (None, Command::Train(_)) => Some(1),
+        (None, _) => None,
+    };
+    if let Some(threads) = threads {
         tch::set_num_threads(threads as i32);
     }
     match cli.command {

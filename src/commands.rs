@@ -90,7 +90,6 @@ pub fn train(request: &TrainRequest) -> Result<PathBuf> {
         device,
     );
     let metrics = evaluate::evaluate(&model, &evaluation);
-    println!("Trained in {:.1}s on {}. {}", outcome.seconds, describe(device), describe_metrics(&metrics));
 
     let config = SavedConfig {
         format_version: checkpoint::FORMAT_VERSION,
@@ -105,7 +104,9 @@ pub fn train(request: &TrainRequest) -> Result<PathBuf> {
         metrics,
         versions: Versions::current(),
     };
+    // Saved before anything more is printed: a reader that goes away must not cost the model.
     checkpoint::save(&out, &config, &vs)?;
+    println!("Trained in {:.1}s on {}. {}", outcome.seconds, describe(device), describe_metrics(&metrics));
     println!("Saved the model to {}", out.display());
     Ok(out)
 }

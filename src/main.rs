@@ -1,16 +1,14 @@
 //! The `seq2seq` binary: parse the command line, run it, report errors with their context.
 
-use std::io::ErrorKind;
 use std::process::ExitCode;
 
 use clap::Parser;
 use seq2seq::cli::{Cli, run};
 
 fn main() -> ExitCode {
+    restore_default_sigpipe();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
-        // A reader that stopped early (`| head`) is not an error worth a message.
-        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
@@ -18,6 +16,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn is_broken_pipe(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| cause.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == ErrorKind::BrokenPipe))
+/// Rust ignores SIGPIPE, which turns `seq2seq ... | head` into a panic inside `println!`.
+/// Like other Unix tools, end quietly instead when the reader goes away.
+fn restore_default_sigpipe() {
+    // SAFETY: called first thing in main, before any other thread exists; SIG_DFL is a valid handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }

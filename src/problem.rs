@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::vocab::PAD;
 
+/// Longest input accepted, in characters: far beyond what an encoder LSTM can learn, and small
+/// enough that a typo such as `--terms 100000000` fails at once instead of exhausting memory.
+pub const MAX_INPUT_LEN: usize = 4096;
+
 /// Which sums the model learns: `n_terms` terms, each drawn uniformly from `1..=largest`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProblemConfig {
@@ -41,6 +45,14 @@ impl ProblemConfig {
         }
         if self.largest == 0 {
             bail!("the largest term must be at least 1");
+        }
+        let input_len = self.n_terms.checked_mul(decimal_digits(self.largest) + 1).map(|n| n - 1);
+        if input_len.is_none_or(|len| len > MAX_INPUT_LEN) {
+            bail!(
+                "{} terms of up to {} make inputs longer than the {MAX_INPUT_LEN} characters this tool accepts",
+                self.n_terms,
+                self.largest
+            );
         }
         if self.bound().is_none() {
             bail!(
@@ -269,6 +281,9 @@ mod tests {
         assert!(ProblemConfig { n_terms: 2, largest: u64::MAX }.validate().is_err());
         assert!(ProblemConfig { n_terms: 0, largest: 10 }.validate().is_err());
         assert!(ProblemConfig { n_terms: 3, largest: 0 }.validate().is_err());
+        assert!(ProblemConfig { n_terms: 100_000_000, largest: 1 }.validate().is_err());
+        assert!(ProblemConfig { n_terms: usize::MAX, largest: 1 }.validate().is_err());
+        assert!(ProblemConfig { n_terms: 2048, largest: 1 }.validate().is_ok());
         assert!(reference().validate().is_ok());
     }
 }
