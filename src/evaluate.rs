@@ -125,6 +125,9 @@ mod tests {
         let targets = Tensor::from_slice(&[0i64, 1, 2, 1]).view([2, 2]);
         let mut sums = MetricSums::new(Device::Cpu, 2);
         sums.add(&logits, &targets, &Tensor::from(0.5f32), 2);
+        // A second batch, one sample with both characters wrong, scored in the same fold.
+        let wrong = Tensor::from_slice(&[0.0f32, 9., 0., 0., 0., 9.]).view([1, 2, 3]);
+        sums.add(&wrong, &Tensor::from_slice(&[0i64, 0]).view([1, 2]), &Tensor::from(2.0f32), 1);
         let metrics = sums.read();
         assert_eq!(metrics.samples, 3);
         assert_eq!(metrics.char_accuracy, 3.0 / 6.0);
