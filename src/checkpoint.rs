@@ -136,8 +136,11 @@ fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
 /// Reads a model directory, checks the config against itself and the weights against the
 /// config, and places the model on `device`.
 pub fn load(dir: &Path, device: Device) -> Result<LoadedModel> {
-    if !dir.is_dir() {
+    if !dir.exists() {
         bail!("model directory {} does not exist", dir.display());
+    }
+    if !dir.is_dir() {
+        bail!("{} is not a directory: --model takes the directory that `train` wrote", dir.display());
     }
     let config = read_config(&dir.join(CONFIG_FILE))?;
     let config_path = dir.join(CONFIG_FILE);

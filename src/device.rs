@@ -56,7 +56,7 @@ impl DeviceChoice {
                 let count = Cuda::device_count() as usize;
                 if count == 0 {
                     bail!(
-                        "--device {self} was asked for, but libtorch {LIBTORCH_VERSION} sees no CUDA device on this machine; \
+                        "CUDA device {self} was asked for, but libtorch {LIBTORCH_VERSION} sees no CUDA device on this machine; \
                          use --device cpu (or auto), and see `seq2seq info`"
                     );
                 }

@@ -153,7 +153,8 @@ impl Reporter {
         let bar = (mode == Progress::Bar).then(|| {
             let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stdout());
             let style =
-                ProgressStyle::with_template("{prefix}[{bar:30}] {human_pos}/{human_len} samples  {msg}  ETA {eta}")
+                // Fits an 80-column terminal: a bar that wraps redraws badly.
+                ProgressStyle::with_template("{prefix}[{bar:16}] {human_pos}/{human_len} {msg} ETA {eta}")
                     .expect("the progress template is valid")
                     .progress_chars("=> ");
             bar.set_style(style);
@@ -172,7 +173,7 @@ impl Reporter {
     fn show(&mut self, epoch: usize, running: &Metrics, elapsed: Duration) {
         let rate = self.done as f64 / elapsed.as_secs_f64().max(1e-9);
         let figures = format!(
-            "loss {:.4}  acc {:.2}%  seq {:.2}%  {:.0} samples/s",
+            "loss {:.4} acc {:.1}% seq {:.1}% {:.0}/s",
             running.loss,
             100.0 * running.char_accuracy,
             100.0 * running.sequence_accuracy,
@@ -188,7 +189,7 @@ impl Reporter {
             }
             Progress::Lines if self.done >= self.next_line_at || self.done == self.total => {
                 let remaining = (self.total - self.done) as f64 / rate;
-                println!("{epoch_label}{}/{} samples  {figures}  ETA {remaining:.0}s", self.done, self.total);
+                println!("{epoch_label}{}/{} samples {figures} ETA {remaining:.0}s", self.done, self.total);
                 let _ = std::io::stdout().flush();
                 while self.next_line_at <= self.done {
                     self.next_line_at += self.total.div_ceil(10);
@@ -201,6 +202,8 @@ impl Reporter {
     fn finish(&mut self) {
         if let Some(bar) = self.bar.take() {
             bar.finish();
+            // indicatif leaves the cursor at the end of the bar's line.
+            println!();
         }
     }
 }
