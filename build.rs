@@ -38,8 +38,12 @@ fn libtorch_version(lib_dir: &Path) -> String {
     };
     let build_version = root.join("build-version");
     let version_py = root.join("version.py");
-    println!("cargo:rerun-if-changed={}", build_version.display());
-    println!("cargo:rerun-if-changed={}", version_py.display());
+    // Watch only files that exist: cargo treats a missing watched file as changed on every build.
+    for file in [&build_version, &version_py] {
+        if file.exists() {
+            println!("cargo:rerun-if-changed={}", file.display());
+        }
+    }
     if let Ok(text) = fs::read_to_string(&build_version) {
         return text.trim().to_owned();
     }

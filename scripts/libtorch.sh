@@ -30,7 +30,7 @@ seq2seq_libtorch() {
                 rm -rf "$partial"
                 echo "Installing PyTorch $SEQ2SEQ_TORCH_VERSION (libtorch with its CUDA libraries, about 4.6 GB)" >&2
                 echo "into $dir; this happens once per machine." >&2
-                python3 -m pip install --quiet --no-cache-dir --disable-pip-version-check \
+                python3 -m pip install --quiet --no-cache-dir --disable-pip-version-check --root-user-action=ignore \
                     --target "$partial" "torch==$SEQ2SEQ_TORCH_VERSION" >&2
                 # The rename makes a half-finished install invisible.
                 rm -rf "$dir"
