@@ -83,10 +83,6 @@ impl MetricSums {
         self.pending_losses.clear();
     }
 
-    pub fn samples(&self) -> usize {
-        self.samples
-    }
-
     /// The means so far (reads the device).
     pub fn read(&mut self) -> Metrics {
         self.fold();

@@ -76,8 +76,6 @@ impl Progress {
 /// What a finished training run reports.
 #[derive(Debug, Clone, Copy)]
 pub struct TrainOutcome {
-    /// Running metrics over the last epoch, as Keras's progress bar shows them.
-    pub last_epoch: Metrics,
     /// Wall time of the loop, data generation included.
     pub seconds: f64,
 }
@@ -96,7 +94,6 @@ pub fn train(
     let mut optimizer = nn::Adam::default().build(vs, config.learning_rate)?;
     let mut reporter = Reporter::new(progress, data.samples() * config.epochs, config.epochs);
     let start = Instant::now();
-    let mut last_epoch = None;
     for epoch in 0..config.epochs {
         let mut sums = MetricSums::new(data.device(), model.shape().output_len);
         let order = batch_order(data.num_batches(), config.seed, epoch);
@@ -121,11 +118,9 @@ pub fn train(
                 reporter.show(epoch, &running, start.elapsed());
             }
         }
-        last_epoch = Some(sums.read());
     }
     reporter.finish();
-    let last_epoch = last_epoch.expect("at least one epoch ran");
-    Ok(TrainOutcome { last_epoch, seconds: start.elapsed().as_secs_f64() })
+    Ok(TrainOutcome { seconds: start.elapsed().as_secs_f64() })
 }
 
 /// The first epoch takes batches in stream order; each later one in a seeded shuffle, so
