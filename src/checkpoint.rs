@@ -142,8 +142,8 @@ pub fn load(dir: &Path, device: Device) -> Result<LoadedModel> {
     if !dir.is_dir() {
         bail!("{} is not a directory: --model takes the directory that `train` wrote", dir.display());
     }
-    let config = read_config(&dir.join(CONFIG_FILE))?;
     let config_path = dir.join(CONFIG_FILE);
+    let config = read_config(&config_path)?;
     let alphabet =
         Alphabet::from_symbols(&config.alphabet).with_context(|| format!("{}: bad alphabet", config_path.display()))?;
     check_consistent(&config, &alphabet).with_context(|| format!("{} is inconsistent", config_path.display()))?;
