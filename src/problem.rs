@@ -46,8 +46,7 @@ impl ProblemConfig {
         if self.largest == 0 {
             bail!("the largest term must be at least 1");
         }
-        let input_len = self.n_terms.checked_mul(decimal_digits(self.largest) + 1).map(|n| n - 1);
-        if input_len.is_none_or(|len| len > MAX_INPUT_LEN) {
+        if self.checked_input_len().is_none_or(|len| len > MAX_INPUT_LEN) {
             bail!(
                 "{} terms of up to {} make inputs longer than the {MAX_INPUT_LEN} characters this tool accepts",
                 self.n_terms,
@@ -72,7 +71,13 @@ impl ProblemConfig {
 
     /// Input length: `n_terms * ceil(log10(largest+1)) + n_terms - 1` (8 for the reference).
     pub fn input_len(&self) -> usize {
-        self.n_terms * decimal_digits(self.largest) + self.n_terms - 1
+        self.checked_input_len().expect("validated problem sizes do not overflow")
+    }
+
+    /// [`ProblemConfig::input_len`], or `None` when it does not fit a `usize`.
+    fn checked_input_len(&self) -> Option<usize> {
+        // n·digits + n − 1 = n·(digits + 1) − 1, which cannot underflow for n ≥ 1.
+        self.n_terms.checked_mul(decimal_digits(self.largest) + 1)?.checked_sub(1)
     }
 
     /// Output length: `ceil(log10(n_terms * (largest+1)))` (2 for the reference).
