@@ -11,24 +11,26 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor, nn};
 
 use crate::device::LIBTORCH_VERSION;
-use crate::evaluate::Metrics;
+use crate::evaluate::Evaluation;
 use crate::model::{ModelConfig, ModelShape, Seq2Seq};
-use crate::problem::ProblemConfig;
+use crate::problem::Task;
 use crate::train::TrainConfig;
-use crate::vocab::Alphabet;
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 /// Bumped whenever `config.json` changes meaning; loading refuses versions it does not know.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 1 (addition only, `problem: {n_terms, largest}`) is still read.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Everything `config.json` records.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SavedConfig {
     pub format_version: u32,
-    pub problem: ProblemConfig,
-    /// Symbols in class-index order.
-    pub alphabet: String,
+    pub task: Task,
+    /// Symbols in class-index order, for character tasks (recorded for readers; it follows
+    /// from the task).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alphabet: Option<String>,
     pub input_len: usize,
     pub output_len: usize,
     pub model: ModelConfig,
@@ -36,7 +38,7 @@ pub struct SavedConfig {
     pub trained_on: String,
     pub training_seconds: f64,
     /// Scores on fresh samples after training (evaluation stream of `training.seed`).
-    pub metrics: Metrics,
+    pub metrics: Evaluation,
     pub versions: Versions,
 }
 
@@ -55,14 +57,13 @@ impl Versions {
 
 impl SavedConfig {
     pub fn shape(&self) -> ModelShape {
-        ModelShape { n_chars: self.alphabet.chars().count(), input_len: self.input_len, output_len: self.output_len }
+        ModelShape::for_task(&self.task)
     }
 }
 
 /// A model read back from its directory, ready for evaluation or prediction.
 pub struct LoadedModel {
     pub config: SavedConfig,
-    pub alphabet: Alphabet,
     pub model: Seq2Seq,
     pub vs: nn::VarStore,
 }
@@ -113,7 +114,7 @@ pub fn save(dir: &Path, config: &SavedConfig, vs: &nn::VarStore) -> Result<()> {
 
 /// Runs `write` on a temporary file beside `path`, flushes it to disk, then renames it over
 /// `path`: a crash leaves the old file or the new one, never half of one.
-fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+pub(crate) fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let temporary = dir.join(format!(".{name}.tmp-{}", std::process::id()));
@@ -144,16 +145,14 @@ pub fn load(dir: &Path, device: Device) -> Result<LoadedModel> {
     }
     let config_path = dir.join(CONFIG_FILE);
     let config = read_config(&config_path)?;
-    let alphabet =
-        Alphabet::from_symbols(&config.alphabet).with_context(|| format!("{}: bad alphabet", config_path.display()))?;
-    check_consistent(&config, &alphabet).with_context(|| format!("{} is inconsistent", config_path.display()))?;
+    check_consistent(&config).with_context(|| format!("{} is inconsistent", config_path.display()))?;
 
     let mut vs = nn::VarStore::new(Device::Cpu);
     let model = Seq2Seq::new(&vs.root(), &config.model, config.shape());
     let weights_path = dir.join(WEIGHTS_FILE);
     load_weights(&vs, &weights_path).with_context(|| format!("{}", weights_path.display()))?;
     vs.set_device(device);
-    Ok(LoadedModel { config, alphabet, model, vs })
+    Ok(LoadedModel { config, model, vs })
 }
 
 fn read_config(path: &Path) -> Result<SavedConfig> {
@@ -162,10 +161,11 @@ fn read_config(path: &Path) -> Result<SavedConfig> {
         Err(e) if e.kind() == ErrorKind::NotFound => bail!("{} is missing: not a model directory", path.display()),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
-    let value: serde_json::Value =
+    let mut value: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
     match value.get("format_version").and_then(serde_json::Value::as_u64) {
         Some(version) if version == u64::from(FORMAT_VERSION) => {}
+        Some(1) => upgrade_from_version_1(&mut value),
         Some(version) => {
             bail!("{} has format version {version}; this seq2seq reads version {FORMAT_VERSION}", path.display())
         }
@@ -174,14 +174,32 @@ fn read_config(path: &Path) -> Result<SavedConfig> {
     serde_json::from_value(value).with_context(|| format!("{} does not describe a model", path.display()))
 }
 
-/// The config's parts must agree: alphabet and lengths follow from the problem.
-fn check_consistent(config: &SavedConfig, alphabet: &Alphabet) -> Result<()> {
-    config.problem.validate()?;
-    config.model.validate()?;
-    if *alphabet != Alphabet::addition() {
-        bail!("alphabet {:?} is not the addition problem's {:?}", config.alphabet, Alphabet::addition().as_string());
+/// Version 1 knew only addition: `problem: {n_terms, largest}` becomes an arithmetic task.
+fn upgrade_from_version_1(value: &mut serde_json::Value) {
+    let Some(object) = value.as_object_mut() else { return };
+    if let Some(problem) = object.remove("problem") {
+        let task = serde_json::json!({
+            "kind": "arithmetic",
+            "operators": "+",
+            "min_terms": problem.get("n_terms"),
+            "max_terms": problem.get("n_terms"),
+            "largest": problem.get("largest"),
+            "reverse": false,
+        });
+        object.insert("task".to_owned(), task);
     }
-    let (input_len, output_len) = (config.problem.input_len(), config.problem.output_len());
+    object.insert("format_version".to_owned(), FORMAT_VERSION.into());
+}
+
+/// The config's parts must agree: alphabet and lengths follow from the task.
+fn check_consistent(config: &SavedConfig) -> Result<()> {
+    config.task.validate()?;
+    config.model.validate()?;
+    let alphabet = config.task.alphabet().map(|a| a.as_string());
+    if config.alphabet != alphabet {
+        bail!("alphabet {:?} does not follow from the task ({:?})", config.alphabet, alphabet);
+    }
+    let (input_len, output_len) = (config.task.input_len(), config.task.output_len());
     if (config.input_len, config.output_len) != (input_len, output_len) {
         bail!(
             "input/output lengths {}/{} do not follow from the problem ({input_len}/{output_len})",

@@ -5,16 +5,19 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 
-use crate::commands::{self, DEFAULT_EVALUATION_SAMPLES, EvaluateRequest, PredictRequest, TrainRequest};
+use crate::commands::{self, DEFAULT_EVALUATION_SAMPLES, EncodeRequest, EvaluateRequest, PredictRequest, TrainRequest};
 use crate::device::DeviceChoice;
+use crate::encode::EncodeFormat;
+use crate::input::InputSource;
 use crate::model::ModelConfig;
-use crate::predict::{DEFAULT_BATCH_SIZE, InputSource};
-use crate::problem::ProblemConfig;
+use crate::predict::DEFAULT_BATCH_SIZE;
+use crate::problem::{ArithmeticProblem, Operators, SequenceKind, SequenceProblem, Task, TermCount};
 use crate::train::{Progress, TrainConfig};
 
 const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (libtorch ", env!("SEQ2SEQ_LIBTORCH_VERSION"), ")");
 
-/// Train, evaluate and run encoder-decoder LSTMs on the addition problem.
+/// Train, evaluate and run encoder-decoder LSTMs on sequence-to-sequence problems: arithmetic
+/// expressions (the reference's addition problem by default) and the sequence autoencoder.
 #[derive(Debug, Parser)]
 #[command(name = "seq2seq", version, long_version = LONG_VERSION)]
 pub struct Cli {
@@ -30,28 +33,78 @@ pub struct Cli {
 pub enum Command {
     /// Train a model on generated samples, score it and save it as a directory.
     ///
-    /// Example: seq2seq train --seed 7 --out runs/seed7
+    /// Examples: seq2seq train --seed 7 --out runs/seed7
+    ///           seq2seq train --ops +- --terms 2 --largest 999 --reverse
+    ///           seq2seq train --task autoencoder --sequence random
     Train(TrainArgs),
     /// Score a saved model on fresh samples.
     ///
     /// Example: seq2seq evaluate --model runs/seed7 --samples 10000 --json
     Evaluate(EvaluateArgs),
-    /// Answer expressions with a saved model.
+    /// Answer expressions (or reconstruct sequences) with a saved model.
     ///
     /// Example: seq2seq predict --model runs/seed7 9+10+9 2+4+5
     Predict(PredictArgs),
+    /// Write the encoder's fixed-length vector for each input, as CSV or .npy.
+    ///
+    /// Example: seq2seq encode --model runs/seed7 --file inputs.txt --format npy --out vectors.npy
+    Encode(EncodeArgs),
     /// Show versions, whether CUDA is available and the number of CUDA devices.
     Info,
 }
 
+/// What `--task` trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TaskKind {
+    /// Expressions such as 10+6 → 16 (characters in, characters out).
+    Arithmetic,
+    /// Real-valued sequences reconstructed through the encoding (mean-squared error).
+    Autoencoder,
+}
+
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Terms per expression.
-    #[arg(long, default_value_t = ProblemConfig::default().n_terms)]
-    pub terms: usize,
-    /// Largest value of a term (terms are drawn from 1..=largest).
-    #[arg(long, default_value_t = ProblemConfig::default().largest)]
-    pub largest: u64,
+    #[arg(long, value_enum, default_value_t = TaskKind::Arithmetic)]
+    pub task: TaskKind,
+    /// Operators, any of + - * / (ordinary precedence; / is floor division). [default: +]
+    #[arg(long, value_name = "OPS", help_heading = "Arithmetic")]
+    pub ops: Option<Operators>,
+    /// Terms per expression: N, or MIN..MAX for a variable number. [default: 3]
+    #[arg(long, value_name = "N|MIN..MAX", help_heading = "Arithmetic")]
+    pub terms: Option<TermCount>,
+    /// Largest value of a term (terms are drawn from 1..=largest). [default: 10]
+    #[arg(long, help_heading = "Arithmetic")]
+    pub largest: Option<u64>,
+    /// The encoder reads each expression reversed (Sutskever et al., 2014).
+    #[arg(long, help_heading = "Arithmetic")]
+    pub reverse: bool,
+    /// Values per sequence. [default: 9]
+    #[arg(long, help_heading = "Autoencoder")]
+    pub length: Option<usize>,
+    /// ramp: the reference's 0.1, 0.2, ... 0.9; random: uniform values. [default: ramp]
+    #[arg(long, value_enum, help_heading = "Autoencoder")]
+    pub sequence: Option<SequenceKind>,
+    /// Smallest value. [default: 0]
+    #[arg(long, allow_negative_numbers = true, help_heading = "Autoencoder")]
+    pub low: Option<f64>,
+    /// Largest value. [default: 1]
+    #[arg(long, allow_negative_numbers = true, help_heading = "Autoencoder")]
+    pub high: Option<f64>,
+    /// LSTM cells of the encoder: the length of the fixed-size encoding.
+    #[arg(long, default_value_t = ModelConfig::default().encoder_units, help_heading = "Model")]
+    pub encoder_units: usize,
+    /// LSTM cells of the decoder.
+    #[arg(long, default_value_t = ModelConfig::default().decoder_units, help_heading = "Model")]
+    pub decoder_units: usize,
+    /// Stacked LSTM layers in the encoder.
+    #[arg(long, default_value_t = ModelConfig::default().encoder_layers, help_heading = "Model")]
+    pub encoder_layers: usize,
+    /// Stacked LSTM layers in the decoder.
+    #[arg(long, default_value_t = ModelConfig::default().decoder_layers, help_heading = "Model")]
+    pub decoder_layers: usize,
+    /// Dropout between stacked LSTM layers while training (off in evaluation and prediction).
+    #[arg(long, default_value_t = ModelConfig::default().dropout, help_heading = "Model")]
+    pub dropout: f64,
     /// Generated training samples per epoch.
     #[arg(long, default_value_t = TrainConfig::default().samples)]
     pub samples: usize,
@@ -62,12 +115,6 @@ pub struct TrainArgs {
     /// Adam's learning rate.
     #[arg(long, default_value_t = TrainConfig::default().learning_rate)]
     pub learning_rate: f64,
-    /// LSTM cells of the encoder: the length of the fixed-size encoding.
-    #[arg(long, default_value_t = ModelConfig::default().encoder_units)]
-    pub encoder_units: usize,
-    /// LSTM cells of the decoder.
-    #[arg(long, default_value_t = ModelConfig::default().decoder_units)]
-    pub decoder_units: usize,
     /// Seeds the initial weights and every generated sample.
     #[arg(long, default_value_t = TrainConfig::default().seed)]
     pub seed: u64,
@@ -108,30 +155,72 @@ pub struct PredictArgs {
     /// Model directory written by `train`.
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
-    /// Expressions such as 9+10+9 (default: read --file, or standard input, one per line).
-    #[arg(value_name = "EXPRESSION")]
-    pub expressions: Vec<String>,
-    /// Read expressions from this file, one per line ('-' for standard input).
-    #[arg(long, value_name = "PATH", conflicts_with = "expressions")]
-    pub file: Option<PathBuf>,
-    /// Expressions predicted per forward pass.
+    #[command(flatten)]
+    pub inputs: InputArgs,
+    /// Inputs predicted per forward pass.
     #[arg(long, default_value_t = DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
     #[arg(long, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
-    /// Print one JSON object per line: input, prediction, expected, correct.
+    /// Print one JSON object per line (arithmetic: input, prediction, expected, correct;
+    /// autoencoder: input, reconstruction, max_abs_error).
     #[arg(long)]
     pub json: bool,
 }
 
+/// Where `predict` and `encode` read their inputs.
+#[derive(Debug, Args)]
+pub struct InputArgs {
+    /// Expressions such as 9+10+9, or sequences such as 0.1,0.2,0.3 (default: read --file, or
+    /// standard input, one per line). Put `--` before an input that starts with '-'.
+    #[arg(value_name = "INPUT")]
+    pub inputs: Vec<String>,
+    /// Read inputs from this file, one per line ('-' for standard input).
+    #[arg(long, value_name = "PATH", conflicts_with = "inputs")]
+    pub file: Option<PathBuf>,
+}
+
+impl InputArgs {
+    fn source(self) -> InputSource {
+        match self.file {
+            Some(path) if path.as_os_str() == "-" => InputSource::Stdin,
+            Some(path) => InputSource::File(path),
+            None if !self.inputs.is_empty() => InputSource::Arguments(self.inputs),
+            None => InputSource::Stdin,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct EncodeArgs {
+    /// Model directory written by `train` (any task).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub inputs: InputArgs,
+    #[arg(long, value_enum, default_value_t = EncodeFormat::Csv)]
+    pub format: EncodeFormat,
+    /// File to write, replaced atomically (default: standard output; required for npy).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Inputs encoded per forward pass.
+    #[arg(long, default_value_t = DEFAULT_BATCH_SIZE)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+}
+
 impl TrainArgs {
-    fn into_request(self) -> TrainRequest {
-        TrainRequest {
-            problem: ProblemConfig { n_terms: self.terms, largest: self.largest },
+    fn into_request(self) -> Result<TrainRequest> {
+        let task = self.task()?;
+        Ok(TrainRequest {
+            task,
             model: ModelConfig {
                 encoder_units: self.encoder_units,
                 decoder_units: self.decoder_units,
-                ..ModelConfig::default()
+                encoder_layers: self.encoder_layers,
+                decoder_layers: self.decoder_layers,
+                dropout: self.dropout,
             },
             training: TrainConfig {
                 samples: self.samples,
@@ -144,7 +233,52 @@ impl TrainArgs {
             device: self.device,
             out: self.out,
             progress: Progress::for_stdout(self.quiet),
+        })
+    }
+
+    /// The task from its flags; a flag of the other task is an error rather than ignored.
+    fn task(&self) -> Result<Task> {
+        let arithmetic_flags = [
+            ("--ops", self.ops.is_some()),
+            ("--terms", self.terms.is_some()),
+            ("--largest", self.largest.is_some()),
+            ("--reverse", self.reverse),
+        ];
+        let autoencoder_flags = [
+            ("--length", self.length.is_some()),
+            ("--sequence", self.sequence.is_some()),
+            ("--low", self.low.is_some()),
+            ("--high", self.high.is_some()),
+        ];
+        let (foreign, task_name) = match self.task {
+            TaskKind::Arithmetic => (autoencoder_flags, "arithmetic"),
+            TaskKind::Autoencoder => (arithmetic_flags, "autoencoder"),
+        };
+        if let Some((flag, _)) = foreign.iter().find(|(_, given)| *given) {
+            bail!("{flag} does not apply to --task {task_name}");
         }
+        Ok(match self.task {
+            TaskKind::Arithmetic => {
+                let reference = ArithmeticProblem::default();
+                let terms = self.terms.unwrap_or(TermCount { min: reference.min_terms, max: reference.max_terms });
+                Task::Arithmetic(ArithmeticProblem {
+                    operators: self.ops.clone().unwrap_or(reference.operators),
+                    min_terms: terms.min,
+                    max_terms: terms.max,
+                    largest: self.largest.unwrap_or(reference.largest),
+                    reverse: self.reverse,
+                })
+            }
+            TaskKind::Autoencoder => {
+                let reference = SequenceProblem::default();
+                Task::Autoencoder(SequenceProblem {
+                    length: self.length.unwrap_or(reference.length),
+                    sequence: self.sequence.unwrap_or(reference.sequence),
+                    low: self.low.unwrap_or(reference.low),
+                    high: self.high.unwrap_or(reference.high),
+                })
+            }
+        })
     }
 }
 
@@ -162,18 +296,25 @@ impl EvaluateArgs {
 
 impl PredictArgs {
     fn into_request(self) -> PredictRequest {
-        let source = match self.file {
-            Some(path) if path.as_os_str() == "-" => InputSource::Stdin,
-            Some(path) => InputSource::File(path),
-            None if !self.expressions.is_empty() => InputSource::Arguments(self.expressions),
-            None => InputSource::Stdin,
-        };
         PredictRequest {
             model_dir: self.model,
-            source,
+            source: self.inputs.source(),
             batch_size: self.batch_size,
             device: self.device,
             json: self.json,
+        }
+    }
+}
+
+impl EncodeArgs {
+    fn into_request(self) -> EncodeRequest {
+        EncodeRequest {
+            model_dir: self.model,
+            source: self.inputs.source(),
+            format: self.format,
+            out: self.out,
+            batch_size: self.batch_size,
+            device: self.device,
         }
     }
 }
@@ -190,9 +331,10 @@ pub fn run(cli: Cli) -> Result<()> {
         tch::set_num_threads(threads as i32);
     }
     match cli.command {
-        Command::Train(args) => commands::train(&args.into_request()).map(|_| ()),
+        Command::Train(args) => commands::train(&args.into_request()?).map(|_| ()),
         Command::Evaluate(args) => commands::evaluate(&args.into_request()).map(|_| ()),
         Command::Predict(args) => commands::predict(&args.into_request()),
+        Command::Encode(args) => commands::encode(&args.into_request()),
         Command::Info => {
             commands::info();
             Ok(())

@@ -9,12 +9,13 @@ use tch::{Device, nn};
 use crate::checkpoint::{self, SavedConfig, Versions};
 use crate::data::{BatchStream, Stream};
 use crate::device::{DeviceChoice, describe, runtime_report};
-use crate::evaluate::{self, Metrics};
+use crate::encode::{EncodeFormat, Encoder};
+use crate::evaluate::{self, Evaluation};
+use crate::input::{InputSource, InputSummary};
 use crate::model::{ModelConfig, ModelShape, Seq2Seq};
-use crate::predict::{InputSource, Predictor};
-use crate::problem::ProblemConfig;
+use crate::predict::Predictor;
+use crate::problem::Task;
 use crate::train::{self, Progress, TrainConfig};
-use crate::vocab::Alphabet;
 
 /// Samples scored after training and by `evaluate` unless the user says otherwise.
 pub const DEFAULT_EVALUATION_SAMPLES: usize = 10_000;
@@ -24,7 +25,7 @@ pub const EVALUATION_BATCH_SIZE: usize = 1000;
 /// Everything `train` needs.
 #[derive(Debug, Clone)]
 pub struct TrainRequest {
-    pub problem: ProblemConfig,
+    pub task: Task,
     pub model: ModelConfig,
     pub training: TrainConfig,
     pub evaluation_samples: usize,
@@ -35,8 +36,8 @@ pub struct TrainRequest {
 
 /// Trains a model, scores it on fresh samples and saves it; returns its directory.
 pub fn train(request: &TrainRequest) -> Result<PathBuf> {
-    let TrainRequest { problem, model: model_config, training, .. } = request;
-    problem.validate()?;
+    let TrainRequest { task, model: model_config, training, .. } = request;
+    task.validate()?;
     model_config.validate()?;
     training.validate()?;
     if request.evaluation_samples == 0 {
@@ -45,9 +46,7 @@ pub fn train(request: &TrainRequest) -> Result<PathBuf> {
     let device = request.device.resolve()?;
     let out = checkpoint::prepare_output_dir(request.out.as_deref())?;
 
-    let alphabet = Alphabet::addition();
-    let shape =
-        ModelShape { n_chars: alphabet.len(), input_len: problem.input_len(), output_len: problem.output_len() };
+    let shape = ModelShape::for_task(task);
     // Weights are drawn on the CPU so that a seed gives the same start on every device.
     let mut vs = nn::VarStore::new(Device::Cpu);
     let model = Seq2Seq::new_seeded(&vs.root(), model_config, shape, training.seed);
@@ -55,10 +54,7 @@ pub fn train(request: &TrainRequest) -> Result<PathBuf> {
 
     let chatty = request.progress != Progress::Quiet;
     if chatty {
-        println!(
-            "Problem: {} terms, each 1..={}; inputs of {} characters, outputs of {}",
-            problem.n_terms, problem.largest, shape.input_len, shape.output_len
-        );
+        println!("Problem: {}", task.describe());
         println!("{}", model.summary());
         println!(
             "Training on {}: {} samples in batches of {}, {} epoch(s), seed {}",
@@ -69,56 +65,48 @@ pub fn train(request: &TrainRequest) -> Result<PathBuf> {
             training.seed
         );
     }
-    let data = BatchStream::new(
-        problem,
-        &alphabet,
-        training.seed,
-        Stream::Training,
-        training.samples,
-        training.batch_size,
-        device,
-    );
+    let data = BatchStream::new(task, training.seed, Stream::Training, training.samples, training.batch_size, device);
     let outcome = train::train(&model, &vs, &data, training, request.progress)?;
 
-    let evaluation = BatchStream::new(
-        problem,
-        &alphabet,
-        training.seed,
-        Stream::Evaluation,
-        request.evaluation_samples,
-        EVALUATION_BATCH_SIZE,
-        device,
-    );
-    let metrics = evaluate::evaluate(&model, &evaluation);
+    let evaluation_data = evaluation_stream(task, training.seed, request.evaluation_samples, device);
+    let evaluation = evaluate::evaluate(&model, &evaluation_data);
 
     let config = SavedConfig {
         format_version: checkpoint::FORMAT_VERSION,
-        problem: problem.clone(),
-        alphabet: alphabet.as_string(),
+        task: task.clone(),
+        alphabet: task.alphabet().map(|a| a.as_string()),
         input_len: shape.input_len,
         output_len: shape.output_len,
         model: model_config.clone(),
         training: training.clone(),
         trained_on: describe(device),
         training_seconds: outcome.seconds,
-        metrics,
+        metrics: evaluation.clone(),
         versions: Versions::current(),
     };
     // Saved before anything more is printed: a reader that goes away must not cost the model.
     checkpoint::save(&out, &config, &vs)?;
-    println!("Trained in {:.1}s on {}. {}", outcome.seconds, describe(device), describe_metrics(&metrics));
+    println!("Trained in {:.1}s on {}. {}", outcome.seconds, describe(device), describe_evaluation(&evaluation));
     println!("Saved the model to {}", out.display());
     Ok(out)
 }
 
-fn describe_metrics(metrics: &Metrics) -> String {
-    format!(
-        "On {} fresh samples: loss {:.4}, character accuracy {:.2}%, sequence accuracy {:.2}%",
-        metrics.samples,
-        metrics.loss,
-        100.0 * metrics.char_accuracy,
-        100.0 * metrics.sequence_accuracy
-    )
+/// The evaluation stream of `seed`, with samples kept for the per-operator breakdown.
+fn evaluation_stream(task: &Task, seed: u64, samples: usize, device: Device) -> BatchStream {
+    BatchStream::new(task, seed, Stream::Evaluation, samples, EVALUATION_BATCH_SIZE, device).keeping_samples()
+}
+
+fn describe_evaluation(evaluation: &Evaluation) -> String {
+    let mut text = format!("On {} fresh samples: {}", evaluation.metrics.samples, evaluation.metrics.describe());
+    if !evaluation.by_operator.is_empty() {
+        let parts: Vec<String> = evaluation
+            .by_operator
+            .iter()
+            .map(|o| format!("{} {:.2}% of {}", o.operator, 100.0 * o.sequence_accuracy, o.samples))
+            .collect();
+        text.push_str(&format!("\nSequence accuracy of expressions using each operator: {}", parts.join(", ")));
+    }
+    text
 }
 
 /// Everything `evaluate` needs.
@@ -133,29 +121,21 @@ pub struct EvaluateRequest {
 }
 
 /// Scores a saved model on fresh samples.
-pub fn evaluate(request: &EvaluateRequest) -> Result<Metrics> {
+pub fn evaluate(request: &EvaluateRequest) -> Result<Evaluation> {
     if request.samples == 0 {
         bail!("the number of samples must be at least 1");
     }
     let device = request.device.resolve()?;
     let loaded = checkpoint::load(&request.model_dir, device)?;
     let seed = request.seed.unwrap_or(loaded.config.training.seed);
-    let data = BatchStream::new(
-        &loaded.config.problem,
-        &loaded.alphabet,
-        seed,
-        Stream::Evaluation,
-        request.samples,
-        EVALUATION_BATCH_SIZE,
-        device,
-    );
-    let metrics = evaluate::evaluate(&loaded.model, &data);
+    let data = evaluation_stream(&loaded.config.task, seed, request.samples, device);
+    let evaluation = evaluate::evaluate(&loaded.model, &data);
     if request.json {
-        println!("{}", serde_json::to_string(&metrics)?);
+        println!("{}", serde_json::to_string(&evaluation)?);
     } else {
-        println!("{} (seed {seed}, {})", describe_metrics(&metrics), describe(device));
+        println!("{} (seed {seed}, {})", describe_evaluation(&evaluation), describe(device));
     }
-    Ok(metrics)
+    Ok(evaluation)
 }
 
 /// Everything `predict` needs.
@@ -180,8 +160,7 @@ pub fn predict(request: &PredictRequest) -> Result<()> {
     let interactive = request.source == InputSource::Stdin && io::stdin().is_terminal();
     let predictor = Predictor {
         model: &loaded.model,
-        problem: &loaded.config.problem,
-        alphabet: &loaded.alphabet,
+        task: &loaded.config.task,
         device,
         batch_size: if interactive { 1 } else { request.batch_size },
         json: request.json,
@@ -189,14 +168,64 @@ pub fn predict(request: &PredictRequest) -> Result<()> {
     let mut out = BufWriter::new(io::stdout().lock());
     let summary = predictor.run(&request.source, &mut out, &mut io::stderr())?;
     out.flush()?;
+    fail_on_rejections(&InputSummary { accepted: summary.answered, rejected: summary.rejected })
+}
+
+/// Bad inputs are reported one by one as they come; the command still fails at the end.
+fn fail_on_rejections(summary: &InputSummary) -> Result<()> {
     if summary.rejected > 0 {
         bail!(
             "{} of {} inputs were rejected (see the messages above)",
             summary.rejected,
-            summary.rejected + summary.answered
+            summary.rejected + summary.accepted
         );
     }
     Ok(())
+}
+
+/// Everything `encode` needs.
+#[derive(Debug, Clone)]
+pub struct EncodeRequest {
+    pub model_dir: PathBuf,
+    pub source: InputSource,
+    pub format: EncodeFormat,
+    /// Where to write; standard output when `None` (CSV only).
+    pub out: Option<PathBuf>,
+    pub batch_size: usize,
+    pub device: DeviceChoice,
+}
+
+/// Writes the encoder's vector for each input.
+pub fn encode(request: &EncodeRequest) -> Result<()> {
+    if request.batch_size == 0 {
+        bail!("the batch size must be at least 1");
+    }
+    if request.format == EncodeFormat::Npy && request.out.is_none() {
+        bail!("--format npy writes a binary file: name it with --out FILE.npy");
+    }
+    let device = request.device.resolve()?;
+    let loaded = checkpoint::load(&request.model_dir, device)?;
+    let encoder = Encoder { model: &loaded.model, task: &loaded.config.task, device, batch_size: request.batch_size };
+    let summary = match (&request.out, request.format) {
+        (Some(path), EncodeFormat::Npy) => encoder.write_npy(&request.source, path, &mut io::stderr())?,
+        (Some(path), EncodeFormat::Csv) => {
+            let mut summary = InputSummary::default();
+            checkpoint::write_atomically(path, |temporary| {
+                let mut file = BufWriter::new(std::fs::File::create(temporary)?);
+                summary = encoder.write_csv(&request.source, &mut file, &mut io::stderr())?;
+                file.flush()?;
+                Ok(())
+            })?;
+            summary
+        }
+        (None, _) => {
+            let mut out = BufWriter::new(io::stdout().lock());
+            let summary = encoder.write_csv(&request.source, &mut out, &mut io::stderr())?;
+            out.flush()?;
+            summary
+        }
+    };
+    fail_on_rejections(&summary)
 }
 
 /// Prints versions, CUDA availability and the device count.

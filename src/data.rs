@@ -8,8 +8,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tch::{Device, Tensor};
 
-use crate::problem::ProblemConfig;
-use crate::vocab::Alphabet;
+use crate::problem::{Expression, Input, Task};
 
 /// Independent streams of samples drawn from one seed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,24 +26,27 @@ impl Stream {
     }
 }
 
-/// One batch, as class indices on the target device; one-hot encoding happens in the model.
+/// One batch on the target device; one-hot encoding happens in the model.
 pub struct Batch {
-    /// `[size, input_len]` int64.
+    /// `[size, input_len]`: int64 class indices, or float values.
     pub inputs: Tensor,
-    /// `[size, output_len]` int64.
+    /// `[size, output_len]`: int64 class indices, or float values.
     pub targets: Tensor,
     pub size: usize,
+    /// The samples themselves, kept on the host only when the stream was asked to
+    /// (evaluation breaks its figures down by them).
+    pub samples: Vec<Input>,
 }
 
 /// `samples` samples in batches of `batch_size` (the last one may be smaller).
 pub struct BatchStream {
-    problem: ProblemConfig,
-    alphabet: Alphabet,
+    task: Task,
     seed: u64,
     stream: Stream,
     samples: usize,
     batch_size: usize,
     device: Device,
+    keep_samples: bool,
 }
 
 /// SplitMix64's finaliser: spreads nearby inputs (seed, index) over unrelated generator seeds.
@@ -56,17 +58,19 @@ pub fn mix_seed(mut x: u64) -> u64 {
 }
 
 impl BatchStream {
-    pub fn new(
-        problem: &ProblemConfig,
-        alphabet: &Alphabet,
-        seed: u64,
-        stream: Stream,
-        samples: usize,
-        batch_size: usize,
-        device: Device,
-    ) -> Self {
+    pub fn new(task: &Task, seed: u64, stream: Stream, samples: usize, batch_size: usize, device: Device) -> Self {
         assert!(batch_size > 0, "batch size is validated before a stream is built");
-        Self { problem: problem.clone(), alphabet: alphabet.clone(), seed, stream, samples, batch_size, device }
+        Self { task: task.clone(), seed, stream, samples, batch_size, device, keep_samples: false }
+    }
+
+    /// Keeps each batch's samples on the host as well, in [`Batch::samples`].
+    pub fn keeping_samples(mut self) -> Self {
+        self.keep_samples = true;
+        self
+    }
+
+    pub fn task(&self) -> &Task {
+        &self.task
     }
 
     pub fn device(&self) -> Device {
@@ -86,20 +90,25 @@ impl BatchStream {
         let start = index * self.batch_size;
         let size = self.batch_size.min(self.samples.saturating_sub(start));
         let mut rng = StdRng::seed_from_u64(mix_seed(self.seed ^ self.stream.salt()) ^ mix_seed(index as u64));
-        let (input_len, output_len) = (self.problem.input_len(), self.problem.output_len());
-        let mut inputs = Vec::with_capacity(size * input_len);
-        let mut targets = Vec::with_capacity(size * output_len);
-        let mut terms = Vec::with_capacity(self.problem.n_terms);
-        for _ in 0..size {
-            self.problem.draw_terms(&mut rng, &mut terms);
-            let answer = self.problem.answer(&terms);
-            self.alphabet.encode_into(&self.problem.format_input(&terms), &mut inputs);
-            self.alphabet.encode_into(&self.problem.format_output(answer), &mut targets);
-        }
+        let samples: Vec<Input> = (0..size)
+            .map(|_| match &self.task {
+                Task::Arithmetic(problem) => {
+                    let mut expression = Expression::default();
+                    problem.draw(&mut rng, &mut expression);
+                    Input::Expression(expression)
+                }
+                Task::Autoencoder(problem) => {
+                    let mut values = Vec::with_capacity(problem.length);
+                    problem.draw(&mut rng, &mut values);
+                    Input::Sequence(values)
+                }
+            })
+            .collect();
         Batch {
-            inputs: to_device(Tensor::from_slice(&inputs).view([size as i64, input_len as i64]), self.device),
-            targets: to_device(Tensor::from_slice(&targets).view([size as i64, output_len as i64]), self.device),
+            inputs: input_tensor(&self.task, &samples, self.device),
+            targets: target_tensor(&self.task, &samples, self.device),
             size,
+            samples: if self.keep_samples { samples } else { Vec::new() },
         }
     }
 
@@ -107,6 +116,53 @@ impl BatchStream {
     pub fn iter(&self) -> impl Iterator<Item = Batch> + '_ {
         (0..self.num_batches()).map(|index| self.batch(index))
     }
+}
+
+/// What the encoder reads for `samples`, `[samples, input_len]` on `device`: the one place
+/// where training data and users' inputs are turned into tensors.
+pub fn input_tensor(task: &Task, samples: &[Input], device: Device) -> Tensor {
+    let rows = samples.len() as i64;
+    let host = match task {
+        Task::Arithmetic(problem) => {
+            let alphabet = problem.alphabet();
+            let mut indices = Vec::with_capacity(samples.len() * problem.input_len());
+            for sample in samples {
+                let Input::Expression(expression) = sample else { unreachable!("arithmetic samples are expressions") };
+                alphabet.encode_into(&problem.model_input(expression), &mut indices);
+            }
+            Tensor::from_slice(&indices)
+        }
+        Task::Autoencoder(_) => Tensor::from_slice(&sequence_values(samples)),
+    };
+    to_device(host.view([rows, task.input_len() as i64]), device)
+}
+
+/// What the decoder should write for `samples`, `[samples, output_len]` on `device`.
+pub fn target_tensor(task: &Task, samples: &[Input], device: Device) -> Tensor {
+    let rows = samples.len() as i64;
+    let host = match task {
+        Task::Arithmetic(problem) => {
+            let alphabet = problem.alphabet();
+            let mut indices = Vec::with_capacity(samples.len() * problem.output_len());
+            for sample in samples {
+                let Input::Expression(expression) = sample else { unreachable!("arithmetic samples are expressions") };
+                alphabet.encode_into(&problem.format_output(expression.value()), &mut indices);
+            }
+            Tensor::from_slice(&indices)
+        }
+        // An autoencoder's target is its input.
+        Task::Autoencoder(_) => Tensor::from_slice(&sequence_values(samples)),
+    };
+    to_device(host.view([rows, task.output_len() as i64]), device)
+}
+
+fn sequence_values(samples: &[Input]) -> Vec<f32> {
+    let mut values = Vec::new();
+    for sample in samples {
+        let Input::Sequence(sequence) = sample else { unreachable!("autoencoder samples are sequences") };
+        values.extend_from_slice(sequence);
+    }
+    values
 }
 
 /// Copies host data to `device`; to a GPU through pinned memory, without waiting for the copy.
@@ -121,8 +177,10 @@ pub fn to_device(host: Tensor, device: Device) -> Tensor {
 mod tests {
     use super::*;
 
+    use crate::problem::{ArithmeticProblem, SequenceKind, SequenceProblem};
+
     fn stream(seed: u64, kind: Stream) -> BatchStream {
-        BatchStream::new(&ProblemConfig::default(), &Alphabet::addition(), seed, kind, 100, 32, Device::Cpu)
+        BatchStream::new(&Task::default(), seed, kind, 100, 32, Device::Cpu)
     }
 
     fn rows(batch: &Batch) -> (Vec<i64>, Vec<i64>) {
@@ -152,15 +210,35 @@ mod tests {
     }
 
     #[test]
-    fn every_target_is_the_sum_of_its_input() {
-        let problem = ProblemConfig::default();
-        let alphabet = Alphabet::addition();
-        let (inputs, targets) = rows(&stream(9, Stream::Training).batch(0));
-        for (input, target) in inputs.chunks(8).zip(targets.chunks(2)) {
-            let expression = alphabet.decode(input);
-            let terms = problem.parse_expression(&expression).expect("generated expressions parse");
-            assert_eq!(alphabet.decode(target), problem.format_output(problem.answer(&terms)));
-            assert_eq!(expression, problem.format_input(&terms), "left-padded with spaces");
+    fn every_target_is_the_value_of_its_input() {
+        let problem: ArithmeticProblem = ArithmeticProblem {
+            operators: "+-*/".parse().expect("valid operators"),
+            min_terms: 2,
+            max_terms: 3,
+            largest: 20,
+            reverse: true,
+        };
+        let task = Task::Arithmetic(problem.clone());
+        let batch = BatchStream::new(&task, 9, Stream::Training, 64, 64, Device::Cpu).keeping_samples().batch(0);
+        let alphabet = problem.alphabet();
+        let (input_len, output_len) = (problem.input_len(), problem.output_len());
+        let (inputs, targets) = rows(&batch);
+        for ((input, target), sample) in inputs.chunks(input_len).zip(targets.chunks(output_len)).zip(&batch.samples) {
+            let Input::Expression(expression) = sample else { panic!("arithmetic samples are expressions") };
+            let read: String = alphabet.decode(input);
+            let forwards: String = read.trim_start().chars().rev().collect();
+            assert_eq!(problem.parse_expression(&forwards).as_ref(), Ok(expression), "reversed, padded first");
+            assert!(read.starts_with(' ') || read.trim().len() == input_len);
+            assert_eq!(alphabet.decode(target), problem.format_output(expression.value()));
         }
+    }
+
+    #[test]
+    fn autoencoder_targets_are_the_inputs() {
+        let task = Task::Autoencoder(SequenceProblem { sequence: SequenceKind::Random, ..Default::default() });
+        let batch = BatchStream::new(&task, 3, Stream::Training, 10, 10, Device::Cpu).batch(0);
+        assert_eq!(batch.inputs.size(), vec![10, 9]);
+        assert!(batch.inputs.equal(&batch.targets));
+        assert_eq!(batch.inputs.kind(), tch::Kind::Float);
     }
 }

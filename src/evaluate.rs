@@ -1,81 +1,126 @@
-//! Scoring a model: loss, per-character accuracy and whole-sequence (exact-match) accuracy.
+//! Scoring a model. Characters: loss, per-character and whole-sequence (exact-match) accuracy,
+//! and accuracy per operator. Values: mean squared error and the largest absolute error.
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::data::BatchStream;
 use crate::model::Seq2Seq;
+use crate::problem::{Features, Input, Operator, Task};
 
-/// Scores over a number of samples.
+/// Scores over a number of samples. Accuracies belong to character tasks, the largest error to
+/// the autoencoder; the other kind is `None` and left out of JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
-    /// Mean categorical cross-entropy per output character.
+    /// Mean categorical cross-entropy per output character, or mean squared error per value.
     pub loss: f64,
     /// Fraction of output characters predicted right (what Keras calls accuracy here).
-    pub char_accuracy: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub char_accuracy: Option<f64>,
     /// Fraction of samples whose every output character is right.
-    pub sequence_accuracy: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence_accuracy: Option<f64>,
+    /// Largest absolute difference between a value and its reconstruction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_abs_error: Option<f64>,
     pub samples: usize,
+}
+
+impl Metrics {
+    /// One line for people: `loss 0.0123, character accuracy 99.1%, ...`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        match (self.char_accuracy, self.sequence_accuracy, self.max_abs_error) {
+            (Some(chars), Some(sequences), _) => {
+                parts.push(format!("loss {:.4}", self.loss));
+                parts.push(format!("character accuracy {:.2}%", 100.0 * chars));
+                parts.push(format!("sequence accuracy {:.2}%", 100.0 * sequences));
+            }
+            (_, _, Some(max_abs_error)) => {
+                parts.push(format!("mean squared error {:.3e}", self.loss));
+                parts.push(format!("max absolute error {max_abs_error:.4}"));
+            }
+            _ => parts.push(format!("loss {:.4}", self.loss)),
+        }
+        parts.join(", ")
+    }
 }
 
 /// Running sums kept on the device, so that a training step never waits for a read-back;
 /// [`MetricSums::read`] is the one place that synchronises.
 ///
-/// A step only records its predictions and weighted loss (three small ops); they are compared
+/// A step only records its predictions and weighted loss (a few small ops); they are compared
 /// with the targets in one go every [`FOLD_EVERY`] batches, which costs far fewer op dispatches
 /// than scoring each small batch on its own.
 pub struct MetricSums {
+    features: Features,
     weighted_loss: Tensor,
     correct_chars: Tensor,
     correct_sequences: Tensor,
+    max_abs_error: Tensor,
     pending_predictions: Vec<Tensor>,
     pending_targets: Vec<Tensor>,
     pending_losses: Vec<Tensor>,
     samples: usize,
-    chars_per_sample: usize,
+    steps_per_sample: usize,
 }
 
 /// Batches recorded before they are scored together.
 const FOLD_EVERY: usize = 50;
 
 impl MetricSums {
-    pub fn new(device: Device, chars_per_sample: usize) -> Self {
+    pub fn new(device: Device, features: Features, steps_per_sample: usize) -> Self {
         let zero = || Tensor::zeros([], (Kind::Double, device));
         Self {
+            features,
             weighted_loss: zero(),
             correct_chars: zero(),
             correct_sequences: zero(),
+            max_abs_error: zero(),
             pending_predictions: Vec::with_capacity(FOLD_EVERY),
             pending_targets: Vec::with_capacity(FOLD_EVERY),
             pending_losses: Vec::with_capacity(FOLD_EVERY),
             samples: 0,
-            chars_per_sample,
+            steps_per_sample,
         }
     }
 
-    /// Adds one batch: `logits` `[batch, len, classes]`, `targets` `[batch, len]`, and the
-    /// batch's mean `loss`.
-    pub fn add(&mut self, logits: &Tensor, targets: &Tensor, loss: &Tensor, batch_size: usize) {
+    /// Adds one batch: the model's `output`, the `targets` and the batch's mean `loss`.
+    pub fn add(&mut self, output: &Tensor, targets: &Tensor, loss: &Tensor, batch_size: usize) {
         tch::no_grad(|| {
-            self.pending_predictions.push(logits.argmax(-1, false));
-            self.pending_targets.push(targets.shallow_clone());
+            match self.features {
+                Features::Classes(_) => {
+                    self.pending_predictions.push(output.argmax(-1, false));
+                    self.pending_targets.push(targets.shallow_clone());
+                }
+                Features::Value => self.pending_predictions.push((output - targets).abs().max()),
+            }
             self.pending_losses.push(loss.detach() * batch_size as f64);
         });
         self.samples += batch_size;
-        if self.pending_predictions.len() >= FOLD_EVERY {
+        if self.pending_losses.len() >= FOLD_EVERY {
             self.fold();
         }
     }
 
     /// Scores the recorded batches into the running sums (still on the device).
     fn fold(&mut self) {
-        if self.pending_predictions.is_empty() {
+        if self.pending_losses.is_empty() {
             return;
         }
         tch::no_grad(|| {
-            let correct = Tensor::cat(&self.pending_predictions, 0).eq_tensor(&Tensor::cat(&self.pending_targets, 0));
-            self.correct_chars += correct.sum(Kind::Double);
-            self.correct_sequences += correct.all_dim(1, false).sum(Kind::Double);
+            match self.features {
+                Features::Classes(_) => {
+                    let correct =
+                        Tensor::cat(&self.pending_predictions, 0).eq_tensor(&Tensor::cat(&self.pending_targets, 0));
+                    self.correct_chars += correct.sum(Kind::Double);
+                    self.correct_sequences += correct.all_dim(1, false).sum(Kind::Double);
+                }
+                Features::Value => {
+                    let largest = Tensor::stack(&self.pending_predictions, 0).max().to_kind(Kind::Double);
+                    self.max_abs_error = self.max_abs_error.maximum(&largest);
+                }
+            }
             self.weighted_loss += Tensor::stack(&self.pending_losses, 0).sum(Kind::Double);
         });
         self.pending_predictions.clear();
@@ -87,26 +132,78 @@ impl MetricSums {
     pub fn read(&mut self) -> Metrics {
         self.fold();
         let samples = self.samples.max(1) as f64;
+        let is_classes = matches!(self.features, Features::Classes(_));
         Metrics {
             loss: self.weighted_loss.double_value(&[]) / samples,
-            char_accuracy: self.correct_chars.double_value(&[]) / (samples * self.chars_per_sample as f64),
-            sequence_accuracy: self.correct_sequences.double_value(&[]) / samples,
+            char_accuracy: is_classes
+                .then(|| self.correct_chars.double_value(&[]) / (samples * self.steps_per_sample as f64)),
+            sequence_accuracy: is_classes.then(|| self.correct_sequences.double_value(&[]) / samples),
+            max_abs_error: (!is_classes).then(|| self.max_abs_error.double_value(&[])),
             samples: self.samples,
         }
     }
 }
 
+/// Sequence accuracy over the samples whose expression uses one operator.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct OperatorAccuracy {
+    pub operator: char,
+    pub samples: usize,
+    pub sequence_accuracy: f64,
+}
+
+/// What `evaluate` reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    #[serde(flatten)]
+    pub metrics: Metrics,
+    /// Arithmetic with more than one operator: one entry per operator of the problem.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_operator: Vec<OperatorAccuracy>,
+}
+
 /// Scores `model` on every batch of `data`, without gradients and with dropout off.
-pub fn evaluate(model: &Seq2Seq, data: &BatchStream) -> Metrics {
-    let mut sums = MetricSums::new(data.device(), model.shape().output_len);
+pub fn evaluate(model: &Seq2Seq, data: &BatchStream) -> Evaluation {
+    let shape = model.shape();
+    let mut sums = MetricSums::new(data.device(), shape.features, shape.output_len);
+    // The breakdown says something only when there is more than one operator.
+    let operators: Vec<Operator> = match data.task() {
+        Task::Arithmetic(problem) if problem.operators.iter().count() > 1 => problem.operators.iter().collect(),
+        _ => Vec::new(),
+    };
+    // (samples, correct) per operator.
+    let mut tallies = vec![(0usize, 0usize); operators.len()];
     tch::no_grad(|| {
         for batch in data.iter() {
-            let logits = model.forward_t(&batch.inputs, false);
-            let loss = Seq2Seq::loss(&logits, &batch.targets);
-            sums.add(&logits, &batch.targets, &loss, batch.size);
+            let output = model.forward_t(&batch.inputs, false);
+            let loss = model.loss(&output, &batch.targets);
+            sums.add(&output, &batch.targets, &loss, batch.size);
+            if operators.is_empty() {
+                continue;
+            }
+            let correct = output.argmax(-1, false).eq_tensor(&batch.targets).all_dim(1, false);
+            let correct = Vec::<bool>::try_from(correct.to_device(Device::Cpu)).expect("a bool per sample");
+            for (sample, is_correct) in batch.samples.iter().zip(correct) {
+                let Input::Expression(expression) = sample else { continue };
+                for (tally, &op) in tallies.iter_mut().zip(&operators) {
+                    if expression.uses(op) {
+                        tally.0 += 1;
+                        tally.1 += usize::from(is_correct);
+                    }
+                }
+            }
         }
     });
-    sums.read()
+    let by_operator = operators
+        .iter()
+        .zip(tallies)
+        .map(|(op, (samples, correct))| OperatorAccuracy {
+            operator: op.symbol(),
+            samples,
+            sequence_accuracy: correct as f64 / samples.max(1) as f64,
+        })
+        .collect();
+    Evaluation { metrics: sums.read(), by_operator }
 }
 
 #[cfg(test)]
@@ -119,16 +216,29 @@ mod tests {
         // the second right in its first character only.
         let logits = Tensor::from_slice(&[9.0f32, 0., 0., 0., 9., 0., 0., 0., 9., 9., 0., 0.]).view([2, 2, 3]);
         let targets = Tensor::from_slice(&[0i64, 1, 2, 1]).view([2, 2]);
-        let mut sums = MetricSums::new(Device::Cpu, 2);
+        let mut sums = MetricSums::new(Device::Cpu, Features::Classes(3), 2);
         sums.add(&logits, &targets, &Tensor::from(0.5f32), 2);
         // A second batch, one sample with both characters wrong, scored in the same fold.
         let wrong = Tensor::from_slice(&[0.0f32, 9., 0., 0., 0., 9.]).view([1, 2, 3]);
         sums.add(&wrong, &Tensor::from_slice(&[0i64, 0]).view([1, 2]), &Tensor::from(2.0f32), 1);
         let metrics = sums.read();
         assert_eq!(metrics.samples, 3);
-        assert_eq!(metrics.char_accuracy, 3.0 / 6.0);
-        assert_eq!(metrics.sequence_accuracy, 1.0 / 3.0);
+        assert_eq!(metrics.char_accuracy, Some(3.0 / 6.0));
+        assert_eq!(metrics.sequence_accuracy, Some(1.0 / 3.0));
+        assert_eq!(metrics.max_abs_error, None);
         // Weighted by batch size: (0.5 * 2 + 2.0 * 1) / 3.
         assert!((metrics.loss - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn tracks_the_largest_error_of_values() {
+        let mut sums = MetricSums::new(Device::Cpu, Features::Value, 3);
+        let targets = Tensor::from_slice(&[0.1f32, 0.2, 0.3]).view([1, 3]);
+        let output = Tensor::from_slice(&[0.1f32, 0.25, 0.2]).view([1, 3]);
+        sums.add(&output, &targets, &Tensor::from(0.01f32), 1);
+        let metrics = sums.read();
+        assert!((metrics.max_abs_error.unwrap() - 0.1).abs() < 1e-6);
+        assert_eq!(metrics.char_accuracy, None);
+        assert!(metrics.describe().contains("max absolute error 0.1000"));
     }
 }

@@ -1,14 +1,17 @@
 //! Encoder-decoder LSTMs for sequence-to-sequence problems, on libtorch.
 //!
 //! Data flows one way: [`problem`] and [`vocab`] → [`data`] → [`model`] →
-//! [`train`] / [`evaluate`] / [`predict`] → [`checkpoint`] → [`commands`] ← [`cli`].
+//! [`train`] / [`evaluate`] / [`predict`] / [`encode`] (users' lines through [`input`]) →
+//! [`checkpoint`] → [`commands`] ← [`cli`].
 
 pub mod checkpoint;
 pub mod cli;
 pub mod commands;
 pub mod data;
 pub mod device;
+pub mod encode;
 pub mod evaluate;
+pub mod input;
 pub mod model;
 pub mod predict;
 pub mod problem;

@@ -1,4 +1,6 @@
 //! The encoder-decoder LSTM of the reference: LSTM → RepeatVector → LSTM → TimeDistributed(Dense).
+//! The same network serves both tasks; only the ends differ (one-hot and softmax for characters,
+//! one value per step for the autoencoder).
 
 use std::sync::Mutex;
 
@@ -7,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Init, Module};
 use tch::{Kind, Reduction, Tensor};
 
+use crate::problem::{Features, Task};
 use crate::vocab::one_hot;
 
 /// The architecture's free choices. `Default` is the reference: encoder 75 cells, decoder 50.
@@ -45,12 +48,18 @@ impl ModelConfig {
     }
 }
 
-/// What the problem fixes: alphabet size and sequence lengths.
+/// What the problem fixes: what a time step holds, and the sequence lengths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ModelShape {
-    pub n_chars: usize,
+    pub features: Features,
     pub input_len: usize,
     pub output_len: usize,
+}
+
+impl ModelShape {
+    pub fn for_task(task: &Task) -> Self {
+        Self { features: task.features(), input_len: task.input_len(), output_len: task.output_len() }
+    }
 }
 
 /// A stacked LSTM with Keras's initialisation, run by libtorch's fused `lstm` op.
@@ -97,9 +106,13 @@ impl Lstm {
         (output, h_n.get(self.layers - 1))
     }
 
+    /// Trainable parameters of each layer (the frozen `b_hh`, every fourth tensor, is not one).
+    fn layer_parameter_counts(&self) -> Vec<i64> {
+        self.flat_weights.chunks(4).map(|layer| layer[..3].iter().map(|t| t.numel() as i64).sum()).collect()
+    }
+
     fn parameter_count(&self) -> i64 {
-        // The frozen b_hh (every fourth tensor) is not a parameter.
-        self.flat_weights.iter().enumerate().filter(|(i, _)| i % 4 != 3).map(|(_, t)| t.numel() as i64).sum()
+        self.layer_parameter_counts().iter().sum()
     }
 }
 
@@ -117,8 +130,8 @@ impl Seq2Seq {
     /// Creates the variables under `vs` (`encoder.*`, `decoder.*`, `output.*`), drawing the
     /// initial weights from libtorch's global generator (seed it with `tch::manual_seed`).
     pub fn new(vs: &nn::Path, config: &ModelConfig, shape: ModelShape) -> Self {
-        let encoder =
-            Lstm::new(vs / "encoder", shape.n_chars, config.encoder_units, config.encoder_layers, config.dropout);
+        let width = shape.features.width();
+        let encoder = Lstm::new(vs / "encoder", width, config.encoder_units, config.encoder_layers, config.dropout);
         let decoder = Lstm::new(
             vs / "decoder",
             config.encoder_units,
@@ -126,11 +139,11 @@ impl Seq2Seq {
             config.decoder_layers,
             config.dropout,
         );
-        let limit = (6.0 / (config.decoder_units + shape.n_chars) as f64).sqrt();
+        let limit = (6.0 / (config.decoder_units + width) as f64).sqrt();
         let output = nn::linear(
             vs / "output",
             config.decoder_units as i64,
-            shape.n_chars as i64,
+            width as i64,
             nn::LinearConfig {
                 ws_init: Init::Uniform { lo: -limit, up: limit },
                 bs_init: Some(Init::Const(0.0)),
@@ -153,12 +166,27 @@ impl Seq2Seq {
         self.shape
     }
 
-    /// The fixed-length encoding of each input `[batch, input_len]` (class indices): `[batch, encoder_units]`.
-    pub fn encode(&self, inputs: &Tensor, train: bool) -> Tensor {
-        self.encoder.forward_t(&one_hot(inputs, self.shape.n_chars), train).1
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
     }
 
-    /// Logits `[batch, output_len, n_chars]` for inputs `[batch, input_len]` (class indices).
+    /// Length of the fixed-size encoding.
+    pub fn encoder_units(&self) -> usize {
+        self.config.encoder_units
+    }
+
+    /// The fixed-length encoding `[batch, encoder_units]` of inputs `[batch, input_len]` (class
+    /// indices or values): the last encoder layer's final hidden state.
+    pub fn encode(&self, inputs: &Tensor, train: bool) -> Tensor {
+        let steps = match self.shape.features {
+            Features::Classes(n) => one_hot(inputs, n),
+            Features::Value => inputs.unsqueeze(-1),
+        };
+        self.encoder.forward_t(&steps, train).1
+    }
+
+    /// For inputs `[batch, input_len]`: logits `[batch, output_len, classes]` for a character task,
+    /// values `[batch, output_len]` for the autoencoder.
     pub fn forward_t(&self, inputs: &Tensor, train: bool) -> Tensor {
         let encoded = self.encode(inputs, train);
         let [batch, units] = encoded.size()[..] else { unreachable!("the encoding is two-dimensional") };
@@ -166,13 +194,26 @@ impl Seq2Seq {
         let repeated = encoded.unsqueeze(1).expand([batch, self.shape.output_len as i64, units], false);
         let (decoded, _) = self.decoder.forward_t(&repeated, train);
         // TimeDistributed(Dense): one linear layer shared by every output step.
-        self.output.forward(&decoded)
+        let output = self.output.forward(&decoded);
+        match self.shape.features {
+            Features::Classes(_) => output,
+            Features::Value => output.squeeze_dim(-1),
+        }
     }
 
-    /// Mean categorical cross-entropy over every output character (softmax is in the loss).
-    pub fn loss(logits: &Tensor, targets: &Tensor) -> Tensor {
-        let classes = logits.size()[2];
-        logits.view([-1, classes]).cross_entropy_loss::<Tensor>(&targets.view([-1]), None, Reduction::Mean, -100, 0.0)
+    /// Characters: mean categorical cross-entropy over every output character (the softmax is in
+    /// the loss). Values: mean squared error over every output step.
+    pub fn loss(&self, output: &Tensor, targets: &Tensor) -> Tensor {
+        match self.shape.features {
+            Features::Classes(classes) => output.view([-1, classes as i64]).cross_entropy_loss::<Tensor>(
+                &targets.view([-1]),
+                None,
+                Reduction::Mean,
+                -100,
+                0.0,
+            ),
+            Features::Value => output.mse_loss(targets, Reduction::Mean),
+        }
     }
 
     /// Trainable parameters, the number Keras's summary calls "Total params".
@@ -181,26 +222,36 @@ impl Seq2Seq {
         self.encoder.parameter_count() + self.decoder.parameter_count() + output
     }
 
-    /// A table like Keras's `model.summary()`: each layer, its output shape, its parameters.
+    /// A table like Keras's `model.summary()`: every layer, its output shape, its parameters.
     pub fn summary(&self) -> String {
-        let ModelShape { n_chars, output_len, .. } = self.shape;
-        let (enc, dec) = (self.config.encoder_units, self.config.decoder_units);
-        let stacked = |n: usize| if n > 1 { format!(" x{n}") } else { String::new() };
-        let output_params = (dec * n_chars + n_chars) as i64;
-        let rows = [
-            (
-                format!("encoder (LSTM{})", stacked(self.config.encoder_layers)),
-                format!("(None, {enc})"),
-                self.encoder.parameter_count(),
-            ),
-            ("repeat (RepeatVector)".to_owned(), format!("(None, {output_len}, {enc})"), 0),
-            (
-                format!("decoder (LSTM{})", stacked(self.config.decoder_layers)),
-                format!("(None, {output_len}, {dec})"),
-                self.decoder.parameter_count(),
-            ),
-            ("output (TimeDistributed(Dense))".to_owned(), format!("(None, {output_len}, {n_chars})"), output_params),
-        ];
+        let ModelShape { features, input_len, output_len } = self.shape;
+        let (enc, dec, dropout) = (self.config.encoder_units, self.config.decoder_units, self.config.dropout);
+        let mut rows: Vec<(String, String, i64)> = Vec::new();
+        let stack = |rows: &mut Vec<(String, String, i64)>,
+                     name: &str,
+                     lstm: &Lstm,
+                     steps: usize,
+                     units: usize,
+                     last_returns_sequence: bool| {
+            let counts = lstm.layer_parameter_counts();
+            let layers = counts.len();
+            for (layer, params) in counts.into_iter().enumerate() {
+                let label = if layers > 1 { format!("{name}_{} (LSTM)", layer + 1) } else { format!("{name} (LSTM)") };
+                let returns_sequence = layer + 1 < layers || last_returns_sequence;
+                let shape =
+                    if returns_sequence { format!("(None, {steps}, {units})") } else { format!("(None, {units})") };
+                rows.push((label, shape.clone(), params));
+                if layer + 1 < layers && dropout > 0.0 {
+                    rows.push((format!("{name}_dropout_{} (Dropout {dropout})", layer + 1), shape, 0));
+                }
+            }
+        };
+        stack(&mut rows, "encoder", &self.encoder, input_len, enc, false);
+        rows.push(("repeat (RepeatVector)".to_owned(), format!("(None, {output_len}, {enc})"), 0));
+        stack(&mut rows, "decoder", &self.decoder, output_len, dec, true);
+        let width = features.width();
+        let output_shape = format!("(None, {output_len}, {width})");
+        rows.push(("output (TimeDistributed(Dense))".to_owned(), output_shape, (dec * width + width) as i64));
         let rule = "_".repeat(72);
         let mut text =
             format!("{rule}\n{:<34}{:<24}{:>14}\n{}\n", "Layer (type)", "Output Shape", "Param #", "=".repeat(72));
@@ -235,7 +286,7 @@ mod tests {
     use tch::Device;
 
     fn reference_shape() -> ModelShape {
-        ModelShape { n_chars: 12, input_len: 8, output_len: 2 }
+        ModelShape { features: Features::Classes(12), input_len: 8, output_len: 2 }
     }
 
     /// Tests run in parallel threads: every model is built under the generator lock.
@@ -299,6 +350,40 @@ mod tests {
         };
         assert!(weights(11).equal(&weights(11)));
         assert!(!weights(11).equal(&weights(12)));
+    }
+
+    #[test]
+    fn summary_shows_every_stacked_layer_and_dropout() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let config = ModelConfig { encoder_layers: 2, decoder_layers: 3, dropout: 0.2, ..Default::default() };
+        let model = Seq2Seq::new_seeded(&vs.root(), &config, reference_shape(), 0);
+        let summary = model.summary();
+        for row in ["encoder_1 (LSTM)", "encoder_2 (LSTM)", "decoder_3 (LSTM)", "decoder_dropout_2", "(None, 8, 75)"] {
+            assert!(summary.contains(row), "{row} missing from\n{summary}");
+        }
+        // Second encoder layer: 4·75·(75 + 75) + 4·75 parameters.
+        assert!(summary.contains("45,300"), "{summary}");
+        let trainable: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
+        assert_eq!(model.parameter_count(), trainable);
+        let inputs = Tensor::zeros([4, 8], (Kind::Int64, Device::Cpu));
+        assert_eq!(model.forward_t(&inputs, true).size(), vec![4, 2, 12]);
+    }
+
+    #[test]
+    fn autoencoder_reads_and_writes_one_value_per_step() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let shape = ModelShape { features: Features::Value, input_len: 9, output_len: 9 };
+        let model = Seq2Seq::new_seeded(&vs.root(), &ModelConfig::default(), shape, 0);
+        // Not Tensor::rand: other tests seed libtorch's global generator in parallel.
+        let inputs = Tensor::arange(27, (Kind::Float, Device::Cpu)).view([3, 9]) / 27.0;
+        let output = model.forward_t(&inputs, false);
+        assert_eq!(output.size(), vec![3, 9]);
+        assert_eq!(model.encode(&inputs, false).size(), vec![3, 75]);
+        let loss = model.loss(&output, &inputs);
+        let expected = (&output - &inputs).square().mean(Kind::Float);
+        assert!(loss.allclose(&expected, 1e-6, 1e-7, false));
+        // Encoder input kernel [300, 1], output layer [1, 50] + [1].
+        assert_eq!(model.parameter_count(), (300 + 300 * 75 + 300) + 25_200 + 51);
     }
 
     #[test]

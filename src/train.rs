@@ -95,14 +95,15 @@ pub fn train(
     let mut reporter = Reporter::new(progress, data.samples() * config.epochs, config.epochs);
     let start = Instant::now();
     for epoch in 0..config.epochs {
-        let mut sums = MetricSums::new(data.device(), model.shape().output_len);
+        let shape = model.shape();
+        let mut sums = MetricSums::new(data.device(), shape.features, shape.output_len);
         let order = batch_order(data.num_batches(), config.seed, epoch);
         for (step, &index) in order.iter().enumerate() {
             let batch = data.batch(index);
-            let logits = model.forward_t(&batch.inputs, true);
-            let loss = Seq2Seq::loss(&logits, &batch.targets);
+            let output = model.forward_t(&batch.inputs, true);
+            let loss = model.loss(&output, &batch.targets);
             optimizer.backward_step(&loss);
-            sums.add(&logits, &batch.targets, &loss, batch.size);
+            sums.add(&output, &batch.targets, &loss, batch.size);
             reporter.advance(batch.size);
             if (step + 1) % READ_EVERY_STEPS == 0 || step + 1 == order.len() {
                 let running = sums.read();
@@ -167,13 +168,12 @@ impl Reporter {
 
     fn show(&mut self, epoch: usize, running: &Metrics, elapsed: Duration) {
         let rate = self.done as f64 / elapsed.as_secs_f64().max(1e-9);
-        let figures = format!(
-            "loss {:.4} acc {:.1}% seq {:.1}% {:.0}/s",
-            running.loss,
-            100.0 * running.char_accuracy,
-            100.0 * running.sequence_accuracy,
-            rate
-        );
+        let figures = match (running.char_accuracy, running.sequence_accuracy) {
+            (Some(chars), Some(sequences)) => {
+                format!("loss {:.4} acc {:.1}% seq {:.1}% {rate:.0}/s", running.loss, 100.0 * chars, 100.0 * sequences)
+            }
+            _ => format!("mse {:.5} {rate:.0}/s", running.loss),
+        };
         let epoch_label = if self.epochs > 1 { format!("epoch {}/{} ", epoch + 1, self.epochs) } else { String::new() };
         match self.mode {
             Progress::Bar => {

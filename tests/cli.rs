@@ -35,8 +35,11 @@ fn small_model_learns_addition_and_records_its_run() {
     assert_holds_exactly_a_model(&model.dir);
 
     let config = read_json(&model.dir.join("config.json"));
-    assert_eq!(config["format_version"], 1);
-    assert_eq!(config["problem"], json!({"n_terms": 3, "largest": 10}));
+    assert_eq!(config["format_version"], 2);
+    assert_eq!(
+        config["task"],
+        json!({"kind": "arithmetic", "operators": "+", "min_terms": 3, "max_terms": 3, "largest": 10, "reverse": false})
+    );
     assert_eq!(config["alphabet"], ALPHABET);
     assert_eq!((&config["input_len"], &config["output_len"]), (&json!(8), &json!(2)));
     assert_eq!(config["model"]["encoder_units"], 64);
@@ -116,7 +119,9 @@ fn same_seed_gives_identical_weights_and_another_seed_does_not() {
     assert!(weights(&first) != weights(&other), "seeds 5 and 6 gave the same weights");
 
     // Without --quiet (and with stdout a pipe): the summary and plain progress lines.
-    for expected in ["Problem: 3 terms, each 1..=10; inputs of 8 characters, outputs of 2", "seed 5", "epoch 2/2"] {
+    for expected in
+        ["Problem: 3 terms, each 1..=10, joined by +; inputs of 8 characters, outputs of 2", "seed 5", "epoch 2/2"]
+    {
         assert!(progress.stdout.contains(expected), "{expected:?} missing\n{progress}");
     }
 

@@ -1,6 +1,9 @@
 //! Helpers for the integration tests: running the binary, the model most tests share, and
 //! fixtures built from copies of it.
 
+// Each test file compiles this module on its own and uses only part of it.
+#![allow(dead_code)]
+
 use std::collections::BTreeSet;
 use std::fmt;
 use std::fs;

@@ -1,0 +1,118 @@
+//! The encoder on its own: the fixed-length vector of each input, as CSV or NumPy `.npy`.
+
+use std::fs::File;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use clap::ValueEnum;
+use tch::{Device, Tensor};
+
+use crate::checkpoint::write_atomically;
+use crate::data::input_tensor;
+use crate::input::{InputSource, InputSummary, for_each_batch};
+use crate::model::Seq2Seq;
+use crate::problem::{Input, Task};
+
+/// How the vectors are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EncodeFormat {
+    /// One line of comma-separated numbers per input (loads with `numpy.loadtxt(f, delimiter=",")`).
+    Csv,
+    /// One float32 array `[inputs, encoder_units]` (loads with `numpy.load`).
+    Npy,
+}
+
+/// Encodes every input of a source with one model.
+pub struct Encoder<'a> {
+    pub model: &'a Seq2Seq,
+    pub task: &'a Task,
+    pub device: Device,
+    pub batch_size: usize,
+}
+
+impl Encoder<'_> {
+    /// The vectors of one batch, `[batch, encoder_units]` on the CPU.
+    fn encode_batch(&self, batch: &[Input]) -> Tensor {
+        let inputs = input_tensor(self.task, batch, self.device);
+        tch::no_grad(|| self.model.encode(&inputs, false)).to_device(Device::Cpu)
+    }
+
+    /// Writes one CSV row per good input to `out`.
+    pub fn write_csv(&self, source: &InputSource, out: &mut dyn Write, errors: &mut dyn Write) -> Result<InputSummary> {
+        for_each_batch(source, self.task, self.batch_size, errors, |batch| {
+            let vectors = self.encode_batch(batch);
+            let units = vectors.size()[1] as usize;
+            let flat = Vec::<f32>::try_from(vectors.flatten(0, -1)).expect("the encoding is float32");
+            for row in flat.chunks(units) {
+                let line: Vec<String> = row.iter().map(f32::to_string).collect();
+                writeln!(out, "{}", line.join(","))?;
+            }
+            out.flush()?;
+            Ok(())
+        })
+    }
+
+    /// Writes all good inputs' vectors to `path` as one `.npy` array, atomically.
+    pub fn write_npy(&self, source: &InputSource, path: &Path, errors: &mut dyn Write) -> Result<InputSummary> {
+        let units = self.model.encoder_units();
+        let mut summary = InputSummary::default();
+        write_atomically(path, |temporary| {
+            let mut file = BufWriter::new(File::create(temporary)?);
+            // The row count is known only at the end: reserve a fixed-size header, fill it in last.
+            file.write_all(&npy_header(0, units))?;
+            let mut rows = 0usize;
+            summary = for_each_batch(source, self.task, self.batch_size, errors, |batch| {
+                let vectors = self.encode_batch(batch);
+                let flat = Vec::<f32>::try_from(vectors.flatten(0, -1)).expect("the encoding is float32");
+                for value in flat {
+                    file.write_all(&value.to_le_bytes())?;
+                }
+                rows += batch.len();
+                Ok(())
+            })?;
+            file.seek(SeekFrom::Start(0))?;
+            file.write_all(&npy_header(rows, units))?;
+            file.flush()?;
+            Ok(())
+        })
+        .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(summary)
+    }
+}
+
+/// Size of the `.npy` header: magic, version, length and the padded dictionary.
+const NPY_HEADER_LEN: usize = 128;
+
+/// A version 1.0 `.npy` header for a little-endian float32 C-order array `[rows, columns]`,
+/// always [`NPY_HEADER_LEN`] bytes so that it can be rewritten in place.
+fn npy_header(rows: usize, columns: usize) -> Vec<u8> {
+    let dictionary = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {columns}), }}");
+    let mut header = b"\x93NUMPY\x01\x00".to_vec();
+    let dictionary_len = NPY_HEADER_LEN - header.len() - 2;
+    header.extend_from_slice(&(dictionary_len as u16).to_le_bytes());
+    header.extend_from_slice(dictionary.as_bytes());
+    header.resize(NPY_HEADER_LEN - 1, b' ');
+    header.push(b'\n');
+    header
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn npy_header_has_a_fixed_aligned_size_and_the_shape() {
+        for (rows, columns) in [(0, 75), (1000, 75), (usize::MAX, usize::MAX)] {
+            let header = npy_header(rows, columns);
+            assert_eq!(header.len(), NPY_HEADER_LEN);
+            assert_eq!(header.len() % 64, 0, "numpy aligns the data to 64 bytes");
+            assert_eq!(&header[..8], b"\x93NUMPY\x01\x00");
+            let declared = u16::from_le_bytes([header[8], header[9]]) as usize;
+            assert_eq!(10 + declared, header.len());
+            let text = String::from_utf8_lossy(&header[10..]);
+            assert!(text.contains(&format!("'shape': ({rows}, {columns})")), "{text}");
+            assert!(text.ends_with('\n'));
+        }
+    }
+}
