@@ -9,6 +9,7 @@ pub mod commands;
 pub mod data;
 pub mod device;
 pub mod evaluate;
+pub mod interrupt;
 pub mod model;
 pub mod predict;
 pub mod problem;
