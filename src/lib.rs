@@ -2,6 +2,7 @@
 //!
 //! Data flows one way: [`problem`] and [`vocab`] → [`data`] → [`model`] →
 //! [`train`] / [`evaluate`] / [`predict`] → [`checkpoint`] → [`commands`] ← [`cli`].
+//! [`optim`] and [`interrupt`] serve the training loop.
 
 pub mod checkpoint;
 pub mod cli;
@@ -11,6 +12,7 @@ pub mod device;
 pub mod evaluate;
 pub mod interrupt;
 pub mod model;
+pub mod optim;
 pub mod predict;
 pub mod problem;
 pub mod train;
