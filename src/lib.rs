@@ -3,6 +3,7 @@
 //! Data flows one way: [`problem`] and [`vocab`] → [`data`] → [`model`] →
 //! [`train`] / [`evaluate`] / [`predict`] / [`encode`] (users' lines through [`input`]) →
 //! [`checkpoint`] → [`commands`] ← [`cli`].
+//! [`optim`] and [`interrupt`] serve the training loop.
 
 pub mod checkpoint;
 pub mod cli;
@@ -12,7 +13,9 @@ pub mod device;
 pub mod encode;
 pub mod evaluate;
 pub mod input;
+pub mod interrupt;
 pub mod model;
+pub mod optim;
 pub mod predict;
 pub mod problem;
 pub mod train;

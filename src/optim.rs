@@ -1,0 +1,505 @@
+//! Adam whose moments and step count can be saved and restored, so that a resumed run
+//! continues bit for bit. (tch's `nn::Adam` wraps libtorch's C++ optimiser and hides its state.)
+//!
+//! The update is `torch.optim.Adam`'s default on the CPU (the single-tensor path: betas
+//! 0.9/0.999, eps 1e-8, no weight decay, no amsgrad), op for op, so its rounding is PyTorch's.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Result, bail};
+use tch::{Device, Kind, Tensor, nn};
+
+const BETA1: f64 = 0.9;
+const BETA2: f64 = 0.999;
+const EPS: f64 = 1e-8;
+
+/// The name of the step counter in [`Adam::state`].
+pub const STEP_NAME: &str = "adam.step";
+const EXP_AVG_PREFIX: &str = "adam.exp_avg.";
+const EXP_AVG_SQ_PREFIX: &str = "adam.exp_avg_sq.";
+
+/// One trainable variable, with its slices of the flat buffers, shaped like it.
+#[derive(Debug)]
+struct Parameter {
+    name: String,
+    /// Shares storage with the VarStore's variable: updating it updates the model.
+    variable: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    grad: Tensor,
+    denom: Tensor,
+    scaled: Tensor,
+}
+
+/// The state and scratch space of every parameter, end to end, so that most of a step is a few
+/// ops over one long tensor rather than the same ops on each variable: on the reference model
+/// the per-op overhead is larger than the arithmetic.
+#[derive(Debug)]
+struct Flat {
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    /// The gradients, gathered.
+    grad: Tensor,
+    denom: Tensor,
+    /// `(1 - beta2) * grad`, then `-step_size * exp_avg`.
+    scaled: Tensor,
+}
+
+/// Adam over a VarStore's trainable variables, taken in name order so that the state's layout
+/// does not depend on hash order.
+#[derive(Debug)]
+pub struct Adam {
+    parameters: Vec<Parameter>,
+    flat: Flat,
+    learning_rate: f64,
+    steps: u64,
+}
+
+impl Adam {
+    /// Adam over the variables of `vs` that require a gradient (frozen buffers such as the
+    /// LSTMs' `bias_hh_l0` are left alone), with zero moments as PyTorch starts. Build it after
+    /// the VarStore has reached its device.
+    pub fn new(vs: &nn::VarStore, learning_rate: f64) -> Adam {
+        let variables: BTreeMap<String, Tensor> =
+            vs.variables().into_iter().filter(|(_, variable)| variable.requires_grad()).collect();
+        let kind = variables.values().next().map_or(Kind::Float, Tensor::kind);
+        assert!(variables.values().all(|v| v.kind() == kind), "a VarStore's trainable variables share one dtype");
+        let total: i64 = variables.values().map(|v| v.numel() as i64).sum();
+        let zeros = || Tensor::zeros([total], (kind, vs.device()));
+        let flat = Flat { exp_avg: zeros(), exp_avg_sq: zeros(), grad: zeros(), denom: zeros(), scaled: zeros() };
+        let mut offset = 0;
+        let parameters = variables
+            .into_iter()
+            .map(|(name, variable)| {
+                let (length, shape) = (variable.numel() as i64, variable.size());
+                let start = offset;
+                offset += length;
+                let slice = |buffer: &Tensor| buffer.narrow(0, start, length).view(shape.as_slice());
+                Parameter {
+                    exp_avg: slice(&flat.exp_avg),
+                    exp_avg_sq: slice(&flat.exp_avg_sq),
+                    grad: slice(&flat.grad),
+                    denom: slice(&flat.denom),
+                    scaled: slice(&flat.scaled),
+                    name,
+                    variable,
+                }
+            })
+            .collect();
+        Adam { parameters, flat, learning_rate, steps: 0 }
+    }
+
+    /// Back-propagates `loss` and takes one step, as `zero_grad`, `backward`, `step` would, but
+    /// with the gradients handed over by autograd rather than accumulated into `.grad` (which
+    /// stays untouched): this saves zeroing and adding to them on every step.
+    pub fn backward_step(&mut self, loss: &Tensor) {
+        let variables: Vec<&Tensor> = self.parameters.iter().map(|parameter| &parameter.variable).collect();
+        let grads = Tensor::run_backward(&[loss], &variables, false, false);
+        self.apply(&grads);
+    }
+
+    /// Zeroes every gradient in place (as tch's optimisers do; the tensors are reused).
+    pub fn zero_grad(&mut self) {
+        tch::no_grad(|| {
+            for parameter in &self.parameters {
+                let mut grad = parameter.variable.grad();
+                if grad.defined() {
+                    let _ = grad.zero_();
+                }
+            }
+        });
+    }
+
+    /// One Adam update from the gradients in the variables' `.grad`.
+    pub fn step(&mut self) {
+        let grads: Vec<Tensor> = self.parameters.iter().map(|parameter| parameter.variable.grad()).collect();
+        self.apply(&grads);
+    }
+
+    /// One Adam update from `grads` (one per parameter, in order). Without any gradient it does
+    /// nothing, as PyTorch; a variable without a gradient is left as it is, the others updated.
+    fn apply(&mut self, grads: &[Tensor]) {
+        if !grads.iter().any(Tensor::defined) {
+            return;
+        }
+        self.steps += 1;
+        // PyTorch computes the corrections in double precision from the step count.
+        let step = self.steps as f64;
+        let bias_correction1 = 1.0 - BETA1.powf(step);
+        let bias_correction2_sqrt = (1.0 - BETA2.powf(step)).sqrt();
+        let step_size = self.learning_rate / bias_correction1;
+        tch::no_grad(|| {
+            if grads.iter().all(Tensor::defined) {
+                self.step_all(grads, bias_correction2_sqrt, step_size);
+            } else {
+                self.step_each(grads, bias_correction2_sqrt, step_size);
+            }
+        });
+    }
+
+    /// PyTorch's single-tensor update, whose lines the comments quote, run once over the flat
+    /// buffers: each op rounds element by element, so this changes no bit of the result.
+    fn step_all(&mut self, grads: &[Tensor], bias_correction2_sqrt: f64, step_size: f64) {
+        for (parameter, grad) in self.parameters.iter_mut().zip(grads) {
+            parameter.grad.copy_(grad);
+        }
+        let flat = &mut self.flat;
+        // exp_avg.lerp_(grad, 1 - beta1)
+        let _ = flat.exp_avg.lerp_(&flat.grad, 1.0 - BETA1);
+        // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2): tch's addcmul_ has no
+        // `value`, and the kernel computes self + (value * t1) * t2, so scaling t1 first rounds
+        // identically.
+        let _ = flat.exp_avg_sq.g_mul_scalar_(BETA2);
+        let _ = flat.grad.mul_scalar_out(&flat.scaled, 1.0 - BETA2);
+        let _ = flat.exp_avg_sq.addcmul_(&flat.scaled, &flat.grad);
+        // denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+        let _ = flat.exp_avg_sq.sqrt_out(&flat.denom);
+        let _ = flat.denom.g_div_scalar_(bias_correction2_sqrt);
+        let _ = flat.denom.g_add_scalar_(EPS);
+        // param.addcdiv_(exp_avg, denom, value=-step_size), with `value` folded in as above.
+        let _ = flat.exp_avg.mul_scalar_out(&flat.scaled, -step_size);
+        for parameter in &mut self.parameters {
+            let _ = parameter.variable.addcdiv_(&parameter.scaled, &parameter.denom);
+        }
+    }
+
+    /// The same update one variable at a time, skipping those without a gradient.
+    fn step_each(&mut self, grads: &[Tensor], bias_correction2_sqrt: f64, step_size: f64) {
+        for (parameter, grad) in self.parameters.iter_mut().zip(grads) {
+            if !grad.defined() {
+                continue;
+            }
+            let _ = parameter.exp_avg.lerp_(grad, 1.0 - BETA1);
+            let _ = parameter.exp_avg_sq.g_mul_scalar_(BETA2);
+            let _ = grad.mul_scalar_out(&parameter.scaled, 1.0 - BETA2);
+            let _ = parameter.exp_avg_sq.addcmul_(&parameter.scaled, grad);
+            let _ = parameter.exp_avg_sq.sqrt_out(&parameter.denom);
+            let _ = parameter.denom.g_div_scalar_(bias_correction2_sqrt);
+            let _ = parameter.denom.g_add_scalar_(EPS);
+            let _ = parameter.exp_avg.mul_scalar_out(&parameter.scaled, -step_size);
+            let _ = parameter.variable.addcdiv_(&parameter.scaled, &parameter.denom);
+        }
+    }
+
+    /// Steps taken since the start (restored by [`Adam::load_state`]).
+    pub fn steps_taken(&self) -> u64 {
+        self.steps
+    }
+
+    /// A CPU copy of the state: `adam.step` (an int64 scalar), then `adam.exp_avg.<variable>`
+    /// and `adam.exp_avg_sq.<variable>` for each trainable variable, in name order.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        let steps = i64::try_from(self.steps).expect("fewer than 2^63 steps");
+        let mut named = vec![(STEP_NAME.to_owned(), Tensor::from_slice(&[steps]).reshape([]))];
+        for parameter in &self.parameters {
+            named.push((format!("{EXP_AVG_PREFIX}{}", parameter.name), cpu_copy(&parameter.exp_avg)));
+            named.push((format!("{EXP_AVG_SQ_PREFIX}{}", parameter.name), cpu_copy(&parameter.exp_avg_sq)));
+        }
+        named
+    }
+
+    /// Restores a state written by [`Adam::state`] from `named`, which may also hold other
+    /// tensors (the weights, say) under names outside `adam.`. Every tensor is checked (name,
+    /// shape, dtype, finite values) before any is copied, so a refused state changes nothing.
+    pub fn load_state(&mut self, named: &BTreeMap<String, Tensor>) -> Result<()> {
+        let steps = read_steps(named)?;
+        let mut expected = vec![STEP_NAME.to_owned()];
+        let mut sources = Vec::with_capacity(self.parameters.len());
+        for parameter in &self.parameters {
+            let exp_avg_name = format!("{EXP_AVG_PREFIX}{}", parameter.name);
+            let exp_avg_sq_name = format!("{EXP_AVG_SQ_PREFIX}{}", parameter.name);
+            let exp_avg = checked_moment(named, &exp_avg_name, &parameter.variable, false)?;
+            let exp_avg_sq = checked_moment(named, &exp_avg_sq_name, &parameter.variable, true)?;
+            sources.push((exp_avg, exp_avg_sq));
+            expected.extend([exp_avg_name, exp_avg_sq_name]);
+        }
+        if let Some(name) = named.keys().find(|name| name.starts_with("adam.") && !expected.contains(name)) {
+            bail!("optimiser state tensor {name:?} belongs to no trainable variable of this model");
+        }
+        tch::no_grad(|| {
+            for (parameter, (exp_avg, exp_avg_sq)) in self.parameters.iter_mut().zip(sources) {
+                parameter.exp_avg.copy_(exp_avg);
+                parameter.exp_avg_sq.copy_(exp_avg_sq);
+            }
+        });
+        self.steps = steps;
+        Ok(())
+    }
+}
+
+/// A copy on the CPU that later steps do not change.
+fn cpu_copy(tensor: &Tensor) -> Tensor {
+    if tensor.device() == Device::Cpu { tensor.copy() } else { tensor.to_device(Device::Cpu) }
+}
+
+fn read_steps(named: &BTreeMap<String, Tensor>) -> Result<u64> {
+    let Some(tensor) = named.get(STEP_NAME) else {
+        bail!("optimiser state tensor {STEP_NAME:?} is missing");
+    };
+    if tensor.kind() != Kind::Int64 {
+        bail!("optimiser state tensor {STEP_NAME:?} is {:?}, expected Int64", tensor.kind());
+    }
+    if !tensor.size().is_empty() {
+        bail!("optimiser state tensor {STEP_NAME:?} has shape {:?}, expected a scalar []", tensor.size());
+    }
+    let steps = tensor.f_int64_value(&[])?;
+    u64::try_from(steps).map_err(|_| anyhow::anyhow!("optimiser state tensor {STEP_NAME:?} holds {steps} steps"))
+}
+
+/// The tensor `name` of `named` if it can stand for a moment of `variable`.
+fn checked_moment<'a>(
+    named: &'a BTreeMap<String, Tensor>,
+    name: &str,
+    variable: &Tensor,
+    non_negative: bool,
+) -> Result<&'a Tensor> {
+    let Some(tensor) = named.get(name) else {
+        bail!("optimiser state tensor {name:?} is missing");
+    };
+    if tensor.size() != variable.size() {
+        bail!("optimiser state tensor {name:?} has shape {:?}, expected {:?}", tensor.size(), variable.size());
+    }
+    if tensor.kind() != variable.kind() {
+        bail!("optimiser state tensor {name:?} is {:?}, expected {:?}", tensor.kind(), variable.kind());
+    }
+    // NaN fails both tests; a negative second moment would turn the next step's sqrt into NaN.
+    let finite = tensor.f_isfinite()?.f_all()?.f_int64_value(&[])? != 0;
+    let in_range = !non_negative || tensor.f_ge(0.0)?.f_all()?.f_int64_value(&[])? != 0;
+    if !finite || !in_range {
+        let what = if non_negative { "finite and non-negative" } else { "finite" };
+        bail!("optimiser state tensor {name:?} holds values that are not {what}");
+    }
+    Ok(tensor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ModelConfig, ModelShape, Seq2Seq};
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+    use tch::nn::OptimizerConfig;
+
+    const SHAPE: ModelShape = ModelShape { n_chars: 12, input_len: 8, output_len: 2 };
+    const LEARNING_RATE: f64 = 0.001;
+
+    struct Batch {
+        inputs: Tensor,
+        targets: Tensor,
+    }
+
+    /// Random class indices from a private generator (libtorch's global one belongs to the
+    /// model constructors, which other tests run in parallel).
+    fn batches(count: usize) -> Vec<Batch> {
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut indices =
+            |n: usize| -> Vec<i64> { (0..n).map(|_| rng.random_range(0..SHAPE.n_chars as i64)).collect() };
+        (0..count)
+            .map(|_| Batch {
+                inputs: Tensor::from_slice(&indices(32 * SHAPE.input_len)).view([32, SHAPE.input_len as i64]),
+                targets: Tensor::from_slice(&indices(32 * SHAPE.output_len)).view([32, SHAPE.output_len as i64]),
+            })
+            .collect()
+    }
+
+    fn model(seed: u64) -> (nn::VarStore, Seq2Seq) {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Seq2Seq::new_seeded(&vs.root(), &ModelConfig::default(), SHAPE, seed);
+        (vs, model)
+    }
+
+    fn loss(model: &Seq2Seq, batch: &Batch) -> Tensor {
+        Seq2Seq::loss(&model.forward_t(&batch.inputs, true), &batch.targets)
+    }
+
+    fn train(model: &Seq2Seq, adam: &mut Adam, batches: &[Batch]) {
+        for batch in batches {
+            adam.backward_step(&loss(model, batch));
+        }
+    }
+
+    fn weights(vs: &nn::VarStore) -> BTreeMap<String, Tensor> {
+        vs.variables().into_iter().map(|(name, tensor)| (name, tensor.copy())).collect()
+    }
+
+    #[test]
+    fn matches_tch_adam() {
+        let batches = batches(20);
+        let (ours_vs, ours_model) = model(1);
+        let mut ours = Adam::new(&ours_vs, LEARNING_RATE);
+        train(&ours_model, &mut ours, &batches);
+
+        let (tch_vs, tch_model) = model(1);
+        let mut reference = nn::Adam::default().build(&tch_vs, LEARNING_RATE).expect("tch builds Adam");
+        for batch in &batches {
+            reference.backward_step(&loss(&tch_model, batch));
+        }
+
+        let (ours, reference) = (weights(&ours_vs), weights(&tch_vs));
+        assert_eq!(ours.len(), 10);
+        for (name, expected) in &reference {
+            let difference = (&ours[name] - expected).abs().max().double_value(&[]);
+            let scale = expected.abs().max().double_value(&[]).max(1e-3);
+            assert!(difference <= 1e-6 * scale, "{name}: differs by {difference}, scale {scale}");
+        }
+        // The weights moved: the comparison is not between two untouched models.
+        let (untouched_vs, _) = model(1);
+        assert!(!reference["encoder.weight_ih_l0"].equal(&weights(&untouched_vs)["encoder.weight_ih_l0"]));
+    }
+
+    #[test]
+    fn resumes_bit_for_bit() {
+        let batches = batches(20);
+        let (straight_vs, straight_model) = model(1);
+        let mut straight = Adam::new(&straight_vs, LEARNING_RATE);
+        train(&straight_model, &mut straight, &batches);
+
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("resume.safetensors");
+        {
+            let (vs, model) = model(1);
+            let mut adam = Adam::new(&vs, LEARNING_RATE);
+            train(&model, &mut adam, &batches[..10]);
+            let mut named = adam.state();
+            named.extend(weights(&vs));
+            Tensor::write_safetensors(&named, &path).expect("the state is written");
+        }
+
+        // A different seed, so that only the file can make the weights equal.
+        let (resumed_vs, resumed_model) = model(2);
+        let mut resumed = Adam::new(&resumed_vs, LEARNING_RATE);
+        let stored: BTreeMap<String, Tensor> =
+            Tensor::read_safetensors(&path).expect("the state is read back").into_iter().collect();
+        tch::no_grad(|| {
+            for (name, mut variable) in resumed_vs.variables() {
+                variable.copy_(&stored[&name]);
+            }
+        });
+        resumed.load_state(&stored).expect("the state loads");
+        assert_eq!(resumed.steps_taken(), 10);
+        train(&resumed_model, &mut resumed, &batches[10..]);
+
+        assert_eq!(resumed.steps_taken(), 20);
+        let (straight_weights, resumed_weights) = (weights(&straight_vs), weights(&resumed_vs));
+        for (name, expected) in &straight_weights {
+            assert!(resumed_weights[name].equal(expected), "{name} differs after resuming");
+        }
+        for ((name, expected), (_, actual)) in straight.state().iter().zip(resumed.state()) {
+            assert!(actual.equal(expected), "{name} differs after resuming");
+        }
+    }
+
+    #[test]
+    fn step_from_dot_grad_equals_backward_step() {
+        let batches = batches(3);
+        let (handed_vs, handed_model) = model(1);
+        let mut handed = Adam::new(&handed_vs, LEARNING_RATE);
+        train(&handed_model, &mut handed, &batches);
+
+        let (stored_vs, stored_model) = model(1);
+        let mut stored = Adam::new(&stored_vs, LEARNING_RATE);
+        for batch in &batches {
+            stored.zero_grad();
+            loss(&stored_model, batch).backward();
+            stored.step();
+        }
+        assert_eq!(stored.steps_taken(), 3);
+        let (handed, stored) = (weights(&handed_vs), weights(&stored_vs));
+        for (name, expected) in &handed {
+            assert!(stored[name].equal(expected), "{name} differs");
+        }
+    }
+
+    #[test]
+    fn leaves_a_variable_without_gradient_alone() {
+        let start = Tensor::from_slice(&[0.5f32, -1.0, 2.0]);
+        let store = |names: &[&str]| {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let variables: Vec<Tensor> = names.iter().map(|name| vs.root().var_copy(name, &start)).collect();
+            (vs, variables)
+        };
+        let square = |variable: &Tensor| (variable * variable).sum(Kind::Float);
+        let (both_vs, both) = store(&["a", "b"]);
+        let (alone_vs, alone) = store(&["a"]);
+        let mut with_b = Adam::new(&both_vs, LEARNING_RATE);
+        let mut without_b = Adam::new(&alone_vs, LEARNING_RATE);
+        with_b.step();
+        assert_eq!(with_b.steps_taken(), 0, "a step without gradients is no step");
+
+        with_b.backward_step(&(square(&both[0]) + square(&both[1])));
+        without_b.backward_step(&square(&alone[0]));
+        let b_after_one_step = both[1].copy();
+        for _ in 0..3 {
+            // `b` takes no part: with a zero gradient instead, its momentum would still move it.
+            with_b.backward_step(&square(&both[0]));
+            without_b.backward_step(&square(&alone[0]));
+        }
+        assert!(both[1].equal(&b_after_one_step));
+        assert!(!b_after_one_step.equal(&start));
+        assert!(both[0].equal(&alone[0]));
+        assert_eq!(with_b.steps_taken(), 4);
+    }
+
+    #[test]
+    fn state_names_every_trainable_variable_and_skips_frozen_ones() {
+        let (vs, _model) = model(1);
+        let names: Vec<String> = Adam::new(&vs, LEARNING_RATE).state().into_iter().map(|(name, _)| name).collect();
+        assert_eq!(names.len(), 1 + 2 * 8);
+        assert_eq!(names[0], STEP_NAME);
+        assert!(names.contains(&"adam.exp_avg.encoder.weight_ih_l0".to_owned()));
+        assert!(names.contains(&"adam.exp_avg_sq.output.bias".to_owned()));
+        assert!(!names.iter().any(|name| name.contains("bias_hh")), "{names:?}");
+    }
+
+    /// The error `load_state` gives for `good` changed by `damage`.
+    fn refusal(
+        adam: &mut Adam,
+        good: &BTreeMap<String, Tensor>,
+        damage: impl FnOnce(&mut BTreeMap<String, Tensor>),
+    ) -> String {
+        let mut named: BTreeMap<String, Tensor> = good.iter().map(|(name, t)| (name.clone(), t.copy())).collect();
+        damage(&mut named);
+        format!("{:#}", adam.load_state(&named).expect_err("a damaged state is refused"))
+    }
+
+    #[test]
+    fn refuses_a_damaged_state_and_names_the_tensor() {
+        let (vs, model) = model(1);
+        let mut adam = Adam::new(&vs, LEARNING_RATE);
+        train(&model, &mut adam, &batches(1));
+        let good: BTreeMap<String, Tensor> = adam.state().into_iter().collect();
+        let before = adam.state();
+        let moment = "adam.exp_avg.decoder.weight_hh_l0";
+        let squares = "adam.exp_avg_sq.output.weight";
+        let stranger = "adam.exp_avg.encoder.weight_ih_l1";
+        let replace = |name: &'static str, tensor: fn(&Tensor) -> Tensor| {
+            move |named: &mut BTreeMap<String, Tensor>| {
+                let replacement = tensor(&named[name]);
+                named.insert(name.to_owned(), replacement);
+            }
+        };
+        let cases: [(String, &str, &str); 9] = [
+            (refusal(&mut adam, &good, |named| drop(named.remove(moment))), moment, "missing"),
+            (refusal(&mut adam, &good, |named| drop(named.remove(STEP_NAME))), STEP_NAME, "missing"),
+            (refusal(&mut adam, &good, replace(moment, |t| t.narrow(1, 0, 49).copy())), moment, "shape [200, 49]"),
+            (refusal(&mut adam, &good, replace(moment, |t| t.to_kind(Kind::Double))), moment, "Double"),
+            (refusal(&mut adam, &good, replace(STEP_NAME, |t| t.to_kind(Kind::Float))), STEP_NAME, "Float"),
+            (refusal(&mut adam, &good, replace(STEP_NAME, |t| t.reshape([1]))), STEP_NAME, "shape [1]"),
+            (refusal(&mut adam, &good, replace(squares, |t| -t.ones_like())), squares, "non-negative"),
+            (refusal(&mut adam, &good, replace(moment, |t| t.full_like(f64::NAN))), moment, "finite"),
+            (
+                refusal(&mut adam, &good, |named| drop(named.insert(stranger.to_owned(), named[moment].copy()))),
+                stranger,
+                "no trainable variable",
+            ),
+        ];
+        for (error, culprit, reason) in cases {
+            assert!(error.contains(&format!("{culprit:?}")) && error.contains(reason), "{error}");
+        }
+        // Refused states changed nothing.
+        assert_eq!(adam.steps_taken(), 1);
+        for ((name, expected), (_, actual)) in before.iter().zip(adam.state()) {
+            assert!(actual.equal(expected), "{name} changed");
+        }
+    }
+}
