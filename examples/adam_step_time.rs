@@ -9,10 +9,11 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use seq2seq::model::{ModelConfig, ModelShape, Seq2Seq};
 use seq2seq::optim::Adam;
+use seq2seq::problem::Features;
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Tensor};
 
-const SHAPE: ModelShape = ModelShape { n_chars: 12, input_len: 8, output_len: 2 };
+const SHAPE: ModelShape = ModelShape { features: Features::Classes(12), input_len: 8, output_len: 2 };
 const ROUNDS: usize = 7;
 const STEPS: usize = 2000;
 const TRAIN_STEPS: usize = 500;
@@ -69,7 +70,7 @@ impl Bench {
     }
 
     fn loss(&self) -> Tensor {
-        Seq2Seq::loss(&self.model.forward_t(&self.inputs, true), &self.targets)
+        self.model.loss(&self.model.forward_t(&self.inputs, true), &self.targets)
     }
 
     /// Microseconds per call of `step` alone (from the gradients a `backward` left in `.grad`)

@@ -1,5 +1,7 @@
 //! The model directory: `config.json` (enough to rebuild the model) beside `model.safetensors`
 //! (the VarStore's weights). Both are written atomically and checked against each other on load.
+//! A checkpoint of an unfinished run adds `training_state.safetensors`: the weights, Adam's state
+//! and the position in the sample stream, in one file, so that resuming never mixes two moments.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -13,11 +15,17 @@ use tch::{Device, Kind, Tensor, nn};
 use crate::device::LIBTORCH_VERSION;
 use crate::evaluate::Evaluation;
 use crate::model::{ModelConfig, ModelShape, Seq2Seq};
+use crate::optim::Adam;
 use crate::problem::Task;
-use crate::train::TrainConfig;
+use crate::train::{Position, TrainConfig};
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const TRAINING_STATE_FILE: &str = "training_state.safetensors";
+/// Names in the training state: `model.<variable>`, Adam's `adam.*`, and the position.
+const STATE_WEIGHTS_PREFIX: &str = "model.";
+const STATE_EPOCH: &str = "position.epoch";
+const STATE_STEP: &str = "position.step";
 /// Bumped whenever `config.json` changes meaning; loading refuses versions it does not know.
 /// Version 1 (addition only, `problem: {n_terms, largest}`) is still read.
 pub const FORMAT_VERSION: u32 = 2;
@@ -37,8 +45,13 @@ pub struct SavedConfig {
     pub training: TrainConfig,
     pub trained_on: String,
     pub training_seconds: f64,
-    /// Scores on fresh samples after training (evaluation stream of `training.seed`).
-    pub metrics: Evaluation,
+    /// Scores on fresh samples after training (evaluation stream of `training.seed`); a
+    /// checkpoint has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Evaluation>,
+    /// Where an unfinished run stopped; `None` once training finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Position>,
     pub versions: Versions,
 }
 
@@ -97,19 +110,109 @@ pub fn prepare_output_dir(out: Option<&Path>) -> Result<PathBuf> {
     Ok(out.to_owned())
 }
 
-/// Writes the weights, then the config, each through a temporary file and a rename.
+/// Saves a finished model: the weights, then the config, each through a temporary file and a
+/// rename; then removes the training state of any earlier checkpoint (there is nothing to resume).
 pub fn save(dir: &Path, config: &SavedConfig, vs: &nn::VarStore) -> Result<()> {
-    let variables: BTreeMap<String, Tensor> =
-        vs.variables().into_iter().map(|(name, tensor)| (name, tensor.to_device(Device::Cpu))).collect();
-    let named: Vec<(&String, &Tensor)> = variables.iter().collect();
-    let weights_path = dir.join(WEIGHTS_FILE);
-    write_atomically(&weights_path, |temporary| {
-        Tensor::write_safetensors(&named, temporary).map_err(anyhow::Error::from)
-    })?;
+    save_model(dir, config, vs)?;
+    let state_path = dir.join(TRAINING_STATE_FILE);
+    match fs::remove_file(&state_path) {
+        Err(e) if e.kind() != ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", state_path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn save_model(dir: &Path, config: &SavedConfig, vs: &nn::VarStore) -> Result<()> {
+    let variables = cpu_variables(vs, "");
+    write_safetensors(&dir.join(WEIGHTS_FILE), &variables)?;
     let json = serde_json::to_string_pretty(config).context("cannot serialise the model config")?;
     write_atomically(&dir.join(CONFIG_FILE), |temporary| {
         fs::write(temporary, format!("{json}\n")).map_err(anyhow::Error::from)
     })
+}
+
+/// The VarStore's variables on the CPU, names prefixed with `prefix`.
+fn cpu_variables(vs: &nn::VarStore, prefix: &str) -> BTreeMap<String, Tensor> {
+    vs.variables()
+        .into_iter()
+        .map(|(name, tensor)| (format!("{prefix}{name}"), tensor.to_device(Device::Cpu)))
+        .collect()
+}
+
+fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+    let named: Vec<(&String, &Tensor)> = tensors.iter().collect();
+    write_atomically(path, |temporary| Tensor::write_safetensors(&named, temporary).map_err(anyhow::Error::from))
+}
+
+/// Saves a checkpoint of an unfinished run at `position`: the training state first (one file
+/// holding everything resume needs), then the weights and config as for a finished model, so
+/// that `evaluate` and `predict` work on a checkpoint too. Each file is replaced atomically: a
+/// crash at any moment leaves every file whole, from this checkpoint or the one before.
+pub fn save_checkpoint(
+    dir: &Path,
+    config: &SavedConfig,
+    vs: &nn::VarStore,
+    optimizer: &Adam,
+    position: Position,
+) -> Result<()> {
+    let mut state = cpu_variables(vs, STATE_WEIGHTS_PREFIX);
+    state.extend(optimizer.state());
+    for (name, value) in [(STATE_EPOCH, position.epoch), (STATE_STEP, position.step)] {
+        let value = i64::try_from(value).context("position beyond 2^63")?;
+        state.insert(name.to_owned(), Tensor::from_slice(&[value]).reshape([]));
+    }
+    write_safetensors(&dir.join(TRAINING_STATE_FILE), &state)?;
+    save_model(dir, config, vs)
+}
+
+/// A checkpoint read back for resuming: its config, and the model and optimiser restored to the
+/// moment the training state was written, on `device`.
+pub struct Checkpoint {
+    pub config: SavedConfig,
+    pub model: Seq2Seq,
+    pub vs: nn::VarStore,
+    pub optimizer: Adam,
+    pub position: Position,
+}
+
+/// Reads the checkpoint in `dir` for `train --resume`.
+pub fn load_checkpoint(dir: &Path, device: Device) -> Result<Checkpoint> {
+    let config = read_model_dir_config(dir)?;
+    if config.checkpoint.is_none() {
+        bail!("{} holds a finished model, not a checkpoint: there is nothing to resume", dir.display());
+    }
+    let state_path = dir.join(TRAINING_STATE_FILE);
+    let context = || format!("{}", state_path.display());
+    if !state_path.exists() {
+        bail!("{} is missing: the checkpoint cannot be resumed", state_path.display());
+    }
+    let stored: BTreeMap<String, Tensor> = Tensor::read_safetensors(&state_path)
+        .map_err(|e| anyhow::anyhow!("not a readable safetensors file ({e})"))
+        .with_context(context)?
+        .into_iter()
+        .collect();
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let model = Seq2Seq::new(&vs.root(), &config.model, config.shape());
+    let weights: BTreeMap<String, Tensor> = stored
+        .iter()
+        .filter_map(|(name, t)| name.strip_prefix(STATE_WEIGHTS_PREFIX).map(|n| (n.to_owned(), t.shallow_clone())))
+        .collect();
+    copy_weights(&vs, &weights).with_context(context)?;
+    vs.set_device(device);
+    let mut optimizer = Adam::new(&vs, config.training.learning_rate);
+    optimizer.load_state(&stored).with_context(context)?;
+    let read_position = |name: &str| -> Result<usize> {
+        let value = stored.get(name).map(|t| t.f_int64_value(&[])).transpose()?;
+        let value = value.with_context(|| format!("{}: no {name}", state_path.display()))?;
+        usize::try_from(value).with_context(|| format!("{}: {name} is {value}", state_path.display()))
+    };
+    let position = Position { epoch: read_position(STATE_EPOCH)?, step: read_position(STATE_STEP)? };
+    let steps_per_epoch = config.training.samples.div_ceil(config.training.batch_size);
+    if position.epoch >= config.training.epochs || position.step > steps_per_epoch {
+        bail!("{}: position {position:?} lies outside the run", state_path.display());
+    }
+    Ok(Checkpoint { config, model, vs, optimizer, position })
 }
 
 /// Runs `write` on a temporary file beside `path`, flushes it to disk, then renames it over
@@ -137,6 +240,17 @@ pub(crate) fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<
 /// Reads a model directory, checks the config against itself and the weights against the
 /// config, and places the model on `device`.
 pub fn load(dir: &Path, device: Device) -> Result<LoadedModel> {
+    let config = read_model_dir_config(dir)?;
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let model = Seq2Seq::new(&vs.root(), &config.model, config.shape());
+    let weights_path = dir.join(WEIGHTS_FILE);
+    load_weights(&vs, &weights_path).with_context(|| format!("{}", weights_path.display()))?;
+    vs.set_device(device);
+    Ok(LoadedModel { config, model, vs })
+}
+
+/// The checked config of the model directory `dir`.
+fn read_model_dir_config(dir: &Path) -> Result<SavedConfig> {
     if !dir.exists() {
         bail!("model directory {} does not exist", dir.display());
     }
@@ -146,13 +260,7 @@ pub fn load(dir: &Path, device: Device) -> Result<LoadedModel> {
     let config_path = dir.join(CONFIG_FILE);
     let config = read_config(&config_path)?;
     check_consistent(&config).with_context(|| format!("{} is inconsistent", config_path.display()))?;
-
-    let mut vs = nn::VarStore::new(Device::Cpu);
-    let model = Seq2Seq::new(&vs.root(), &config.model, config.shape());
-    let weights_path = dir.join(WEIGHTS_FILE);
-    load_weights(&vs, &weights_path).with_context(|| format!("{}", weights_path.display()))?;
-    vs.set_device(device);
-    Ok(LoadedModel { config, model, vs })
+    Ok(config)
 }
 
 fn read_config(path: &Path) -> Result<SavedConfig> {
@@ -210,8 +318,7 @@ fn check_consistent(config: &SavedConfig) -> Result<()> {
     Ok(())
 }
 
-/// Copies the file's tensors into `vs` after checking names, shapes and dtypes one by one
-/// (a plain copy would silently broadcast a wrong shape).
+/// Reads the weights file into `vs`.
 fn load_weights(vs: &nn::VarStore, path: &Path) -> Result<()> {
     if !path.exists() {
         bail!("missing: the model directory has no weights");
@@ -220,6 +327,12 @@ fn load_weights(vs: &nn::VarStore, path: &Path) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("not a readable safetensors file ({e})"))?
         .into_iter()
         .collect();
+    copy_weights(vs, &stored)
+}
+
+/// Copies `stored` into `vs` after checking names, shapes and dtypes one by one (a plain copy
+/// would silently broadcast a wrong shape).
+fn copy_weights(vs: &nn::VarStore, stored: &BTreeMap<String, Tensor>) -> Result<()> {
     let mut expected = vs.variables();
     for name in stored.keys() {
         if !expected.contains_key(name) {

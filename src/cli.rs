@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 
-use crate::commands::{self, DEFAULT_EVALUATION_SAMPLES, EncodeRequest, EvaluateRequest, PredictRequest, TrainRequest};
+use crate::commands::{
+    self, DEFAULT_EVALUATION_SAMPLES, EncodeRequest, EvaluateRequest, PredictRequest, ResumeRequest, TrainRequest,
+};
 use crate::device::DeviceChoice;
 use crate::encode::EncodeFormat;
 use crate::input::InputSource;
@@ -118,9 +120,9 @@ pub struct TrainArgs {
     /// Seeds the initial weights and every generated sample.
     #[arg(long, default_value_t = TrainConfig::default().seed)]
     pub seed: u64,
-    /// Fresh samples scored after training.
-    #[arg(long, default_value_t = DEFAULT_EVALUATION_SAMPLES)]
-    pub eval_samples: usize,
+    /// Fresh samples scored after training. [default: 10000]
+    #[arg(long, value_name = "N")]
+    pub eval_samples: Option<usize>,
     /// auto (CUDA when available), cpu, cuda or cuda:N.
     #[arg(long, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
@@ -130,6 +132,18 @@ pub struct TrainArgs {
     /// No summary and no progress: only the final figures and the model's location.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Write a resumable checkpoint to the model directory every N samples (Ctrl-C always
+    /// writes one).
+    #[arg(long, value_name = "N", help_heading = "Checkpoints")]
+    pub checkpoint_every: Option<usize>,
+    /// Continue the interrupted run whose checkpoint is in DIR, to the same weights an
+    /// uninterrupted run would reach (on the CPU). Takes its settings from the checkpoint.
+    #[arg(long, value_name = "DIR", help_heading = "Checkpoints", conflicts_with_all = [
+        "task", "ops", "terms", "largest", "reverse", "length", "sequence", "low", "high", "encoder_units",
+        "decoder_units", "encoder_layers", "decoder_layers", "dropout", "samples", "batch_size", "epochs",
+        "learning_rate", "seed", "out",
+    ])]
+    pub resume: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -228,8 +242,9 @@ impl TrainArgs {
                 epochs: self.epochs,
                 learning_rate: self.learning_rate,
                 seed: self.seed,
+                evaluation_samples: self.eval_samples.unwrap_or(DEFAULT_EVALUATION_SAMPLES),
+                checkpoint_every: self.checkpoint_every,
             },
-            evaluation_samples: self.eval_samples,
             device: self.device,
             out: self.out,
             progress: Progress::for_stdout(self.quiet),
@@ -331,7 +346,17 @@ pub fn run(cli: Cli) -> Result<()> {
         tch::set_num_threads(threads as i32);
     }
     match cli.command {
-        Command::Train(args) => commands::train(&args.into_request()?).map(|_| ()),
+        Command::Train(args) => match args.resume.clone() {
+            Some(dir) => commands::resume(&ResumeRequest {
+                dir,
+                checkpoint_every: args.checkpoint_every,
+                evaluation_samples: args.eval_samples,
+                device: args.device,
+                progress: Progress::for_stdout(args.quiet),
+            }),
+            None => commands::train(&args.into_request()?),
+        }
+        .map(|_| ()),
         Command::Evaluate(args) => commands::evaluate(&args.into_request()).map(|_| ()),
         Command::Predict(args) => commands::predict(&args.into_request()),
         Command::Encode(args) => commands::encode(&args.into_request()),

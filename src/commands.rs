@@ -13,12 +13,12 @@ use crate::encode::{EncodeFormat, Encoder};
 use crate::evaluate::{self, Evaluation};
 use crate::input::{InputSource, InputSummary};
 use crate::model::{ModelConfig, ModelShape, Seq2Seq};
+use crate::optim::Adam;
 use crate::predict::Predictor;
 use crate::problem::Task;
-use crate::train::{self, Progress, TrainConfig};
+use crate::train::{self, Position, Progress, TrainConfig, TrainLoop, TrainOutcome};
 
-/// Samples scored after training and by `evaluate` unless the user says otherwise.
-pub const DEFAULT_EVALUATION_SAMPLES: usize = 10_000;
+pub use crate::evaluate::DEFAULT_EVALUATION_SAMPLES;
 /// Evaluation needs no small batches: they only cost time.
 pub const EVALUATION_BATCH_SIZE: usize = 1000;
 
@@ -28,7 +28,6 @@ pub struct TrainRequest {
     pub task: Task,
     pub model: ModelConfig,
     pub training: TrainConfig,
-    pub evaluation_samples: usize,
     pub device: DeviceChoice,
     pub out: Option<PathBuf>,
     pub progress: Progress,
@@ -40,24 +39,120 @@ pub fn train(request: &TrainRequest) -> Result<PathBuf> {
     task.validate()?;
     model_config.validate()?;
     training.validate()?;
-    if request.evaluation_samples == 0 {
-        bail!("the number of evaluation samples must be at least 1");
-    }
     let device = request.device.resolve()?;
     let out = checkpoint::prepare_output_dir(request.out.as_deref())?;
 
-    let shape = ModelShape::for_task(task);
     // Weights are drawn on the CPU so that a seed gives the same start on every device.
     let mut vs = nn::VarStore::new(Device::Cpu);
-    let model = Seq2Seq::new_seeded(&vs.root(), model_config, shape, training.seed);
+    let model = Seq2Seq::new_seeded(&vs.root(), model_config, ModelShape::for_task(task), training.seed);
     vs.set_device(device);
+    let mut optimizer = Adam::new(&vs, training.learning_rate);
+    run_training(
+        Session {
+            dir: out,
+            task: task.clone(),
+            model_config: model_config.clone(),
+            training: training.clone(),
+            model,
+            vs,
+            start: Position::default(),
+            seconds_before: 0.0,
+            device,
+            progress: request.progress,
+        },
+        &mut optimizer,
+    )
+}
 
-    let chatty = request.progress != Progress::Quiet;
-    if chatty {
-        println!("Problem: {}", task.describe());
-        println!("{}", model.summary());
+/// Everything `train --resume` needs.
+#[derive(Debug, Clone)]
+pub struct ResumeRequest {
+    pub dir: PathBuf,
+    /// Replaces the checkpoint cadence the run was started with, when given.
+    pub checkpoint_every: Option<usize>,
+    /// Replaces the number of samples scored at the end, when given.
+    pub evaluation_samples: Option<usize>,
+    pub device: DeviceChoice,
+    pub progress: Progress,
+}
+
+/// Continues an interrupted run from its checkpoint, in its directory, to the same end.
+pub fn resume(request: &ResumeRequest) -> Result<PathBuf> {
+    let device = request.device.resolve()?;
+    let checkpoint = checkpoint::load_checkpoint(&request.dir, device)?;
+    let mut training = checkpoint.config.training.clone();
+    if request.checkpoint_every.is_some() {
+        training.checkpoint_every = request.checkpoint_every;
+    }
+    if let Some(samples) = request.evaluation_samples {
+        training.evaluation_samples = samples;
+    }
+    training.validate()?;
+    let mut optimizer = checkpoint.optimizer;
+    run_training(
+        Session {
+            dir: request.dir.clone(),
+            task: checkpoint.config.task.clone(),
+            model_config: checkpoint.config.model.clone(),
+            training,
+            model: checkpoint.model,
+            vs: checkpoint.vs,
+            start: checkpoint.position,
+            seconds_before: checkpoint.config.training_seconds,
+            device,
+            progress: request.progress,
+        },
+        &mut optimizer,
+    )
+}
+
+/// A model being trained, from a fresh start or a checkpoint.
+struct Session {
+    dir: PathBuf,
+    task: Task,
+    model_config: ModelConfig,
+    training: TrainConfig,
+    model: Seq2Seq,
+    vs: nn::VarStore,
+    start: Position,
+    seconds_before: f64,
+    device: Device,
+    progress: Progress,
+}
+
+impl Session {
+    /// The config to save, for a checkpoint at `checkpoint` or for the finished model.
+    fn saved_config(&self, seconds: f64, metrics: Option<Evaluation>, checkpoint: Option<Position>) -> SavedConfig {
+        SavedConfig {
+            format_version: checkpoint::FORMAT_VERSION,
+            task: self.task.clone(),
+            alphabet: self.task.alphabet().map(|a| a.as_string()),
+            input_len: self.task.input_len(),
+            output_len: self.task.output_len(),
+            model: self.model_config.clone(),
+            training: self.training.clone(),
+            trained_on: describe(self.device),
+            training_seconds: seconds,
+            metrics,
+            checkpoint,
+            versions: Versions::current(),
+        }
+    }
+}
+
+/// Trains `session` with `optimizer` to the end (or to Ctrl-C), then scores and saves the model.
+fn run_training(session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
+    let training = session.training.clone();
+    let (device, dir) = (session.device, session.dir.clone());
+    if session.progress != Progress::Quiet {
+        println!("Problem: {}", session.task.describe());
+        println!("{}", session.model.summary());
+        let resumed = match session.start.samples_seen(&training) {
+            0 => String::new(),
+            seen => format!(", resuming after {seen}"),
+        };
         println!(
-            "Training on {}: {} samples in batches of {}, {} epoch(s), seed {}",
+            "Training on {}: {} samples in batches of {}, {} epoch(s), seed {}{resumed}",
             describe(device),
             training.samples,
             training.batch_size,
@@ -65,30 +160,56 @@ pub fn train(request: &TrainRequest) -> Result<PathBuf> {
             training.seed
         );
     }
-    let data = BatchStream::new(task, training.seed, Stream::Training, training.samples, training.batch_size, device);
-    let outcome = train::train(&model, &vs, &data, training, request.progress)?;
-
-    let evaluation_data = evaluation_stream(task, training.seed, request.evaluation_samples, device);
-    let evaluation = evaluate::evaluate(&model, &evaluation_data);
-
-    let config = SavedConfig {
-        format_version: checkpoint::FORMAT_VERSION,
-        task: task.clone(),
-        alphabet: task.alphabet().map(|a| a.as_string()),
-        input_len: shape.input_len,
-        output_len: shape.output_len,
-        model: model_config.clone(),
-        training: training.clone(),
-        trained_on: describe(device),
-        training_seconds: outcome.seconds,
-        metrics: evaluation.clone(),
-        versions: Versions::current(),
+    let data =
+        BatchStream::new(&session.task, training.seed, Stream::Training, training.samples, training.batch_size, device);
+    let mut last_checkpoint: Option<usize> = None;
+    let outcome = {
+        let session = &session;
+        let mut save_checkpoint = |position: Position, optimizer: &Adam, seconds: f64| {
+            let config = session.saved_config(seconds, None, Some(position));
+            checkpoint::save_checkpoint(&dir, &config, &session.vs, optimizer, position)?;
+            last_checkpoint = Some(position.samples_seen(&training));
+            Ok(())
+        };
+        train::train(
+            &session.model,
+            optimizer,
+            &data,
+            TrainLoop {
+                config: &training,
+                progress: session.progress,
+                start: session.start,
+                seconds_before: session.seconds_before,
+                save_checkpoint: &mut save_checkpoint,
+            },
+        )
     };
+    let outcome = match (outcome, last_checkpoint) {
+        (Err(error), Some(samples)) => bail!(
+            "{error:#}. The last checkpoint, after {samples} samples, stays in {} (train --resume continues it)",
+            dir.display()
+        ),
+        (outcome, _) => outcome?,
+    };
+    let seconds = match outcome {
+        TrainOutcome::Interrupted { position, .. } => bail!(
+            "interrupted after {} of {} samples; the checkpoint in {} continues with: seq2seq train --resume {}",
+            position.samples_seen(&training),
+            training.total_samples(),
+            dir.display(),
+            dir.display()
+        ),
+        TrainOutcome::Finished { seconds } => seconds,
+    };
+
+    let evaluation_data = evaluation_stream(&session.task, training.seed, training.evaluation_samples, device);
+    let evaluation = evaluate::evaluate(&session.model, &evaluation_data);
+    let config = session.saved_config(seconds, Some(evaluation.clone()), None);
     // Saved before anything more is printed: a reader that goes away must not cost the model.
-    checkpoint::save(&out, &config, &vs)?;
-    println!("Trained in {:.1}s on {}. {}", outcome.seconds, describe(device), describe_evaluation(&evaluation));
-    println!("Saved the model to {}", out.display());
-    Ok(out)
+    checkpoint::save(&dir, &config, &session.vs)?;
+    println!("Trained in {seconds:.1}s on {}. {}", describe(device), describe_evaluation(&evaluation));
+    println!("Saved the model to {}", dir.display());
+    Ok(dir)
 }
 
 /// The evaluation stream of `seed`, with samples kept for the per-operator breakdown.

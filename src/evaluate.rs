@@ -8,6 +8,9 @@ use crate::data::BatchStream;
 use crate::model::Seq2Seq;
 use crate::problem::{Features, Input, Operator, Task};
 
+/// Samples scored after training and by `evaluate` unless the user says otherwise.
+pub const DEFAULT_EVALUATION_SAMPLES: usize = 10_000;
+
 /// Scores over a number of samples. Accuracies belong to character tasks, the largest error to
 /// the autoencoder; the other kind is `None` and left out of JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -63,6 +66,9 @@ pub struct MetricSums {
     pending_losses: Vec<Tensor>,
     samples: usize,
     steps_per_sample: usize,
+    /// Batches recorded so far, and the first whose loss was not finite (0-based).
+    batches: usize,
+    first_non_finite_batch: Option<usize>,
 }
 
 /// Batches recorded before they are scored together.
@@ -82,6 +88,8 @@ impl MetricSums {
             pending_losses: Vec::with_capacity(FOLD_EVERY),
             samples: 0,
             steps_per_sample,
+            batches: 0,
+            first_non_finite_batch: None,
         }
     }
 
@@ -98,6 +106,7 @@ impl MetricSums {
             self.pending_losses.push(loss.detach() * batch_size as f64);
         });
         self.samples += batch_size;
+        self.batches += 1;
         if self.pending_losses.len() >= FOLD_EVERY {
             self.fold();
         }
@@ -121,11 +130,24 @@ impl MetricSums {
                     self.max_abs_error = self.max_abs_error.maximum(&largest);
                 }
             }
-            self.weighted_loss += Tensor::stack(&self.pending_losses, 0).sum(Kind::Double);
+            let losses = Tensor::stack(&self.pending_losses, 0);
+            self.weighted_loss += losses.sum(Kind::Double);
+            if self.first_non_finite_batch.is_none() {
+                // One read-back per fold, which happens at the training loop's read-backs anyway.
+                let finite = Vec::<bool>::try_from(losses.isfinite().to_device(Device::Cpu)).expect("bools");
+                if let Some(offset) = finite.iter().position(|&ok| !ok) {
+                    self.first_non_finite_batch = Some(self.batches - self.pending_losses.len() + offset);
+                }
+            }
         });
         self.pending_predictions.clear();
         self.pending_targets.clear();
         self.pending_losses.clear();
+    }
+
+    /// The first recorded batch (0-based) whose loss was NaN or infinite, up to the last read.
+    pub fn first_non_finite_batch(&self) -> Option<usize> {
+        self.first_non_finite_batch
     }
 
     /// The means so far (reads the device).

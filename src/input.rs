@@ -32,59 +32,76 @@ pub fn for_each_batch(
     task: &Task,
     batch_size: usize,
     errors: &mut dyn Write,
-    mut on_batch: impl FnMut(&[Input]) -> Result<()>,
+    on_batch: impl FnMut(&[Input]) -> Result<()>,
 ) -> Result<InputSummary> {
-    let mut summary = InputSummary::default();
-    let mut pending: Vec<Input> = Vec::with_capacity(batch_size.min(1 << 16));
-    let mut each = |location: &str, text: Result<&str, &str>| -> Result<()> {
-        let parsed = match text {
-            Ok(text) => task.parse_input(text).map_err(|error| (text, error.to_string())),
-            Err(reason) => Err(("", reason.to_owned())),
-        };
-        match parsed {
-            Ok(input) => {
-                summary.accepted += 1;
-                pending.push(input);
-                if pending.len() >= batch_size {
-                    on_batch(&pending)?;
-                    pending.clear();
-                }
-            }
-            Err((text, reason)) => {
-                summary.rejected += 1;
-                let shown = text.trim_end_matches(['\n', '\r']);
-                if shown.trim().is_empty() {
-                    writeln!(errors, "{location}: {reason}")?;
-                } else {
-                    writeln!(errors, "{location}: {reason}: {:?}", abbreviate(shown))?;
-                }
-            }
-        }
-        Ok(())
-    };
+    let mut batcher = Batcher { task, batch_size, errors, on_batch, pending: Vec::new(), summary: Default::default() };
     match source {
         InputSource::Arguments(arguments) => {
             for (number, argument) in arguments.iter().enumerate() {
-                each(&format!("argument {}", number + 1), Ok(argument))?;
+                batcher.push(&format!("argument {}", number + 1), Ok(argument))?;
             }
         }
         InputSource::File(path) => {
             let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-            read_lines(BufReader::new(file), Some(path), &mut each)?;
+            read_lines(BufReader::new(file), Some(path), &mut batcher)?;
         }
-        InputSource::Stdin => read_lines(io::stdin().lock(), None, &mut each)?,
+        InputSource::Stdin => read_lines(io::stdin().lock(), None, &mut batcher)?,
     }
-    if !pending.is_empty() {
-        on_batch(&pending)?;
+    batcher.finish()
+}
+
+/// Collects accepted inputs into batches and reports refused ones.
+struct Batcher<'a, F> {
+    task: &'a Task,
+    batch_size: usize,
+    errors: &'a mut dyn Write,
+    on_batch: F,
+    pending: Vec<Input>,
+    summary: InputSummary,
+}
+
+impl<F: FnMut(&[Input]) -> Result<()>> Batcher<'_, F> {
+    /// One input at `location`; `Err` carries why a line is not text at all.
+    fn push(&mut self, location: &str, text: Result<&str, &str>) -> Result<()> {
+        let parsed = match text {
+            Ok(text) => self.task.parse_input(text).map_err(|error| (text, error.to_string())),
+            Err(reason) => Err(("", reason.to_owned())),
+        };
+        match parsed {
+            Ok(input) => {
+                self.summary.accepted += 1;
+                self.pending.push(input);
+                if self.pending.len() >= self.batch_size {
+                    (self.on_batch)(&self.pending)?;
+                    self.pending.clear();
+                }
+            }
+            Err((text, reason)) => {
+                self.summary.rejected += 1;
+                let shown = text.trim_end_matches(['\n', '\r']);
+                if shown.trim().is_empty() {
+                    writeln!(self.errors, "{location}: {reason}")?;
+                } else {
+                    writeln!(self.errors, "{location}: {reason}: {:?}", abbreviate(shown))?;
+                }
+            }
+        }
+        Ok(())
     }
-    Ok(summary)
+
+    fn finish(mut self) -> Result<InputSummary> {
+        if !self.pending.is_empty() {
+            (self.on_batch)(&self.pending)?;
+        }
+        Ok(self.summary)
+    }
 }
 
 /// Reads `reader` line by line as bytes, so that a line of invalid UTF-8 is one bad line.
-fn read_lines(
+fn read_lines<F: FnMut(&[Input]) -> Result<()>>(
     mut reader: impl BufRead,
     path: Option<&Path>,
-    each: &mut impl FnMut(&str, Result<&str, &str>) -> Result<()>,
+    batcher: &mut Batcher<'_, F>,
 ) -> Result<()> {
     let mut line = Vec::new();
     for number in 1.. {
@@ -100,7 +117,7 @@ fn read_lines(
             Some(path) => format!("{}:{number}", path.display()),
             None => format!("line {number}"),
         };
-        each(&location, std::str::from_utf8(&line).map_err(|_| "not valid UTF-8"))?;
+        batcher.push(&location, std::str::from_utf8(&line).map_err(|_| "not valid UTF-8"))?;
     }
     Ok(())
 }
@@ -112,5 +129,93 @@ fn abbreviate(text: &str) -> String {
         text.to_owned()
     } else {
         format!("{}…", text.chars().take(SHOWN).collect::<String>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::problem::{ArithmeticProblem, SequenceProblem};
+    use proptest::prelude::*;
+
+    fn calculator() -> Task {
+        Task::Arithmetic(ArithmeticProblem {
+            operators: "+-*/".parse().expect("valid operators"),
+            min_terms: 1,
+            max_terms: 4,
+            largest: 999,
+            reverse: true,
+        })
+    }
+
+    /// Runs raw bytes through the line reader as a file would be; returns what came out.
+    fn read(bytes: &[u8], task: &Task, batch_size: usize) -> (InputSummary, Vec<Input>, String) {
+        let mut errors = Vec::new();
+        let mut accepted = Vec::new();
+        let mut batcher = Batcher {
+            task,
+            batch_size,
+            errors: &mut errors,
+            on_batch: |batch: &[Input]| {
+                assert!(batch.len() <= batch_size);
+                accepted.extend_from_slice(batch);
+                Ok(())
+            },
+            pending: Vec::new(),
+            summary: InputSummary::default(),
+        };
+        read_lines(bytes, Some(Path::new("input.txt")), &mut batcher).expect("reading memory cannot fail");
+        let summary = batcher.finish().expect("no write fails");
+        (summary, accepted, String::from_utf8(errors).expect("messages are UTF-8"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Any bytes at all, invalid UTF-8 and NUL included: every line is answered or refused
+        /// with its location, and nothing panics.
+        #[test]
+        fn every_line_of_random_bytes_is_accepted_or_refused(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            for task in [calculator(), Task::Autoencoder(SequenceProblem { length: 3, ..Default::default() })] {
+                let (summary, accepted, errors) = read(&bytes, &task, 3);
+                let lines = bytes.split_inclusive(|&b| b == b'\n').count();
+                prop_assert_eq!(summary.accepted + summary.rejected, lines);
+                prop_assert_eq!(accepted.len(), summary.accepted);
+                prop_assert_eq!(errors.lines().count(), summary.rejected);
+                prop_assert!(errors.lines().all(|line| line.starts_with("input.txt:")));
+            }
+        }
+
+        /// Text made of the calculator's own characters: parsing never panics, and whatever is
+        /// accepted prints back as an expression that parses to the same thing.
+        #[test]
+        fn accepted_expressions_round_trip(text in "[0-9+*/ -]{0,20}") {
+            let task = calculator();
+            if let Ok(Input::Expression(expression)) = task.parse_input(&text) {
+                let Task::Arithmetic(problem) = &task else { unreachable!() };
+                prop_assert_eq!(problem.parse_expression(&problem.display_input(&expression)), Ok(expression.clone()));
+                let (min, max) = problem.result_range().expect("a valid problem");
+                prop_assert!((min..=max).contains(&expression.value()));
+            }
+        }
+
+        /// Arbitrary Unicode, control characters included, in either task's parser.
+        #[test]
+        fn parsers_never_panic_on_any_string(text in "\\PC*") {
+            let _ = calculator().parse_input(&text);
+            let _ = Task::Autoencoder(SequenceProblem::default()).parse_input(&text);
+        }
+    }
+
+    #[test]
+    fn a_one_megabyte_line_is_refused_and_quoted_briefly() {
+        let mut bytes = vec![b'1'; 1 << 20];
+        bytes.extend_from_slice(b"\n1+2\n\0\n");
+        let (summary, accepted, errors) = read(&bytes, &calculator(), 1000);
+        assert_eq!((summary.accepted, summary.rejected), (1, 2));
+        assert_eq!(accepted.len(), 1);
+        assert!(errors.starts_with("input.txt:1: expression is 1048576 characters long"), "{errors}");
+        assert!(errors.lines().next().is_some_and(|line| line.len() < 200), "the long line is abbreviated");
+        assert!(errors.contains("input.txt:3: unexpected character '\\0' at column 1"), "{errors}");
     }
 }

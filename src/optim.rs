@@ -276,11 +276,12 @@ fn checked_moment<'a>(
 mod tests {
     use super::*;
     use crate::model::{ModelConfig, ModelShape, Seq2Seq};
+    use crate::problem::Features;
     use rand::rngs::StdRng;
     use rand::{RngExt, SeedableRng};
     use tch::nn::OptimizerConfig;
 
-    const SHAPE: ModelShape = ModelShape { n_chars: 12, input_len: 8, output_len: 2 };
+    const SHAPE: ModelShape = ModelShape { features: Features::Classes(12), input_len: 8, output_len: 2 };
     const LEARNING_RATE: f64 = 0.001;
 
     struct Batch {
@@ -293,7 +294,7 @@ mod tests {
     fn batches(count: usize) -> Vec<Batch> {
         let mut rng = StdRng::seed_from_u64(5);
         let mut indices =
-            |n: usize| -> Vec<i64> { (0..n).map(|_| rng.random_range(0..SHAPE.n_chars as i64)).collect() };
+            |n: usize| -> Vec<i64> { (0..n).map(|_| rng.random_range(0..SHAPE.features.width() as i64)).collect() };
         (0..count)
             .map(|_| Batch {
                 inputs: Tensor::from_slice(&indices(32 * SHAPE.input_len)).view([32, SHAPE.input_len as i64]),
@@ -309,7 +310,7 @@ mod tests {
     }
 
     fn loss(model: &Seq2Seq, batch: &Batch) -> Tensor {
-        Seq2Seq::loss(&model.forward_t(&batch.inputs, true), &batch.targets)
+        model.loss(&model.forward_t(&batch.inputs, true), &batch.targets)
     }
 
     fn train(model: &Seq2Seq, adam: &mut Adam, batches: &[Batch]) {

@@ -1,4 +1,5 @@
-//! The training loop: Adam on the mean cross-entropy, with progress reporting.
+//! The training loop: Adam on the task's loss, with progress reporting, periodic checkpoints,
+//! Ctrl-C, and resumption at any batch.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
@@ -9,11 +10,12 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, OptimizerConfig};
 
 use crate::data::{BatchStream, mix_seed};
-use crate::evaluate::{MetricSums, Metrics};
+use crate::evaluate::{DEFAULT_EVALUATION_SAMPLES, MetricSums, Metrics};
+use crate::interrupt;
 use crate::model::Seq2Seq;
+use crate::optim::Adam;
 
 /// How the model is fitted. `Default` is the reference: 75,000 samples in batches of 32,
 /// one epoch, Adam with learning rate 0.001.
@@ -26,11 +28,29 @@ pub struct TrainConfig {
     pub learning_rate: f64,
     /// Seeds the initial weights and every sample.
     pub seed: u64,
+    /// Fresh samples scored when training ends.
+    #[serde(default = "default_evaluation_samples")]
+    pub evaluation_samples: usize,
+    /// Samples between checkpoints of the model directory (none when `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_every: Option<usize>,
+}
+
+fn default_evaluation_samples() -> usize {
+    DEFAULT_EVALUATION_SAMPLES
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        Self { samples: 75_000, batch_size: 32, epochs: 1, learning_rate: 0.001, seed: 1 }
+        Self {
+            samples: 75_000,
+            batch_size: 32,
+            epochs: 1,
+            learning_rate: 0.001,
+            seed: 1,
+            evaluation_samples: DEFAULT_EVALUATION_SAMPLES,
+            checkpoint_every: None,
+        }
     }
 }
 
@@ -45,10 +65,37 @@ impl TrainConfig {
         if self.epochs == 0 {
             bail!("the number of epochs must be at least 1");
         }
-        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+        // Above f32's range the step itself overflows.
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0 && self.learning_rate <= f32::MAX as f64) {
             bail!("the learning rate must be a positive number, got {}", self.learning_rate);
         }
+        if self.evaluation_samples == 0 {
+            bail!("the number of evaluation samples must be at least 1");
+        }
+        if self.checkpoint_every == Some(0) {
+            bail!("--checkpoint-every must be at least 1 sample");
+        }
         Ok(())
+    }
+
+    /// Samples in the whole run.
+    pub fn total_samples(&self) -> usize {
+        self.samples.saturating_mul(self.epochs)
+    }
+}
+
+/// Where a run stands: the next batch to train is step `step` of epoch `epoch` (both 0-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Position {
+    pub epoch: usize,
+    pub step: usize,
+}
+
+impl Position {
+    /// Samples trained on before this position.
+    pub fn samples_seen(&self, config: &TrainConfig) -> usize {
+        let steps = self.step.saturating_mul(config.batch_size).min(config.samples);
+        self.epoch * config.samples + steps
     }
 }
 
@@ -73,55 +120,98 @@ impl Progress {
     }
 }
 
-/// What a finished training run reports.
-#[derive(Debug, Clone, Copy)]
-pub struct TrainOutcome {
-    /// Wall time of the loop, data generation included.
-    pub seconds: f64,
+/// How a training run ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TrainOutcome {
+    Finished {
+        seconds: f64,
+    },
+    /// Ctrl-C: stopped at `position`, after the checkpoint was written.
+    Interrupted {
+        position: Position,
+        seconds: f64,
+    },
 }
 
 /// Steps between read-backs of the running metrics (each one synchronises a GPU).
 const READ_EVERY_STEPS: usize = 50;
 
-/// Fits `model` (whose variables live in `vs`) to the batches of `data`.
-pub fn train(
-    model: &Seq2Seq,
-    vs: &nn::VarStore,
-    data: &BatchStream,
-    config: &TrainConfig,
-    progress: Progress,
-) -> Result<TrainOutcome> {
-    let mut optimizer = nn::Adam::default().build(vs, config.learning_rate)?;
-    let mut reporter = Reporter::new(progress, data.samples() * config.epochs, config.epochs);
+/// What the loop needs besides the model and the data.
+pub struct TrainLoop<'a> {
+    pub config: &'a TrainConfig,
+    pub progress: Progress,
+    /// Where to start: the beginning, or a checkpoint's position.
+    pub start: Position,
+    /// Seconds already trained before `start` (a resumed run keeps counting).
+    pub seconds_before: f64,
+    /// Writes a checkpoint for a position (every `checkpoint_every` samples, and on Ctrl-C).
+    pub save_checkpoint: &'a mut dyn FnMut(Position, &Adam, f64) -> Result<()>,
+}
+
+/// Fits `model` to the batches of `data` with `optimizer`, from `run.start` to the end.
+pub fn train(model: &Seq2Seq, optimizer: &mut Adam, data: &BatchStream, run: TrainLoop<'_>) -> Result<TrainOutcome> {
+    let config = run.config;
+    let total = config.total_samples();
+    let mut reporter = Reporter::new(run.progress, total, config.epochs);
+    reporter.advance(run.start.samples_seen(config));
     let start = Instant::now();
-    for epoch in 0..config.epochs {
-        let shape = model.shape();
+    let elapsed = || run.seconds_before + start.elapsed().as_secs_f64();
+    let uses_dropout = model.config().dropout > 0.0;
+    let shape = model.shape();
+    interrupt::install();
+    let mut samples_at_last_checkpoint = run.start.samples_seen(config);
+    for epoch in run.start.epoch..config.epochs {
         let mut sums = MetricSums::new(data.device(), shape.features, shape.output_len);
         let order = batch_order(data.num_batches(), config.seed, epoch);
-        for (step, &index) in order.iter().enumerate() {
-            let batch = data.batch(index);
+        let first_step = if epoch == run.start.epoch { run.start.step } else { 0 };
+        for step in first_step..order.len() {
+            if uses_dropout {
+                // Dropout masks from (seed, step) alone, so that a resumed run draws the same ones.
+                tch::manual_seed(mix_seed(config.seed ^ mix_seed((epoch * order.len() + step) as u64)) as i64);
+            }
+            let batch = data.batch(order[step]);
             let output = model.forward_t(&batch.inputs, true);
             let loss = model.loss(&output, &batch.targets);
             optimizer.backward_step(&loss);
             sums.add(&output, &batch.targets, &loss, batch.size);
             reporter.advance(batch.size);
-            if (step + 1) % READ_EVERY_STEPS == 0 || step + 1 == order.len() {
+
+            let next = Position { epoch, step: step + 1 };
+            let samples_seen = next.samples_seen(config);
+            let checkpoint_due =
+                config.checkpoint_every.is_some_and(|every| samples_seen / every > samples_at_last_checkpoint / every);
+            let stop = interrupt::requested();
+            if (step + 1) % READ_EVERY_STEPS == 0 || step + 1 == order.len() || checkpoint_due || stop {
                 let running = sums.read();
-                if !running.loss.is_finite() {
+                if let Some(batch) = sums.first_non_finite_batch() {
                     reporter.finish();
                     bail!(
-                        "training diverged: the running loss became {} by step {} of epoch {}",
+                        "training diverged: the loss became {} at step {} of epoch {} (after {} samples); \
+                         no checkpoint was written after it",
                         running.loss,
-                        step + 1,
-                        epoch + 1
+                        first_step + batch + 1,
+                        epoch + 1,
+                        Position { epoch, step: first_step + batch }.samples_seen(config)
                     );
                 }
-                reporter.show(epoch, &running, start.elapsed());
+                reporter.show(epoch, &running, start.elapsed(), samples_seen - run.start.samples_seen(config));
+            }
+            if checkpoint_due || stop {
+                // A finished run is saved whole by the caller; no checkpoint is needed at its end.
+                let finished = samples_seen == total;
+                if !finished || stop {
+                    (run.save_checkpoint)(next, optimizer, elapsed())?;
+                    samples_at_last_checkpoint = samples_seen;
+                }
+                if stop && !finished {
+                    reporter.finish();
+                    return Ok(TrainOutcome::Interrupted { position: next, seconds: elapsed() });
+                }
             }
         }
     }
     reporter.finish();
-    Ok(TrainOutcome { seconds: start.elapsed().as_secs_f64() })
+    Ok(TrainOutcome::Finished { seconds: elapsed() })
 }
 
 /// The first epoch takes batches in stream order; each later one in a seeded shuffle, so
@@ -156,7 +246,7 @@ impl Reporter {
             bar.set_style(style);
             bar
         });
-        Self { mode, bar, total, epochs, done: 0, next_line_at: total.div_ceil(10) }
+        Self { mode, bar, total, epochs, done: 0, next_line_at: total.div_ceil(10).max(1) }
     }
 
     fn advance(&mut self, samples: usize) {
@@ -166,8 +256,9 @@ impl Reporter {
         }
     }
 
-    fn show(&mut self, epoch: usize, running: &Metrics, elapsed: Duration) {
-        let rate = self.done as f64 / elapsed.as_secs_f64().max(1e-9);
+    /// `trained` samples were trained in `elapsed` by this process (a resumed run started later).
+    fn show(&mut self, epoch: usize, running: &Metrics, elapsed: Duration, trained: usize) {
+        let rate = trained as f64 / elapsed.as_secs_f64().max(1e-9);
         let figures = match (running.char_accuracy, running.sequence_accuracy) {
             (Some(chars), Some(sequences)) => {
                 format!("loss {:.4} acc {:.1}% seq {:.1}% {rate:.0}/s", running.loss, 100.0 * chars, 100.0 * sequences)
@@ -187,7 +278,7 @@ impl Reporter {
                 println!("{epoch_label}{}/{} samples {figures} ETA {remaining:.0}s", self.done, self.total);
                 let _ = std::io::stdout().flush();
                 while self.next_line_at <= self.done {
-                    self.next_line_at += self.total.div_ceil(10);
+                    self.next_line_at += self.total.div_ceil(10).max(1);
                 }
             }
             Progress::Lines | Progress::Quiet => {}

@@ -46,7 +46,10 @@ fn small_model_learns_addition_and_records_its_run() {
     assert_eq!(config["model"]["decoder_units"], 48);
     assert_eq!(
         config["training"],
-        json!({"samples": 24000, "batch_size": 32, "epochs": 1, "learning_rate": 0.002, "seed": 11})
+        json!({
+            "samples": 24000, "batch_size": 32, "epochs": 1, "learning_rate": 0.002, "seed": 11,
+            "evaluation_samples": 10000
+        })
     );
     assert_eq!(config["trained_on"], "cpu");
     assert_eq!(config["versions"]["seq2seq"], env!("CARGO_PKG_VERSION"));

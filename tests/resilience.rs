@@ -1,0 +1,214 @@
+//! Nothing lost, nothing crashes: checkpoints, Ctrl-C and resume (bit for bit), SIGKILL at any
+//! moment, divergence, and damaged training state.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tempfile::TempDir;
+
+/// A small run of a few seconds: long enough to be interrupted, with dropout, two layers and
+/// two epochs so that resume must restore dropout masks and the second epoch's shuffle.
+const RUN: &[&str] = &[
+    "--samples",
+    "24000",
+    "--epochs",
+    "2",
+    "--seed",
+    "3",
+    "--encoder-units",
+    "24",
+    "--decoder-units",
+    "16",
+    "--encoder-layers",
+    "2",
+    "--dropout",
+    "0.2",
+    "--eval-samples",
+    "500",
+    "--device",
+    "cpu",
+];
+
+/// Starts `seq2seq --threads 1 train --quiet --out DIR` plus `RUN` and `extra`, without waiting.
+fn spawn_training(dir: &Path, extra: &[&str]) -> Child {
+    Command::new(assert_cmd::cargo::cargo_bin("seq2seq"))
+        .args(["--threads", "1", "train", "--quiet", "--out", path_str(dir)])
+        .args(RUN)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the seq2seq binary starts")
+}
+
+/// Waits until `path` exists (the first checkpoint is written), at most a minute.
+fn wait_for(path: &Path) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(start.elapsed() < Duration::from_secs(60), "{} never appeared", path.display());
+        sleep(Duration::from_millis(5));
+    }
+}
+
+fn send(child: &Child, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(child.id()).expect("a pid fits pid_t");
+    // SAFETY: kill(2) with a pid we spawned and a valid signal number.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill({pid}, {signal})");
+}
+
+#[test]
+fn interrupted_then_resumed_run_ends_with_the_same_weights_bit_for_bit() {
+    let home = TempDir::new().unwrap();
+    let uninterrupted = home.path().join("uninterrupted");
+    let mut args = vec!["train", "--quiet", "--out", path_str(&uninterrupted)];
+    args.extend_from_slice(RUN);
+    run(&args).succeeded();
+
+    let interrupted = home.path().join("interrupted");
+    let child = spawn_training(&interrupted, &["--checkpoint-every", "2000"]);
+    wait_for(&interrupted.join("training_state.safetensors"));
+    send(&child, libc::SIGINT);
+    let output = child.wait_with_output().expect("the run ends");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "Ctrl-C exits non-zero\n{stderr}");
+    assert!(stderr.contains("interrupted after ") && stderr.contains("train --resume"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // The checkpoint is a model too.
+    run(&["evaluate", "--model", path_str(&interrupted), "--samples", "100"]).succeeded();
+    let config = read_json(&interrupted.join("config.json"));
+    assert!(config["checkpoint"]["epoch"].is_u64() && config.get("metrics").is_none(), "{config}");
+
+    let resumed = run(&["train", "--quiet", "--resume", path_str(&interrupted)]);
+    resumed.succeeded();
+    assert_eq!(
+        fs::read(interrupted.join("model.safetensors")).unwrap(),
+        fs::read(uninterrupted.join("model.safetensors")).unwrap(),
+        "resumed weights differ from an uninterrupted run's"
+    );
+    assert!(!interrupted.join("training_state.safetensors").exists(), "a finished run leaves no training state");
+    let finished = read_json(&interrupted.join("config.json"));
+    assert_eq!(finished["metrics"], read_json(&uninterrupted.join("config.json"))["metrics"]);
+    assert!(finished.get("checkpoint").is_none());
+}
+
+#[test]
+fn sigkill_at_any_moment_leaves_a_loadable_checkpoint_that_resumes() {
+    let home = TempDir::new().unwrap();
+    for (attempt, delay_ms) in [0u64, 7, 23, 61, 150].into_iter().enumerate() {
+        let dir = home.path().join(format!("killed-{attempt}"));
+        // Checkpoints every 256 samples: the kill lands while files are being written.
+        let mut child = spawn_training(&dir, &["--checkpoint-every", "256"]);
+        wait_for(&dir.join("config.json"));
+        sleep(Duration::from_millis(delay_ms));
+        send(&child, libc::SIGKILL);
+        child.wait().expect("the killed run is reaped");
+        run(&["evaluate", "--model", path_str(&dir), "--samples", "50"]).succeeded();
+        run(&["predict", "--model", path_str(&dir), "1+2+3"]).succeeded();
+        if attempt == 0 {
+            // What is left resumes to the end.
+            run(&["train", "--quiet", "--resume", path_str(&dir)]).succeeded();
+        }
+        let leftovers: Vec<String> = file_names(&dir).into_iter().filter(|name| name.contains(".tmp-")).collect();
+        assert!(leftovers.len() <= 1, "at most the one file being written when killed: {leftovers:?}");
+    }
+}
+
+#[test]
+fn a_diverging_run_names_the_step_and_keeps_the_last_checkpoint() {
+    let home = TempDir::new().unwrap();
+    let dir = home.path().join("diverged");
+    // Adam's first steps move every weight by about the learning rate: 1e36 overflows float32
+    // at the second step. A checkpoint after every batch leaves the first one behind.
+    let outcome = run(&[
+        "train",
+        "--quiet",
+        "--out",
+        path_str(&dir),
+        "--samples",
+        "320",
+        "--learning-rate",
+        "1e36",
+        "--checkpoint-every",
+        "32",
+    ]);
+    outcome.failed().stderr_has(&[
+        "training diverged: the loss became inf at step 2 of epoch 1 (after 32 samples)",
+        "The last checkpoint, after 32 samples, stays in",
+    ]);
+    run(&["evaluate", "--model", path_str(&dir), "--samples", "50"]).succeeded();
+    assert_eq!(read_json(&dir.join("config.json"))["checkpoint"], serde_json::json!({"epoch": 0, "step": 1}));
+}
+
+#[test]
+fn resume_refuses_what_it_cannot_continue() {
+    let model = shared_model();
+    run(&["train", "--resume", path_str(&model.dir)])
+        .failed()
+        .stderr_has(&["holds a finished model, not a checkpoint: there is nothing to resume"]);
+    run(&["train", "--resume", "/nonexistent/run"]).failed().stderr_has(&["/nonexistent/run does not exist"]);
+    run(&["train", "--resume", path_str(&model.dir), "--samples", "10"])
+        .failed_usage()
+        .stderr_has(&["'--resume <DIR>' cannot be used with '--samples <SAMPLES>'"]);
+    run(&["train", "--checkpoint-every", "0", "--out", "/tmp/never-made"])
+        .failed()
+        .stderr_has(&["--checkpoint-every must be at least 1 sample"]);
+
+    // A checkpoint whose training state is missing or damaged.
+    let home = TempDir::new().unwrap();
+    let dir = home.path().join("run");
+    let mut child = spawn_training(&dir, &["--checkpoint-every", "1000"]);
+    let state = dir.join("training_state.safetensors");
+    // The config is written last: once it is there, so is the training state.
+    wait_for(&dir.join("config.json"));
+    send(&child, libc::SIGKILL);
+    child.wait().expect("reaped");
+    let bytes = fs::read(&state).unwrap();
+    fs::write(&state, &bytes[..bytes.len() / 2]).unwrap();
+    run(&["train", "--resume", path_str(&dir)])
+        .failed()
+        .stderr_has(&["training_state.safetensors", "not a readable safetensors file"]);
+    fs::remove_file(&state).unwrap();
+    run(&["train", "--resume", path_str(&dir)])
+        .failed()
+        .stderr_has(&["training_state.safetensors is missing: the checkpoint cannot be resumed"]);
+}
+
+#[test]
+fn weights_of_the_wrong_dtype_are_refused() {
+    let (_home, dir) = damaged_copy(|dir| {
+        let path = dir.join("model.safetensors");
+        let tensors = tch::Tensor::read_safetensors(&path).unwrap();
+        let doubled: Vec<(String, tch::Tensor)> =
+            tensors.into_iter().map(|(name, t)| (name, t.to_kind(tch::Kind::Double))).collect();
+        tch::Tensor::write_safetensors(&doubled, &path).unwrap();
+    });
+    run(&["evaluate", "--model", path_str(&dir)])
+        .failed()
+        .stderr_has(&["model.safetensors", "is Double, expected float32"]);
+}
+
+#[test]
+fn a_batch_larger_than_the_sample_count_is_fine() {
+    let home = TempDir::new().unwrap();
+    let dir = home.path().join("one-batch");
+    run(&[
+        "train",
+        "--quiet",
+        "--out",
+        path_str(&dir),
+        "--samples",
+        "10",
+        "--batch-size",
+        "100",
+        "--eval-samples",
+        "5",
+    ])
+    .succeeded();
+    run(&["predict", "--model", path_str(&dir), "1+2+3"]).succeeded();
+}
