@@ -9,6 +9,7 @@ pub mod commands;
 pub mod data;
 pub mod device;
 pub mod evaluate;
+pub mod metrics_log;
 pub mod model;
 pub mod predict;
 pub mod problem;
