@@ -11,6 +11,7 @@ pub mod device;
 pub mod evaluate;
 pub mod metrics_log;
 pub mod model;
+pub mod pca;
 pub mod predict;
 pub mod problem;
 pub mod train;
