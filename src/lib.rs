@@ -6,6 +6,7 @@
 pub mod checkpoint;
 pub mod cli;
 pub mod commands;
+pub mod completions;
 pub mod data;
 pub mod device;
 pub mod evaluate;
