@@ -113,7 +113,7 @@ pub fn save(dir: &Path, config: &SavedConfig, vs: &nn::VarStore) -> Result<()> {
 
 /// Runs `write` on a temporary file beside `path`, flushes it to disk, then renames it over
 /// `path`: a crash leaves the old file or the new one, never half of one.
-fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+pub(crate) fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let temporary = dir.join(format!(".{name}.tmp-{}", std::process::id()));

@@ -2,6 +2,8 @@
 //!
 //! Data flows one way: [`problem`] and [`vocab`] → [`data`] → [`model`] →
 //! [`train`] / [`evaluate`] / [`predict`] → [`checkpoint`] → [`commands`] ← [`cli`].
+//! Beside them: [`metrics_log`] (`metrics.csv`), [`pca`], [`plot`] (PNG pictures of both) and
+//! [`completions`] (shell scripts from the clap definition).
 
 pub mod checkpoint;
 pub mod cli;
@@ -13,6 +15,7 @@ pub mod evaluate;
 pub mod metrics_log;
 pub mod model;
 pub mod pca;
+pub mod plot;
 pub mod predict;
 pub mod problem;
 pub mod train;
