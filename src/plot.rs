@@ -35,6 +35,8 @@ const LABEL_SIZE: u32 = 16;
 
 /// Points whose value is NaN or infinite, outside the colour map.
 const NO_VALUE_COLOUR: RGBColor = RGBColor(160, 160, 160);
+/// Largest magnitude an axis shows; plotters computes NaN ticks when an axis's width overflows.
+const AXIS_LIMIT: f64 = 1e300;
 /// Height of the strip under the learning curve that holds its legend: one row for training, one
 /// for validation, so that the legend never hides a curve.
 const LEGEND_HEIGHT: u32 = 70;
@@ -227,12 +229,10 @@ pub fn scatter(
     let x_range = padded_range(shown.iter().map(|((x, _), _)| *x), 0.05);
     let y_range = padded_range(shown.iter().map(|((_, y), _)| *y), 0.05);
     let value_range = padded_range(values.iter().copied(), 0.0);
+    // Normalised here rather than by plotters, whose colour maps panic on a NaN position.
     let colour_of = |value: f64| {
-        if value.is_finite() {
-            ViridisRGB.get_color_normalized(value, value_range.start, value_range.end)
-        } else {
-            NO_VALUE_COLOUR
-        }
+        let position = (value - value_range.start) / (value_range.end - value_range.start);
+        if position.is_finite() { ViridisRGB.get_color(position.clamp(0.0, 1.0)) } else { NO_VALUE_COLOUR }
     };
 
     render_png(path, SCATTER_SIZE, |root| {
@@ -328,16 +328,20 @@ fn render_png(
 }
 
 /// The span of the finite `values`, widened by `margin` (a fraction of the span) on each side;
-/// a unit-wide range around a single value, and `0..1` when there is none.
+/// ±10% around a single value (±0.5 around 0), and `0..1` when there is none. Never empty, so
+/// that axes and the colour map always have a width to divide by, and never wider than
+/// ±[`AXIS_LIMIT`] (with the margin), so that the width stays finite.
 fn padded_range(values: impl Iterator<Item = f64>, margin: f64) -> Range<f64> {
     let (low, high) = values
         .filter(|value| value.is_finite())
+        .map(|value| value.clamp(-AXIS_LIMIT, AXIS_LIMIT))
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(low, high), value| (low.min(value), high.max(value)));
     if low > high {
         return 0.0..1.0;
     }
     if low == high {
-        let half_width = if low == 0.0 { 0.5 } else { low.abs() * 0.1 };
+        let tenth = low.abs() * 0.1;
+        let half_width = if tenth >= f64::MIN_POSITIVE { tenth } else { 0.5 };
         return low - half_width..high + half_width;
     }
     let pad = (high - low) * margin;
@@ -464,6 +468,20 @@ mod tests {
     }
 
     #[test]
+    fn extreme_values_draw_without_panicking() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("extreme.png");
+        let points = [(0.0, 0.0), (1.0, 1.0), (2.0, 0.5)];
+        scatter(&points, &[-f64::MAX, f64::MAX, 0.0], "huge", "x", "y", "v", &path).expect("huge values");
+        scatter(&points, &[5e-324; 3], "tiny", "x", "y", "v", &path).expect("equal subnormal values");
+        let close = [(1.0, 1.0), (1.0 + f32::EPSILON, 1.0 - f32::EPSILON)];
+        scatter(&close, &[1.0, 1.0 + f64::EPSILON], "close", "x", "y", "v", &path).expect("nearly equal values");
+        let mut row = rows(true)[0];
+        row.loss = 1e300;
+        learning_curve(&[row, rows(true)[1]], "exploded", &path).expect("a huge loss");
+    }
+
+    #[test]
     fn scatter_rejects_mismatched_lengths() {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let path = dir.path().join("mismatch.png");
@@ -484,6 +502,9 @@ mod tests {
         assert_eq!(padded_range([1.0, 3.0].into_iter(), 0.5), 0.0..4.0);
         assert_eq!(padded_range([f64::NAN].into_iter(), 0.5), 0.0..1.0);
         assert_eq!(padded_range([0.0].into_iter(), 0.5), -0.5..0.5);
+        assert_eq!(padded_range([5e-324].into_iter(), 0.5), 5e-324 - 0.5..5e-324 + 0.5);
+        assert_eq!(padded_range([-20.0].into_iter(), 0.5), -22.0..-18.0);
+        assert_eq!(padded_range([-f64::MAX, f64::MAX].into_iter(), 0.0), -AXIS_LIMIT..AXIS_LIMIT);
         assert_eq!(format_count(0.0), "0");
         assert_eq!(format_count(750.0), "750");
         assert_eq!(format_count(12_500.0), "12.5k");
