@@ -3,19 +3,25 @@
 //! Data flows one way: [`problem`] and [`vocab`] → [`data`] → [`model`] →
 //! [`train`] / [`evaluate`] / [`predict`] / [`encode`] (users' lines through [`input`]) →
 //! [`checkpoint`] → [`commands`] ← [`cli`].
-//! [`optim`] and [`interrupt`] serve the training loop.
+//! [`optim`] and [`interrupt`] serve the training loop. Beside them: [`metrics_log`]
+//! (`metrics.csv`), [`pca`], [`plot`] (PNG pictures of both) and [`completions`] (shell scripts
+//! from the clap definition).
 
 pub mod checkpoint;
 pub mod cli;
 pub mod commands;
+pub mod completions;
 pub mod data;
 pub mod device;
 pub mod encode;
 pub mod evaluate;
 pub mod input;
 pub mod interrupt;
+pub mod metrics_log;
 pub mod model;
 pub mod optim;
+pub mod pca;
+pub mod plot;
 pub mod predict;
 pub mod problem;
 pub mod train;

@@ -1,0 +1,247 @@
+//! The training metrics log `metrics.csv` in the model directory: one line per report, written
+//! and flushed as it happens, so that a crash keeps every finished line and a plot can be drawn
+//! from a run that is still going.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+/// File name of the log inside the model directory.
+pub const METRICS_FILE: &str = "metrics.csv";
+
+/// Column names, in the order every line holds them.
+const COLUMNS: [&str; 9] = [
+    "samples_seen",
+    "epoch",
+    "elapsed_seconds",
+    "loss",
+    "char_accuracy",
+    "sequence_accuracy",
+    "validation_loss",
+    "validation_char_accuracy",
+    "validation_sequence_accuracy",
+];
+
+/// One report of a training run. `None` means "not applicable" and is written as an empty field:
+/// regression tasks have no accuracies, and validation is not scored at every report.
+/// Accuracies are fractions in `[0, 1]`, as in [`crate::evaluate::Metrics`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MetricsRow {
+    /// Training samples processed so far, over all epochs.
+    pub samples_seen: u64,
+    /// The epoch this report falls in, counted from 1.
+    pub epoch: usize,
+    /// Wall time since training started.
+    pub elapsed_seconds: f64,
+    /// Mean training loss since the previous report.
+    pub loss: f64,
+    pub char_accuracy: Option<f64>,
+    pub sequence_accuracy: Option<f64>,
+    pub validation_loss: Option<f64>,
+    pub validation_char_accuracy: Option<f64>,
+    pub validation_sequence_accuracy: Option<f64>,
+}
+
+/// An open `metrics.csv` that training appends to.
+#[derive(Debug)]
+pub struct MetricsLog {
+    file: File,
+    path: PathBuf,
+}
+
+impl MetricsLog {
+    /// Creates (or truncates) the log at `path` and writes the header line.
+    pub fn create(path: &Path) -> Result<Self> {
+        let mut file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+        file.write_all(format!("{}\n", COLUMNS.join(",")).as_bytes())
+            .and_then(|()| file.flush())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(Self { file, path: path.to_owned() })
+    }
+
+    /// Writes one line in a single call and flushes it.
+    pub fn append(&mut self, row: &MetricsRow) -> Result<()> {
+        let line = format_row(row);
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|()| self.file.flush())
+            .with_context(|| format!("cannot append to {}", self.path.display()))
+    }
+
+    /// Where the log is written.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// One CSV line, newline included. `{}` prints the shortest text that parses back to the same
+/// `f64`, so a round trip is exact.
+fn format_row(row: &MetricsRow) -> String {
+    let optional = |value: Option<f64>| value.map(|v| v.to_string()).unwrap_or_default();
+    format!(
+        "{},{},{},{},{},{},{},{},{}\n",
+        row.samples_seen,
+        row.epoch,
+        row.elapsed_seconds,
+        row.loss,
+        optional(row.char_accuracy),
+        optional(row.sequence_accuracy),
+        optional(row.validation_loss),
+        optional(row.validation_char_accuracy),
+        optional(row.validation_sequence_accuracy),
+    )
+}
+
+/// Reads a log written by [`MetricsLog`]. Errors name the file and the (1-based) line.
+pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut lines = text.lines();
+    let expected_header = COLUMNS.join(",");
+    match lines.next() {
+        Some(header) if header == expected_header => {}
+        Some(header) => bail!("{} line 1: expected the header `{expected_header}`, found `{header}`", path.display()),
+        None => bail!("{} is empty: expected the header `{expected_header}`", path.display()),
+    }
+    lines
+        .enumerate()
+        .map(|(index, line)| parse_row(line).with_context(|| format!("{} line {}", path.display(), index + 2)))
+        .collect()
+}
+
+fn parse_row(line: &str) -> Result<MetricsRow> {
+    let fields: Vec<&str> = line.split(',').collect();
+    let [
+        samples_seen,
+        epoch,
+        elapsed_seconds,
+        loss,
+        char_accuracy,
+        sequence_accuracy,
+        validation_loss,
+        validation_char_accuracy,
+        validation_sequence_accuracy,
+    ] = fields[..]
+    else {
+        bail!("expected {} comma-separated fields, found {}: `{line}`", COLUMNS.len(), fields.len());
+    };
+    Ok(MetricsRow {
+        samples_seen: parse_field(COLUMNS[0], samples_seen)?,
+        epoch: parse_field(COLUMNS[1], epoch)?,
+        elapsed_seconds: parse_field(COLUMNS[2], elapsed_seconds)?,
+        loss: parse_field(COLUMNS[3], loss)?,
+        char_accuracy: parse_optional(COLUMNS[4], char_accuracy)?,
+        sequence_accuracy: parse_optional(COLUMNS[5], sequence_accuracy)?,
+        validation_loss: parse_optional(COLUMNS[6], validation_loss)?,
+        validation_char_accuracy: parse_optional(COLUMNS[7], validation_char_accuracy)?,
+        validation_sequence_accuracy: parse_optional(COLUMNS[8], validation_sequence_accuracy)?,
+    })
+}
+
+fn parse_field<T: std::str::FromStr>(column: &str, text: &str) -> Result<T> {
+    text.trim().parse().map_err(|_| anyhow::anyhow!("column {column}: `{text}` is not a valid number"))
+}
+
+fn parse_optional(column: &str, text: &str) -> Result<Option<f64>> {
+    if text.trim().is_empty() { Ok(None) } else { parse_field(column, text).map(Some) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classification_row(samples_seen: u64) -> MetricsRow {
+        MetricsRow {
+            samples_seen,
+            epoch: 1,
+            elapsed_seconds: 12.345678901234,
+            loss: 1.0 / 3.0,
+            char_accuracy: Some(0.8125),
+            sequence_accuracy: Some(0.1),
+            validation_loss: None,
+            validation_char_accuracy: None,
+            validation_sequence_accuracy: None,
+        }
+    }
+
+    #[test]
+    fn round_trip_keeps_every_value_exactly() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join(METRICS_FILE);
+        let rows = vec![
+            classification_row(3_200),
+            MetricsRow {
+                samples_seen: 75_000,
+                epoch: 2,
+                validation_loss: Some(0.25),
+                validation_char_accuracy: Some(0.9),
+                validation_sequence_accuracy: Some(0.0),
+                ..classification_row(0)
+            },
+            // A regression task: no accuracies at all.
+            MetricsRow {
+                char_accuracy: None,
+                sequence_accuracy: None,
+                validation_loss: Some(1e-7),
+                ..classification_row(u64::MAX)
+            },
+        ];
+        let mut log = MetricsLog::create(&path).expect("create the log");
+        for row in &rows {
+            log.append(row).expect("append a row");
+        }
+        assert_eq!(read_metrics(&path).expect("read the log back"), rows);
+    }
+
+    #[test]
+    fn appended_lines_are_on_disk_before_the_log_is_dropped() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join(METRICS_FILE);
+        let mut log = MetricsLog::create(&path).expect("create the log");
+        assert_eq!(read_metrics(&path).expect("a header-only log reads"), vec![]);
+        log.append(&classification_row(32)).expect("append a row");
+        assert_eq!(read_metrics(&path).expect("read while still open"), vec![classification_row(32)]);
+        drop(log);
+    }
+
+    #[test]
+    fn empty_fields_are_written_for_missing_values() {
+        let line = format_row(&classification_row(64));
+        assert!(line.ends_with(",0.8125,0.1,,,\n"), "{line}");
+    }
+
+    #[test]
+    fn damaged_line_is_reported_with_file_and_line_number() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join(METRICS_FILE);
+        let mut log = MetricsLog::create(&path).expect("create the log");
+        log.append(&classification_row(32)).expect("append a row");
+        log.append(&classification_row(64)).expect("append a row");
+        let text = std::fs::read_to_string(&path).expect("read the log");
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        lines[2] = lines[2].replace(",0.8125,", ",0.81x5,");
+        std::fs::write(&path, lines.join("\n")).expect("write the damaged log");
+
+        let message = format!("{:#}", read_metrics(&path).expect_err("line 3 is damaged"));
+        assert!(message.contains(&format!("{} line 3", path.display())), "{message}");
+        assert!(message.contains("char_accuracy") && message.contains("0.81x5"), "{message}");
+    }
+
+    #[test]
+    fn truncated_line_and_wrong_header_are_errors() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join(METRICS_FILE);
+        std::fs::write(&path, format!("{}\n32,1,0.5", COLUMNS.join(","))).expect("write a truncated log");
+        let message = format!("{:#}", read_metrics(&path).expect_err("line 2 is cut short"));
+        assert!(message.contains("line 2") && message.contains("found 3"), "{message}");
+
+        std::fs::write(&path, "step,loss\n").expect("write a foreign csv");
+        let message = format!("{:#}", read_metrics(&path).expect_err("the header is wrong"));
+        assert!(message.contains("line 1"), "{message}");
+
+        let missing = dir.path().join("absent.csv");
+        let message = format!("{:#}", read_metrics(&missing).expect_err("no file"));
+        assert!(message.contains("absent.csv"), "{message}");
+    }
+}
