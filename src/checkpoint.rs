@@ -249,8 +249,8 @@ pub fn load(dir: &Path, device: Device) -> Result<LoadedModel> {
     Ok(LoadedModel { config, model, vs })
 }
 
-/// The checked config of the model directory `dir`.
-fn read_model_dir_config(dir: &Path) -> Result<SavedConfig> {
+/// The checked config of the model directory `dir`, without its weights.
+pub fn read_model_dir_config(dir: &Path) -> Result<SavedConfig> {
     if !dir.exists() {
         bail!("model directory {} does not exist", dir.display());
     }
