@@ -3,6 +3,7 @@
 //! model that is "95% right" fails (the carry digit, the longest answers).
 
 use std::cmp::Reverse;
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind};
@@ -18,6 +19,8 @@ pub struct Mistake {
     /// What the model wrote, without its padding.
     pub prediction: String,
     pub expected: i128,
+    /// How many of the samples were this input (small problems repeat expressions).
+    pub count: usize,
     /// Product over the output characters of the probability the model gave the one it wrote:
     /// near 1 for a mistake the model is sure of.
     pub confidence: f64,
@@ -53,7 +56,9 @@ impl SizeAccuracy {
 pub struct ErrorReport {
     /// Samples with at least one wrong character.
     pub wrong: usize,
-    /// The most confident mistakes first, at most as many as asked for.
+    /// Distinct inputs among them.
+    pub distinct_wrong: usize,
+    /// The most confident mistakes first, one per distinct input, at most as many as asked for.
     pub errors: Vec<Mistake>,
     pub by_position: Vec<PositionAccuracy>,
     /// Negative values first (largest magnitude first), then values of 1, 2, ... digits.
@@ -61,7 +66,7 @@ pub struct ErrorReport {
 }
 
 /// Scores `model` on every batch of `data` (which must keep its samples) and keeps the `limit`
-/// most confident mistakes.
+/// most confident mistakes. Memory grows with the number of distinct wrong inputs.
 pub fn analyse(model: &Seq2Seq, data: &BatchStream, problem: &ArithmeticProblem, limit: usize) -> ErrorReport {
     let alphabet = problem.alphabet();
     let output_len = problem.output_len();
@@ -70,6 +75,7 @@ pub fn analyse(model: &Seq2Seq, data: &BatchStream, problem: &ArithmeticProblem,
     // (negative, digits) → (samples, correct)
     let mut sizes: Vec<((bool, usize), (usize, usize))> = Vec::new();
     let mut mistakes: Vec<Mistake> = Vec::new();
+    let mut index_of: HashMap<String, usize> = HashMap::new();
     let mut wrong = 0usize;
     tch::no_grad(|| {
         for batch in data.iter() {
@@ -105,19 +111,23 @@ pub fn analyse(model: &Seq2Seq, data: &BatchStream, problem: &ArithmeticProblem,
                     continue;
                 }
                 wrong += 1;
+                let input = expression.to_string();
+                if let Some(&seen) = index_of.get(&input) {
+                    mistakes[seen].count += 1;
+                    continue;
+                }
+                index_of.insert(input.clone(), mistakes.len());
                 mistakes.push(Mistake {
-                    input: expression.to_string(),
+                    input,
                     prediction: alphabet.decode(&predicted[row.clone()]).trim().to_owned(),
                     expected: value,
+                    count: 1,
                     confidence: probabilities[row].iter().product(),
                 });
-                // Bounded memory however many samples are wrong.
-                if mistakes.len() >= limit.saturating_mul(2).max(1024) {
-                    keep_most_confident(&mut mistakes, limit);
-                }
             }
         }
     });
+    let distinct_wrong = mistakes.len();
     keep_most_confident(&mut mistakes, limit);
     // Negative values first, largest magnitude first: the number line from left to right.
     sizes.sort_by_key(|&((negative, digits), _)| {
@@ -125,6 +135,7 @@ pub fn analyse(model: &Seq2Seq, data: &BatchStream, problem: &ArithmeticProblem,
     });
     ErrorReport {
         wrong,
+        distinct_wrong,
         errors: mistakes,
         by_position: correct_at
             .iter()
@@ -155,19 +166,19 @@ fn keep_most_confident(mistakes: &mut Vec<Mistake>, limit: usize) {
 impl ErrorReport {
     /// The report as text, after the usual figures.
     pub fn describe(&self, samples: usize, problem: &ArithmeticProblem) -> String {
-        let mut lines = vec![format!("Wrong: {} of {samples}.", self.wrong)];
+        let mut lines = vec![format!("Wrong: {} of {samples} ({} distinct inputs).", self.wrong, self.distinct_wrong)];
         if !self.errors.is_empty() {
             let width = problem.input_len().max("input".len());
             let answer_width = problem.output_len().max("expected".len());
             lines.push(format!("The {} most confident mistakes:", self.errors.len()));
             lines.push(format!(
-                "  {:>width$}  {:>answer_width$}  {:>answer_width$}  confidence",
+                "  {:>width$}  {:>answer_width$}  {:>answer_width$}  confidence  times",
                 "input", "predicted", "expected"
             ));
             for mistake in &self.errors {
                 lines.push(format!(
-                    "  {:>width$}  {:>answer_width$}  {:>answer_width$}  {:>10.4}",
-                    mistake.input, mistake.prediction, mistake.expected, mistake.confidence
+                    "  {:>width$}  {:>answer_width$}  {:>answer_width$}  {:>10.4}  {:>5}",
+                    mistake.input, mistake.prediction, mistake.expected, mistake.confidence, mistake.count
                 ));
             }
         }
@@ -188,7 +199,7 @@ mod tests {
     use super::*;
 
     fn mistake(input: &str, confidence: f64) -> Mistake {
-        Mistake { input: input.to_owned(), prediction: "1".to_owned(), expected: 2, confidence }
+        Mistake { input: input.to_owned(), prediction: "1".to_owned(), expected: 2, count: 1, confidence }
     }
 
     #[test]

@@ -234,6 +234,14 @@ fn encode_plot_draws_a_1000x800_scatter_of_fresh_samples_or_of_the_inputs() {
     assert_eq!(fs::read_to_string(&vectors).unwrap().lines().count(), inputs.len());
     assert!(central_colours(&picture, (1000, 800)).len() > 1);
 
+    // Bare file names land in the working directory.
+    let mut command =
+        seq2seq(&["encode", "--model", model, "--plot", "here.png", "--out", "here.csv", "1+2+3", "4+5+6"]);
+    command.current_dir(home.path());
+    Outcome::of(command).succeeded();
+    assert!(central_colours(&home.path().join("here.png"), (1000, 800)).len() > 1);
+    assert_eq!(fs::read_to_string(home.path().join("here.csv")).unwrap().lines().count(), 2);
+
     run(&["encode", "--model", model, "--plot", path_str(&picture), "1+2+3"])
         .failed()
         .stderr_has(&["--plot needs at least 2 inputs"]);
@@ -262,8 +270,10 @@ fn evaluate_errors_lists_real_mistakes_with_consistent_breakdowns() {
     let sequence_accuracy = report["sequence_accuracy"].as_f64().expect("sequence accuracy");
     assert!(((samples - wrong) as f64 / samples as f64 - sequence_accuracy).abs() < 1e-9, "{report}");
 
+    let distinct_wrong = report["distinct_wrong"].as_u64().expect("distinct_wrong") as usize;
+    assert!(distinct_wrong > 5 && distinct_wrong <= wrong, "{report}");
     let errors = report["errors"].as_array().expect("a list of errors");
-    assert_eq!(errors.len(), 5.min(wrong));
+    assert_eq!(errors.len(), 5.min(distinct_wrong));
     let mut previous_confidence = f64::INFINITY;
     for error in errors {
         let input = error["input"].as_str().expect("input");
@@ -296,12 +306,18 @@ fn evaluate_errors_lists_real_mistakes_with_consistent_breakdowns() {
         .sum();
     assert!((wrong_in_groups - wrong as f64).abs() < 1e-6, "{report}");
 
-    // Asking for more than there are lists them all; the text output says the same.
-    assert_eq!(evaluate_errors("1000000")["errors"].as_array().expect("errors").len(), wrong);
+    // Asking for more than there are lists them all, each input once, their counts adding up to
+    // the wrong samples; the text output says the same.
+    let all = evaluate_errors("1000000");
+    let all = all["errors"].as_array().expect("errors");
+    assert_eq!(all.len(), distinct_wrong);
+    let inputs: HashSet<&str> = all.iter().map(|error| error["input"].as_str().expect("input")).collect();
+    assert_eq!(inputs.len(), distinct_wrong, "an input listed twice");
+    assert_eq!(all.iter().map(|error| error["count"].as_u64().expect("count")).sum::<u64>(), wrong as u64);
     let text = run(&["evaluate", "--model", path_str(&small_model().dir), "--samples", "1000", "--errors", "3"]);
     text.succeeded();
     for expected in [
-        format!("Wrong: {wrong} of 1000."),
+        format!("Wrong: {wrong} of 1000 ({distinct_wrong} distinct inputs)."),
         "The 3 most confident mistakes:".to_owned(),
         "Character accuracy by output position".to_owned(),
         "2 digits".to_owned(),
