@@ -36,36 +36,49 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Train a model on generated samples, score it and save it as a directory.
+    /// Train a model on generated samples, score it and save it as a directory
     ///
     /// Examples: seq2seq train --seed 7 --out runs/seed7
     ///           seq2seq train --ops +- --terms 2 --largest 999 --reverse
     ///           seq2seq train --task autoencoder --sequence random
+    // Verbatim: clap would join the example lines into one.
+    #[command(verbatim_doc_comment)]
     Train(TrainArgs),
-    /// Score a saved model on fresh samples.
+    /// Score a saved model on fresh samples
     ///
     /// Examples: seq2seq evaluate --model runs/seed7 --samples 10000 --json
     ///           seq2seq evaluate --model runs/seed7 --errors 10
+    // Verbatim: clap would join the example lines into one.
+    #[command(verbatim_doc_comment)]
     Evaluate(EvaluateArgs),
-    /// Answer expressions (or reconstruct sequences) with a saved model.
+    /// Answer expressions (or reconstruct sequences) with a saved model
     ///
     /// Examples: seq2seq predict --model runs/seed7 9+10+9 2+4+5
     ///           seq2seq predict --model runs/seed7 --verbose 9+10+9
+    // Verbatim: clap would join the example lines into one.
+    #[command(verbatim_doc_comment)]
     Predict(PredictArgs),
-    /// Write the encoder's fixed-length vector for each input, as CSV or .npy.
+    /// Write the encoder's fixed-length vector for each input, as CSV or .npy
     ///
     /// Examples: seq2seq encode --model runs/seed7 --file inputs.txt --format npy --out vectors.npy
     ///           seq2seq encode --model runs/seed7 --plot encodings.png
+    // Verbatim: clap would join the example lines into one.
+    #[command(verbatim_doc_comment)]
     Encode(EncodeArgs),
-    /// Draw a model's learning curve (loss and accuracies against samples seen) from the
-    /// metrics.csv that `train` wrote beside it, as a PNG.
+    /// Draw a model's learning curve from its metrics.csv, as a PNG
+    ///
+    /// Loss and accuracies, training and validation, against samples seen.
     ///
     /// Example: seq2seq plot --model runs/seed7 --out seed7.png
+    // Verbatim: clap would join the example lines into one.
+    #[command(verbatim_doc_comment)]
     Plot(PlotArgs),
-    /// Print a shell completion script to standard output.
+    /// Print a shell completion script to standard output
     ///
     /// Example: seq2seq completions bash > ~/.local/share/bash-completion/completions/seq2seq
     ///          seq2seq completions zsh > "${fpath[1]}/_seq2seq"
+    // Verbatim: clap would join the example lines into one.
+    #[command(verbatim_doc_comment)]
     Completions(CompletionsArgs),
     /// Show versions, whether CUDA is available and the number of CUDA devices.
     ///
