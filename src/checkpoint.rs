@@ -218,7 +218,8 @@ pub fn load_checkpoint(dir: &Path, device: Device) -> Result<Checkpoint> {
 /// Runs `write` on a temporary file beside `path`, flushes it to disk, then renames it over
 /// `path`: a crash leaves the old file or the new one, never half of one.
 pub(crate) fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    // A bare file name's parent is "", which cannot be opened to sync: it means ".".
+    let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let temporary = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = write(&temporary)
@@ -249,8 +250,8 @@ pub fn load(dir: &Path, device: Device) -> Result<LoadedModel> {
     Ok(LoadedModel { config, model, vs })
 }
 
-/// The checked config of the model directory `dir`.
-fn read_model_dir_config(dir: &Path) -> Result<SavedConfig> {
+/// The checked config of the model directory `dir`, without its weights.
+pub fn read_model_dir_config(dir: &Path) -> Result<SavedConfig> {
     if !dir.exists() {
         bail!("model directory {} does not exist", dir.display());
     }

@@ -3,11 +3,14 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap_complete::Shell;
 
 use crate::commands::{
-    self, DEFAULT_EVALUATION_SAMPLES, EncodeRequest, EvaluateRequest, PredictRequest, ResumeRequest, TrainRequest,
+    self, DEFAULT_EVALUATION_SAMPLES, DEFAULT_PLOT_SAMPLES, EncodeRequest, EvaluateRequest, PlotRequest,
+    PredictRequest, ResumeRequest, TrainRequest,
 };
+use crate::completions::write_completions;
 use crate::device::DeviceChoice;
 use crate::encode::EncodeFormat;
 use crate::input::InputSource;
@@ -33,26 +36,71 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Train a model on generated samples, score it and save it as a directory.
+    /// Train a model on generated samples, score it and save it as a directory
     ///
     /// Examples: seq2seq train --seed 7 --out runs/seed7
     ///           seq2seq train --ops +- --terms 2 --largest 999 --reverse
     ///           seq2seq train --task autoencoder --sequence random
+    // Verbatim: clap would join the example lines into one.
+    #[command(verbatim_doc_comment)]
     Train(TrainArgs),
-    /// Score a saved model on fresh samples.
+    /// Score a saved model on fresh samples
     ///
-    /// Example: seq2seq evaluate --model runs/seed7 --samples 10000 --json
+    /// Examples: seq2seq evaluate --model runs/seed7 --samples 10000 --json
+    ///           seq2seq evaluate --model runs/seed7 --errors 10
+    // Verbatim: clap would join the example lines into one.
+    #[command(verbatim_doc_comment)]
     Evaluate(EvaluateArgs),
-    /// Answer expressions (or reconstruct sequences) with a saved model.
+    /// Answer expressions (or reconstruct sequences) with a saved model
     ///
-    /// Example: seq2seq predict --model runs/seed7 9+10+9 2+4+5
+    /// Examples: seq2seq predict --model runs/seed7 9+10+9 2+4+5
+    ///           seq2seq predict --model runs/seed7 --verbose 9+10+9
+    // Verbatim: clap would join the example lines into one.
+    #[command(verbatim_doc_comment)]
     Predict(PredictArgs),
-    /// Write the encoder's fixed-length vector for each input, as CSV or .npy.
+    /// Write the encoder's fixed-length vector for each input, as CSV or .npy
     ///
-    /// Example: seq2seq encode --model runs/seed7 --file inputs.txt --format npy --out vectors.npy
+    /// Examples: seq2seq encode --model runs/seed7 --file inputs.txt --format npy --out vectors.npy
+    ///           seq2seq encode --model runs/seed7 --plot encodings.png
+    // Verbatim: clap would join the example lines into one.
+    #[command(verbatim_doc_comment)]
     Encode(EncodeArgs),
+    /// Draw a model's learning curve from its metrics.csv, as a PNG
+    ///
+    /// Loss and accuracies, training and validation, against samples seen.
+    ///
+    /// Example: seq2seq plot --model runs/seed7 --out seed7.png
+    // Verbatim: clap would join the example lines into one.
+    #[command(verbatim_doc_comment)]
+    Plot(PlotArgs),
+    /// Print a shell completion script to standard output
+    ///
+    /// Example: seq2seq completions bash > ~/.local/share/bash-completion/completions/seq2seq
+    ///          seq2seq completions zsh > "${fpath[1]}/_seq2seq"
+    // Verbatim: clap would join the example lines into one.
+    #[command(verbatim_doc_comment)]
+    Completions(CompletionsArgs),
     /// Show versions, whether CUDA is available and the number of CUDA devices.
+    ///
+    /// Example: seq2seq info
     Info,
+}
+
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// Model directory written by `train` (a checkpoint of a run still going works too).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// PNG file to write, replaced atomically. [default: DIR/learning_curve.png]
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: Shell,
 }
 
 /// What `--task` trains.
@@ -136,6 +184,11 @@ pub struct TrainArgs {
     /// writes one).
     #[arg(long, value_name = "N", help_heading = "Checkpoints")]
     pub checkpoint_every: Option<usize>,
+    /// Add a row to the model directory's metrics.csv every N samples (and at each epoch's end):
+    /// running loss and accuracies, and the same figures on 1,000 fresh validation samples.
+    /// [default: a twentieth of the run, at least one batch]
+    #[arg(long, value_name = "N")]
+    pub log_every: Option<usize>,
     /// Continue the interrupted run whose checkpoint is in DIR, to the same weights an
     /// uninterrupted run would reach (on the CPU). Takes its settings from the checkpoint.
     #[arg(long, value_name = "DIR", help_heading = "Checkpoints", conflicts_with_all = [
@@ -159,9 +212,14 @@ pub struct EvaluateArgs {
     pub seed: Option<u64>,
     #[arg(long, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
-    /// Print one JSON object: loss, char_accuracy, sequence_accuracy, samples.
+    /// Print one JSON object: loss, char_accuracy, sequence_accuracy, samples (and with
+    /// --errors: wrong, errors, by_position, by_size).
     #[arg(long)]
     pub json: bool,
+    /// Also list the N most confident wrong predictions, and accuracy by output position and by
+    /// the true value's number of digits (arithmetic models).
+    #[arg(long, value_name = "N")]
+    pub errors: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -180,6 +238,10 @@ pub struct PredictArgs {
     /// autoencoder: input, reconstruction, max_abs_error).
     #[arg(long)]
     pub json: bool,
+    /// After each answer, the probability the model gave each character it wrote (arithmetic;
+    /// with --json: a "probabilities" list).
+    #[arg(long, short)]
+    pub verbose: bool,
 }
 
 /// Where `predict` and `encode` read their inputs.
@@ -214,9 +276,18 @@ pub struct EncodeArgs {
     pub inputs: InputArgs,
     #[arg(long, value_enum, default_value_t = EncodeFormat::Csv)]
     pub format: EncodeFormat,
-    /// File to write, replaced atomically (default: standard output; required for npy).
+    /// File to write, replaced atomically (default: standard output; required for npy; with
+    /// --plot, no vectors are written unless --out names a file).
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// Draw the vectors' first two principal components as a 1000x800 PNG, coloured by each
+    /// input's value (an expression's value, a sequence's mean). Without inputs, encodes --samples
+    /// fresh samples instead of reading standard input.
+    #[arg(long, value_name = "FILE.png")]
+    pub plot: Option<PathBuf>,
+    /// Fresh samples drawn for --plot when no inputs are given.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_PLOT_SAMPLES, requires = "plot")]
+    pub samples: usize,
     /// Inputs encoded per forward pass.
     #[arg(long, default_value_t = DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
@@ -244,6 +315,7 @@ impl TrainArgs {
                 seed: self.seed,
                 evaluation_samples: self.eval_samples.unwrap_or(DEFAULT_EVALUATION_SAMPLES),
                 checkpoint_every: self.checkpoint_every,
+                log_every: self.log_every,
             },
             device: self.device,
             out: self.out,
@@ -305,6 +377,7 @@ impl EvaluateArgs {
             seed: self.seed,
             device: self.device,
             json: self.json,
+            errors: self.errors,
         }
     }
 }
@@ -317,17 +390,22 @@ impl PredictArgs {
             batch_size: self.batch_size,
             device: self.device,
             json: self.json,
+            verbose: self.verbose,
         }
     }
 }
 
 impl EncodeArgs {
     fn into_request(self) -> EncodeRequest {
+        let no_inputs = self.inputs.inputs.is_empty() && self.inputs.file.is_none();
         EncodeRequest {
             model_dir: self.model,
-            source: self.inputs.source(),
+            // With --plot and nothing to read, draw samples rather than wait on standard input.
+            source: if no_inputs && self.plot.is_some() { None } else { Some(self.inputs.source()) },
+            samples: self.samples,
             format: self.format,
             out: self.out,
+            plot: self.plot,
             batch_size: self.batch_size,
             device: self.device,
         }
@@ -351,6 +429,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 dir,
                 checkpoint_every: args.checkpoint_every,
                 evaluation_samples: args.eval_samples,
+                log_every: args.log_every,
                 device: args.device,
                 progress: Progress::for_stdout(args.quiet),
             }),
@@ -360,6 +439,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Evaluate(args) => commands::evaluate(&args.into_request()).map(|_| ()),
         Command::Predict(args) => commands::predict(&args.into_request()),
         Command::Encode(args) => commands::encode(&args.into_request()),
+        Command::Plot(args) => commands::plot(&PlotRequest { model_dir: args.model, out: args.out }).map(|_| ()),
+        Command::Completions(args) => {
+            write_completions(args.shell, &mut Cli::command(), &mut std::io::stdout().lock());
+            Ok(())
+        }
         Command::Info => {
             commands::info();
             Ok(())

@@ -1,26 +1,35 @@
 //! One function per subcommand: each validates its request, does the work, prints the result.
 
 use std::io::{self, BufWriter, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
+use serde::Serialize;
 use tch::{Device, nn};
 
 use crate::checkpoint::{self, SavedConfig, Versions};
 use crate::data::{BatchStream, Stream};
 use crate::device::{DeviceChoice, describe, runtime_report};
-use crate::encode::{EncodeFormat, Encoder};
+use crate::encode::{EncodeFormat, Encoder, KeptVectors};
 use crate::evaluate::{self, Evaluation};
 use crate::input::{InputSource, InputSummary};
+use crate::metrics_log::{METRICS_FILE, MetricsLog, MetricsRow, read_metrics};
+use crate::mistakes::{self, ErrorReport};
 use crate::model::{ModelConfig, ModelShape, Seq2Seq};
 use crate::optim::Adam;
 use crate::predict::Predictor;
-use crate::problem::Task;
-use crate::train::{self, Position, Progress, TrainConfig, TrainLoop, TrainOutcome};
+use crate::problem::{Input, Task};
+use crate::train::{self, Position, Progress, Report, TrainConfig, TrainLoop, TrainOutcome};
+use crate::{pca, plot};
 
 pub use crate::evaluate::DEFAULT_EVALUATION_SAMPLES;
+/// The learning curve's file name inside the model directory, unless `plot --out` says otherwise.
+pub const LEARNING_CURVE_FILE: &str = "learning_curve.png";
 /// Evaluation needs no small batches: they only cost time.
 pub const EVALUATION_BATCH_SIZE: usize = 1000;
+/// Fresh samples scored at each row of `metrics.csv`: the first of the evaluation stream, the
+/// same ones at every row, so that the validation curve moves only because the model does.
+pub const VALIDATION_SAMPLES: usize = 1000;
 
 /// Everything `train` needs.
 #[derive(Debug, Clone)]
@@ -72,6 +81,8 @@ pub struct ResumeRequest {
     pub checkpoint_every: Option<usize>,
     /// Replaces the number of samples scored at the end, when given.
     pub evaluation_samples: Option<usize>,
+    /// Replaces the metrics log's cadence, when given.
+    pub log_every: Option<usize>,
     pub device: DeviceChoice,
     pub progress: Progress,
 }
@@ -86,6 +97,9 @@ pub fn resume(request: &ResumeRequest) -> Result<PathBuf> {
     }
     if let Some(samples) = request.evaluation_samples {
         training.evaluation_samples = samples;
+    }
+    if request.log_every.is_some() {
+        training.log_every = request.log_every;
     }
     training.validate()?;
     let mut optimizer = checkpoint.optimizer;
@@ -162,6 +176,19 @@ fn run_training(session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
     }
     let data =
         BatchStream::new(&session.task, training.seed, Stream::Training, training.samples, training.batch_size, device);
+    let metrics_path = dir.join(METRICS_FILE);
+    let mut metrics_log = match session.start.samples_seen(&training) {
+        0 => MetricsLog::create(&metrics_path)?,
+        seen => MetricsLog::reopen(&metrics_path, seen as u64)?,
+    };
+    let validation_data = BatchStream::new(
+        &session.task,
+        training.seed,
+        Stream::Evaluation,
+        VALIDATION_SAMPLES,
+        EVALUATION_BATCH_SIZE,
+        device,
+    );
     let mut last_checkpoint: Option<usize> = None;
     let outcome = {
         let session = &session;
@@ -170,6 +197,10 @@ fn run_training(session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
             checkpoint::save_checkpoint(&dir, &config, &session.vs, optimizer, position)?;
             last_checkpoint = Some(position.samples_seen(&training));
             Ok(())
+        };
+        let mut on_report = |report: &Report| {
+            let validation = evaluate::evaluate(&session.model, &validation_data).metrics;
+            metrics_log.append(&metrics_row(report, &validation))
         };
         train::train(
             &session.model,
@@ -181,6 +212,7 @@ fn run_training(session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
                 start: session.start,
                 seconds_before: session.seconds_before,
                 save_checkpoint: &mut save_checkpoint,
+                on_report: &mut on_report,
             },
         )
     };
@@ -212,6 +244,21 @@ fn run_training(session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// One line of `metrics.csv`: a training report and the validation figures scored with it.
+fn metrics_row(report: &Report, validation: &evaluate::Metrics) -> MetricsRow {
+    MetricsRow {
+        samples_seen: report.samples_seen as u64,
+        epoch: report.epoch + 1,
+        elapsed_seconds: report.elapsed_seconds,
+        loss: report.running.loss,
+        char_accuracy: report.running.char_accuracy,
+        sequence_accuracy: report.running.sequence_accuracy,
+        validation_loss: Some(validation.loss),
+        validation_char_accuracy: validation.char_accuracy,
+        validation_sequence_accuracy: validation.sequence_accuracy,
+    }
+}
+
 /// The evaluation stream of `seed`, with samples kept for the per-operator breakdown.
 fn evaluation_stream(task: &Task, seed: u64, samples: usize, device: Device) -> BatchStream {
     BatchStream::new(task, seed, Stream::Evaluation, samples, EVALUATION_BATCH_SIZE, device).keeping_samples()
@@ -239,6 +286,18 @@ pub struct EvaluateRequest {
     pub seed: Option<u64>,
     pub device: DeviceChoice,
     pub json: bool,
+    /// List this many wrong predictions, with accuracy by output position and by answer size.
+    pub errors: Option<usize>,
+}
+
+/// What `evaluate --json` prints: the figures, and with `--errors` the [`ErrorReport`]'s keys
+/// (`wrong`, `errors`, `by_position`, `by_size`).
+#[derive(Debug, Serialize)]
+struct EvaluateJson<'a> {
+    #[serde(flatten)]
+    evaluation: &'a Evaluation,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    mistakes: Option<&'a ErrorReport>,
 }
 
 /// Scores a saved model on fresh samples.
@@ -249,12 +308,28 @@ pub fn evaluate(request: &EvaluateRequest) -> Result<Evaluation> {
     let device = request.device.resolve()?;
     let loaded = checkpoint::load(&request.model_dir, device)?;
     let seed = request.seed.unwrap_or(loaded.config.training.seed);
+    let problem = match (&loaded.config.task, request.errors) {
+        (Task::Autoencoder(_), Some(_)) => bail!(
+            "--errors lists wrong answers of arithmetic models; {} holds an autoencoder, whose errors are \
+             the mean squared and largest absolute error that evaluate prints without it",
+            request.model_dir.display()
+        ),
+        (Task::Arithmetic(problem), Some(_)) => Some(problem),
+        (_, None) => None,
+    };
     let data = evaluation_stream(&loaded.config.task, seed, request.samples, device);
     let evaluation = evaluate::evaluate(&loaded.model, &data);
+    let report = match (problem, request.errors) {
+        (Some(problem), Some(limit)) => Some(mistakes::analyse(&loaded.model, &data, problem, limit)),
+        _ => None,
+    };
     if request.json {
-        println!("{}", serde_json::to_string(&evaluation)?);
+        println!("{}", serde_json::to_string(&EvaluateJson { evaluation: &evaluation, mistakes: report.as_ref() })?);
     } else {
         println!("{} (seed {seed}, {})", describe_evaluation(&evaluation), describe(device));
+        if let (Some(problem), Some(report)) = (problem, &report) {
+            println!("{}", report.describe(evaluation.metrics.samples, problem));
+        }
     }
     Ok(evaluation)
 }
@@ -267,6 +342,8 @@ pub struct PredictRequest {
     pub batch_size: usize,
     pub device: DeviceChoice,
     pub json: bool,
+    /// Show the probability of each output character (arithmetic).
+    pub verbose: bool,
 }
 
 /// Answers expressions with a saved model; fails (after answering the good lines) when any
@@ -277,6 +354,13 @@ pub fn predict(request: &PredictRequest) -> Result<()> {
     }
     let device = request.device.resolve()?;
     let loaded = checkpoint::load(&request.model_dir, device)?;
+    if request.verbose && matches!(loaded.config.task, Task::Autoencoder(_)) {
+        bail!(
+            "--verbose shows the probability of each output character; {} holds an autoencoder, which writes \
+             values (--json gives each reconstruction's largest absolute error)",
+            request.model_dir.display()
+        );
+    }
     // Someone typing at a terminal wants each answer as soon as the line is entered.
     let interactive = request.source == InputSource::Stdin && io::stdin().is_terminal();
     let predictor = Predictor {
@@ -285,6 +369,7 @@ pub fn predict(request: &PredictRequest) -> Result<()> {
         device,
         batch_size: if interactive { 1 } else { request.batch_size },
         json: request.json,
+        verbose: request.verbose,
     };
     let mut out = BufWriter::new(io::stdout().lock());
     let summary = predictor.run(&request.source, &mut out, &mut io::stderr())?;
@@ -308,15 +393,24 @@ fn fail_on_rejections(summary: &InputSummary) -> Result<()> {
 #[derive(Debug, Clone)]
 pub struct EncodeRequest {
     pub model_dir: PathBuf,
-    pub source: InputSource,
+    /// The inputs; `None` draws `samples` fresh samples of the evaluation stream (`--plot` alone).
+    pub source: Option<InputSource>,
+    /// How many samples to draw when `source` is `None`.
+    pub samples: usize,
     pub format: EncodeFormat,
-    /// Where to write; standard output when `None` (CSV only).
+    /// Where to write the vectors; standard output when `None` (CSV only), unless `plot` is given:
+    /// then no vectors are written.
     pub out: Option<PathBuf>,
+    /// Draw the vectors' two principal components into this PNG.
+    pub plot: Option<PathBuf>,
     pub batch_size: usize,
     pub device: DeviceChoice,
 }
 
-/// Writes the encoder's vector for each input.
+/// Samples `encode --plot` draws when given no inputs.
+pub const DEFAULT_PLOT_SAMPLES: usize = 2000;
+
+/// Writes the encoder's vector for each input, and with `plot` draws them.
 pub fn encode(request: &EncodeRequest) -> Result<()> {
     if request.batch_size == 0 {
         bail!("the batch size must be at least 1");
@@ -324,29 +418,87 @@ pub fn encode(request: &EncodeRequest) -> Result<()> {
     if request.format == EncodeFormat::Npy && request.out.is_none() {
         bail!("--format npy writes a binary file: name it with --out FILE.npy");
     }
+    if request.source.is_none() && request.samples < 2 {
+        bail!("--samples must be at least 2: a principal component needs two vectors to spread");
+    }
     let device = request.device.resolve()?;
     let loaded = checkpoint::load(&request.model_dir, device)?;
-    let encoder = Encoder { model: &loaded.model, task: &loaded.config.task, device, batch_size: request.batch_size };
-    let summary = match (&request.out, request.format) {
-        (Some(path), EncodeFormat::Npy) => encoder.write_npy(&request.source, path, &mut io::stderr())?,
-        (Some(path), EncodeFormat::Csv) => {
+    let task = &loaded.config.task;
+    let source = match &request.source {
+        Some(source) => source.clone(),
+        None => InputSource::Generated(fresh_samples(task, loaded.config.training.seed, request.samples)),
+    };
+    let encoder = Encoder { model: &loaded.model, task, device, batch_size: request.batch_size };
+    let mut kept = request.plot.as_ref().map(|_| KeptVectors::default());
+    let summary = match (&request.out, request.format, &mut kept) {
+        (Some(path), EncodeFormat::Npy, keep) => encoder.write_npy(&source, path, &mut io::stderr(), keep.as_mut())?,
+        (Some(path), EncodeFormat::Csv, keep) => {
             let mut summary = InputSummary::default();
             checkpoint::write_atomically(path, |temporary| {
                 let mut file = BufWriter::new(std::fs::File::create(temporary)?);
-                summary = encoder.write_csv(&request.source, &mut file, &mut io::stderr())?;
+                summary = encoder.write_csv(&source, &mut file, &mut io::stderr(), keep.as_mut())?;
                 file.flush()?;
                 Ok(())
             })?;
             summary
         }
-        (None, _) => {
+        (None, _, Some(keep)) => encoder.collect(&source, &mut io::stderr(), keep)?,
+        (None, _, None) => {
             let mut out = BufWriter::new(io::stdout().lock());
-            let summary = encoder.write_csv(&request.source, &mut out, &mut io::stderr())?;
+            let summary = encoder.write_csv(&source, &mut out, &mut io::stderr(), None)?;
             out.flush()?;
             summary
         }
     };
+    if let (Some(path), Some(kept)) = (&request.plot, &kept) {
+        draw_encodings(task, kept, path)?;
+        eprintln!("Drew the vectors of {} inputs into {}", kept.values().len(), path.display());
+    }
     fail_on_rejections(&summary)
+}
+
+/// The first `samples` samples of the evaluation stream of `seed`: inputs the model never trained on.
+fn fresh_samples(task: &Task, seed: u64, samples: usize) -> Vec<Input> {
+    let stream = BatchStream::new(task, seed, Stream::Evaluation, samples, EVALUATION_BATCH_SIZE, Device::Cpu);
+    stream.keeping_samples().iter().flat_map(|batch| batch.samples).collect()
+}
+
+/// A scatter of the kept vectors' first two principal components, coloured by each input's value.
+fn draw_encodings(task: &Task, kept: &KeptVectors, path: &Path) -> Result<()> {
+    let Some(vectors) = kept.matrix().filter(|matrix| matrix.size()[0] >= 2) else {
+        bail!("--plot needs at least 2 inputs to find principal components; got {}", kept.values().len());
+    };
+    let (points, explained) = pca::project_2d(&vectors)?;
+    let axis = |number: usize| format!("PC{number} ({:.0}% of variance)", 100.0 * explained[number - 1]);
+    let colour_label = match task {
+        Task::Arithmetic(_) => "value of the expression",
+        Task::Autoencoder(_) => "mean of the sequence",
+    };
+    let title = format!("Encoder vectors of {} inputs", points.len());
+    plot::scatter(&points, kept.values(), &title, &axis(1), &axis(2), colour_label, path)
+}
+
+/// Everything `plot` needs.
+#[derive(Debug, Clone)]
+pub struct PlotRequest {
+    pub model_dir: PathBuf,
+    /// Default: `learning_curve.png` in the model directory.
+    pub out: Option<PathBuf>,
+}
+
+/// Draws the learning curve of a model directory's `metrics.csv`; returns the picture's path.
+pub fn plot(request: &PlotRequest) -> Result<PathBuf> {
+    let config = checkpoint::read_model_dir_config(&request.model_dir)?;
+    let metrics_path = request.model_dir.join(METRICS_FILE);
+    if !metrics_path.exists() {
+        bail!("{} does not exist: the model was trained before train wrote it", metrics_path.display());
+    }
+    let rows = read_metrics(&metrics_path)?;
+    let out = request.out.clone().unwrap_or_else(|| request.model_dir.join(LEARNING_CURVE_FILE));
+    let title = format!("Learning curve: {}", config.task.describe());
+    plot::learning_curve(&rows, &title, &out)?;
+    println!("Drew {} reports of {} into {}", rows.len(), metrics_path.display(), out.display());
+    Ok(out)
 }
 
 /// Prints versions, CUDA availability and the device count.

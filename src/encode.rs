@@ -32,16 +32,41 @@ pub struct Encoder<'a> {
 }
 
 impl Encoder<'_> {
-    /// The vectors of one batch, `[batch, encoder_units]` on the CPU.
-    fn encode_batch(&self, batch: &[Input]) -> Tensor {
+    /// The vectors of one batch, `[batch, encoder_units]` on the CPU, also added to `keep`.
+    fn encode_batch(&self, batch: &[Input], keep: &mut Option<&mut KeptVectors>) -> Tensor {
         let inputs = input_tensor(self.task, batch, self.device);
-        tch::no_grad(|| self.model.encode(&inputs, false)).to_device(Device::Cpu)
+        let vectors = tch::no_grad(|| self.model.encode(&inputs, false)).to_device(Device::Cpu);
+        if let Some(keep) = keep {
+            keep.add(batch, &vectors);
+        }
+        vectors
     }
 
-    /// Writes one CSV row per good input to `out`.
-    pub fn write_csv(&self, source: &InputSource, out: &mut dyn Write, errors: &mut dyn Write) -> Result<InputSummary> {
+    /// Encodes every good input into `keep` only, writing no vectors.
+    pub fn collect(
+        &self,
+        source: &InputSource,
+        errors: &mut dyn Write,
+        keep: &mut KeptVectors,
+    ) -> Result<InputSummary> {
+        let mut keep = Some(keep);
         for_each_batch(source, self.task, self.batch_size, errors, |batch| {
-            let vectors = self.encode_batch(batch);
+            // The vectors are in `keep` now; nothing else needs them.
+            let _ = self.encode_batch(batch, &mut keep);
+            Ok(())
+        })
+    }
+
+    /// Writes one CSV row per good input to `out` (keeping the vectors in `keep` when given).
+    pub fn write_csv(
+        &self,
+        source: &InputSource,
+        out: &mut dyn Write,
+        errors: &mut dyn Write,
+        mut keep: Option<&mut KeptVectors>,
+    ) -> Result<InputSummary> {
+        for_each_batch(source, self.task, self.batch_size, errors, |batch| {
+            let vectors = self.encode_batch(batch, &mut keep);
             let units = vectors.size()[1] as usize;
             let flat = Vec::<f32>::try_from(vectors.flatten(0, -1)).expect("the encoding is float32");
             for row in flat.chunks(units) {
@@ -53,8 +78,15 @@ impl Encoder<'_> {
         })
     }
 
-    /// Writes all good inputs' vectors to `path` as one `.npy` array, atomically.
-    pub fn write_npy(&self, source: &InputSource, path: &Path, errors: &mut dyn Write) -> Result<InputSummary> {
+    /// Writes all good inputs' vectors to `path` as one `.npy` array, atomically (keeping them in
+    /// `keep` when given).
+    pub fn write_npy(
+        &self,
+        source: &InputSource,
+        path: &Path,
+        errors: &mut dyn Write,
+        mut keep: Option<&mut KeptVectors>,
+    ) -> Result<InputSummary> {
         let units = self.model.encoder_units();
         let mut summary = InputSummary::default();
         write_atomically(path, |temporary| {
@@ -63,7 +95,7 @@ impl Encoder<'_> {
             file.write_all(&npy_header(0, units))?;
             let mut rows = 0usize;
             summary = for_each_batch(source, self.task, self.batch_size, errors, |batch| {
-                let vectors = self.encode_batch(batch);
+                let vectors = self.encode_batch(batch, &mut keep);
                 let flat = Vec::<f32>::try_from(vectors.flatten(0, -1)).expect("the encoding is float32");
                 for value in flat {
                     file.write_all(&value.to_le_bytes())?;
@@ -78,6 +110,41 @@ impl Encoder<'_> {
         })
         .with_context(|| format!("cannot write {}", path.display()))?;
         Ok(summary)
+    }
+}
+
+/// The vectors of the inputs encoded so far and the value each is coloured by, kept in memory
+/// for `encode --plot`.
+#[derive(Debug, Default)]
+pub struct KeptVectors {
+    batches: Vec<Tensor>,
+    values: Vec<f64>,
+}
+
+impl KeptVectors {
+    fn add(&mut self, batch: &[Input], vectors: &Tensor) {
+        self.batches.push(vectors.shallow_clone());
+        self.values.extend(batch.iter().map(colour_value));
+    }
+
+    /// All vectors, `[inputs, encoder_units]`, or `None` when there are none.
+    pub fn matrix(&self) -> Option<Tensor> {
+        (!self.batches.is_empty()).then(|| Tensor::cat(&self.batches, 0))
+    }
+
+    /// One value per vector, in the same order.
+    pub fn values(&self) -> &[f64] {
+        &self.values
+    }
+}
+
+/// What a point of the picture is coloured by: an expression's exact value, a sequence's mean.
+pub fn colour_value(input: &Input) -> f64 {
+    match input {
+        Input::Expression(expression) => expression.value() as f64,
+        Input::Sequence(values) => {
+            values.iter().map(|&value| f64::from(value)).sum::<f64>() / values.len().max(1) as f64
+        }
     }
 }
 

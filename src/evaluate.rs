@@ -13,7 +13,7 @@ pub const DEFAULT_EVALUATION_SAMPLES: usize = 10_000;
 
 /// Scores over a number of samples. Accuracies belong to character tasks, the largest error to
 /// the autoencoder; the other kind is `None` and left out of JSON.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
     /// Mean categorical cross-entropy per output character, or mean squared error per value.
     pub loss: f64,
@@ -46,6 +46,24 @@ impl Metrics {
             _ => parts.push(format!("loss {:.4}", self.loss)),
         }
         parts.join(", ")
+    }
+
+    /// The figures of the samples counted here but not in `earlier`, a previous reading of the
+    /// same running sums. The largest error cannot be split: it stays the one over all samples.
+    pub fn since(&self, earlier: &Metrics) -> Metrics {
+        if earlier.samples == 0 || earlier.samples >= self.samples {
+            return *self;
+        }
+        let (now, before) = (self.samples as f64, earlier.samples as f64);
+        let mean_of_new = |total: f64, previous: f64| (total * now - previous * before) / (now - before);
+        let both = |total: Option<f64>, previous: Option<f64>| Some(mean_of_new(total?, previous?));
+        Metrics {
+            loss: mean_of_new(self.loss, earlier.loss),
+            char_accuracy: both(self.char_accuracy, earlier.char_accuracy),
+            sequence_accuracy: both(self.sequence_accuracy, earlier.sequence_accuracy),
+            max_abs_error: self.max_abs_error,
+            samples: self.samples - earlier.samples,
+        }
     }
 }
 
@@ -250,6 +268,26 @@ mod tests {
         assert_eq!(metrics.max_abs_error, None);
         // Weighted by batch size: (0.5 * 2 + 2.0 * 1) / 3.
         assert!((metrics.loss - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn figures_since_an_earlier_reading_cover_only_the_new_samples() {
+        let earlier = Metrics {
+            loss: 2.0,
+            char_accuracy: Some(0.5),
+            sequence_accuracy: Some(0.25),
+            max_abs_error: None,
+            samples: 100,
+        };
+        let now = Metrics { loss: 1.5, char_accuracy: Some(0.6), sequence_accuracy: Some(0.4), ..earlier };
+        let now = Metrics { samples: 200, ..now };
+        let new = now.since(&earlier);
+        assert_eq!(new.samples, 100);
+        // 200 * 1.5 - 100 * 2.0 = 100 over 100 new samples.
+        assert!((new.loss - 1.0).abs() < 1e-12, "{new:?}");
+        assert!((new.char_accuracy.unwrap() - 0.7).abs() < 1e-12, "{new:?}");
+        assert!((new.sequence_accuracy.unwrap() - 0.55).abs() < 1e-12, "{new:?}");
+        assert_eq!(now.since(&Metrics::default()), now, "nothing earlier: all of it");
     }
 
     #[test]

@@ -10,11 +10,13 @@ use anyhow::{Context, Result};
 use crate::problem::{Input, Task};
 
 /// Where inputs come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum InputSource {
     Arguments(Vec<String>),
     File(PathBuf),
     Stdin,
+    /// Samples drawn by the program (`encode --plot` without inputs), accepted as they are.
+    Generated(Vec<Input>),
 }
 
 /// Counts of what happened to the inputs.
@@ -46,6 +48,11 @@ pub fn for_each_batch(
             read_lines(BufReader::new(file), Some(path), &mut batcher)?;
         }
         InputSource::Stdin => read_lines(io::stdin().lock(), None, &mut batcher)?,
+        InputSource::Generated(inputs) => {
+            for input in inputs {
+                batcher.accept(input.clone())?;
+            }
+        }
     }
     batcher.finish()
 }
@@ -68,14 +75,7 @@ impl<F: FnMut(&[Input]) -> Result<()>> Batcher<'_, F> {
             Err(reason) => Err(("", reason.to_owned())),
         };
         match parsed {
-            Ok(input) => {
-                self.summary.accepted += 1;
-                self.pending.push(input);
-                if self.pending.len() >= self.batch_size {
-                    (self.on_batch)(&self.pending)?;
-                    self.pending.clear();
-                }
-            }
+            Ok(input) => self.accept(input)?,
             Err((text, reason)) => {
                 self.summary.rejected += 1;
                 let shown = text.trim_end_matches(['\n', '\r']);
@@ -85,6 +85,16 @@ impl<F: FnMut(&[Input]) -> Result<()>> Batcher<'_, F> {
                     writeln!(self.errors, "{location}: {reason}: {:?}", abbreviate(shown))?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn accept(&mut self, input: Input) -> Result<()> {
+        self.summary.accepted += 1;
+        self.pending.push(input);
+        if self.pending.len() >= self.batch_size {
+            (self.on_batch)(&self.pending)?;
+            self.pending.clear();
         }
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! Encoder-decoder LSTMs for sequence-to-sequence problems, on libtorch.
 //!
 //! Data flows one way: [`problem`] and [`vocab`] → [`data`] → [`model`] →
-//! [`train`] / [`evaluate`] / [`predict`] / [`encode`] (users' lines through [`input`]) →
+//! [`train`] / [`evaluate`] (with [`mistakes`]) / [`predict`] / [`encode`] (users' lines through [`input`]) →
 //! [`checkpoint`] → [`commands`] ← [`cli`].
 //! [`optim`] and [`interrupt`] serve the training loop. Beside them: [`metrics_log`]
 //! (`metrics.csv`), [`pca`], [`plot`] (PNG pictures of both) and [`completions`] (shell scripts
@@ -18,6 +18,7 @@ pub mod evaluate;
 pub mod input;
 pub mod interrupt;
 pub mod metrics_log;
+pub mod mistakes;
 pub mod model;
 pub mod optim;
 pub mod pca;

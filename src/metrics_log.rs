@@ -2,11 +2,13 @@
 //! and flushed as it happens, so that a crash keeps every finished line and a plot can be drawn
 //! from a run that is still going.
 
-use std::fs::File;
-use std::io::Write;
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+
+use crate::checkpoint::write_atomically;
 
 /// File name of the log inside the model directory.
 pub const METRICS_FILE: &str = "metrics.csv";
@@ -61,6 +63,32 @@ impl MetricsLog {
         Ok(Self { file, path: path.to_owned() })
     }
 
+    /// Opens the log of an interrupted run to append to, for `train --resume` from a checkpoint
+    /// after `samples_seen` samples. Rows past the checkpoint (written before a crash, and about to
+    /// be trained again) are dropped, as is a last line cut short, so that the resumed run's rows
+    /// follow on without repeats. A run without a log (older than the log) gets a new one.
+    pub fn reopen(path: &Path, samples_seen: u64) -> Result<Self> {
+        let text = match std::fs::read_to_string(path) {
+            Err(e) if e.kind() == ErrorKind::NotFound => return Self::create(path),
+            read => read.with_context(|| format!("cannot read {}", path.display()))?,
+        };
+        let mut lines = text.split_inclusive('\n').filter(|line| line.ends_with('\n'));
+        check_header(path, lines.next())?;
+        let mut kept = format!("{}\n", COLUMNS.join(","));
+        for (index, line) in lines.enumerate() {
+            let row = parse_row(line.trim_end()).with_context(|| format!("{} line {}", path.display(), index + 2))?;
+            if row.samples_seen <= samples_seen {
+                kept.push_str(line);
+            }
+        }
+        if kept != text {
+            write_atomically(path, |temporary| std::fs::write(temporary, &kept).map_err(anyhow::Error::from))?;
+        }
+        let file =
+            OpenOptions::new().append(true).open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        Ok(Self { file, path: path.to_owned() })
+    }
+
     /// Writes one line in a single call and flushes it.
     pub fn append(&mut self, row: &MetricsRow) -> Result<()> {
         let line = format_row(row);
@@ -98,16 +126,20 @@ fn format_row(row: &MetricsRow) -> String {
 pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut lines = text.lines();
-    let expected_header = COLUMNS.join(",");
-    match lines.next() {
-        Some(header) if header == expected_header => {}
-        Some(header) => bail!("{} line 1: expected the header `{expected_header}`, found `{header}`", path.display()),
-        None => bail!("{} is empty: expected the header `{expected_header}`", path.display()),
-    }
+    check_header(path, lines.next())?;
     lines
         .enumerate()
         .map(|(index, line)| parse_row(line).with_context(|| format!("{} line {}", path.display(), index + 2)))
         .collect()
+}
+
+fn check_header(path: &Path, first_line: Option<&str>) -> Result<()> {
+    let expected_header = COLUMNS.join(",");
+    match first_line.map(str::trim_end) {
+        Some(header) if header == expected_header => Ok(()),
+        Some(header) => bail!("{} line 1: expected the header `{expected_header}`, found `{header}`", path.display()),
+        None => bail!("{} is empty: expected the header `{expected_header}`", path.display()),
+    }
 }
 
 fn parse_row(line: &str) -> Result<MetricsRow> {
@@ -203,6 +235,34 @@ mod tests {
         log.append(&classification_row(32)).expect("append a row");
         assert_eq!(read_metrics(&path).expect("read while still open"), vec![classification_row(32)]);
         drop(log);
+    }
+
+    #[test]
+    fn reopening_keeps_rows_up_to_the_checkpoint_and_appends_after_them() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join(METRICS_FILE);
+        let mut log = MetricsLog::create(&path).expect("create the log");
+        for samples in [32, 64, 96] {
+            log.append(&classification_row(samples)).expect("append a row");
+        }
+        drop(log);
+        // A crash in the middle of a line leaves it without its newline.
+        let mut text = std::fs::read_to_string(&path).expect("read the log");
+        text.push_str("128,1,0.5");
+        std::fs::write(&path, text).expect("write a torn line");
+
+        let mut log = MetricsLog::reopen(&path, 64).expect("reopen after 64 samples");
+        log.append(&classification_row(96)).expect("append after resuming");
+        let samples: Vec<u64> = read_metrics(&path).expect("read").iter().map(|row| row.samples_seen).collect();
+        assert_eq!(samples, vec![32, 64, 96]);
+
+        let missing = dir.path().join("new.csv");
+        MetricsLog::reopen(&missing, 64).expect("a missing log is created");
+        assert_eq!(read_metrics(&missing).expect("a new log reads"), vec![]);
+
+        std::fs::write(&path, "step,loss\n").expect("write a foreign csv");
+        let message = format!("{:#}", MetricsLog::reopen(&path, 64).expect_err("the header is wrong"));
+        assert!(message.contains("line 1"), "{message}");
     }
 
     #[test]

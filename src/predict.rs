@@ -5,7 +5,7 @@ use std::io::Write;
 
 use anyhow::Result;
 use serde::Serialize;
-use tch::Device;
+use tch::{Device, Kind};
 
 use crate::data::input_tensor;
 use crate::input::{InputSource, for_each_batch};
@@ -32,6 +32,9 @@ struct JsonAnswer<'a> {
     prediction: &'a str,
     expected: i128,
     correct: bool,
+    /// With `--verbose`: the probability of each written character, padding included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    probabilities: Option<&'a [f64]>,
 }
 
 /// One reconstructed sequence, as `--json` prints it.
@@ -49,6 +52,8 @@ pub struct Predictor<'a> {
     pub device: Device,
     pub batch_size: usize,
     pub json: bool,
+    /// Arithmetic: also show the probability the model gave each character it wrote.
+    pub verbose: bool,
 }
 
 impl Predictor<'_> {
@@ -73,9 +78,19 @@ impl Predictor<'_> {
         match self.task {
             Task::Arithmetic(problem) => {
                 let alphabet = problem.alphabet();
-                let predicted = output.argmax(-1, false).flatten(0, -1).to_device(Device::Cpu);
+                let predicted = output.argmax(-1, true);
+                let probabilities = if self.verbose {
+                    let chosen = output.softmax(-1, Kind::Double).gather(-1, &predicted, false);
+                    Vec::<f64>::try_from(chosen.flatten(0, -1).to_device(Device::Cpu))
+                        .expect("softmax in double precision")
+                } else {
+                    Vec::new()
+                };
+                let predicted = predicted.flatten(0, -1).to_device(Device::Cpu);
                 let flat = Vec::<i64>::try_from(predicted).expect("argmax yields int64 class indices");
-                for (input, row) in batch.iter().zip(flat.chunks(problem.output_len())) {
+                let output_len = problem.output_len();
+                for (index, (input, row)) in batch.iter().zip(flat.chunks(output_len)).enumerate() {
+                    let row_probabilities = probabilities.get(index * output_len..(index + 1) * output_len);
                     let Input::Expression(expression) = input else {
                         unreachable!("arithmetic inputs are expressions")
                     };
@@ -90,10 +105,20 @@ impl Predictor<'_> {
                             prediction: predicted.trim(),
                             expected: value,
                             correct: is_correct,
+                            probabilities: row_probabilities,
                         };
                         writeln!(out, "{}", serde_json::to_string(&answer)?)?;
                     } else {
-                        writeln!(out, "{} = {predicted} (expect {expected})", problem.display_input(expression))?;
+                        write!(out, "{} = {predicted} (expect {expected})", problem.display_input(expression))?;
+                        if let Some(row_probabilities) = row_probabilities {
+                            let shown: Vec<String> = predicted
+                                .chars()
+                                .zip(row_probabilities)
+                                .map(|(symbol, probability)| format!("'{symbol}' {probability:.2}"))
+                                .collect();
+                            write!(out, "  [{}]", shown.join(", "))?;
+                        }
+                        writeln!(out)?;
                     }
                 }
             }

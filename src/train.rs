@@ -34,6 +34,9 @@ pub struct TrainConfig {
     /// Samples between checkpoints of the model directory (none when `None`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_every: Option<usize>,
+    /// Samples between rows of `metrics.csv` (`None`: [`TrainConfig::log_every_samples`]'s default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_every: Option<usize>,
 }
 
 fn default_evaluation_samples() -> usize {
@@ -50,9 +53,14 @@ impl Default for TrainConfig {
             seed: 1,
             evaluation_samples: DEFAULT_EVALUATION_SAMPLES,
             checkpoint_every: None,
+            log_every: None,
         }
     }
 }
+
+/// Rows of `metrics.csv` in a run without `--log-every`: enough for a smooth curve, few enough
+/// that scoring the validation samples costs little.
+const DEFAULT_LOG_ROWS: usize = 20;
 
 impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
@@ -75,7 +83,15 @@ impl TrainConfig {
         if self.checkpoint_every == Some(0) {
             bail!("--checkpoint-every must be at least 1 sample");
         }
+        if self.log_every == Some(0) {
+            bail!("--log-every must be at least 1 sample");
+        }
         Ok(())
+    }
+
+    /// Samples between metrics reports: `log_every`, or a twentieth of the run but at least one batch.
+    pub fn log_every_samples(&self) -> usize {
+        self.log_every.unwrap_or_else(|| (self.total_samples() / DEFAULT_LOG_ROWS).max(self.batch_size))
     }
 
     /// Samples in the whole run.
@@ -133,6 +149,18 @@ pub enum TrainOutcome {
     },
 }
 
+/// The running figures at one report of the metrics log.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Report {
+    /// Samples trained on so far, over all epochs (a resumed run counts those before it).
+    pub samples_seen: usize,
+    /// 0-based.
+    pub epoch: usize,
+    pub elapsed_seconds: f64,
+    /// Means over the samples since the previous report (or the start of the epoch).
+    pub running: Metrics,
+}
+
 /// Steps between read-backs of the running metrics (each one synchronises a GPU).
 const READ_EVERY_STEPS: usize = 50;
 
@@ -146,6 +174,9 @@ pub struct TrainLoop<'a> {
     pub seconds_before: f64,
     /// Writes a checkpoint for a position (every `checkpoint_every` samples, and on Ctrl-C).
     pub save_checkpoint: &'a mut dyn FnMut(Position, &Adam, f64) -> Result<()>,
+    /// Receives a report every [`TrainConfig::log_every_samples`] samples and at each epoch's end.
+    /// It may score the model (without gradients, in evaluation mode): that changes nothing here.
+    pub on_report: &'a mut dyn FnMut(&Report) -> Result<()>,
 }
 
 /// Fits `model` to the batches of `data` with `optimizer`, from `run.start` to the end.
@@ -160,8 +191,12 @@ pub fn train(model: &Seq2Seq, optimizer: &mut Adam, data: &BatchStream, run: Tra
     let shape = model.shape();
     interrupt::install();
     let mut samples_at_last_checkpoint = run.start.samples_seen(config);
+    let log_every = config.log_every_samples();
+    let mut samples_at_last_report = run.start.samples_seen(config);
     for epoch in run.start.epoch..config.epochs {
         let mut sums = MetricSums::new(data.device(), shape.features, shape.output_len);
+        // The epoch's running sums when the previous report was made: a report covers the difference.
+        let mut reported = Metrics::default();
         let order = batch_order(data.num_batches(), config.seed, epoch);
         let first_step = if epoch == run.start.epoch { run.start.step } else { 0 };
         for step in first_step..order.len() {
@@ -181,7 +216,9 @@ pub fn train(model: &Seq2Seq, optimizer: &mut Adam, data: &BatchStream, run: Tra
             let checkpoint_due =
                 config.checkpoint_every.is_some_and(|every| samples_seen / every > samples_at_last_checkpoint / every);
             let stop = interrupt::requested();
-            if (step + 1) % READ_EVERY_STEPS == 0 || step + 1 == order.len() || checkpoint_due || stop {
+            let epoch_ends = step + 1 == order.len();
+            let report_due = epoch_ends || samples_seen / log_every > samples_at_last_report / log_every;
+            if (step + 1) % READ_EVERY_STEPS == 0 || epoch_ends || checkpoint_due || stop || report_due {
                 let running = sums.read();
                 if let Some(batch) = sums.first_non_finite_batch() {
                     reporter.finish();
@@ -195,6 +232,13 @@ pub fn train(model: &Seq2Seq, optimizer: &mut Adam, data: &BatchStream, run: Tra
                     );
                 }
                 reporter.show(epoch, &running, start.elapsed(), samples_seen - run.start.samples_seen(config));
+                if report_due {
+                    let report =
+                        Report { samples_seen, epoch, elapsed_seconds: elapsed(), running: running.since(&reported) };
+                    (run.on_report)(&report)?;
+                    reported = running;
+                    samples_at_last_report = samples_seen;
+                }
             }
             if checkpoint_due || stop {
                 // A finished run is saved whole by the caller; no checkpoint is needed at its end.

@@ -95,6 +95,25 @@ fn interrupted_then_resumed_run_ends_with_the_same_weights_bit_for_bit() {
     let finished = read_json(&interrupted.join("config.json"));
     assert_eq!(finished["metrics"], read_json(&uninterrupted.join("config.json"))["metrics"]);
     assert!(finished.get("checkpoint").is_none());
+
+    // The resumed run appended to metrics.csv: the same reports at the same positions, with the
+    // same validation figures (the weights agree at every one of them). Only the training
+    // figures of the report spanning the interruption cover fewer samples, and the times differ.
+    let validation_columns = |dir: &Path| -> Vec<(String, String, String, String, String)> {
+        let text = fs::read_to_string(dir.join("metrics.csv")).expect("metrics.csv exists");
+        assert_eq!(text.lines().filter(|line| line.starts_with("samples_seen,")).count(), 1, "one header");
+        text.lines()
+            .skip(1)
+            .map(|line| {
+                let fields: Vec<&str> = line.split(',').collect();
+                let owned = |index: usize| fields[index].to_owned();
+                (owned(0), owned(1), owned(6), owned(7), owned(8))
+            })
+            .collect()
+    };
+    let resumed_rows = validation_columns(&interrupted);
+    assert_eq!(resumed_rows.len(), 20, "every twentieth of 48,000 samples; the first epoch's end is one of them");
+    assert_eq!(resumed_rows, validation_columns(&uninterrupted));
 }
 
 #[test]
@@ -102,8 +121,9 @@ fn sigkill_at_any_moment_leaves_a_loadable_checkpoint_that_resumes() {
     let home = TempDir::new().unwrap();
     for (attempt, delay_ms) in [0u64, 7, 23, 61, 150].into_iter().enumerate() {
         let dir = home.path().join(format!("killed-{attempt}"));
-        // Checkpoints every 256 samples: the kill lands while files are being written.
-        let mut child = spawn_training(&dir, &["--checkpoint-every", "256"]);
+        // Checkpoints every 256 samples: the kill lands while files are being written. Reports
+        // every 96 samples: some are written after the last checkpoint.
+        let mut child = spawn_training(&dir, &["--checkpoint-every", "256", "--log-every", "96"]);
         wait_for(&dir.join("config.json"));
         sleep(Duration::from_millis(delay_ms));
         send(&child, libc::SIGKILL);
@@ -111,8 +131,14 @@ fn sigkill_at_any_moment_leaves_a_loadable_checkpoint_that_resumes() {
         run(&["evaluate", "--model", path_str(&dir), "--samples", "50"]).succeeded();
         run(&["predict", "--model", path_str(&dir), "1+2+3"]).succeeded();
         if attempt == 0 {
-            // What is left resumes to the end.
+            // What is left resumes to the end, and reports past the checkpoint are not repeated.
             run(&["train", "--quiet", "--resume", path_str(&dir)]).succeeded();
+            let text = fs::read_to_string(dir.join("metrics.csv")).expect("metrics.csv exists");
+            let samples_seen: Vec<u64> =
+                text.lines().skip(1).map(|line| line.split(',').next().unwrap().parse().unwrap()).collect();
+            assert!(samples_seen.windows(2).all(|pair| pair[0] < pair[1]), "repeated reports: {samples_seen:?}");
+            assert_eq!(samples_seen.last(), Some(&48_000));
+            assert_eq!(samples_seen.len(), 500, "every 96 samples; the first epoch ends at one of them (250 × 96)");
         }
         let leftovers: Vec<String> = file_names(&dir).into_iter().filter(|name| name.contains(".tmp-")).collect();
         assert!(leftovers.len() <= 1, "at most the one file being written when killed: {leftovers:?}");

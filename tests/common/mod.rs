@@ -218,10 +218,10 @@ pub fn file_names(dir: &Path) -> BTreeSet<String> {
         .collect()
 }
 
-/// A model directory holds its two files and nothing else: no temporary file (`.name.tmp-PID`)
-/// left behind by the atomic writes.
+/// A model directory holds its three files (config, weights, metrics log) and nothing else: no
+/// temporary file (`.name.tmp-PID`) left behind by the atomic writes.
 pub fn assert_holds_exactly_a_model(dir: &Path) {
-    let expected: BTreeSet<String> = ["config.json", "model.safetensors"].map(String::from).into();
+    let expected: BTreeSet<String> = ["config.json", "metrics.csv", "model.safetensors"].map(String::from).into();
     assert_eq!(file_names(dir), expected, "files of {}", dir.display());
     let weights = fs::metadata(dir.join("model.safetensors")).expect("model.safetensors exists");
     assert!(weights.len() > 0, "model.safetensors is empty");
