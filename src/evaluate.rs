@@ -71,7 +71,7 @@ impl Metrics {
 /// [`MetricSums::read`] is the one place that synchronises.
 ///
 /// A step only records its predictions and weighted loss (a few small ops); they are compared
-/// with the targets in one go every [`FOLD_EVERY`] batches, which costs far fewer op dispatches
+/// with the targets in one go every `FOLD_EVERY` batches, which costs far fewer op dispatches
 /// than scoring each small batch on its own.
 pub struct MetricSums {
     features: Features,
