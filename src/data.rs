@@ -143,10 +143,11 @@ pub fn target_tensor(task: &Task, samples: &[Input], device: Device) -> Tensor {
     let host = match task {
         Task::Arithmetic(problem) => {
             let alphabet = problem.alphabet();
+            let format_output = problem.output_formatter();
             let mut indices = Vec::with_capacity(samples.len() * problem.output_len());
             for sample in samples {
                 let Input::Expression(expression) = sample else { unreachable!("arithmetic samples are expressions") };
-                alphabet.encode_into(&problem.format_output(expression.value()), &mut indices);
+                alphabet.encode_into(&format_output(expression.value()), &mut indices);
             }
             Tensor::from_slice(&indices)
         }

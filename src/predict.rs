@@ -89,6 +89,7 @@ impl Predictor<'_> {
                 let predicted = predicted.flatten(0, -1).to_device(Device::Cpu);
                 let flat = Vec::<i64>::try_from(predicted).expect("argmax yields int64 class indices");
                 let output_len = problem.output_len();
+                let format_output = problem.output_formatter();
                 for (index, (input, row)) in batch.iter().zip(flat.chunks(output_len)).enumerate() {
                     let row_probabilities = probabilities.get(index * output_len..(index + 1) * output_len);
                     let Input::Expression(expression) = input else {
@@ -96,7 +97,7 @@ impl Predictor<'_> {
                     };
                     let predicted = alphabet.decode(row);
                     let value = expression.value();
-                    let expected = problem.format_output(value);
+                    let expected = format_output(value);
                     let is_correct = predicted == expected;
                     correct += usize::from(is_correct);
                     if self.json {

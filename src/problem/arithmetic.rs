@@ -376,7 +376,14 @@ impl ArithmeticProblem {
 
     /// The answer as the model writes it: left-padded to `output_len`.
     pub fn format_output(&self, value: i128) -> String {
-        left_pad(&value.to_string(), self.output_len())
+        self.output_formatter()(value)
+    }
+
+    /// [`ArithmeticProblem::format_output`] for callers that format many answers: the output
+    /// length (an exact search over the operators) is computed once, not per answer.
+    pub fn output_formatter(&self) -> impl Fn(i128) -> String + use<> {
+        let output_len = self.output_len();
+        move |value| left_pad(&value.to_string(), output_len)
     }
 
     /// Parses a user's expression such as `3+10` or ` 9*10-9`, checking that this model could
