@@ -18,39 +18,59 @@ pub const STEP_NAME: &str = "adam.step";
 const EXP_AVG_PREFIX: &str = "adam.exp_avg.";
 const EXP_AVG_SQ_PREFIX: &str = "adam.exp_avg_sq.";
 
-/// One trainable variable, with its slices of the flat buffers, shaped like it.
+/// Adam's moments and scratch space for some elements: for one variable (shaped like it), or
+/// for every variable end to end (flat).
 #[derive(Debug)]
-struct Parameter {
-    name: String,
-    /// Shares storage with the VarStore's variable: updating it updates the model.
-    variable: Tensor,
+struct Buffers {
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
-    grad: Tensor,
-    denom: Tensor,
-    scaled: Tensor,
-}
-
-/// The state and scratch space of every parameter, end to end, so that most of a step is a few
-/// ops over one long tensor rather than the same ops on each variable: on the reference model
-/// the per-op overhead is larger than the arithmetic.
-#[derive(Debug)]
-struct Flat {
-    exp_avg: Tensor,
-    exp_avg_sq: Tensor,
-    /// The gradients, gathered.
+    /// The gradients, gathered (used by the flat buffers only).
     grad: Tensor,
     denom: Tensor,
     /// `(1 - beta2) * grad`, then `-step_size * exp_avg`.
     scaled: Tensor,
 }
 
+impl Buffers {
+    /// PyTorch's single-tensor update up to the parameter change, whose lines the comments quote:
+    /// afterwards the parameter moves by `scaled / denom` (`addcdiv_`).
+    fn advance(&mut self, grad: &Tensor, bias_correction2_sqrt: f64, step_size: f64) {
+        // exp_avg.lerp_(grad, 1 - beta1)
+        let _ = self.exp_avg.lerp_(grad, 1.0 - BETA1);
+        // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2): tch's addcmul_ has no
+        // `value`, and the kernel computes self + (value * t1) * t2, so scaling t1 first rounds
+        // identically.
+        let _ = self.exp_avg_sq.g_mul_scalar_(BETA2);
+        let _ = grad.mul_scalar_out(&self.scaled, 1.0 - BETA2);
+        let _ = self.exp_avg_sq.addcmul_(&self.scaled, grad);
+        // denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+        let _ = self.exp_avg_sq.sqrt_out(&self.denom);
+        let _ = self.denom.g_div_scalar_(bias_correction2_sqrt);
+        let _ = self.denom.g_add_scalar_(EPS);
+        // param.addcdiv_(exp_avg, denom, value=-step_size), with `value` folded in as above.
+        let _ = self.exp_avg.mul_scalar_out(&self.scaled, -step_size);
+    }
+}
+
+/// One trainable variable, with its slices of the flat buffers.
+#[derive(Debug)]
+struct Parameter {
+    name: String,
+    /// Shares storage with the VarStore's variable: updating it updates the model.
+    variable: Tensor,
+    buffers: Buffers,
+}
+
 /// Adam over a VarStore's trainable variables, taken in name order so that the state's layout
 /// does not depend on hash order.
+///
+/// The state lives in flat buffers, so that most of a step is a few ops over one long tensor
+/// rather than the same ops on each variable: on the reference model the per-op overhead is
+/// larger than the arithmetic.
 #[derive(Debug)]
 pub struct Adam {
     parameters: Vec<Parameter>,
-    flat: Flat,
+    flat: Buffers,
     learning_rate: f64,
     steps: u64,
 }
@@ -66,7 +86,7 @@ impl Adam {
         assert!(variables.values().all(|v| v.kind() == kind), "a VarStore's trainable variables share one dtype");
         let total: i64 = variables.values().map(|v| v.numel() as i64).sum();
         let zeros = || Tensor::zeros([total], (kind, vs.device()));
-        let flat = Flat { exp_avg: zeros(), exp_avg_sq: zeros(), grad: zeros(), denom: zeros(), scaled: zeros() };
+        let flat = Buffers { exp_avg: zeros(), exp_avg_sq: zeros(), grad: zeros(), denom: zeros(), scaled: zeros() };
         let mut offset = 0;
         let parameters = variables
             .into_iter()
@@ -75,15 +95,14 @@ impl Adam {
                 let start = offset;
                 offset += length;
                 let slice = |buffer: &Tensor| buffer.narrow(0, start, length).view(shape.as_slice());
-                Parameter {
+                let buffers = Buffers {
                     exp_avg: slice(&flat.exp_avg),
                     exp_avg_sq: slice(&flat.exp_avg_sq),
                     grad: slice(&flat.grad),
                     denom: slice(&flat.denom),
                     scaled: slice(&flat.scaled),
-                    name,
-                    variable,
-                }
+                };
+                Parameter { name, variable, buffers }
             })
             .collect();
         Adam { parameters, flat, learning_rate, steps: 0 }
@@ -137,29 +156,16 @@ impl Adam {
         });
     }
 
-    /// PyTorch's single-tensor update, whose lines the comments quote, run once over the flat
-    /// buffers: each op rounds element by element, so this changes no bit of the result.
+    /// The update run once over the flat buffers: each op rounds element by element, so this
+    /// changes no bit of the result.
     fn step_all(&mut self, grads: &[Tensor], bias_correction2_sqrt: f64, step_size: f64) {
         for (parameter, grad) in self.parameters.iter_mut().zip(grads) {
-            parameter.grad.copy_(grad);
+            parameter.buffers.grad.copy_(grad);
         }
-        let flat = &mut self.flat;
-        // exp_avg.lerp_(grad, 1 - beta1)
-        let _ = flat.exp_avg.lerp_(&flat.grad, 1.0 - BETA1);
-        // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2): tch's addcmul_ has no
-        // `value`, and the kernel computes self + (value * t1) * t2, so scaling t1 first rounds
-        // identically.
-        let _ = flat.exp_avg_sq.g_mul_scalar_(BETA2);
-        let _ = flat.grad.mul_scalar_out(&flat.scaled, 1.0 - BETA2);
-        let _ = flat.exp_avg_sq.addcmul_(&flat.scaled, &flat.grad);
-        // denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-        let _ = flat.exp_avg_sq.sqrt_out(&flat.denom);
-        let _ = flat.denom.g_div_scalar_(bias_correction2_sqrt);
-        let _ = flat.denom.g_add_scalar_(EPS);
-        // param.addcdiv_(exp_avg, denom, value=-step_size), with `value` folded in as above.
-        let _ = flat.exp_avg.mul_scalar_out(&flat.scaled, -step_size);
+        let grad = self.flat.grad.shallow_clone();
+        self.flat.advance(&grad, bias_correction2_sqrt, step_size);
         for parameter in &mut self.parameters {
-            let _ = parameter.variable.addcdiv_(&parameter.scaled, &parameter.denom);
+            let _ = parameter.variable.addcdiv_(&parameter.buffers.scaled, &parameter.buffers.denom);
         }
     }
 
@@ -169,15 +175,8 @@ impl Adam {
             if !grad.defined() {
                 continue;
             }
-            let _ = parameter.exp_avg.lerp_(grad, 1.0 - BETA1);
-            let _ = parameter.exp_avg_sq.g_mul_scalar_(BETA2);
-            let _ = grad.mul_scalar_out(&parameter.scaled, 1.0 - BETA2);
-            let _ = parameter.exp_avg_sq.addcmul_(&parameter.scaled, grad);
-            let _ = parameter.exp_avg_sq.sqrt_out(&parameter.denom);
-            let _ = parameter.denom.g_div_scalar_(bias_correction2_sqrt);
-            let _ = parameter.denom.g_add_scalar_(EPS);
-            let _ = parameter.exp_avg.mul_scalar_out(&parameter.scaled, -step_size);
-            let _ = parameter.variable.addcdiv_(&parameter.scaled, &parameter.denom);
+            parameter.buffers.advance(grad, bias_correction2_sqrt, step_size);
+            let _ = parameter.variable.addcdiv_(&parameter.buffers.scaled, &parameter.buffers.denom);
         }
     }
 
@@ -192,8 +191,8 @@ impl Adam {
         let steps = i64::try_from(self.steps).expect("fewer than 2^63 steps");
         let mut named = vec![(STEP_NAME.to_owned(), Tensor::from_slice(&[steps]).reshape([]))];
         for parameter in &self.parameters {
-            named.push((format!("{EXP_AVG_PREFIX}{}", parameter.name), cpu_copy(&parameter.exp_avg)));
-            named.push((format!("{EXP_AVG_SQ_PREFIX}{}", parameter.name), cpu_copy(&parameter.exp_avg_sq)));
+            named.push((format!("{EXP_AVG_PREFIX}{}", parameter.name), cpu_copy(&parameter.buffers.exp_avg)));
+            named.push((format!("{EXP_AVG_SQ_PREFIX}{}", parameter.name), cpu_copy(&parameter.buffers.exp_avg_sq)));
         }
         named
     }
@@ -218,8 +217,8 @@ impl Adam {
         }
         tch::no_grad(|| {
             for (parameter, (exp_avg, exp_avg_sq)) in self.parameters.iter_mut().zip(sources) {
-                parameter.exp_avg.copy_(exp_avg);
-                parameter.exp_avg_sq.copy_(exp_avg_sq);
+                parameter.buffers.exp_avg.copy_(exp_avg);
+                parameter.buffers.exp_avg_sq.copy_(exp_avg_sq);
             }
         });
         self.steps = steps;
