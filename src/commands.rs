@@ -14,7 +14,7 @@ use crate::encode::{EncodeFormat, Encoder, KeptVectors};
 use crate::evaluate::{self, Evaluation};
 use crate::input::{InputSource, InputSummary};
 use crate::metrics_log::{METRICS_FILE, MetricsLog, MetricsRow, read_metrics};
-use crate::mistakes::{self, ErrorReport};
+use crate::mistakes::{ErrorReport, MistakeTally};
 use crate::model::{ModelConfig, ModelShape, Seq2Seq};
 use crate::optim::Adam;
 use crate::predict::Predictor;
@@ -318,11 +318,16 @@ pub fn evaluate(request: &EvaluateRequest) -> Result<Evaluation> {
         (_, None) => None,
     };
     let data = evaluation_stream(&loaded.config.task, seed, request.samples, device);
-    let evaluation = evaluate::evaluate(&loaded.model, &data);
-    let report = match (problem, request.errors) {
-        (Some(problem), Some(limit)) => Some(mistakes::analyse(&loaded.model, &data, problem, limit)),
+    let mut tally = match (problem, request.errors) {
+        (Some(problem), Some(limit)) => Some(MistakeTally::new(problem, limit)),
         _ => None,
     };
+    let evaluation = evaluate::evaluate_observed(&loaded.model, &data, |batch, logits| {
+        if let Some(tally) = tally.as_mut() {
+            tally.add(batch, logits);
+        }
+    });
+    let report = tally.map(MistakeTally::finish);
     if request.json {
         println!("{}", serde_json::to_string(&EvaluateJson { evaluation: &evaluation, mistakes: report.as_ref() })?);
     } else {

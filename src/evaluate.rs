@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::data::BatchStream;
+use crate::data::{Batch, BatchStream};
 use crate::model::Seq2Seq;
 use crate::problem::{Features, Input, Operator, Task};
 
@@ -204,6 +204,12 @@ pub struct Evaluation {
 
 /// Scores `model` on every batch of `data`, without gradients and with dropout off.
 pub fn evaluate(model: &Seq2Seq, data: &BatchStream) -> Evaluation {
+    evaluate_observed(model, data, |_, _| {})
+}
+
+/// [`evaluate`], handing each batch and the model's output for it to `observe` as well, so that
+/// further analyses need no second pass over the samples.
+pub fn evaluate_observed(model: &Seq2Seq, data: &BatchStream, mut observe: impl FnMut(&Batch, &Tensor)) -> Evaluation {
     let shape = model.shape();
     let mut sums = MetricSums::new(data.device(), shape.features, shape.output_len);
     // The breakdown says something only when there is more than one operator.
@@ -218,6 +224,7 @@ pub fn evaluate(model: &Seq2Seq, data: &BatchStream) -> Evaluation {
             let output = model.forward_t(&batch.inputs, false);
             let loss = model.loss(&output, &batch.targets);
             sums.add(&output, &batch.targets, &loss, batch.size);
+            observe(&batch, &output);
             if operators.is_empty() {
                 continue;
             }

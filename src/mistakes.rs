@@ -6,11 +6,11 @@ use std::cmp::Reverse;
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
-use crate::data::BatchStream;
-use crate::model::Seq2Seq;
+use crate::data::Batch;
 use crate::problem::{ArithmeticProblem, Input};
+use crate::vocab::Alphabet;
 
 /// One wrong answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,95 +65,118 @@ pub struct ErrorReport {
     pub by_size: Vec<SizeAccuracy>,
 }
 
-/// Scores `model` on every batch of `data` (which must keep its samples) and keeps the `limit`
-/// most confident mistakes. Memory grows with the number of distinct wrong inputs.
-pub fn analyse(model: &Seq2Seq, data: &BatchStream, problem: &ArithmeticProblem, limit: usize) -> ErrorReport {
-    let alphabet = problem.alphabet();
-    let output_len = problem.output_len();
-    let mut correct_at = vec![0usize; output_len];
-    let mut samples = 0usize;
-    // (negative, digits) → (samples, correct)
-    let mut sizes: Vec<((bool, usize), (usize, usize))> = Vec::new();
-    let mut mistakes: Vec<Mistake> = Vec::new();
-    let mut index_of: HashMap<String, usize> = HashMap::new();
-    let mut wrong = 0usize;
-    tch::no_grad(|| {
-        for batch in data.iter() {
-            let logits = model.forward_t(&batch.inputs, false);
-            let predicted = logits.argmax(-1, true);
-            let probabilities = logits.softmax(-1, Kind::Double).gather(-1, &predicted, false).squeeze_dim(-1);
-            let predicted = Vec::<i64>::try_from(predicted.flatten(0, -1).to_device(Device::Cpu))
-                .expect("argmax yields int64 class indices");
-            let probabilities = Vec::<f64>::try_from(probabilities.flatten(0, -1).to_device(Device::Cpu))
-                .expect("softmax in double precision");
-            let targets = Vec::<i64>::try_from(batch.targets.flatten(0, -1).to_device(Device::Cpu))
-                .expect("targets are int64 class indices");
-            assert_eq!(batch.samples.len(), batch.size, "the stream keeps its samples");
-            for (index, sample) in batch.samples.iter().enumerate() {
-                let Input::Expression(expression) = sample else { unreachable!("arithmetic samples are expressions") };
-                let row = index * output_len..(index + 1) * output_len;
-                let mut all_right = true;
-                for (position, (p, t)) in predicted[row.clone()].iter().zip(&targets[row.clone()]).enumerate() {
-                    correct_at[position] += usize::from(p == t);
-                    all_right &= p == t;
-                }
-                samples += 1;
-                let value = expression.value();
-                let key = (value < 0, value.unsigned_abs().to_string().len());
-                let slot = sizes.iter().position(|(k, _)| *k == key).unwrap_or_else(|| {
-                    sizes.push((key, (0, 0)));
-                    sizes.len() - 1
-                });
-                let tally = &mut sizes[slot].1;
-                tally.0 += 1;
-                tally.1 += usize::from(all_right);
-                if all_right {
-                    continue;
-                }
-                wrong += 1;
-                let input = expression.to_string();
-                if let Some(&seen) = index_of.get(&input) {
-                    mistakes[seen].count += 1;
-                    continue;
-                }
-                index_of.insert(input.clone(), mistakes.len());
-                mistakes.push(Mistake {
-                    input,
-                    prediction: alphabet.decode(&predicted[row.clone()]).trim().to_owned(),
-                    expected: value,
-                    count: 1,
-                    confidence: probabilities[row].iter().product(),
-                });
-            }
+/// Gathers an [`ErrorReport`] batch by batch, from the outputs `evaluate` computes anyway.
+pub struct MistakeTally {
+    alphabet: Alphabet,
+    output_len: usize,
+    limit: usize,
+    correct_at: Vec<usize>,
+    samples: usize,
+    /// (negative, digits) → (samples, correct)
+    sizes: Vec<((bool, usize), (usize, usize))>,
+    mistakes: Vec<Mistake>,
+    index_of: HashMap<String, usize>,
+    wrong: usize,
+}
+
+impl MistakeTally {
+    /// A tally for `problem` that will keep the `limit` most confident mistakes. Memory grows
+    /// with the number of distinct wrong inputs.
+    pub fn new(problem: &ArithmeticProblem, limit: usize) -> Self {
+        Self {
+            alphabet: problem.alphabet(),
+            output_len: problem.output_len(),
+            limit,
+            correct_at: vec![0; problem.output_len()],
+            samples: 0,
+            sizes: Vec::new(),
+            mistakes: Vec::new(),
+            index_of: HashMap::new(),
+            wrong: 0,
         }
-    });
-    let distinct_wrong = mistakes.len();
-    keep_most_confident(&mut mistakes, limit);
-    // Negative values first, largest magnitude first: the number line from left to right.
-    sizes.sort_by_key(|&((negative, digits), _)| {
-        (!negative, if negative { Reverse(digits) } else { Reverse(0) }, digits)
-    });
-    ErrorReport {
-        wrong,
-        distinct_wrong,
-        errors: mistakes,
-        by_position: correct_at
-            .iter()
-            .enumerate()
-            .map(|(position, &correct)| PositionAccuracy {
-                position: position + 1,
-                char_accuracy: correct as f64 / samples.max(1) as f64,
-            })
-            .collect(),
-        by_size: sizes
-            .into_iter()
-            .map(|((negative, digits), (samples, correct))| SizeAccuracy {
-                digits,
-                negative,
-                samples,
-                sequence_accuracy: correct as f64 / samples.max(1) as f64,
-            })
-            .collect(),
+    }
+
+    /// Adds one batch (which must keep its samples) and the model's logits for it.
+    pub fn add(&mut self, batch: &Batch, logits: &Tensor) {
+        let output_len = self.output_len;
+        let predicted = logits.argmax(-1, true);
+        let probabilities = logits.softmax(-1, Kind::Double).gather(-1, &predicted, false).squeeze_dim(-1);
+        let predicted = Vec::<i64>::try_from(predicted.flatten(0, -1).to_device(Device::Cpu))
+            .expect("argmax yields int64 class indices");
+        let probabilities = Vec::<f64>::try_from(probabilities.flatten(0, -1).to_device(Device::Cpu))
+            .expect("softmax in double precision");
+        let targets = Vec::<i64>::try_from(batch.targets.flatten(0, -1).to_device(Device::Cpu))
+            .expect("targets are int64 class indices");
+        assert_eq!(batch.samples.len(), batch.size, "the stream keeps its samples");
+        for (index, sample) in batch.samples.iter().enumerate() {
+            let Input::Expression(expression) = sample else { unreachable!("arithmetic samples are expressions") };
+            let row = index * output_len..(index + 1) * output_len;
+            let mut all_right = true;
+            for (position, (p, t)) in predicted[row.clone()].iter().zip(&targets[row.clone()]).enumerate() {
+                self.correct_at[position] += usize::from(p == t);
+                all_right &= p == t;
+            }
+            self.samples += 1;
+            let value = expression.value();
+            let key = (value < 0, value.unsigned_abs().to_string().len());
+            let slot = self.sizes.iter().position(|(k, _)| *k == key).unwrap_or_else(|| {
+                self.sizes.push((key, (0, 0)));
+                self.sizes.len() - 1
+            });
+            let tally = &mut self.sizes[slot].1;
+            tally.0 += 1;
+            tally.1 += usize::from(all_right);
+            if all_right {
+                continue;
+            }
+            self.wrong += 1;
+            let input = expression.to_string();
+            if let Some(&seen) = self.index_of.get(&input) {
+                self.mistakes[seen].count += 1;
+                continue;
+            }
+            self.index_of.insert(input.clone(), self.mistakes.len());
+            self.mistakes.push(Mistake {
+                input,
+                prediction: self.alphabet.decode(&predicted[row.clone()]).trim().to_owned(),
+                expected: value,
+                count: 1,
+                confidence: probabilities[row].iter().product(),
+            });
+        }
+    }
+
+    /// The report over every batch added.
+    pub fn finish(self) -> ErrorReport {
+        let MistakeTally { limit, correct_at, samples, mut sizes, mut mistakes, wrong, .. } = self;
+        let distinct_wrong = mistakes.len();
+        keep_most_confident(&mut mistakes, limit);
+        // Negative values first, largest magnitude first: the number line from left to right.
+        sizes.sort_by_key(|&((negative, digits), _)| {
+            (!negative, if negative { Reverse(digits) } else { Reverse(0) }, digits)
+        });
+        ErrorReport {
+            wrong,
+            distinct_wrong,
+            errors: mistakes,
+            by_position: correct_at
+                .iter()
+                .enumerate()
+                .map(|(position, &correct)| PositionAccuracy {
+                    position: position + 1,
+                    char_accuracy: correct as f64 / samples.max(1) as f64,
+                })
+                .collect(),
+            by_size: sizes
+                .into_iter()
+                .map(|((negative, digits), (samples, correct))| SizeAccuracy {
+                    digits,
+                    negative,
+                    samples,
+                    sequence_accuracy: correct as f64 / samples.max(1) as f64,
+                })
+                .collect(),
+        }
     }
 }
 
