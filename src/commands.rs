@@ -379,7 +379,7 @@ pub fn predict(request: &PredictRequest) -> Result<()> {
     let mut out = BufWriter::new(io::stdout().lock());
     let summary = predictor.run(&request.source, &mut out, &mut io::stderr())?;
     out.flush()?;
-    fail_on_rejections(&InputSummary { accepted: summary.answered, rejected: summary.rejected })
+    fail_on_rejections(&summary.inputs)
 }
 
 /// Bad inputs are reported one by one as they come; the command still fails at the end.

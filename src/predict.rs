@@ -8,7 +8,7 @@ use serde::Serialize;
 use tch::{Device, Kind};
 
 use crate::data::input_tensor;
-use crate::input::{InputSource, for_each_batch};
+use crate::input::{InputSource, InputSummary, for_each_batch};
 use crate::model::Seq2Seq;
 use crate::problem::sequence::format_sequence;
 use crate::problem::{Input, Task};
@@ -19,10 +19,10 @@ pub const DEFAULT_BATCH_SIZE: usize = 1000;
 /// Counts of what happened to the inputs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PredictSummary {
-    pub answered: usize,
+    /// Answered (accepted) and refused inputs.
+    pub inputs: InputSummary,
     /// Expressions answered exactly right (arithmetic only).
     pub correct: usize,
-    pub rejected: usize,
 }
 
 /// One answered expression, as `--json` prints it.
@@ -59,15 +59,13 @@ pub struct Predictor<'a> {
 impl Predictor<'_> {
     /// Writes one answer per good input to `out`, one message per bad one to `errors`.
     pub fn run(&self, source: &InputSource, out: &mut dyn Write, errors: &mut dyn Write) -> Result<PredictSummary> {
-        let mut summary = PredictSummary::default();
+        let mut correct = 0;
         let inputs = for_each_batch(source, self.task, self.batch_size, errors, |batch| {
-            summary.correct += self.predict_batch(batch, out)?;
+            correct += self.predict_batch(batch, out)?;
             out.flush()?;
             Ok(())
         })?;
-        summary.answered = inputs.accepted;
-        summary.rejected = inputs.rejected;
-        Ok(summary)
+        Ok(PredictSummary { inputs, correct })
     }
 
     /// Predicts and prints one batch; returns how many answers were right.
