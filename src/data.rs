@@ -8,7 +8,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tch::{Device, Tensor};
 
-use crate::problem::{Expression, Input, Task};
+use crate::problem::{ArithmeticProblem, Expression, Input, Task};
 
 /// Independent streams of samples drawn from one seed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,40 +121,35 @@ impl BatchStream {
 /// What the encoder reads for `samples`, `[samples, input_len]` on `device`: the one place
 /// where training data and users' inputs are turned into tensors.
 pub fn input_tensor(task: &Task, samples: &[Input], device: Device) -> Tensor {
-    let rows = samples.len() as i64;
     let host = match task {
-        Task::Arithmetic(problem) => {
-            let alphabet = problem.alphabet();
-            let mut indices = Vec::with_capacity(samples.len() * problem.input_len());
-            for sample in samples {
-                let Input::Expression(expression) = sample else { unreachable!("arithmetic samples are expressions") };
-                alphabet.encode_into(&problem.model_input(expression), &mut indices);
-            }
-            Tensor::from_slice(&indices)
-        }
+        Task::Arithmetic(problem) => expression_indices(problem, samples, |expression| problem.model_input(expression)),
         Task::Autoencoder(_) => Tensor::from_slice(&sequence_values(samples)),
     };
-    to_device(host.view([rows, task.input_len() as i64]), device)
+    to_device(host.view([samples.len() as i64, task.input_len() as i64]), device)
 }
 
 /// What the decoder should write for `samples`, `[samples, output_len]` on `device`.
 pub fn target_tensor(task: &Task, samples: &[Input], device: Device) -> Tensor {
-    let rows = samples.len() as i64;
     let host = match task {
         Task::Arithmetic(problem) => {
-            let alphabet = problem.alphabet();
             let format_output = problem.output_formatter();
-            let mut indices = Vec::with_capacity(samples.len() * problem.output_len());
-            for sample in samples {
-                let Input::Expression(expression) = sample else { unreachable!("arithmetic samples are expressions") };
-                alphabet.encode_into(&format_output(expression.value()), &mut indices);
-            }
-            Tensor::from_slice(&indices)
+            expression_indices(problem, samples, |expression| format_output(expression.value()))
         }
         // An autoencoder's target is its input.
         Task::Autoencoder(_) => Tensor::from_slice(&sequence_values(samples)),
     };
-    to_device(host.view([rows, task.output_len() as i64]), device)
+    to_device(host.view([samples.len() as i64, task.output_len() as i64]), device)
+}
+
+/// The class indices of `text` of each expression, one after the other.
+fn expression_indices(problem: &ArithmeticProblem, samples: &[Input], text: impl Fn(&Expression) -> String) -> Tensor {
+    let alphabet = problem.alphabet();
+    let mut indices = Vec::new();
+    for sample in samples {
+        let Input::Expression(expression) = sample else { unreachable!("arithmetic samples are expressions") };
+        alphabet.encode_into(&text(expression), &mut indices);
+    }
+    Tensor::from_slice(&indices)
 }
 
 fn sequence_values(samples: &[Input]) -> Vec<f32> {
