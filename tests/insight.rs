@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 
 use common::*;
@@ -36,24 +36,9 @@ const SMALL_TRAINING: &[&str] = &[
     "--quiet",
 ];
 
-struct SmallModel {
-    dir: PathBuf,
-    _home: TempDir,
-}
-
-fn small_model() -> &'static SmallModel {
-    static SMALL: OnceLock<SmallModel> = OnceLock::new();
-    SMALL.get_or_init(|| {
-        let home = tempfile::Builder::new()
-            .prefix("insight-small-model-")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .expect("a temporary directory under target/tmp");
-        let dir = home.path().join("model");
-        let mut args = vec!["train", "--out", path_str(&dir)];
-        args.extend_from_slice(SMALL_TRAINING);
-        run(&args).succeeded();
-        SmallModel { dir, _home: home }
-    })
+fn small_model() -> &'static TrainedModel {
+    static SMALL: OnceLock<TrainedModel> = OnceLock::new();
+    SMALL.get_or_init(|| train_for_the_run("insight-small-model-", SMALL_TRAINING))
 }
 
 /// The metrics log as rows of fields, after checking its header.

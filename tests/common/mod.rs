@@ -144,23 +144,27 @@ pub struct TrainedModel {
 }
 
 /// The model most tests share, trained on first use.
-///
-/// Statics are never dropped, so its directory outlives the run: it is made under cargo's
-/// `target/tmp` (removed by `cargo clean`) rather than in the system's temporary directory.
 pub fn shared_model() -> &'static TrainedModel {
     static SHARED: OnceLock<TrainedModel> = OnceLock::new();
-    SHARED.get_or_init(|| {
-        let home = tempfile::Builder::new()
-            .prefix("cli-shared-model-")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .expect("a temporary directory under target/tmp");
-        let dir = home.path().join("model");
-        let mut args = vec!["train", "--out", path_str(&dir)];
-        args.extend_from_slice(SHARED_TRAINING);
-        let outcome = run(&args);
-        outcome.succeeded();
-        TrainedModel { dir, stdout: outcome.stdout, _home: home }
-    })
+    SHARED.get_or_init(|| train_for_the_run("cli-shared-model-", SHARED_TRAINING))
+}
+
+/// Trains a model with `training` into a new directory named `prefix`..., for a static that
+/// keeps it for the whole test run.
+///
+/// Statics are never dropped, so the directory outlives the run: it is made under cargo's
+/// `target/tmp` (removed by `cargo clean`) rather than in the system's temporary directory.
+pub fn train_for_the_run(prefix: &str, training: &[&str]) -> TrainedModel {
+    let home = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("a temporary directory under target/tmp");
+    let dir = home.path().join("model");
+    let mut args = vec!["train", "--out", path_str(&dir)];
+    args.extend_from_slice(training);
+    let outcome = run(&args);
+    outcome.succeeded();
+    TrainedModel { dir, stdout: outcome.stdout, _home: home }
 }
 
 /// The path as a command-line argument (temporary directories have ASCII names).
