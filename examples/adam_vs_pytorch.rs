@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 use seq2seq::optim::Adam;
-use tch::{Device, Kind, Tensor, nn};
+use tch::{Device, Tensor, nn};
 
 const SHAPES: [&[i64]; 8] = [&[300, 12], &[300, 75], &[300], &[200, 75], &[200, 50], &[200], &[12, 50], &[12]];
 const STEPS: i64 = 30;
@@ -57,13 +57,13 @@ fn ours() -> Result<Vec<(String, Vec<f32>)>> {
         .map(|(k, shape)| vs.root().var_copy(&format!("v{k}"), &formula(shape, k as i64, 0.5)))
         .collect();
     let mut adam = Adam::new(&vs, 0.001);
+    let mut slots: Vec<Tensor> = variables.iter().map(|variable| adam.gradient_slot(variable)).collect();
     for step in 1..=STEPS {
-        // The gradient of sum(v * g) with respect to v is g, exactly.
-        let mut loss = Tensor::zeros([], (Kind::Float, Device::Cpu));
-        for (k, (variable, shape)) in variables.iter().zip(SHAPES).enumerate() {
-            loss += (variable * formula(shape, step * 10 + k as i64, 0.01 * (1 + step % 3) as f64)).sum(Kind::Float);
+        // As `train` does: the gradients are written into the optimiser's buffer, then one step.
+        for (k, (slot, shape)) in slots.iter_mut().zip(SHAPES).enumerate() {
+            slot.copy_(&formula(shape, step * 10 + k as i64, 0.01 * (1 + step % 3) as f64));
         }
-        adam.backward_step(&loss);
+        adam.step_from_buffer();
     }
     let state = adam.state();
     let mut named = Vec::new();

@@ -35,7 +35,7 @@ impl Encoder<'_> {
     /// The vectors of one batch, `[batch, encoder_units]` on the CPU, also added to `keep`.
     fn encode_batch(&self, batch: &[Input], keep: &mut Option<&mut KeptVectors>) -> Tensor {
         let inputs = input_tensor(self.task, batch, self.device);
-        let vectors = tch::no_grad(|| self.model.encode(&inputs, false)).to_device(Device::Cpu);
+        let vectors = self.model.encode(&inputs).to_device(Device::Cpu);
         if let Some(keep) = keep {
             keep.add(batch, &vectors);
         }

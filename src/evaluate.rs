@@ -221,7 +221,7 @@ pub fn evaluate_observed(model: &Seq2Seq, data: &BatchStream, mut observe: impl 
     let mut tallies = vec![(0usize, 0usize); operators.len()];
     tch::no_grad(|| {
         for batch in data.iter() {
-            let output = model.forward_t(&batch.inputs, false);
+            let output = model.forward(&batch.inputs);
             let loss = model.loss(&output, &batch.targets);
             sums.add(&output, &batch.targets, &loss, batch.size);
             observe(&batch, &output);

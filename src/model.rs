@@ -6,11 +6,11 @@ use std::sync::Mutex;
 
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, Init, Module};
-use tch::{Kind, Reduction, Tensor};
+use tch::nn::{self, Init};
+use tch::{Reduction, Tensor};
 
+use crate::lstm::{LayerGradients, Lstm, OutputGradient, StepInputs, Tape};
 use crate::problem::{Features, Task};
-use crate::vocab::one_hot;
 
 /// The architecture's free choices. `Default` is the reference: encoder 75 cells, decoder 50.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,58 +62,23 @@ impl ModelShape {
     }
 }
 
-/// A stacked LSTM with Keras's initialisation, run by libtorch's fused `lstm` op.
-///
-/// Keras keeps one bias per layer; libtorch's op takes two (`b_ih + b_hh`). The second one is a
-/// frozen zero buffer, so the trainable parameters and their count match the reference exactly,
-/// and the saved names (`weight_ih_l0`, ..., `bias_hh_l0`) load into PyTorch's `nn.LSTM`.
+/// Where a training step writes the gradient of every trainable parameter.
 #[derive(Debug)]
-struct Lstm {
-    flat_weights: Vec<Tensor>,
-    hidden: i64,
-    layers: i64,
-    dropout: f64,
+pub struct Gradients {
+    encoder: Vec<LayerGradients>,
+    decoder: Vec<LayerGradients>,
+    output_weight: Tensor,
+    output_bias: Tensor,
 }
 
-impl Lstm {
-    fn new(vs: nn::Path, input_size: usize, hidden: usize, layers: usize, dropout: f64) -> Self {
-        let (hidden, gates) = (hidden as i64, 4 * hidden as i64);
-        let mut flat_weights = Vec::with_capacity(4 * layers);
-        for layer in 0..layers {
-            let input_size = if layer == 0 { input_size as i64 } else { hidden };
-            // Glorot-uniform on the input kernel, fans as Keras computes them for (input, 4·units).
-            let limit = (6.0 / (input_size + gates) as f64).sqrt();
-            let w_ih =
-                vs.var(&format!("weight_ih_l{layer}"), &[gates, input_size], Init::Uniform { lo: -limit, up: limit });
-            let w_hh = vs.var(&format!("weight_hh_l{layer}"), &[gates, hidden], Init::Orthogonal { gain: 1.0 });
-            let b_ih = vs.var(&format!("bias_ih_l{layer}"), &[gates], Init::Const(0.0));
-            // Gates are ordered input, forget, cell, output in both Keras and libtorch:
-            // Keras's unit_forget_bias sets the second quarter to 1.
-            let _ = tch::no_grad(|| b_ih.narrow(0, hidden, hidden).fill_(1.0));
-            let b_hh = vs.zeros_no_train(&format!("bias_hh_l{layer}"), &[gates]);
-            flat_weights.extend([w_ih, w_hh, b_ih, b_hh]);
-        }
-        Self { flat_weights, hidden, layers: layers as i64, dropout }
-    }
-
-    /// Runs `input` `[batch, time, features]` from a zero state; returns every step's output
-    /// of the last layer `[batch, time, hidden]` and the last layer's final hidden state.
-    fn forward_t(&self, input: &Tensor, train: bool) -> (Tensor, Tensor) {
-        let zeros = Tensor::zeros([self.layers, input.size()[0], self.hidden], (Kind::Float, input.device()));
-        let weights: Vec<&Tensor> = self.flat_weights.iter().collect();
-        let (output, h_n, _c_n) =
-            input.lstm(&[&zeros, &zeros], &weights, true, self.layers, self.dropout, train, false, true);
-        (output, h_n.get(self.layers - 1))
-    }
-
-    /// Trainable parameters of each layer (the frozen `b_hh`, every fourth tensor, is not one).
-    fn layer_parameter_counts(&self) -> Vec<i64> {
-        self.flat_weights.chunks(4).map(|layer| layer[..3].iter().map(|t| t.numel() as i64).sum()).collect()
-    }
-
-    fn parameter_count(&self) -> i64 {
-        self.layer_parameter_counts().iter().sum()
-    }
+/// A forward pass, time-major, kept for the backward pass.
+struct Pass {
+    encoder: Tape,
+    decoder: Tape,
+    /// The decoder's outputs `[output_len · batch, decoder_units]`.
+    decoded: Tensor,
+    /// The output layer's `[output_len · batch, width]`: logits, or values (width 1).
+    values: Tensor,
 }
 
 /// The reference's encoder-decoder.
@@ -156,10 +121,22 @@ impl Seq2Seq {
     /// Like [`Seq2Seq::new`], with the initial weights drawn from `seed`. A lock keeps other
     /// threads from drawing from libtorch's global generator in between.
     pub fn new_seeded(vs: &nn::Path, config: &ModelConfig, shape: ModelShape, seed: u64) -> Self {
-        static GLOBAL_GENERATOR: Mutex<()> = Mutex::new(());
-        let _guard = GLOBAL_GENERATOR.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        tch::manual_seed(seed as i64);
-        Self::new(vs, config, shape)
+        with_global_generator(seed, || Self::new(vs, config, shape))
+    }
+
+    /// Another handle on the same weights, for another thread: tensors may be sent between
+    /// threads but not shared, and reading one storage from several threads is safe.
+    pub fn replica(&self) -> Seq2Seq {
+        Seq2Seq {
+            encoder: self.encoder.replica(),
+            decoder: self.decoder.replica(),
+            output: nn::Linear {
+                ws: self.output.ws.shallow_clone(),
+                bs: self.output.bs.as_ref().map(Tensor::shallow_clone),
+            },
+            config: self.config.clone(),
+            shape: self.shape,
+        }
     }
 
     pub fn shape(&self) -> ModelShape {
@@ -177,27 +154,130 @@ impl Seq2Seq {
 
     /// The fixed-length encoding `[batch, encoder_units]` of inputs `[batch, input_len]` (class
     /// indices or values): the last encoder layer's final hidden state.
-    pub fn encode(&self, inputs: &Tensor, train: bool) -> Tensor {
-        let steps = match self.shape.features {
-            Features::Classes(n) => one_hot(inputs, n),
-            Features::Value => inputs.unsqueeze(-1),
-        };
-        self.encoder.forward_t(&steps, train).1
+    pub fn encode(&self, inputs: &Tensor) -> Tensor {
+        tch::no_grad(|| self.run_encoder(inputs, false).last_output())
     }
 
     /// For inputs `[batch, input_len]`: logits `[batch, output_len, classes]` for a character task,
-    /// values `[batch, output_len]` for the autoencoder.
-    pub fn forward_t(&self, inputs: &Tensor, train: bool) -> Tensor {
-        let encoded = self.encode(inputs, train);
+    /// values `[batch, output_len]` for the autoencoder. Dropout is off.
+    pub fn forward(&self, inputs: &Tensor) -> Tensor {
+        tch::no_grad(|| self.batch_major(&self.run(inputs, false).values))
+    }
+
+    /// One training step's forward and backward passes (dropout on): writes the gradient of
+    /// [`Seq2Seq::loss`] for every trainable parameter into `gradients` and returns what
+    /// [`Seq2Seq::forward`] would, with the loss.
+    pub fn forward_backward(&self, inputs: &Tensor, targets: &Tensor, gradients: &mut Gradients) -> (Tensor, Tensor) {
+        // Autograd would only record what the backward pass below does by hand.
+        tch::no_grad(|| self.forward_backward_by_hand(inputs, targets, gradients))
+    }
+
+    fn forward_backward_by_hand(
+        &self,
+        inputs: &Tensor,
+        targets: &Tensor,
+        gradients: &mut Gradients,
+    ) -> (Tensor, Tensor) {
+        let pass = self.run(inputs, true);
+        let targets = targets.transpose(0, 1).reshape([-1]);
+        let (loss, d_values) = match self.shape.features {
+            Features::Classes(_) => {
+                let log_probs = pass.values.log_softmax(1, pass.values.kind());
+                let loss = log_probs.nll_loss(&targets);
+                // d(mean of -log p[target]) / d log p, then through the log-softmax.
+                let count = targets.size()[0] as f64;
+                let mut d_log_probs = log_probs.zeros_like();
+                let _ = d_log_probs.scatter_value_(1, &targets.unsqueeze(1), -1.0 / count);
+                let d_values =
+                    Tensor::internal_log_softmax_backward_data(&d_log_probs, &log_probs, 1, log_probs.kind());
+                (loss, d_values)
+            }
+            Features::Value => {
+                let values = pass.values.view([-1]);
+                let loss = values.mse_loss(&targets, Reduction::Mean);
+                let one = Tensor::ones([], (values.kind(), values.device()));
+                (loss, values.mse_loss_backward(&one, &targets, Reduction::Mean).view([-1, 1]))
+            }
+        };
+        let _ = d_values.transpose(0, 1).mm_out(&gradients.output_weight, &pass.decoded);
+        let _ = d_values.sum_intlist_out(&gradients.output_bias, 0, false, d_values.kind());
+        let d_decoded = d_values.mm(&self.output.ws).view([self.shape.output_len as i64, -1, self.decoder_units()]);
+        let d_encoding = self
+            .decoder
+            .backward(&pass.decoder, OutputGradient::Every(&d_decoded), &mut gradients.decoder, true)
+            .expect("the decoder's input is the encoding");
+        self.encoder.backward(&pass.encoder, OutputGradient::Last(&d_encoding), &mut gradients.encoder, false);
+        (self.batch_major(&pass.values), loss)
+    }
+
+    /// Where [`Seq2Seq::forward_backward`] writes each parameter's gradient: `slot(variable)`
+    /// gives a tensor shaped like `variable`.
+    pub fn gradients(&self, slot: impl Fn(&Tensor) -> Tensor) -> Gradients {
+        let layers = |lstm: &Lstm| {
+            lstm.trainable()
+                .map(|[w_ih, w_hh, b_ih]| LayerGradients { w_ih: slot(w_ih), w_hh: slot(w_hh), b_ih: slot(b_ih) })
+                .collect()
+        };
+        let bias = self.output.bs.as_ref().expect("the output layer has a bias");
+        Gradients {
+            encoder: layers(&self.encoder),
+            decoder: layers(&self.decoder),
+            output_weight: slot(&self.output.ws),
+            output_bias: slot(bias),
+        }
+    }
+
+    /// The same network run by libtorch's `lstm` op, differentiable by autograd: the oracle
+    /// that the hand-written passes are tested against.
+    #[cfg(test)]
+    pub(crate) fn forward_with_autograd(&self, inputs: &Tensor, train: bool) -> Tensor {
+        let steps = match self.shape.features {
+            Features::Classes(n) => inputs.one_hot(n as i64).to_kind(tch::Kind::Float),
+            Features::Value => inputs.unsqueeze(-1),
+        };
+        let (_, encoded) = self.encoder.forward_with_autograd(&steps, train);
         let [batch, units] = encoded.size()[..] else { unreachable!("the encoding is two-dimensional") };
-        // RepeatVector: the same encoding is the decoder's input at every output step.
         let repeated = encoded.unsqueeze(1).expand([batch, self.shape.output_len as i64, units], false);
-        let (decoded, _) = self.decoder.forward_t(&repeated, train);
-        // TimeDistributed(Dense): one linear layer shared by every output step.
-        let output = self.output.forward(&decoded);
+        let (decoded, _) = self.decoder.forward_with_autograd(&repeated, train);
+        let output = tch::nn::Module::forward(&self.output, &decoded);
         match self.shape.features {
             Features::Classes(_) => output,
             Features::Value => output.squeeze_dim(-1),
+        }
+    }
+
+    fn decoder_units(&self) -> i64 {
+        self.config.decoder_units as i64
+    }
+
+    fn run_encoder(&self, inputs: &Tensor, train: bool) -> Tape {
+        let time_major = inputs.transpose(0, 1).contiguous();
+        let steps = match self.shape.features {
+            Features::Classes(classes) => StepInputs::Classes { indices: time_major, classes: classes as i64 },
+            Features::Value => StepInputs::Dense(time_major.unsqueeze(-1)),
+        };
+        self.encoder.forward(steps, train)
+    }
+
+    /// The whole network, time-major.
+    fn run(&self, inputs: &Tensor, train: bool) -> Pass {
+        let encoder = self.run_encoder(inputs, train);
+        // RepeatVector: the same encoding is the decoder's input at every output step.
+        let steps = self.shape.output_len as i64;
+        let decoder = self.decoder.forward(StepInputs::Repeated { features: encoder.last_output(), steps }, train);
+        // TimeDistributed(Dense): one linear layer shared by every output step.
+        let decoded = decoder.outputs().view([-1, self.decoder_units()]);
+        let bias = self.output.bs.as_ref().expect("the output layer has a bias");
+        let values = bias.addmm(&decoded, &self.output.ws.transpose(0, 1));
+        Pass { encoder, decoder, decoded, values }
+    }
+
+    /// `[output_len · batch, width]` → `[batch, output_len, classes]` or `[batch, output_len]`.
+    fn batch_major(&self, values: &Tensor) -> Tensor {
+        let by_step = values.view([self.shape.output_len as i64, -1, values.size()[1]]).transpose(0, 1).contiguous();
+        match self.shape.features {
+            Features::Classes(_) => by_step,
+            Features::Value => by_step.squeeze_dim(-1),
         }
     }
 
@@ -267,6 +347,15 @@ impl Seq2Seq {
     }
 }
 
+/// Runs `draw` with libtorch's global generator seeded with `seed`, holding a lock so that no
+/// other thread draws from it in between.
+pub fn with_global_generator<R>(seed: u64, draw: impl FnOnce() -> R) -> R {
+    static GLOBAL_GENERATOR: Mutex<()> = Mutex::new(());
+    let _guard = GLOBAL_GENERATOR.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    tch::manual_seed(seed as i64);
+    draw()
+}
+
 /// `52212` → `52,212`, as Keras prints parameter counts.
 fn group_thousands(n: i64) -> String {
     let digits = n.to_string();
@@ -283,7 +372,180 @@ fn group_thousands(n: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::Device;
+    use std::collections::BTreeMap;
+
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+    use tch::{Device, Kind};
+
+    use crate::lstm::FORCE_TENSOR_OPS;
+
+    /// A batch of 16 from a private generator (libtorch's global one belongs to the
+    /// constructors, which other tests run in parallel).
+    fn random_batch(shape: ModelShape, kind: Kind, seed: u64) -> (Tensor, Tensor) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut draw = |steps: usize| match shape.features {
+            Features::Classes(n) => {
+                let indices: Vec<i64> = (0..16 * steps).map(|_| rng.random_range(0..n as i64)).collect();
+                Tensor::from_slice(&indices).view([16, steps as i64])
+            }
+            Features::Value => {
+                let values: Vec<f64> = (0..16 * steps).map(|_| rng.random_range(-1.0..1.0)).collect();
+                Tensor::from_slice(&values).view([16, steps as i64]).to_kind(kind)
+            }
+        };
+        (draw(shape.input_len), draw(shape.output_len))
+    }
+
+    /// `forward_backward`'s output, loss and gradients (by variable name).
+    fn by_hand(
+        vs: &nn::VarStore,
+        model: &Seq2Seq,
+        batch: &(Tensor, Tensor),
+    ) -> (Tensor, Tensor, BTreeMap<String, Tensor>) {
+        let slots: BTreeMap<String, Tensor> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, variable)| variable.requires_grad())
+            .map(|(name, variable)| (name, variable.zeros_like()))
+            .collect();
+        let variables = vs.variables();
+        let mut gradients = model.gradients(|variable| {
+            let (name, _) = variables.iter().find(|(_, v)| v.data_ptr() == variable.data_ptr()).expect("a variable");
+            slots[name].shallow_clone()
+        });
+        let (output, loss) = model.forward_backward(&batch.0, &batch.1, &mut gradients);
+        (output, loss, slots)
+    }
+
+    /// The same from libtorch's `lstm` op and autograd (no dropout).
+    fn by_autograd(
+        vs: &nn::VarStore,
+        model: &Seq2Seq,
+        batch: &(Tensor, Tensor),
+    ) -> (Tensor, Tensor, BTreeMap<String, Tensor>) {
+        let output = model.forward_with_autograd(&batch.0, false);
+        let loss = model.loss(&output, &batch.1);
+        let trainable: BTreeMap<String, Tensor> =
+            vs.variables().into_iter().filter(|(_, variable)| variable.requires_grad()).collect();
+        let variables: Vec<&Tensor> = trainable.values().collect();
+        let grads = Tensor::run_backward(&[&loss], &variables, false, false);
+        (output.detach(), loss.detach(), trainable.into_keys().zip(grads).collect())
+    }
+
+    /// Largest difference, relative to the largest magnitude of `expected`.
+    fn relative_difference(ours: &Tensor, expected: &Tensor) -> f64 {
+        let scale = expected.abs().max().double_value(&[]).max(1e-30);
+        (ours - expected).abs().max().double_value(&[]) / scale
+    }
+
+    fn assert_matches_autograd(config: ModelConfig, shape: ModelShape, tensor_ops: bool) {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Seq2Seq::new_seeded(&vs.root(), &config, shape, 4);
+        let batch = random_batch(shape, Kind::Float, 9);
+        FORCE_TENSOR_OPS.with(|force| force.set(tensor_ops));
+        let (output, loss, grads) = by_hand(&vs, &model, &batch);
+        let inference = model.forward(&batch.0);
+        FORCE_TENSOR_OPS.with(|force| force.set(false));
+        let (expected_output, expected_loss, expected_grads) = by_autograd(&vs, &model, &batch);
+        assert!(relative_difference(&output, &expected_output) < 1e-5, "outputs differ");
+        assert!(inference.equal(&output), "forward and forward_backward differ");
+        assert!(relative_difference(&loss, &expected_loss) < 1e-6, "{loss} vs {expected_loss}");
+        assert_eq!(grads.keys().collect::<Vec<_>>(), expected_grads.keys().collect::<Vec<_>>());
+        for (name, grad) in &grads {
+            let difference = relative_difference(grad, &expected_grads[name]);
+            assert!(difference < 1e-4, "{name}: relative difference {difference:e} (tensor ops: {tensor_ops})");
+        }
+    }
+
+    fn stacked() -> ModelConfig {
+        ModelConfig { encoder_units: 20, decoder_units: 16, encoder_layers: 2, decoder_layers: 3, dropout: 0.0 }
+    }
+
+    #[test]
+    fn hand_written_passes_match_autograd_on_the_reference_model() {
+        for tensor_ops in [false, true] {
+            assert_matches_autograd(ModelConfig::default(), reference_shape(), tensor_ops);
+        }
+    }
+
+    #[test]
+    fn hand_written_passes_match_autograd_on_stacked_layers_and_values() {
+        let values = ModelShape { features: Features::Value, input_len: 6, output_len: 6 };
+        let one_step = ModelShape { features: Features::Classes(5), input_len: 1, output_len: 1 };
+        for tensor_ops in [false, true] {
+            assert_matches_autograd(stacked(), reference_shape(), tensor_ops);
+            assert_matches_autograd(ModelConfig::default(), values, tensor_ops);
+            assert_matches_autograd(stacked(), values, tensor_ops);
+            assert_matches_autograd(stacked(), one_step, tensor_ops);
+        }
+    }
+
+    /// With dropout, libtorch's op draws other masks, so the gradient is checked against the
+    /// loss itself: a central difference along a random direction, in double precision (which
+    /// takes the tensor-op path), with the same masks drawn each time.
+    #[test]
+    fn gradients_with_dropout_match_finite_differences() {
+        for features in [Features::Classes(12), Features::Value] {
+            let shape = ModelShape { features, input_len: 5, output_len: 3 };
+            let mut vs = nn::VarStore::new(Device::Cpu);
+            let model = Seq2Seq::new_seeded(&vs.root(), &ModelConfig { dropout: 0.4, ..stacked() }, shape, 2);
+            vs.double();
+            let batch = random_batch(shape, Kind::Double, 3);
+            let loss_and_grads = || with_global_generator(17, || by_hand(&vs, &model, &batch));
+            let (_, _, grads) = loss_and_grads();
+            let mut rng = StdRng::seed_from_u64(1);
+            let variables = vs.variables();
+            let direction: BTreeMap<&String, Tensor> = grads
+                .iter()
+                .map(|(name, grad)| {
+                    let values: Vec<f64> = (0..grad.numel()).map(|_| rng.random_range(-1.0..1.0)).collect();
+                    (name, Tensor::from_slice(&values).view(grad.size().as_slice()))
+                })
+                .collect();
+            let analytic: f64 =
+                grads.iter().map(|(name, grad)| (grad * &direction[name]).sum(Kind::Double).double_value(&[])).sum();
+            let step = 1e-5;
+            let shifted_loss = |by: f64| {
+                tch::no_grad(|| {
+                    for (name, d) in &direction {
+                        let _ = variables[*name].shallow_clone().g_add_(&(d * by));
+                    }
+                });
+                let loss = loss_and_grads().1.double_value(&[]);
+                tch::no_grad(|| {
+                    for (name, d) in &direction {
+                        let _ = variables[*name].shallow_clone().g_sub_(&(d * by));
+                    }
+                });
+                loss
+            };
+            let numeric = (shifted_loss(step) - shifted_loss(-step)) / (2.0 * step);
+            assert!(
+                (numeric - analytic).abs() < 1e-6 * analytic.abs().max(1e-3),
+                "{numeric} vs {analytic} ({features:?})"
+            );
+        }
+    }
+
+    #[test]
+    fn the_fused_cells_give_the_tensor_ops_gradients_with_dropout() {
+        let config = ModelConfig { dropout: 0.3, ..stacked() };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Seq2Seq::new_seeded(&vs.root(), &config, reference_shape(), 6);
+        let batch = random_batch(reference_shape(), Kind::Float, 2);
+        let run = |tensor_ops: bool| {
+            FORCE_TENSOR_OPS.with(|force| force.set(tensor_ops));
+            let result = with_global_generator(5, || by_hand(&vs, &model, &batch));
+            FORCE_TENSOR_OPS.with(|force| force.set(false));
+            result
+        };
+        let ((fused_output, _, fused), (ops_output, _, ops)) = (run(false), run(true));
+        assert!(relative_difference(&fused_output, &ops_output) < 1e-5);
+        for (name, grad) in &fused {
+            assert!(relative_difference(grad, &ops[name]) < 1e-4, "{name}");
+        }
+    }
 
     fn reference_shape() -> ModelShape {
         ModelShape { features: Features::Classes(12), input_len: 8, output_len: 2 }
@@ -313,8 +575,8 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let model = reference_model(&vs);
         let inputs = Tensor::from_slice(&[11i64, 3, 10, 1, 0, 10, 1, 0]).view([1, 8]).repeat([5, 1]);
-        assert_eq!(model.forward_t(&inputs, false).size(), vec![5, 2, 12]);
-        assert_eq!(model.encode(&inputs, false).size(), vec![5, 75]);
+        assert_eq!(model.forward(&inputs).size(), vec![5, 2, 12]);
+        assert_eq!(model.encode(&inputs).size(), vec![5, 75]);
     }
 
     #[test]
@@ -367,7 +629,7 @@ mod tests {
         assert_eq!(model.parameter_count(), trainable);
         let inputs = Tensor::zeros([4, 8], (Kind::Int64, Device::Cpu));
         // Not in training mode: dropout would draw from the generator that other tests seed.
-        assert_eq!(model.forward_t(&inputs, false).size(), vec![4, 2, 12]);
+        assert_eq!(model.forward(&inputs).size(), vec![4, 2, 12]);
     }
 
     #[test]
@@ -377,9 +639,9 @@ mod tests {
         let model = Seq2Seq::new_seeded(&vs.root(), &ModelConfig::default(), shape, 0);
         // Not Tensor::rand: other tests seed libtorch's global generator in parallel.
         let inputs = Tensor::arange(27, (Kind::Float, Device::Cpu)).view([3, 9]) / 27.0;
-        let output = model.forward_t(&inputs, false);
+        let output = model.forward(&inputs);
         assert_eq!(output.size(), vec![3, 9]);
-        assert_eq!(model.encode(&inputs, false).size(), vec![3, 75]);
+        assert_eq!(model.encode(&inputs).size(), vec![3, 75]);
         let loss = model.loss(&output, &inputs);
         let expected = (&output - &inputs).square().mean(Kind::Float);
         assert!(loss.allclose(&expected, 1e-6, 1e-7, false));

@@ -117,6 +117,23 @@ impl Adam {
         self.apply(&grads);
     }
 
+    /// The slice of the gradient buffer that belongs to `variable` (shaped like it), for a
+    /// caller that computes gradients itself ([`crate::model::Seq2Seq::forward_backward`]) and
+    /// then calls [`Adam::step_from_buffer`]. Panics if `variable` is not one of this optimiser's.
+    pub fn gradient_slot(&self, variable: &Tensor) -> Tensor {
+        self.parameters
+            .iter()
+            .find(|parameter| parameter.variable.data_ptr() == variable.data_ptr())
+            .map(|parameter| parameter.buffers.grad.shallow_clone())
+            .expect("a trainable variable of the optimiser's VarStore")
+    }
+
+    /// One Adam update from the gradients written into the [`Adam::gradient_slot`]s.
+    pub fn step_from_buffer(&mut self) {
+        let (bias_correction2_sqrt, step_size) = self.next_step();
+        tch::no_grad(|| self.step_flat(bias_correction2_sqrt, step_size));
+    }
+
     /// Zeroes every gradient in place (as tch's optimisers do; the tensors are reused).
     pub fn zero_grad(&mut self) {
         tch::no_grad(|| {
@@ -141,12 +158,7 @@ impl Adam {
         if !grads.iter().any(Tensor::defined) {
             return;
         }
-        self.steps += 1;
-        // PyTorch computes the corrections in double precision from the step count.
-        let step = self.steps as f64;
-        let bias_correction1 = 1.0 - BETA1.powf(step);
-        let bias_correction2_sqrt = (1.0 - BETA2.powf(step)).sqrt();
-        let step_size = self.learning_rate / bias_correction1;
+        let (bias_correction2_sqrt, step_size) = self.next_step();
         tch::no_grad(|| {
             if grads.iter().all(Tensor::defined) {
                 self.step_all(grads, bias_correction2_sqrt, step_size);
@@ -156,12 +168,26 @@ impl Adam {
         });
     }
 
-    /// The update run once over the flat buffers: each op rounds element by element, so this
-    /// changes no bit of the result.
+    /// Counts a step; returns its `(sqrt of the second bias correction, step size)`, which
+    /// PyTorch computes in double precision from the step count.
+    fn next_step(&mut self) -> (f64, f64) {
+        self.steps += 1;
+        let step = self.steps as f64;
+        let bias_correction1 = 1.0 - BETA1.powf(step);
+        let bias_correction2_sqrt = (1.0 - BETA2.powf(step)).sqrt();
+        (bias_correction2_sqrt, self.learning_rate / bias_correction1)
+    }
+
     fn step_all(&mut self, grads: &[Tensor], bias_correction2_sqrt: f64, step_size: f64) {
         for (parameter, grad) in self.parameters.iter_mut().zip(grads) {
             parameter.buffers.grad.copy_(grad);
         }
+        self.step_flat(bias_correction2_sqrt, step_size);
+    }
+
+    /// The update run once over the flat buffers, from the gradients in the flat gradient
+    /// buffer: each op rounds element by element, so this changes no bit of the result.
+    fn step_flat(&mut self, bias_correction2_sqrt: f64, step_size: f64) {
         let grad = self.flat.grad.shallow_clone();
         self.flat.advance(&grad, bias_correction2_sqrt, step_size);
         for parameter in &mut self.parameters {
@@ -309,7 +335,7 @@ mod tests {
     }
 
     fn loss(model: &Seq2Seq, batch: &Batch) -> Tensor {
-        model.loss(&model.forward_t(&batch.inputs, true), &batch.targets)
+        model.loss(&model.forward_with_autograd(&batch.inputs, true), &batch.targets)
     }
 
     fn train(model: &Seq2Seq, adam: &mut Adam, batches: &[Batch]) {

@@ -71,7 +71,7 @@ impl Predictor<'_> {
     /// Predicts and prints one batch; returns how many answers were right.
     fn predict_batch(&self, batch: &[Input], out: &mut dyn Write) -> Result<usize> {
         let inputs = input_tensor(self.task, batch, self.device);
-        let output = tch::no_grad(|| self.model.forward_t(&inputs, false));
+        let output = self.model.forward(&inputs);
         let mut correct = 0;
         match self.task {
             Task::Arithmetic(problem) => {

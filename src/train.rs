@@ -189,6 +189,7 @@ pub fn train(model: &Seq2Seq, optimizer: &mut Adam, data: &BatchStream, run: Tra
     let elapsed = || run.seconds_before + start.elapsed().as_secs_f64();
     let uses_dropout = model.config().dropout > 0.0;
     let shape = model.shape();
+    let mut gradients = model.gradients(|variable| optimizer.gradient_slot(variable));
     interrupt::install();
     let mut samples_at_last_checkpoint = run.start.samples_seen(config);
     let log_every = config.log_every_samples();
@@ -205,9 +206,8 @@ pub fn train(model: &Seq2Seq, optimizer: &mut Adam, data: &BatchStream, run: Tra
                 tch::manual_seed(mix_seed(config.seed ^ mix_seed((epoch * order.len() + step) as u64)) as i64);
             }
             let batch = data.batch(order[step]);
-            let output = model.forward_t(&batch.inputs, true);
-            let loss = model.loss(&output, &batch.targets);
-            optimizer.backward_step(&loss);
+            let (output, loss) = model.forward_backward(&batch.inputs, &batch.targets, &mut gradients);
+            optimizer.step_from_buffer();
             sums.add(&output, &batch.targets, &loss, batch.size);
             reporter.advance(batch.size);
 

@@ -1,7 +1,6 @@
 //! The alphabet: which characters a model reads and writes, and their indices.
 
 use anyhow::{Result, bail};
-use tch::{Kind, Tensor};
 
 /// An ordered set of symbols; a symbol's position is its class index.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,12 +72,6 @@ impl Alphabet {
     }
 }
 
-/// One-hot encodes a tensor of class indices `[..]` into float vectors `[.., classes]`,
-/// on whatever device the indices live.
-pub fn one_hot(indices: &Tensor, classes: usize) -> Tensor {
-    indices.one_hot(classes as i64).to_kind(Kind::Float)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,15 +103,5 @@ mod tests {
         assert!(Alphabet::from_symbols("01 1").is_err());
         assert!(Alphabet::from_symbols("01+").is_err());
         assert_eq!(Alphabet::from_symbols("0123456789+ ").ok(), Some(Alphabet::addition()));
-    }
-
-    #[test]
-    fn one_hot_marks_one_position_per_index() {
-        let encoded = one_hot(&Tensor::from_slice(&[11i64, 3, 10, 1, 0]), 12);
-        assert_eq!(encoded.size(), vec![5, 12]);
-        assert_eq!(Vec::<f32>::try_from(encoded.sum_dim_intlist(1, false, Kind::Float)).ok(), Some(vec![1.0; 5]));
-        assert_eq!(encoded.double_value(&[0, 11]), 1.0);
-        assert_eq!(encoded.double_value(&[1, 3]), 1.0);
-        assert_eq!(encoded.double_value(&[1, 4]), 0.0);
     }
 }

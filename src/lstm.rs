@@ -1,0 +1,554 @@
+//! A stack of LSTM layers whose forward and backward passes are written out by hand.
+//!
+//! libtorch's `lstm` op under autograd was most of a training step on the reference model: it
+//! records a dozen graph nodes per time step, multiplies one-hot inputs by a matrix, multiplies
+//! the zero initial state by `W_hh`, projects the repeated decoder input at every step, and
+//! computes gradients nobody asks for (the one-hot input's, the initial state's). The passes
+//! here do the arithmetic of PyTorch's `nn.LSTM` without any of that: a one-hot input's share
+//! of the gates is a row of `W_ih^T`, a repeated input is projected once, the first step has
+//! no recurrent product, and each weight's gradient is one matrix product over all steps.
+//!
+//! Matrix products are libtorch's. On the CPU, the element-wise work of a step is one pass of
+//! [`crate::cell`] over the tensors' memory; on other devices it is the same formulas in
+//! libtorch ops (also run on the CPU by the tests, against libtorch's `lstm` and autograd).
+//! Tensors are time-major (`[time, batch, ...]`), so that a step is a contiguous slice.
+
+use tch::kind::Element;
+use tch::nn::{self, Init};
+use tch::{Device, Kind, Tensor};
+
+use crate::cell;
+
+/// One layer's parameters, named and laid out as in PyTorch's `nn.LSTM`: gates stacked as
+/// input, forget, cell, output (Keras's order too).
+#[derive(Debug)]
+struct Layer {
+    /// `[4·hidden, inputs]`.
+    w_ih: Tensor,
+    /// `[4·hidden, hidden]`.
+    w_hh: Tensor,
+    b_ih: Tensor,
+    /// Keras keeps one bias per layer, libtorch two: this one is a frozen zero buffer, so that
+    /// the trainable parameters match the reference and the names load into `nn.LSTM`.
+    b_hh: Tensor,
+}
+
+/// Where one layer's parameter gradients go (views into the optimiser's gradient buffer).
+#[derive(Debug)]
+pub struct LayerGradients {
+    pub w_ih: Tensor,
+    pub w_hh: Tensor,
+    pub b_ih: Tensor,
+}
+
+/// What a layer reads (the first one, any of these; the others, the outputs below them).
+pub enum StepInputs {
+    /// Class indices `[time, batch]` (int64): the one-hot vectors are never built, since
+    /// multiplying one by `W_ih` picks a column of it.
+    Classes { indices: Tensor, classes: i64 },
+    /// Features `[time, batch, features]`.
+    Dense(Tensor),
+    /// The same features `[batch, features]` at every one of `steps` steps (RepeatVector).
+    Repeated { features: Tensor, steps: i64 },
+}
+
+impl StepInputs {
+    fn steps(&self) -> i64 {
+        match self {
+            StepInputs::Classes { indices, .. } => indices.size()[0],
+            StepInputs::Dense(features) => features.size()[0],
+            StepInputs::Repeated { steps, .. } => *steps,
+        }
+    }
+}
+
+/// The gradient arriving at the top layer's outputs.
+#[derive(Clone, Copy)]
+pub enum OutputGradient<'a> {
+    /// Only the last step's hidden state was used (an encoder): `[batch, hidden]`.
+    Last(&'a Tensor),
+    /// Every step's hidden state was used: `[time, batch, hidden]`.
+    Every(&'a Tensor),
+}
+
+/// What one layer's forward pass keeps for its backward pass; all `[time, batch, ...]`.
+struct LayerTape {
+    input: StepInputs,
+    /// The dropout mask (already scaled by `1 / (1 - p)`) applied to this layer's input.
+    mask: Option<Tensor>,
+    /// The gates' activations `[.., 4·hidden]`: `σ(i)`, `σ(f)`, `tanh(g)`, `σ(o)`.
+    gates: Tensor,
+    cell: Tensor,
+    tanh_cell: Tensor,
+    hidden: Tensor,
+}
+
+/// The input's share of a layer's gate pre-activations (`x·W_ih^T + b`).
+enum InputShare {
+    /// Already computed for every step, `[time, batch, 4·hidden]`: where the gates are built.
+    Gates(Tensor),
+    /// Row `indices[t, b]` of `table` `[classes, 4·hidden]` (a one-hot input's).
+    Rows { table: Tensor, indices: Tensor },
+    /// The same `[batch, 4·hidden]` at every step (a repeated input's).
+    Repeated(Tensor),
+}
+
+/// The dtype and device of `like`, for new buffers.
+fn options(like: &Tensor) -> (Kind, Device) {
+    (like.kind(), like.device())
+}
+
+/// A forward pass through the stack, kept for [`Lstm::backward`].
+pub struct Tape {
+    layers: Vec<LayerTape>,
+}
+
+impl Tape {
+    /// The top layer's hidden state at every step `[time, batch, hidden]`.
+    pub fn outputs(&self) -> &Tensor {
+        &self.layers.last().expect("a stack has at least one layer").hidden
+    }
+
+    /// The top layer's hidden state after the last step `[batch, hidden]`.
+    pub fn last_output(&self) -> Tensor {
+        self.outputs().get(-1)
+    }
+}
+
+/// A stacked LSTM with Keras's initialisation and dropout between layers (as `nn.LSTM`'s).
+#[derive(Debug)]
+pub struct Lstm {
+    layers: Vec<Layer>,
+    hidden: i64,
+    dropout: f64,
+}
+
+impl Lstm {
+    pub fn new(vs: nn::Path, input_size: usize, hidden: usize, layers: usize, dropout: f64) -> Self {
+        let (hidden, gates) = (hidden as i64, 4 * hidden as i64);
+        let layers = (0..layers)
+            .map(|layer| {
+                let input_size = if layer == 0 { input_size as i64 } else { hidden };
+                // Glorot-uniform on the input kernel, fans as Keras computes them for (input, 4·units).
+                let limit = (6.0 / (input_size + gates) as f64).sqrt();
+                let w_ih = vs.var(
+                    &format!("weight_ih_l{layer}"),
+                    &[gates, input_size],
+                    Init::Uniform { lo: -limit, up: limit },
+                );
+                let w_hh = vs.var(&format!("weight_hh_l{layer}"), &[gates, hidden], Init::Orthogonal { gain: 1.0 });
+                let b_ih = vs.var(&format!("bias_ih_l{layer}"), &[gates], Init::Const(0.0));
+                // Keras's unit_forget_bias: the forget gate's quarter starts at 1.
+                let _ = tch::no_grad(|| b_ih.narrow(0, hidden, hidden).fill_(1.0));
+                let b_hh = vs.zeros_no_train(&format!("bias_hh_l{layer}"), &[gates]);
+                Layer { w_ih, w_hh, b_ih, b_hh }
+            })
+            .collect();
+        Self { layers, hidden, dropout }
+    }
+
+    /// Another handle on the same weights (see [`crate::model::Seq2Seq::replica`]).
+    pub fn replica(&self) -> Lstm {
+        let layers = self
+            .layers
+            .iter()
+            .map(|layer| Layer {
+                w_ih: layer.w_ih.shallow_clone(),
+                w_hh: layer.w_hh.shallow_clone(),
+                b_ih: layer.b_ih.shallow_clone(),
+                b_hh: layer.b_hh.shallow_clone(),
+            })
+            .collect();
+        Lstm { layers, hidden: self.hidden, dropout: self.dropout }
+    }
+
+    /// Trainable parameters of each layer (the frozen `b_hh` is not one).
+    pub fn layer_parameter_counts(&self) -> Vec<i64> {
+        self.layers
+            .iter()
+            .map(|layer| [&layer.w_ih, &layer.w_hh, &layer.b_ih].map(|t| t.numel() as i64).iter().sum())
+            .collect()
+    }
+
+    pub fn parameter_count(&self) -> i64 {
+        self.layer_parameter_counts().iter().sum()
+    }
+
+    /// `(w_ih, w_hh, b_ih)` of every layer, bottom first: where [`Lstm::backward`] writes.
+    pub fn trainable(&self) -> impl Iterator<Item = [&Tensor; 3]> {
+        self.layers.iter().map(|layer| [&layer.w_ih, &layer.w_hh, &layer.b_ih])
+    }
+
+    /// libtorch's `lstm` op on batch-first `input` (autograd records it): every step's output of
+    /// the top layer and its final hidden state. Tests compare the hand-written passes with it.
+    #[cfg(test)]
+    pub(crate) fn forward_with_autograd(&self, input: &Tensor, train: bool) -> (Tensor, Tensor) {
+        let layers = self.layers.len() as i64;
+        let zeros = Tensor::zeros([layers, input.size()[0], self.hidden], (input.kind(), input.device()));
+        let weights: Vec<&Tensor> =
+            self.layers.iter().flat_map(|layer| [&layer.w_ih, &layer.w_hh, &layer.b_ih, &layer.b_hh]).collect();
+        let (output, h_n, _) = input.lstm(&[&zeros, &zeros], &weights, true, layers, self.dropout, train, false, true);
+        (output, h_n.get(layers - 1))
+    }
+
+    /// Runs the stack from a zero state. With `train`, dropout (if any) masks each upper
+    /// layer's input, drawing from libtorch's global generator.
+    pub fn forward(&self, mut input: StepInputs, train: bool) -> Tape {
+        let steps = input.steps();
+        let mut mask = None;
+        let mut tapes: Vec<LayerTape> = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let tape = layer.forward(input, mask, steps);
+            mask = (train && self.dropout > 0.0).then(|| dropout_mask(&tape.hidden, self.dropout));
+            input = StepInputs::Dense(match &mask {
+                Some(mask) => &tape.hidden * mask,
+                None => tape.hidden.shallow_clone(),
+            });
+            tapes.push(tape);
+        }
+        Tape { layers: tapes }
+    }
+
+    /// Back-propagates `output` through the tape, writing each layer's parameter gradients
+    /// into `gradients` (bottom first). With `input_gradient`, returns the gradient of the
+    /// stack's input when that is dense or repeated features (`[time, batch, features]` or
+    /// `[batch, features]`); a class input has none.
+    pub fn backward(
+        &self,
+        tape: &Tape,
+        output: OutputGradient<'_>,
+        gradients: &mut [LayerGradients],
+        input_gradient: bool,
+    ) -> Option<Tensor> {
+        let mut upper: Option<Tensor> = None;
+        for (index, (layer, layer_tape)) in self.layers.iter().zip(&tape.layers).enumerate().rev() {
+            let output = upper.as_ref().map_or(output, OutputGradient::Every);
+            let needed = index > 0 || input_gradient;
+            let input_gradient = layer.backward(layer_tape, output, &mut gradients[index], self.hidden, needed);
+            upper = match (input_gradient, &layer_tape.mask) {
+                (Some(gradient), Some(mask)) => Some(gradient * mask),
+                (gradient, _) => gradient,
+            };
+        }
+        upper
+    }
+}
+
+/// Inverted dropout's mask for `like`: 0 with probability `p`, else `1 / (1 - p)`.
+fn dropout_mask(like: &Tensor, p: f64) -> Tensor {
+    let mut mask = Tensor::empty_like(like);
+    let _ = mask.bernoulli_float_(1.0 - p);
+    mask / (1.0 - p)
+}
+
+impl Layer {
+    /// `steps` time steps from a zero state.
+    fn forward(&self, input: StepInputs, mask: Option<Tensor>, steps: i64) -> LayerTape {
+        let hidden = self.w_hh.size()[1];
+        let bias = &self.b_ih + &self.b_hh;
+        let w_ih_t = self.w_ih.transpose(0, 1);
+        // The input's share of the gate pre-activations, bias included, in the cheapest form.
+        let share = match &input {
+            // A one-hot input picks a row of W_ih^T: no product at all.
+            StepInputs::Classes { indices, .. } => {
+                InputShare::Rows { table: (w_ih_t + &bias).contiguous(), indices: indices.shallow_clone() }
+            }
+            StepInputs::Dense(features) => {
+                InputShare::Gates(bias.addmm(&features.reshape([-1, features.size()[2]]), &w_ih_t).view([
+                    steps,
+                    -1,
+                    4 * hidden,
+                ]))
+            }
+            // The same input at every step: projected once.
+            StepInputs::Repeated { features, .. } => InputShare::Repeated(bias.addmm(features, &w_ih_t)),
+        };
+        let (gates, [cell, tanh_cell, outputs]) = if runs_on_cpu(&bias) {
+            self.forward_fused(&share, steps, hidden)
+        } else {
+            self.forward_with_ops(share, steps, hidden)
+        };
+        LayerTape { input, mask, gates, cell, tanh_cell, hidden: outputs }
+    }
+
+    /// The steps on the CPU, each a matrix product (none for the first) and one pass of
+    /// [`cell::forward`], which also adds the input's share. Returns the gates' activations
+    /// and the cell state, its `tanh` and the output at every step.
+    fn forward_fused(&self, share: &InputShare, steps: i64, hidden: i64) -> (Tensor, [Tensor; 3]) {
+        let (gates, batch) = match share {
+            InputShare::Gates(gates) => (gates.shallow_clone(), gates.size()[1]),
+            InputShare::Rows { table, indices } => {
+                (Tensor::empty([steps, indices.size()[1], 4 * hidden], options(table)), indices.size()[1])
+            }
+            InputShare::Repeated(once) => {
+                (Tensor::empty([steps, once.size()[0], 4 * hidden], options(once)), once.size()[0])
+            }
+        };
+        let [cell, tanh_cell, outputs] = [0; 3].map(|_| Tensor::empty([steps, batch, hidden], options(&gates)));
+        let w_hh_t = self.w_hh.transpose(0, 1);
+        for t in 0..steps {
+            // The first step has no recurrent share: the state starts at zero.
+            if t > 0 {
+                let (mut gates_t, previous) = (gates.get(t), outputs.get(t - 1));
+                let _ = match share {
+                    InputShare::Gates(_) => gates_t.addmm_(&previous, &w_hh_t),
+                    _ => previous.mm_out(&gates_t, &w_hh_t),
+                };
+            }
+            // SAFETY: contiguous float32 CPU buffers (int64 for the indices): step t of the
+            // four allocated above is written, the rest read, and no other reference is alive.
+            unsafe {
+                let input = match share {
+                    InputShare::Gates(_) => cell::Input::InGates,
+                    InputShare::Rows { table, indices } => {
+                        cell::Input::Rows { table: floats(table), indices: step(indices, t) }
+                    }
+                    InputShare::Repeated(once) => cell::Input::Same(floats(once)),
+                };
+                cell::forward(cell::Forward {
+                    gates: step_mut(&gates, t),
+                    input,
+                    c_prev: (t > 0).then(|| step(&cell, t - 1)),
+                    c: step_mut(&cell, t),
+                    tanh_c: step_mut(&tanh_cell, t),
+                    h: step_mut(&outputs, t),
+                    hidden: hidden as usize,
+                })
+            }
+        }
+        (gates, [cell, tanh_cell, outputs])
+    }
+
+    /// [`Layer::forward_fused`] in libtorch ops, for other devices (and tests).
+    fn forward_with_ops(&self, share: InputShare, steps: i64, hidden: i64) -> (Tensor, [Tensor; 3]) {
+        let gates = match share {
+            InputShare::Gates(gates) => gates,
+            InputShare::Rows { table, indices } => {
+                table.index_select(0, &indices.reshape([-1])).view([steps, -1, 4 * hidden])
+            }
+            InputShare::Repeated(once) => once.unsqueeze(0).expand([steps, -1, 4 * hidden], false).contiguous(),
+        };
+        let batch = gates.size()[1];
+        let [cell, tanh_cell, outputs] = [0; 3].map(|_| Tensor::empty([steps, batch, hidden], options(&gates)));
+        let w_hh_t = self.w_hh.transpose(0, 1);
+        for t in 0..steps {
+            let mut gates_t = gates.get(t);
+            if t > 0 {
+                let _ = gates_t.addmm_(&outputs.get(t - 1), &w_hh_t);
+            }
+            let _ = gates_t.narrow(1, 0, 2 * hidden).sigmoid_();
+            let _ = gates_t.narrow(1, 2 * hidden, hidden).tanh_();
+            let _ = gates_t.narrow(1, 3 * hidden, hidden).sigmoid_();
+            let [i, f, g, o] = quarters(&gates_t, hidden);
+            let mut c = cell.get(t);
+            if t == 0 {
+                let _ = i.mul_out(&c, &g);
+            } else {
+                let _ = f.mul_out(&c, &cell.get(t - 1));
+                let _ = c.addcmul_(&i, &g);
+            }
+            let tanh_c = tanh_cell.get(t);
+            let _ = c.tanh_out(&tanh_c);
+            let _ = o.mul_out(&outputs.get(t), &tanh_c);
+        }
+        (gates, [cell, tanh_cell, outputs])
+    }
+
+    /// Back-propagation through time. Writes the parameter gradients into `gradients`; returns
+    /// the gradient of a dense or repeated input if `input_gradient`.
+    fn backward(
+        &self,
+        tape: &LayerTape,
+        output: OutputGradient<'_>,
+        gradients: &mut LayerGradients,
+        hidden: i64,
+        input_gradient: bool,
+    ) -> Option<Tensor> {
+        let steps = tape.gates.size()[0];
+        let d_gates = Tensor::empty_like(&tape.gates);
+        // The gradient reaching h_t (from above and from step t + 1) and c_t (from step t + 1).
+        let mut d_h = match output {
+            OutputGradient::Last(last) => last.contiguous(),
+            OutputGradient::Every(every) => every.get(steps - 1).contiguous(),
+        };
+        let mut d_c = d_h.zeros_like();
+        let on_cpu = runs_on_cpu(&d_gates);
+        for t in (0..steps).rev() {
+            let d_gates_t = d_gates.get(t);
+            if on_cpu {
+                // SAFETY: contiguous float32 CPU buffers: `d_gates` and `d_c` are written, the
+                // tape and `d_h` read, and no other reference to them is alive.
+                unsafe {
+                    cell::backward(cell::Backward {
+                        d_h: floats(&d_h),
+                        d_c: floats_mut(&d_c),
+                        gates: step(&tape.gates, t),
+                        c_prev: (t > 0).then(|| step(&tape.cell, t - 1)),
+                        tanh_c: step(&tape.tanh_cell, t),
+                        d_gates: step_mut(&d_gates, t),
+                        hidden: hidden as usize,
+                    })
+                }
+            } else {
+                d_c = self.cell_backward(tape, t, &d_h, &d_c, &d_gates_t, hidden);
+            }
+            if t > 0 {
+                d_h = match output {
+                    OutputGradient::Last(_) => d_gates_t.mm(&self.w_hh),
+                    OutputGradient::Every(every) => every.get(t - 1).addmm(&d_gates_t, &self.w_hh),
+                };
+            }
+        }
+        let flat = d_gates.view([-1, 4 * hidden]);
+        let _ = flat.sum_intlist_out(&gradients.b_ih, 0, false, flat.kind());
+        if steps > 1 {
+            // Σ_t d_gates_t^T · h_{t-1}: h_{-1} is zero, so step 0 adds nothing.
+            let later = d_gates.narrow(0, 1, steps - 1).reshape([-1, 4 * hidden]);
+            let earlier = tape.hidden.narrow(0, 0, steps - 1).reshape([-1, hidden]);
+            let _ = later.transpose(0, 1).mm_out(&gradients.w_hh, &earlier);
+        } else {
+            let _ = gradients.w_hh.zero_();
+        }
+        match &tape.input {
+            StepInputs::Classes { indices, classes } => {
+                // Each step's gate gradient adds to the column of W_ih its class picked.
+                let table = Tensor::zeros([*classes, 4 * hidden], (flat.kind(), flat.device()));
+                let table = table.index_add(0, &indices.reshape([-1]), &flat);
+                gradients.w_ih.copy_(&table.transpose(0, 1));
+                None
+            }
+            StepInputs::Dense(features) => {
+                let features = features.reshape([-1, features.size()[2]]);
+                let _ = flat.transpose(0, 1).mm_out(&gradients.w_ih, &features);
+                input_gradient.then(|| flat.mm(&self.w_ih).view([steps, -1, features.size()[1]]))
+            }
+            StepInputs::Repeated { features, .. } => {
+                let summed = d_gates.sum_dim_intlist(0, false, d_gates.kind());
+                let _ = summed.transpose(0, 1).mm_out(&gradients.w_ih, features);
+                input_gradient.then(|| summed.mm(&self.w_ih))
+            }
+        }
+    }
+
+    /// [`cell::backward`] in libtorch ops, for devices other than the CPU: writes step `t`'s
+    /// gate gradients into `d_gates_t` and returns the gradient reaching `c_{t-1}`.
+    fn cell_backward(
+        &self,
+        tape: &LayerTape,
+        t: i64,
+        d_h: &Tensor,
+        d_c: &Tensor,
+        d_gates_t: &Tensor,
+        hidden: i64,
+    ) -> Tensor {
+        let gates_t = tape.gates.get(t);
+        let [i, f, g, o] = quarters(&gates_t, hidden);
+        let tanh_c = tape.tanh_cell.get(t);
+        let [d_i, mut d_f, d_g, d_o] = quarters(d_gates_t, hidden);
+        // h = o · tanh(c)
+        let _ = d_h.mul_out(&d_o, &tanh_c);
+        let d_cell = Tensor::tanh_backward(&(d_h * &o), &tanh_c) + d_c;
+        // c = f · c_prev + i · g
+        let _ = d_cell.mul_out(&d_i, &g);
+        if t == 0 {
+            let _ = d_f.zero_();
+        } else {
+            let _ = d_cell.mul_out(&d_f, &tape.cell.get(t - 1));
+        }
+        let _ = d_cell.mul_out(&d_g, &i);
+        // Through the activations, in place.
+        let (d_if, if_) = (d_gates_t.narrow(1, 0, 2 * hidden), gates_t.narrow(1, 0, 2 * hidden));
+        let _ = Tensor::sigmoid_backward_grad_input(&d_if, &d_if, &if_);
+        let _ = Tensor::sigmoid_backward_grad_input(&d_o, &d_o, &o);
+        let _ = Tensor::tanh_backward_grad_input(&d_g, &d_g, &g);
+        d_cell * f
+    }
+}
+
+/// The four gates' columns of a `[batch, 4·hidden]` step: input, forget, cell, output.
+fn quarters(step: &Tensor, hidden: i64) -> [Tensor; 4] {
+    [0, 1, 2, 3].map(|quarter| step.narrow(1, quarter * hidden, hidden))
+}
+
+/// Whether [`cell`]'s loops can run on `tensor`'s memory (else libtorch's ops do the same).
+fn runs_on_cpu(tensor: &Tensor) -> bool {
+    tensor.device() == Device::Cpu && tensor.kind() == Kind::Float && !tensor_ops_forced()
+}
+
+#[cfg(not(test))]
+fn tensor_ops_forced() -> bool {
+    false
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests set it to run the libtorch-op path (the one a GPU takes) on the CPU.
+    pub(crate) static FORCE_TENSOR_OPS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+#[cfg(test)]
+fn tensor_ops_forced() -> bool {
+    FORCE_TENSOR_OPS.with(std::cell::Cell::get)
+}
+
+/// The elements of a contiguous CPU tensor of `T`s.
+///
+/// # Safety
+/// Nothing may write to the tensor's memory while the slice is alive.
+unsafe fn floats<T: Element>(tensor: &Tensor) -> &[T] {
+    check_layout::<T>(tensor);
+    // SAFETY: the tensor owns `numel` contiguous `T`s at `data_ptr`; the caller keeps writers away.
+    unsafe { std::slice::from_raw_parts(tensor.data_ptr() as *const T, tensor.numel()) }
+}
+
+/// The elements of a contiguous float32 CPU tensor, to write.
+///
+/// # Safety
+/// No other reference to the tensor's memory may be alive while the slice is.
+#[allow(clippy::mut_from_ref)]
+unsafe fn floats_mut(tensor: &Tensor) -> &mut [f32] {
+    check_layout::<f32>(tensor);
+    // SAFETY: as in `floats`, and the caller guarantees exclusive access.
+    unsafe { std::slice::from_raw_parts_mut(tensor.data_ptr() as *mut f32, tensor.numel()) }
+}
+
+/// Step `t` of a time-major buffer `[time, ...]`, as [`floats`].
+///
+/// # Safety
+/// As [`floats`], for the step's memory.
+unsafe fn step<T: Element>(buffer: &Tensor, t: i64) -> &[T] {
+    let (start, length) = step_range::<T>(buffer, t);
+    // SAFETY: the step lies within the buffer; the caller keeps writers away.
+    unsafe { std::slice::from_raw_parts((buffer.data_ptr() as *const T).add(start), length) }
+}
+
+/// Step `t` of a time-major buffer `[time, ...]`, as [`floats_mut`].
+///
+/// # Safety
+/// As [`floats_mut`], for the step's memory.
+#[allow(clippy::mut_from_ref)]
+unsafe fn step_mut(buffer: &Tensor, t: i64) -> &mut [f32] {
+    let (start, length) = step_range::<f32>(buffer, t);
+    // SAFETY: the step lies within the buffer; the caller guarantees exclusive access to it.
+    unsafe { std::slice::from_raw_parts_mut((buffer.data_ptr() as *mut f32).add(start), length) }
+}
+
+/// Where step `t` of a time-major buffer `[time, ...]` lies: (first element, length).
+fn step_range<T: Element>(buffer: &Tensor, t: i64) -> (usize, usize) {
+    check_layout::<T>(buffer);
+    let steps = buffer.size()[0];
+    assert!((0..steps).contains(&t), "step {t} of {steps}");
+    let length = buffer.numel() / steps as usize;
+    (t as usize * length, length)
+}
+
+/// The raw views above read memory as contiguous `T`s on the CPU; anything else is a bug.
+fn check_layout<T: Element>(tensor: &Tensor) {
+    assert!(
+        tensor.is_contiguous() && tensor.kind() == T::KIND && tensor.device() == Device::Cpu,
+        "expected a contiguous {:?} CPU tensor, got {:?} on {:?}",
+        T::KIND,
+        tensor.kind(),
+        tensor.device()
+    );
+}
