@@ -28,8 +28,9 @@ const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (libtorch ", env
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// CPU threads libtorch may use. Default: 1 for `train` (the reference model's matrices are
-    /// too small to gain from more; measured in the README), libtorch's choice otherwise.
+    /// CPU threads. Default: 1 for `train` (the reference model's matrices are too small to gain
+    /// from more; measured in the README), libtorch's choice (the cores) otherwise. `predict`
+    /// shares each batch among this many threads, each running libtorch on one.
     #[arg(long, global = true, value_name = "N")]
     pub threads: Option<usize>,
 }
@@ -383,7 +384,7 @@ impl EvaluateArgs {
 }
 
 impl PredictArgs {
-    fn into_request(self) -> PredictRequest {
+    fn into_request(self, workers: usize) -> PredictRequest {
         PredictRequest {
             model_dir: self.model,
             source: self.inputs.source(),
@@ -391,6 +392,7 @@ impl PredictArgs {
             device: self.device,
             json: self.json,
             verbose: self.verbose,
+            workers,
         }
     }
 }
@@ -423,6 +425,8 @@ pub fn run(cli: Cli) -> Result<()> {
     if let Some(threads) = threads {
         tch::set_num_threads(threads as i32);
     }
+    // predict shares each batch among its own threads, each running libtorch ops on one.
+    let prediction_workers = tch::get_num_threads().max(1) as usize;
     match cli.command {
         Command::Train(args) => match args.resume.clone() {
             Some(dir) => commands::resume(&ResumeRequest {
@@ -437,7 +441,10 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         .map(|_| ()),
         Command::Evaluate(args) => commands::evaluate(&args.into_request()).map(|_| ()),
-        Command::Predict(args) => commands::predict(&args.into_request()),
+        Command::Predict(args) => {
+            tch::set_num_threads(1);
+            commands::predict(&args.into_request(prediction_workers))
+        }
         Command::Encode(args) => commands::encode(&args.into_request()),
         Command::Plot(args) => commands::plot(&PlotRequest { model_dir: args.model, out: args.out }).map(|_| ()),
         Command::Completions(args) => {

@@ -349,6 +349,8 @@ pub struct PredictRequest {
     pub json: bool,
     /// Show the probability of each output character (arithmetic).
     pub verbose: bool,
+    /// CPU threads, each predicting a share of every batch.
+    pub workers: usize,
 }
 
 /// Answers expressions with a saved model; fails (after answering the good lines) when any
@@ -375,6 +377,7 @@ pub fn predict(request: &PredictRequest) -> Result<()> {
         batch_size: if interactive { 1 } else { request.batch_size },
         json: request.json,
         verbose: request.verbose,
+        workers: request.workers,
     };
     let mut out = BufWriter::new(io::stdout().lock());
     let summary = predictor.run(&request.source, &mut out, &mut io::stderr())?;

@@ -181,7 +181,7 @@ fn evaluate_reproduces_the_saved_metrics_exactly() {
 }
 
 #[test]
-fn predict_gives_identical_answers_across_processes_batch_sizes_and_formats() {
+fn predict_gives_identical_answers_across_processes_batch_sizes_threads_and_formats() {
     let model = shared_model();
     let dir = path_str(&model.dir);
     let expressions = every_expression();
@@ -197,6 +197,11 @@ fn predict_gives_identical_answers_across_processes_batch_sizes_and_formats() {
     small_batches.succeeded();
     text_run.succeeded();
     assert!(json_run.stdout == small_batches.stdout, "another process with other batches answered differently");
+    // Each batch is shared among --threads threads (one per share), or run whole by one.
+    for threads in ["1", "3"] {
+        let shared = run(&["--threads", threads, "predict", "--model", dir, "--file", path_str(&file), "--json"]);
+        assert!(shared.succeeded().stdout == json_run.stdout, "--threads {threads} answered differently");
+    }
 
     let records = json_lines(&json_run.stdout);
     let lines = text_run.stdout_lines();

@@ -19,10 +19,13 @@ use tempfile::TempDir;
 /// that a hang fails the test instead of stalling the suite.
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The binary with `--threads 1` (the machine's cores are shared) and `args`.
+/// The binary with `args`, and `--threads 1` unless they say otherwise (tests run side by side).
 pub fn seq2seq(args: &[&str]) -> Command {
     let mut command = Command::cargo_bin("seq2seq").expect("cargo builds the seq2seq binary for integration tests");
-    command.args(["--threads", "1"]).args(args).timeout(TIMEOUT);
+    if !args.contains(&"--threads") {
+        command.args(["--threads", "1"]);
+    }
+    command.args(args).timeout(TIMEOUT);
     command
 }
 
