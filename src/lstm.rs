@@ -8,10 +8,11 @@
 //! of the gates is a row of `W_ih^T`, a repeated input is projected once, the first step has
 //! no recurrent product, and each weight's gradient is one matrix product over all steps.
 //!
-//! Matrix products are libtorch's. On the CPU, the element-wise work of a step is one pass of
-//! [`crate::cell`] over the tensors' memory; on other devices it is the same formulas in
-//! libtorch ops (also run on the CPU by the tests, against libtorch's `lstm` and autograd).
-//! Tensors are time-major (`[time, batch, ...]`), so that a step is a contiguous slice.
+//! Matrix products are libtorch's; the element-wise work of a step is one pass of
+//! [`crate::cell`] over the tensors' memory, so these passes are for float32 on the CPU. On a
+//! GPU, libtorch's `lstm` op is cuDNN's fused kernel, and [`Lstm::forward_with_lstm_op`] runs
+//! it (the tests also hold the hand-written passes to it). Tensors are time-major
+//! (`[time, batch, ...]`), so that a step is a contiguous slice.
 
 use tch::kind::Element;
 use tch::nn::{self, Init};
@@ -179,10 +180,11 @@ impl Lstm {
         self.layers.iter().map(|layer| [&layer.w_ih, &layer.w_hh, &layer.b_ih])
     }
 
-    /// libtorch's `lstm` op on batch-first `input` (autograd records it): every step's output of
-    /// the top layer and its final hidden state. Tests compare the hand-written passes with it.
-    #[cfg(test)]
-    pub(crate) fn forward_with_autograd(&self, input: &Tensor, train: bool) -> (Tensor, Tensor) {
+    /// libtorch's `lstm` op (cuDNN on a GPU) on batch-first `input`, which autograd can
+    /// differentiate: every step's output of the top layer, and its final hidden state. It runs
+    /// the model where the hand-written passes do not (anything but float32 on the CPU), and
+    /// the tests compare those with it.
+    pub fn forward_with_lstm_op(&self, input: &Tensor, train: bool) -> (Tensor, Tensor) {
         let layers = self.layers.len() as i64;
         let zeros = Tensor::zeros([layers, input.size()[0], self.hidden], (input.kind(), input.device()));
         let weights: Vec<&Tensor> =
@@ -191,8 +193,8 @@ impl Lstm {
         (output, h_n.get(layers - 1))
     }
 
-    /// Runs the stack from a zero state. With `train`, dropout (if any) masks each upper
-    /// layer's input, drawing from libtorch's global generator.
+    /// Runs the stack from a zero state, on float32 CPU tensors. With `train`, dropout (if
+    /// any) masks each upper layer's input, drawing from libtorch's global generator.
     pub fn forward(&self, mut input: StepInputs, train: bool) -> Tape {
         let steps = input.steps();
         let mut mask = None;
@@ -263,18 +265,14 @@ impl Layer {
             // The same input at every step: projected once.
             StepInputs::Repeated { features, .. } => InputShare::Repeated(bias.addmm(features, &w_ih_t)),
         };
-        let (gates, [cell, tanh_cell, outputs]) = if runs_on_cpu(&bias) {
-            self.forward_fused(&share, steps, hidden)
-        } else {
-            self.forward_with_ops(share, steps, hidden)
-        };
+        let (gates, [cell, tanh_cell, outputs]) = self.run_steps(&share, steps, hidden);
         LayerTape { input, mask, gates, cell, tanh_cell, hidden: outputs }
     }
 
-    /// The steps on the CPU, each a matrix product (none for the first) and one pass of
+    /// The steps, each a matrix product (none for the first) and one pass of
     /// [`cell::forward`], which also adds the input's share. Returns the gates' activations
     /// and the cell state, its `tanh` and the output at every step.
-    fn forward_fused(&self, share: &InputShare, steps: i64, hidden: i64) -> (Tensor, [Tensor; 3]) {
+    fn run_steps(&self, share: &InputShare, steps: i64, hidden: i64) -> (Tensor, [Tensor; 3]) {
         let (gates, batch) = match share {
             InputShare::Gates(gates) => (gates.shallow_clone(), gates.size()[1]),
             InputShare::Rows { table, indices } => {
@@ -319,41 +317,6 @@ impl Layer {
         (gates, [cell, tanh_cell, outputs])
     }
 
-    /// [`Layer::forward_fused`] in libtorch ops, for other devices (and tests).
-    fn forward_with_ops(&self, share: InputShare, steps: i64, hidden: i64) -> (Tensor, [Tensor; 3]) {
-        let gates = match share {
-            InputShare::Gates(gates) => gates,
-            InputShare::Rows { table, indices } => {
-                table.index_select(0, &indices.reshape([-1])).view([steps, -1, 4 * hidden])
-            }
-            InputShare::Repeated(once) => once.unsqueeze(0).expand([steps, -1, 4 * hidden], false).contiguous(),
-        };
-        let batch = gates.size()[1];
-        let [cell, tanh_cell, outputs] = [0; 3].map(|_| Tensor::empty([steps, batch, hidden], options(&gates)));
-        let w_hh_t = self.w_hh.transpose(0, 1);
-        for t in 0..steps {
-            let mut gates_t = gates.get(t);
-            if t > 0 {
-                let _ = gates_t.addmm_(&outputs.get(t - 1), &w_hh_t);
-            }
-            let _ = gates_t.narrow(1, 0, 2 * hidden).sigmoid_();
-            let _ = gates_t.narrow(1, 2 * hidden, hidden).tanh_();
-            let _ = gates_t.narrow(1, 3 * hidden, hidden).sigmoid_();
-            let [i, f, g, o] = quarters(&gates_t, hidden);
-            let mut c = cell.get(t);
-            if t == 0 {
-                let _ = i.mul_out(&c, &g);
-            } else {
-                let _ = f.mul_out(&c, &cell.get(t - 1));
-                let _ = c.addcmul_(&i, &g);
-            }
-            let tanh_c = tanh_cell.get(t);
-            let _ = c.tanh_out(&tanh_c);
-            let _ = o.mul_out(&outputs.get(t), &tanh_c);
-        }
-        (gates, [cell, tanh_cell, outputs])
-    }
-
     /// Back-propagation through time. Writes the parameter gradients into `gradients`; returns
     /// the gradient of a dense or repeated input if `input_gradient`.
     fn backward(
@@ -371,26 +334,21 @@ impl Layer {
             OutputGradient::Last(last) => last.contiguous(),
             OutputGradient::Every(every) => every.get(steps - 1).contiguous(),
         };
-        let mut d_c = d_h.zeros_like();
-        let on_cpu = runs_on_cpu(&d_gates);
+        let d_c = d_h.zeros_like();
         for t in (0..steps).rev() {
             let d_gates_t = d_gates.get(t);
-            if on_cpu {
-                // SAFETY: contiguous float32 CPU buffers: `d_gates` and `d_c` are written, the
-                // tape and `d_h` read, and no other reference to them is alive.
-                unsafe {
-                    cell::backward(cell::Backward {
-                        d_h: floats(&d_h),
-                        d_c: floats_mut(&d_c),
-                        gates: step(&tape.gates, t),
-                        c_prev: (t > 0).then(|| step(&tape.cell, t - 1)),
-                        tanh_c: step(&tape.tanh_cell, t),
-                        d_gates: step_mut(&d_gates, t),
-                        hidden: hidden as usize,
-                    })
-                }
-            } else {
-                d_c = self.cell_backward(tape, t, &d_h, &d_c, &d_gates_t, hidden);
+            // SAFETY: contiguous float32 CPU buffers: `d_gates` and `d_c` are written, the
+            // tape and `d_h` read, and no other reference to them is alive.
+            unsafe {
+                cell::backward(cell::Backward {
+                    d_h: floats(&d_h),
+                    d_c: floats_mut(&d_c),
+                    gates: step(&tape.gates, t),
+                    c_prev: (t > 0).then(|| step(&tape.cell, t - 1)),
+                    tanh_c: step(&tape.tanh_cell, t),
+                    d_gates: step_mut(&d_gates, t),
+                    hidden: hidden as usize,
+                })
             }
             if t > 0 {
                 d_h = match output {
@@ -429,66 +387,6 @@ impl Layer {
             }
         }
     }
-
-    /// [`cell::backward`] in libtorch ops, for devices other than the CPU: writes step `t`'s
-    /// gate gradients into `d_gates_t` and returns the gradient reaching `c_{t-1}`.
-    fn cell_backward(
-        &self,
-        tape: &LayerTape,
-        t: i64,
-        d_h: &Tensor,
-        d_c: &Tensor,
-        d_gates_t: &Tensor,
-        hidden: i64,
-    ) -> Tensor {
-        let gates_t = tape.gates.get(t);
-        let [i, f, g, o] = quarters(&gates_t, hidden);
-        let tanh_c = tape.tanh_cell.get(t);
-        let [d_i, mut d_f, d_g, d_o] = quarters(d_gates_t, hidden);
-        // h = o · tanh(c)
-        let _ = d_h.mul_out(&d_o, &tanh_c);
-        let d_cell = Tensor::tanh_backward(&(d_h * &o), &tanh_c) + d_c;
-        // c = f · c_prev + i · g
-        let _ = d_cell.mul_out(&d_i, &g);
-        if t == 0 {
-            let _ = d_f.zero_();
-        } else {
-            let _ = d_cell.mul_out(&d_f, &tape.cell.get(t - 1));
-        }
-        let _ = d_cell.mul_out(&d_g, &i);
-        // Through the activations, in place.
-        let (d_if, if_) = (d_gates_t.narrow(1, 0, 2 * hidden), gates_t.narrow(1, 0, 2 * hidden));
-        let _ = Tensor::sigmoid_backward_grad_input(&d_if, &d_if, &if_);
-        let _ = Tensor::sigmoid_backward_grad_input(&d_o, &d_o, &o);
-        let _ = Tensor::tanh_backward_grad_input(&d_g, &d_g, &g);
-        d_cell * f
-    }
-}
-
-/// The four gates' columns of a `[batch, 4·hidden]` step: input, forget, cell, output.
-fn quarters(step: &Tensor, hidden: i64) -> [Tensor; 4] {
-    [0, 1, 2, 3].map(|quarter| step.narrow(1, quarter * hidden, hidden))
-}
-
-/// Whether [`cell`]'s loops can run on `tensor`'s memory (else libtorch's ops do the same).
-fn runs_on_cpu(tensor: &Tensor) -> bool {
-    tensor.device() == Device::Cpu && tensor.kind() == Kind::Float && !tensor_ops_forced()
-}
-
-#[cfg(not(test))]
-fn tensor_ops_forced() -> bool {
-    false
-}
-
-#[cfg(test)]
-thread_local! {
-    /// Tests set it to run the libtorch-op path (the one a GPU takes) on the CPU.
-    pub(crate) static FORCE_TENSOR_OPS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-#[cfg(test)]
-fn tensor_ops_forced() -> bool {
-    FORCE_TENSOR_OPS.with(std::cell::Cell::get)
 }
 
 /// The elements of a contiguous CPU tensor of `T`s.

@@ -335,7 +335,7 @@ mod tests {
     }
 
     fn loss(model: &Seq2Seq, batch: &Batch) -> Tensor {
-        model.loss(&model.forward_with_autograd(&batch.inputs, true), &batch.targets)
+        model.loss(&model.forward_with_lstm_op(&batch.inputs, true), &batch.targets)
     }
 
     fn train(model: &Seq2Seq, adam: &mut Adam, batches: &[Batch]) {
