@@ -425,8 +425,6 @@ pub fn run(cli: Cli) -> Result<()> {
     if let Some(threads) = threads {
         tch::set_num_threads(threads as i32);
     }
-    // predict shares each batch among its own threads, each running libtorch ops on one.
-    let prediction_workers = tch::get_num_threads().max(1) as usize;
     match cli.command {
         Command::Train(args) => match args.resume.clone() {
             Some(dir) => commands::resume(&ResumeRequest {
@@ -442,8 +440,11 @@ pub fn run(cli: Cli) -> Result<()> {
         .map(|_| ()),
         Command::Evaluate(args) => commands::evaluate(&args.into_request()).map(|_| ()),
         Command::Predict(args) => {
+            // predict shares each batch among that many threads of its own, each running
+            // libtorch on one.
+            let workers = tch::get_num_threads().max(1) as usize;
             tch::set_num_threads(1);
-            commands::predict(&args.into_request(prediction_workers))
+            commands::predict(&args.into_request(workers))
         }
         Command::Encode(args) => commands::encode(&args.into_request()),
         Command::Plot(args) => commands::plot(&PlotRequest { model_dir: args.model, out: args.out }).map(|_| ()),

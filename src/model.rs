@@ -228,7 +228,8 @@ impl Seq2Seq {
         (self.batch_major(&pass.values), loss)
     }
 
-    fn forward_backward_with_autograd(
+    /// The gradients by libtorch's `lstm` op and autograd, copied into their slots.
+    pub(crate) fn forward_backward_with_autograd(
         &self,
         inputs: &Tensor,
         targets: &Tensor,

@@ -24,7 +24,7 @@ const EXP_AVG_SQ_PREFIX: &str = "adam.exp_avg_sq.";
 struct Buffers {
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
-    /// The gradients, gathered (used by the flat buffers only).
+    /// The gradients: each variable's slice is its slot ([`Adam::gradient_slot`]).
     grad: Tensor,
     denom: Tensor,
     /// `(1 - beta2) * grad`, then `-step_size * exp_avg`.
@@ -108,18 +108,9 @@ impl Adam {
         Adam { parameters, flat, learning_rate, steps: 0 }
     }
 
-    /// Back-propagates `loss` and takes one step, as `zero_grad`, `backward`, `step` would, but
-    /// with the gradients handed over by autograd rather than accumulated into `.grad` (which
-    /// stays untouched): this saves zeroing and adding to them on every step.
-    pub fn backward_step(&mut self, loss: &Tensor) {
-        let variables: Vec<&Tensor> = self.parameters.iter().map(|parameter| &parameter.variable).collect();
-        let grads = Tensor::run_backward(&[loss], &variables, false, false);
-        self.apply(&grads);
-    }
-
-    /// The slice of the gradient buffer that belongs to `variable` (shaped like it), for a
-    /// caller that computes gradients itself ([`crate::model::Seq2Seq::forward_backward`]) and
-    /// then calls [`Adam::step_from_buffer`]. Panics if `variable` is not one of this optimiser's.
+    /// The slice of the gradient buffer that belongs to `variable` (shaped like it), where
+    /// [`crate::model::Seq2Seq::forward_backward`] writes its gradient before
+    /// [`Adam::step_from_buffer`]. Panics if `variable` is not one of this optimiser's.
     pub fn gradient_slot(&self, variable: &Tensor) -> Tensor {
         self.parameters
             .iter()
@@ -134,40 +125,6 @@ impl Adam {
         tch::no_grad(|| self.step_flat(bias_correction2_sqrt, step_size));
     }
 
-    /// Zeroes every gradient in place (as tch's optimisers do; the tensors are reused).
-    pub fn zero_grad(&mut self) {
-        tch::no_grad(|| {
-            for parameter in &self.parameters {
-                let mut grad = parameter.variable.grad();
-                if grad.defined() {
-                    let _ = grad.zero_();
-                }
-            }
-        });
-    }
-
-    /// One Adam update from the gradients in the variables' `.grad`.
-    pub fn step(&mut self) {
-        let grads: Vec<Tensor> = self.parameters.iter().map(|parameter| parameter.variable.grad()).collect();
-        self.apply(&grads);
-    }
-
-    /// One Adam update from `grads` (one per parameter, in order). Without any gradient it does
-    /// nothing, as PyTorch; a variable without a gradient is left as it is, the others updated.
-    fn apply(&mut self, grads: &[Tensor]) {
-        if !grads.iter().any(Tensor::defined) {
-            return;
-        }
-        let (bias_correction2_sqrt, step_size) = self.next_step();
-        tch::no_grad(|| {
-            if grads.iter().all(Tensor::defined) {
-                self.step_all(grads, bias_correction2_sqrt, step_size);
-            } else {
-                self.step_each(grads, bias_correction2_sqrt, step_size);
-            }
-        });
-    }
-
     /// Counts a step; returns its `(sqrt of the second bias correction, step size)`, which
     /// PyTorch computes in double precision from the step count.
     fn next_step(&mut self) -> (f64, f64) {
@@ -178,30 +135,12 @@ impl Adam {
         (bias_correction2_sqrt, self.learning_rate / bias_correction1)
     }
 
-    fn step_all(&mut self, grads: &[Tensor], bias_correction2_sqrt: f64, step_size: f64) {
-        for (parameter, grad) in self.parameters.iter_mut().zip(grads) {
-            parameter.buffers.grad.copy_(grad);
-        }
-        self.step_flat(bias_correction2_sqrt, step_size);
-    }
-
-    /// The update run once over the flat buffers, from the gradients in the flat gradient
-    /// buffer: each op rounds element by element, so this changes no bit of the result.
+    /// The update run once over the flat buffers (each op rounds element by element, so this is
+    /// bit for bit the per-variable update), then each variable moved by its slice.
     fn step_flat(&mut self, bias_correction2_sqrt: f64, step_size: f64) {
         let grad = self.flat.grad.shallow_clone();
         self.flat.advance(&grad, bias_correction2_sqrt, step_size);
         for parameter in &mut self.parameters {
-            let _ = parameter.variable.addcdiv_(&parameter.buffers.scaled, &parameter.buffers.denom);
-        }
-    }
-
-    /// The same update one variable at a time, skipping those without a gradient.
-    fn step_each(&mut self, grads: &[Tensor], bias_correction2_sqrt: f64, step_size: f64) {
-        for (parameter, grad) in self.parameters.iter_mut().zip(grads) {
-            if !grad.defined() {
-                continue;
-            }
-            parameter.buffers.advance(grad, bias_correction2_sqrt, step_size);
             let _ = parameter.variable.addcdiv_(&parameter.buffers.scaled, &parameter.buffers.denom);
         }
     }
@@ -338,9 +277,13 @@ mod tests {
         model.loss(&model.forward_with_lstm_op(&batch.inputs, true), &batch.targets)
     }
 
+    /// Steps as `train` takes them where libtorch's lstm op runs the model (tch's Adam below
+    /// gets the same autograd gradients).
     fn train(model: &Seq2Seq, adam: &mut Adam, batches: &[Batch]) {
+        let mut gradients = model.gradients(|variable| adam.gradient_slot(variable));
         for batch in batches {
-            adam.backward_step(&loss(model, batch));
+            let _ = model.forward_backward_with_autograd(&batch.inputs, &batch.targets, &mut gradients);
+            adam.step_from_buffer();
         }
     }
 
@@ -413,57 +356,6 @@ mod tests {
         for ((name, expected), (_, actual)) in straight.state().iter().zip(resumed.state()) {
             assert!(actual.equal(expected), "{name} differs after resuming");
         }
-    }
-
-    #[test]
-    fn step_from_dot_grad_equals_backward_step() {
-        let batches = batches(3);
-        let (handed_vs, handed_model) = model(1);
-        let mut handed = Adam::new(&handed_vs, LEARNING_RATE);
-        train(&handed_model, &mut handed, &batches);
-
-        let (stored_vs, stored_model) = model(1);
-        let mut stored = Adam::new(&stored_vs, LEARNING_RATE);
-        for batch in &batches {
-            stored.zero_grad();
-            loss(&stored_model, batch).backward();
-            stored.step();
-        }
-        assert_eq!(stored.steps_taken(), 3);
-        let (handed, stored) = (weights(&handed_vs), weights(&stored_vs));
-        for (name, expected) in &handed {
-            assert!(stored[name].equal(expected), "{name} differs");
-        }
-    }
-
-    #[test]
-    fn leaves_a_variable_without_gradient_alone() {
-        let start = Tensor::from_slice(&[0.5f32, -1.0, 2.0]);
-        let store = |names: &[&str]| {
-            let vs = nn::VarStore::new(Device::Cpu);
-            let variables: Vec<Tensor> = names.iter().map(|name| vs.root().var_copy(name, &start)).collect();
-            (vs, variables)
-        };
-        let square = |variable: &Tensor| (variable * variable).sum(Kind::Float);
-        let (both_vs, both) = store(&["a", "b"]);
-        let (alone_vs, alone) = store(&["a"]);
-        let mut with_b = Adam::new(&both_vs, LEARNING_RATE);
-        let mut without_b = Adam::new(&alone_vs, LEARNING_RATE);
-        with_b.step();
-        assert_eq!(with_b.steps_taken(), 0, "a step without gradients is no step");
-
-        with_b.backward_step(&(square(&both[0]) + square(&both[1])));
-        without_b.backward_step(&square(&alone[0]));
-        let b_after_one_step = both[1].copy();
-        for _ in 0..3 {
-            // `b` takes no part: with a zero gradient instead, its momentum would still move it.
-            with_b.backward_step(&square(&both[0]));
-            without_b.backward_step(&square(&alone[0]));
-        }
-        assert!(both[1].equal(&b_after_one_step));
-        assert!(!b_after_one_step.equal(&start));
-        assert!(both[0].equal(&alone[0]));
-        assert_eq!(with_b.steps_taken(), 4);
     }
 
     #[test]
