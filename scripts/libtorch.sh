@@ -29,9 +29,12 @@ seq2seq_libtorch() {
                 local partial="$dir.partial"
                 rm -rf "$partial"
                 echo "Installing PyTorch $SEQ2SEQ_TORCH_VERSION (libtorch with its CUDA libraries, about 4.6 GB)" >&2
-                echo "into $dir; this happens once per machine." >&2
-                python3 -m pip install --quiet --no-cache-dir --disable-pip-version-check --root-user-action=ignore \
-                    --target "$partial" "torch==$SEQ2SEQ_TORCH_VERSION" >&2
+                echo "into $dir; this happens once per machine. pip shows its progress below." >&2
+                # Not --quiet: a download of minutes must show that it moves (pip draws a bar on a
+                # terminal and names each file otherwise). A stop leaves only the .partial folder,
+                # which the next try removes.
+                python3 -m pip install --no-cache-dir --disable-pip-version-check --root-user-action=ignore \
+                    --progress-bar on --target "$partial" "torch==$SEQ2SEQ_TORCH_VERSION" >&2
                 # The rename makes a half-finished install invisible.
                 rm -rf "$dir"
                 mv "$partial" "$dir"

@@ -4,7 +4,7 @@
 //! and the position in the sample stream, in one file, so that resuming never mixes two moments.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
@@ -14,10 +14,14 @@ use tch::{Device, Kind, Tensor, nn};
 
 use crate::device::LIBTORCH_VERSION;
 use crate::evaluate::Evaluation;
+use crate::files::{self, check_safetensors, read_text};
+use crate::lock::{DirLock, lock_dir};
 use crate::model::{ModelConfig, ModelShape, Seq2Seq};
 use crate::optim::Adam;
 use crate::problem::Task;
 use crate::train::{Position, TrainConfig};
+
+pub use crate::files::write_atomically;
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -26,6 +30,15 @@ pub const TRAINING_STATE_FILE: &str = "training_state.safetensors";
 const STATE_WEIGHTS_PREFIX: &str = "model.";
 const STATE_EPOCH: &str = "position.epoch";
 const STATE_STEP: &str = "position.step";
+/// The settings of the run that wrote the training state, as JSON bytes: a resume refuses a
+/// config.json edited since (see [`run_settings`]).
+const STATE_SETTINGS: &str = "run.settings";
+/// The run's id, as UTF-8 bytes: a training state copied in from another run is refused.
+const STATE_RUN_ID: &str = "run.id";
+/// Largest config.json read (a few kilobytes in practice).
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
+/// The files a model directory holds, which `train --overwrite` clears first.
+pub const MODEL_FILES: [&str; 3] = [CONFIG_FILE, TRAINING_STATE_FILE, WEIGHTS_FILE];
 /// Bumped whenever `config.json` changes meaning; loading refuses versions it does not know.
 /// Version 1 (addition only, `problem: {n_terms, largest}`) is still read.
 pub const FORMAT_VERSION: u32 = 2;
@@ -52,6 +65,10 @@ pub struct SavedConfig {
     /// Where an unfinished run stopped; `None` once training finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<Position>,
+    /// Names one training run (drawn when it starts): a checkpoint's training state must carry
+    /// the same id. Absent in directories written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
     pub versions: Versions,
 }
 
@@ -81,33 +98,104 @@ pub struct LoadedModel {
     pub vs: nn::VarStore,
 }
 
-/// The directory a training run writes to: `out` when given (new, empty, or holding a model
-/// that will be replaced), else a fresh `runs/run-NNN`.
-pub fn prepare_output_dir(out: Option<&Path>) -> Result<PathBuf> {
+/// A fresh run id: random, so that two runs of the same settings are told apart.
+pub fn new_run_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// The directory a training run writes to, locked for the run: `out` when given (new, empty,
+/// or with `overwrite` holding a model or checkpoint, whose files are removed first), else a
+/// fresh `runs/run-NNN`.
+pub fn prepare_output_dir(out: Option<&Path>, overwrite: bool) -> Result<(PathBuf, DirLock)> {
     let Some(out) = out else {
         fs::create_dir_all("runs").context("cannot create the directory runs/")?;
         for number in 1.. {
             let candidate = PathBuf::from(format!("runs/run-{number:03}"));
             match fs::create_dir(&candidate) {
-                Ok(()) => return Ok(candidate),
+                Ok(()) => {
+                    let lock = lock_dir(&candidate, "seq2seq train")?;
+                    return Ok((candidate, lock));
+                }
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e).with_context(|| format!("cannot create {}", candidate.display())),
             }
         }
         unreachable!("some run number is free")
     };
-    if out.exists() {
-        if !out.is_dir() {
-            bail!("--out {} exists and is not a directory", out.display());
-        }
-        let is_empty = fs::read_dir(out).with_context(|| format!("cannot read {}", out.display()))?.next().is_none();
-        if !is_empty && !out.join(CONFIG_FILE).exists() {
+    if out.exists() && !out.is_dir() {
+        bail!("--out {} exists and is not a directory", out.display());
+    }
+    // A directory of other things is left untouched, not even locked.
+    if out.is_dir() {
+        let ours =
+            [CONFIG_FILE, TRAINING_STATE_FILE, WEIGHTS_FILE, crate::metrics_log::METRICS_FILE, crate::lock::LOCK_FILE];
+        let mut entries = fs::read_dir(out).with_context(|| format!("cannot read {}", out.display()))?;
+        let foreign = entries.any(|entry| {
+            entry.is_ok_and(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                !ours.contains(&name.as_str()) && !files::is_temporary_name(&name)
+            })
+        });
+        if foreign {
             bail!("--out {} is not empty and holds no model ({CONFIG_FILE}); choose a new directory", out.display());
         }
-    } else {
-        fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     }
-    Ok(out.to_owned())
+    fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    // Looked at only under the lock: another run may be writing it.
+    let lock = lock_dir(out, "seq2seq train")?;
+    clear_stale_temporaries(out)?;
+    let holds = |name: &str| out.join(name).exists();
+    if holds(CONFIG_FILE) || holds(TRAINING_STATE_FILE) || holds(WEIGHTS_FILE) {
+        if !overwrite {
+            let is_checkpoint = holds(TRAINING_STATE_FILE)
+                || read_model_dir_config(out).is_ok_and(|config| config.checkpoint.is_some());
+            if is_checkpoint {
+                bail!(
+                    "--out {} holds the checkpoint of an unfinished run: continue it with `seq2seq train --resume {}`, \
+                     or add --overwrite to discard it and start afresh",
+                    out.display(),
+                    out.display()
+                );
+            }
+            bail!(
+                "--out {} already holds a trained model: choose another directory, or add --overwrite to replace it",
+                out.display()
+            );
+        }
+        for name in MODEL_FILES {
+            match fs::remove_file(out.join(name)) {
+                Err(e) if e.kind() != ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("cannot remove {}", out.join(name).display()));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok((out.to_owned(), lock))
+}
+
+/// Removes what writers killed mid-write left in `dir`, saying so on standard error.
+pub fn clear_stale_temporaries(dir: &Path) -> Result<()> {
+    for name in files::remove_stale_temporaries(dir)? {
+        crate::output::note(format!(
+            "Removed {name}, left in {} by a process that was stopped while writing",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Locks the checkpoint directory `dir` for `train --resume`.
+pub fn lock_for_resume(dir: &Path) -> Result<DirLock> {
+    if !dir.exists() {
+        bail!("{} does not exist", dir.display());
+    }
+    if !dir.is_dir() {
+        bail!("{} is not a directory: --resume takes the directory of an interrupted run", dir.display());
+    }
+    let lock = lock_dir(dir, "seq2seq train --resume")?;
+    clear_stale_temporaries(dir)?;
+    Ok(lock)
 }
 
 /// Saves a finished model: the weights, then the config, each through a temporary file and a
@@ -142,7 +230,19 @@ fn cpu_variables(vs: &nn::VarStore, prefix: &str) -> BTreeMap<String, Tensor> {
 
 fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
     let named: Vec<(&String, &Tensor)> = tensors.iter().collect();
-    write_atomically(path, |temporary| Tensor::write_safetensors(&named, temporary).map_err(anyhow::Error::from))
+    write_atomically(path, |temporary| Tensor::write_safetensors(&named, temporary).map_err(plain_tch_error))
+}
+
+/// tch's errors, with an I/O failure told in plain words (its own message shows Rust's
+/// `IoError(Os { .. })`).
+fn plain_tch_error(error: tch::TchError) -> anyhow::Error {
+    match error {
+        tch::TchError::SafeTensorError { err: safetensors::SafeTensorError::IoError(io), .. }
+        | tch::TchError::Io(io) => {
+            anyhow::anyhow!("{}", crate::output::plain_io_message(&io))
+        }
+        other => other.into(),
+    }
 }
 
 /// Saves a checkpoint of an unfinished run at `position`: the training state first (one file
@@ -161,6 +261,11 @@ pub fn save_checkpoint(
     for (name, value) in [(STATE_EPOCH, position.epoch), (STATE_STEP, position.step)] {
         let value = i64::try_from(value).context("position beyond 2^63")?;
         state.insert(name.to_owned(), Tensor::from_slice(&[value]).reshape([]));
+    }
+    let settings = serde_json::to_vec(&run_settings(config)).context("cannot serialise the run's settings")?;
+    state.insert(STATE_SETTINGS.to_owned(), Tensor::from_slice(&settings));
+    if let Some(run_id) = &config.run_id {
+        state.insert(STATE_RUN_ID.to_owned(), Tensor::from_slice(run_id.as_bytes()));
     }
     write_safetensors(&dir.join(TRAINING_STATE_FILE), &state)?;
     save_model(dir, config, vs)
@@ -187,11 +292,9 @@ pub fn load_checkpoint(dir: &Path, device: Device) -> Result<Checkpoint> {
     if !state_path.exists() {
         bail!("{} is missing: the checkpoint cannot be resumed", state_path.display());
     }
-    let stored: BTreeMap<String, Tensor> = Tensor::read_safetensors(&state_path)
-        .map_err(|e| anyhow::anyhow!("not a readable safetensors file ({e})"))
-        .with_context(context)?
-        .into_iter()
-        .collect();
+    let stored = read_safetensors(&state_path)?;
+    check_same_run(&config, &stored)
+        .with_context(|| format!("{} does not continue the run that config.json describes", state_path.display()))?;
     let mut vs = nn::VarStore::new(Device::Cpu);
     let model = Seq2Seq::new(&vs.root(), &config.model, config.shape());
     let weights: BTreeMap<String, Tensor> = stored
@@ -210,32 +313,90 @@ pub fn load_checkpoint(dir: &Path, device: Device) -> Result<Checkpoint> {
     let position = Position { epoch: read_position(STATE_EPOCH)?, step: read_position(STATE_STEP)? };
     let steps_per_epoch = config.training.samples.div_ceil(config.training.batch_size);
     if position.epoch >= config.training.epochs || position.step > steps_per_epoch {
-        bail!("{}: position {position:?} lies outside the run", state_path.display());
+        bail!(
+            "{}: the position (epoch {}, step {}) lies outside the run ({} epoch(s) of {steps_per_epoch} steps)",
+            state_path.display(),
+            position.epoch + 1,
+            position.step,
+            config.training.epochs
+        );
     }
     Ok(Checkpoint { config, model, vs, optimizer, position })
 }
 
-/// Runs `write` on a temporary file beside `path`, flushes it to disk, then renames it over
-/// `path`: a crash leaves the old file or the new one, never half of one.
-pub(crate) fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    // A bare file name's parent is "", which cannot be opened to sync: it means ".".
-    let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let temporary = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = write(&temporary)
-        .and_then(|()| {
-            let file = File::open(&temporary)?;
-            file.sync_all()?;
-            fs::rename(&temporary, path)?;
-            // Make the rename itself durable.
-            File::open(dir)?.sync_all()?;
-            Ok(())
-        })
-        .with_context(|| format!("cannot write {}", path.display()));
-    if result.is_err() {
-        let _ = fs::remove_file(&temporary);
+/// The settings a resumed run must share with the run that wrote its training state: all of
+/// config.json's task, model and training, but the three that `--resume` may change.
+pub fn run_settings(config: &SavedConfig) -> serde_json::Value {
+    let mut training = serde_json::to_value(&config.training).unwrap_or_default();
+    if let Some(training) = training.as_object_mut() {
+        for changeable in ["checkpoint_every", "evaluation_samples", "log_every"] {
+            training.remove(changeable);
+        }
     }
-    result
+    serde_json::json!({
+        "task": config.task,
+        "model": config.model,
+        "training": training,
+    })
+}
+
+/// Refuses a training state written by another run, or with other settings, than config.json's.
+fn check_same_run(config: &SavedConfig, stored: &BTreeMap<String, Tensor>) -> Result<()> {
+    let bytes = |name: &str| -> Result<Option<Vec<u8>>> {
+        stored
+            .get(name)
+            .map(|tensor| {
+                Vec::<u8>::try_from(tensor.flatten(0, -1)).with_context(|| format!("{name} is not a byte string"))
+            })
+            .transpose()
+    };
+    let state_run_id = bytes(STATE_RUN_ID)?.map(|id| String::from_utf8_lossy(&id).into_owned());
+    if state_run_id != config.run_id {
+        bail!(
+            "it was written by run {}, and config.json belongs to run {} (was it copied from another run?)",
+            state_run_id.as_deref().unwrap_or("(no id)"),
+            config.run_id.as_deref().unwrap_or("(no id)")
+        );
+    }
+    // Training states written before the settings were recorded carry none.
+    let Some(settings) = bytes(STATE_SETTINGS)? else { return Ok(()) };
+    let recorded: serde_json::Value =
+        serde_json::from_slice(&settings).context("its record of the run's settings is not JSON")?;
+    let current = run_settings(config);
+    let differences = differing_settings(&recorded, &current, "");
+    if !differences.is_empty() {
+        bail!("config.json was edited since the checkpoint: {}", differences.join("; "));
+    }
+    Ok(())
+}
+
+/// `name: A in the training state, B in config.json` for each leaf that differs.
+fn differing_settings(recorded: &serde_json::Value, current: &serde_json::Value, path: &str) -> Vec<String> {
+    use serde_json::Value;
+    match (recorded, current) {
+        (Value::Object(a), Value::Object(b)) => {
+            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter()
+                .flat_map(|key| {
+                    let name = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                    differing_settings(a.get(key).unwrap_or(&Value::Null), b.get(key).unwrap_or(&Value::Null), &name)
+                })
+                .collect()
+        }
+        (a, b) if a == b => Vec::new(),
+        (a, b) => vec![format!("{path} is {b} in config.json but was {a} when the run started")],
+    }
+}
+
+/// A safetensors file's tensors, after checking that it is a regular file whose header fits.
+fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
+    check_safetensors(path)?;
+    Ok(Tensor::read_safetensors(path)
+        .map_err(|e| anyhow::anyhow!("{}: not a readable safetensors file ({})", path.display(), plain_tch_error(e)))?
+        .into_iter()
+        .collect())
 }
 
 /// Reads a model directory, checks the config against itself and the weights against the
@@ -245,7 +406,7 @@ pub fn load(dir: &Path, device: Device) -> Result<LoadedModel> {
     let mut vs = nn::VarStore::new(Device::Cpu);
     let model = Seq2Seq::new(&vs.root(), &config.model, config.shape());
     let weights_path = dir.join(WEIGHTS_FILE);
-    load_weights(&vs, &weights_path).with_context(|| format!("{}", weights_path.display()))?;
+    load_weights(&vs, &weights_path)?;
     vs.set_device(device);
     Ok(LoadedModel { config, model, vs })
 }
@@ -265,11 +426,10 @@ pub fn read_model_dir_config(dir: &Path) -> Result<SavedConfig> {
 }
 
 fn read_config(path: &Path) -> Result<SavedConfig> {
-    let text = match fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == ErrorKind::NotFound => bail!("{} is missing: not a model directory", path.display()),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    };
+    if !path.exists() && fs::symlink_metadata(path).is_err() {
+        bail!("{} is missing: not a model directory", path.display());
+    }
+    let text = read_text(path, MAX_CONFIG_BYTES)?;
     let mut value: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
     match value.get("format_version").and_then(serde_json::Value::as_u64) {
@@ -304,9 +464,15 @@ fn upgrade_from_version_1(value: &mut serde_json::Value) {
 fn check_consistent(config: &SavedConfig) -> Result<()> {
     config.task.validate()?;
     config.model.validate()?;
+    config.training.validate()?;
+    config.model.check_memory(&config.shape(), None)?;
     let alphabet = config.task.alphabet().map(|a| a.as_string());
     if config.alphabet != alphabet {
-        bail!("alphabet {:?} does not follow from the task ({:?})", config.alphabet, alphabet);
+        let show = |alphabet: &Option<String>| match alphabet {
+            Some(symbols) => format!("\"{symbols}\""),
+            None => "none".to_owned(),
+        };
+        bail!("the alphabet is {}, but the task's is {}", show(&config.alphabet), show(&alphabet));
     }
     let (input_len, output_len) = (config.task.input_len(), config.task.output_len());
     if (config.input_len, config.output_len) != (input_len, output_len) {
@@ -322,13 +488,9 @@ fn check_consistent(config: &SavedConfig) -> Result<()> {
 /// Reads the weights file into `vs`.
 fn load_weights(vs: &nn::VarStore, path: &Path) -> Result<()> {
     if !path.exists() {
-        bail!("missing: the model directory has no weights");
+        bail!("{}: missing: the model directory has no weights", path.display());
     }
-    let stored: BTreeMap<String, Tensor> = Tensor::read_safetensors(path)
-        .map_err(|e| anyhow::anyhow!("not a readable safetensors file ({e})"))?
-        .into_iter()
-        .collect();
-    copy_weights(vs, &stored)
+    copy_weights(vs, &read_safetensors(path)?).with_context(|| format!("{}", path.display()))
 }
 
 /// Copies `stored` into `vs` after checking names, shapes and dtypes one by one (a plain copy

@@ -1,5 +1,6 @@
 //! The command line: clap definitions, turned into plain requests at the door.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
@@ -15,9 +16,13 @@ use crate::device::DeviceChoice;
 use crate::encode::EncodeFormat;
 use crate::input::InputSource;
 use crate::model::ModelConfig;
+use crate::output::Stdout;
 use crate::predict::DEFAULT_BATCH_SIZE;
 use crate::problem::{ArithmeticProblem, Operators, SequenceKind, SequenceProblem, Task, TermCount};
 use crate::train::{Progress, TrainConfig};
+
+/// Most CPU threads: far more than these models use, few enough to start in a moment.
+pub const MAX_THREADS: u64 = 256;
 
 const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (libtorch ", env!("SEQ2SEQ_LIBTORCH_VERSION"), ")");
 
@@ -31,8 +36,9 @@ pub struct Cli {
     /// CPU threads. Default: 1 for `train` (the reference model's matrices are too small to gain
     /// from more; measured in the README), libtorch's choice (the cores) otherwise. `predict`
     /// shares each batch among this many threads, each running libtorch on one.
+    /// At most 256.
     #[arg(long, global = true, value_name = "N")]
-    pub threads: Option<usize>,
+    pub threads: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -175,9 +181,13 @@ pub struct TrainArgs {
     /// auto (CUDA when available), cpu, cuda or cuda:N.
     #[arg(long, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
-    /// Model directory to write (default: a new runs/run-NNN).
+    /// Model directory to write (default: a new runs/run-NNN). A directory that holds a model or
+    /// a checkpoint is refused unless --overwrite is given.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Replace the model or checkpoint in --out DIR (its files are removed before training).
+    #[arg(long, requires = "out")]
+    pub overwrite: bool,
     /// No summary and no progress: only the final figures and the model's location.
     #[arg(long, short)]
     pub quiet: bool,
@@ -195,7 +205,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR", help_heading = "Checkpoints", conflicts_with_all = [
         "task", "ops", "terms", "largest", "reverse", "length", "sequence", "low", "high", "encoder_units",
         "decoder_units", "encoder_layers", "decoder_layers", "dropout", "samples", "batch_size", "epochs",
-        "learning_rate", "seed", "out",
+        "learning_rate", "seed", "out", "overwrite",
     ])]
     pub resume: Option<PathBuf>,
 }
@@ -320,6 +330,7 @@ impl TrainArgs {
             },
             device: self.device,
             out: self.out,
+            overwrite: self.overwrite,
             progress: Progress::for_stdout(self.quiet),
         })
     }
@@ -417,7 +428,9 @@ impl EncodeArgs {
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     let threads = match (cli.threads, &cli.command) {
-        (Some(0), _) => bail!("--threads must be at least 1"),
+        (Some(threads), _) if !(1..=MAX_THREADS).contains(&threads) => {
+            bail!("--threads must be between 1 and {MAX_THREADS}, got {threads}")
+        }
         (Some(threads), _) => Some(threads),
         (None, Command::Train(_)) => Some(1),
         (None, _) => None,
@@ -449,12 +462,13 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Encode(args) => commands::encode(&args.into_request()),
         Command::Plot(args) => commands::plot(&PlotRequest { model_dir: args.model, out: args.out }).map(|_| ()),
         Command::Completions(args) => {
-            write_completions(args.shell, &mut Cli::command(), &mut std::io::stdout().lock());
+            // Written whole into memory first: clap_complete panics when its writer fails.
+            let mut script = Vec::new();
+            write_completions(args.shell, &mut Cli::command(), &mut script);
+            let mut out = Stdout::lock();
+            out.write_all(&script).and_then(|()| out.flush())?;
             Ok(())
         }
-        Command::Info => {
-            commands::info();
-            Ok(())
-        }
+        Command::Info => commands::info(),
     }
 }

@@ -13,10 +13,13 @@ use crate::device::{DeviceChoice, describe, runtime_report};
 use crate::encode::{EncodeFormat, Encoder, KeptVectors};
 use crate::evaluate::{self, Evaluation};
 use crate::input::{InputSource, InputSummary};
+use crate::interrupt::{self, Stopped};
+use crate::lock::DirLock;
 use crate::metrics_log::{METRICS_FILE, MetricsLog, MetricsRow, read_metrics};
 use crate::mistakes::{ErrorReport, MistakeTally};
 use crate::model::{ModelConfig, ModelShape, Seq2Seq};
 use crate::optim::Adam;
+use crate::output::{self, BestEffort, Stdout, print_line};
 use crate::predict::Predictor;
 use crate::problem::{Input, Task};
 use crate::train::{self, Position, Progress, Report, TrainConfig, TrainLoop, TrainOutcome};
@@ -39,6 +42,8 @@ pub struct TrainRequest {
     pub training: TrainConfig,
     pub device: DeviceChoice,
     pub out: Option<PathBuf>,
+    /// Replace the model or checkpoint that `out` may hold.
+    pub overwrite: bool,
     pub progress: Progress,
 }
 
@@ -48,8 +53,15 @@ pub fn train(request: &TrainRequest) -> Result<PathBuf> {
     task.validate()?;
     model_config.validate()?;
     training.validate()?;
+    if model_config.dropout > 0.0 && model_config.encoder_layers == 1 && model_config.decoder_layers == 1 {
+        bail!(
+            "--dropout applies between stacked LSTM layers, and one encoder and one decoder layer have none \
+             between them: add --encoder-layers 2 or --decoder-layers 2, or leave --dropout out"
+        );
+    }
+    model_config.check_memory(&ModelShape::for_task(task), Some(training.batch_size))?;
     let device = request.device.resolve()?;
-    let out = checkpoint::prepare_output_dir(request.out.as_deref())?;
+    let (out, lock) = checkpoint::prepare_output_dir(request.out.as_deref(), request.overwrite)?;
 
     // Weights are drawn on the CPU so that a seed gives the same start on every device.
     let mut vs = nn::VarStore::new(Device::Cpu);
@@ -59,6 +71,8 @@ pub fn train(request: &TrainRequest) -> Result<PathBuf> {
     run_training(
         Session {
             dir: out,
+            _lock: lock,
+            run_id: Some(checkpoint::new_run_id()),
             task: task.clone(),
             model_config: model_config.clone(),
             training: training.clone(),
@@ -90,6 +104,7 @@ pub struct ResumeRequest {
 /// Continues an interrupted run from its checkpoint, in its directory, to the same end.
 pub fn resume(request: &ResumeRequest) -> Result<PathBuf> {
     let device = request.device.resolve()?;
+    let lock = checkpoint::lock_for_resume(&request.dir)?;
     let checkpoint = checkpoint::load_checkpoint(&request.dir, device)?;
     let mut training = checkpoint.config.training.clone();
     if request.checkpoint_every.is_some() {
@@ -106,6 +121,8 @@ pub fn resume(request: &ResumeRequest) -> Result<PathBuf> {
     run_training(
         Session {
             dir: request.dir.clone(),
+            _lock: lock,
+            run_id: checkpoint.config.run_id.clone(),
             task: checkpoint.config.task.clone(),
             model_config: checkpoint.config.model.clone(),
             training,
@@ -123,6 +140,9 @@ pub fn resume(request: &ResumeRequest) -> Result<PathBuf> {
 /// A model being trained, from a fresh start or a checkpoint.
 struct Session {
     dir: PathBuf,
+    /// Held for the whole run: the directory has one writer.
+    _lock: DirLock,
+    run_id: Option<String>,
     task: Task,
     model_config: ModelConfig,
     training: TrainConfig,
@@ -149,30 +169,33 @@ impl Session {
             training_seconds: seconds,
             metrics,
             checkpoint,
+            run_id: self.run_id.clone(),
             versions: Versions::current(),
         }
     }
 }
 
-/// Trains `session` with `optimizer` to the end (or to Ctrl-C), then scores and saves the model.
+/// Trains `session` with `optimizer` to the end (or to a stop signal), saves the model, then
+/// scores it and saves the figures with it.
 fn run_training(session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
     let training = session.training.clone();
     let (device, dir) = (session.device, session.dir.clone());
+    let mut console = BestEffort::default();
     if session.progress != Progress::Quiet {
-        println!("Problem: {}", session.task.describe());
-        println!("{}", session.model.summary());
+        console.line(format!("Problem: {}", session.task.describe()));
+        console.line(session.model.summary());
         let resumed = match session.start.samples_seen(&training) {
             0 => String::new(),
             seen => format!(", resuming after {seen}"),
         };
-        println!(
+        console.line(format!(
             "Training on {}: {} samples in batches of {}, {} epoch(s), seed {}{resumed}",
             describe(device),
             training.samples,
             training.batch_size,
             training.epochs,
             training.seed
-        );
+        ));
     }
     let data =
         BatchStream::new(&session.task, training.seed, Stream::Training, training.samples, training.batch_size, device);
@@ -200,7 +223,9 @@ fn run_training(session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
         };
         let mut on_report = |report: &Report| {
             let validation = evaluate::evaluate(&session.model, &validation_data).metrics;
-            metrics_log.append(&metrics_row(report, &validation))
+            // A stop signal cuts the validation short: its partial figures are not kept.
+            let validation = interrupt::requested().is_none().then_some(validation);
+            metrics_log.append(&metrics_row(report, validation.as_ref()))
         };
         train::train(
             &session.model,
@@ -213,6 +238,7 @@ fn run_training(session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
                 seconds_before: session.seconds_before,
                 save_checkpoint: &mut save_checkpoint,
                 on_report: &mut on_report,
+                console: &mut console,
             },
         )
     };
@@ -224,28 +250,60 @@ fn run_training(session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
         (outcome, _) => outcome?,
     };
     let seconds = match outcome {
-        TrainOutcome::Interrupted { position, .. } => bail!(
-            "interrupted after {} of {} samples; the checkpoint in {} continues with: seq2seq train --resume {}",
-            position.samples_seen(&training),
-            training.total_samples(),
-            dir.display(),
-            dir.display()
-        ),
+        TrainOutcome::Interrupted { position, signal, .. } => {
+            return Err(Stopped {
+                signal,
+                message: format!(
+                    "the checkpoint after {} of {} samples is in {}; continue with: seq2seq train --resume {}",
+                    position.samples_seen(&training),
+                    training.total_samples(),
+                    dir.display(),
+                    dir.display()
+                ),
+            }
+            .into());
+        }
         TrainOutcome::Finished { seconds } => seconds,
     };
 
+    // The trained weights are saved before the final evaluation, which can take long, so that
+    // no stop from here on loses them; the save itself is shielded from a second Ctrl-C.
+    save_shielded(&dir, &session.saved_config(seconds, None, None), &session.vs)?;
+    let unscored = |signal| Stopped {
+        signal,
+        message: format!(
+            "the trained model is saved in {} without its final scores; `seq2seq evaluate --model {}` scores it",
+            dir.display(),
+            dir.display()
+        ),
+    };
+    if let Some(signal) = interrupt::requested() {
+        return Err(unscored(signal).into());
+    }
     let evaluation_data = evaluation_stream(&session.task, training.seed, training.evaluation_samples, device);
     let evaluation = evaluate::evaluate(&session.model, &evaluation_data);
-    let config = session.saved_config(seconds, Some(evaluation.clone()), None);
-    // Saved before anything more is printed: a reader that goes away must not cost the model.
-    checkpoint::save(&dir, &config, &session.vs)?;
-    println!("Trained in {seconds:.1}s on {}. {}", describe(device), describe_evaluation(&evaluation));
-    println!("Saved the model to {}", dir.display());
+    if let Some(signal) = interrupt::requested() {
+        return Err(unscored(signal).into());
+    }
+    save_shielded(&dir, &session.saved_config(seconds, Some(evaluation.clone()), None), &session.vs)?;
+    console.line(format!("Trained in {seconds:.1}s on {}. {}", describe(device), describe_evaluation(&evaluation)));
+    console.line(format!("Saved the model to {}", dir.display()));
+    if let Err(error) = console.finish() {
+        bail!("{error} (the model was saved to {})", dir.display());
+    }
     Ok(dir)
 }
 
+/// Saves a finished model with the stop signals caught, then re-arms their one-shot handlers.
+fn save_shielded(dir: &Path, config: &SavedConfig, vs: &nn::VarStore) -> Result<()> {
+    interrupt::shield();
+    let saved = checkpoint::save(dir, config, vs);
+    interrupt::install();
+    saved
+}
+
 /// One line of `metrics.csv`: a training report and the validation figures scored with it.
-fn metrics_row(report: &Report, validation: &evaluate::Metrics) -> MetricsRow {
+fn metrics_row(report: &Report, validation: Option<&evaluate::Metrics>) -> MetricsRow {
     MetricsRow {
         samples_seen: report.samples_seen as u64,
         epoch: report.epoch + 1,
@@ -253,9 +311,9 @@ fn metrics_row(report: &Report, validation: &evaluate::Metrics) -> MetricsRow {
         loss: report.running.loss,
         char_accuracy: report.running.char_accuracy,
         sequence_accuracy: report.running.sequence_accuracy,
-        validation_loss: Some(validation.loss),
-        validation_char_accuracy: validation.char_accuracy,
-        validation_sequence_accuracy: validation.sequence_accuracy,
+        validation_loss: validation.map(|v| v.loss),
+        validation_char_accuracy: validation.and_then(|v| v.char_accuracy),
+        validation_sequence_accuracy: validation.and_then(|v| v.sequence_accuracy),
     }
 }
 
@@ -270,7 +328,10 @@ fn describe_evaluation(evaluation: &Evaluation) -> String {
         let parts: Vec<String> = evaluation
             .by_operator
             .iter()
-            .map(|o| format!("{} {:.2}% of {}", o.operator, 100.0 * o.sequence_accuracy, o.samples))
+            .map(|o| match o.samples {
+                0 => format!("{} not drawn", o.operator),
+                samples => format!("{} {:.2}% of {samples}", o.operator, 100.0 * o.sequence_accuracy),
+            })
             .collect();
         text.push_str(&format!("\nSequence accuracy of expressions using each operator: {}", parts.join(", ")));
     }
@@ -302,8 +363,8 @@ struct EvaluateJson<'a> {
 
 /// Scores a saved model on fresh samples.
 pub fn evaluate(request: &EvaluateRequest) -> Result<Evaluation> {
-    if request.samples == 0 {
-        bail!("the number of samples must be at least 1");
+    if !(1..=train::MAX_SAMPLES).contains(&request.samples) {
+        bail!("the number of samples must be between 1 and {}, got {}", train::MAX_SAMPLES, request.samples);
     }
     let device = request.device.resolve()?;
     let loaded = checkpoint::load(&request.model_dir, device)?;
@@ -329,11 +390,11 @@ pub fn evaluate(request: &EvaluateRequest) -> Result<Evaluation> {
     });
     let report = tally.map(MistakeTally::finish);
     if request.json {
-        println!("{}", serde_json::to_string(&EvaluateJson { evaluation: &evaluation, mistakes: report.as_ref() })?);
+        print_line(serde_json::to_string(&EvaluateJson { evaluation: &evaluation, mistakes: report.as_ref() })?)?;
     } else {
-        println!("{} (seed {seed}, {})", describe_evaluation(&evaluation), describe(device));
+        print_line(format!("{} (seed {seed}, {})", describe_evaluation(&evaluation), describe(device)))?;
         if let (Some(problem), Some(report)) = (problem, &report) {
-            println!("{}", report.describe(evaluation.metrics.samples, problem));
+            print_line(report.describe(evaluation.metrics.samples, problem))?;
         }
     }
     Ok(evaluation)
@@ -356,9 +417,7 @@ pub struct PredictRequest {
 /// Answers expressions with a saved model; fails (after answering the good lines) when any
 /// line was rejected.
 pub fn predict(request: &PredictRequest) -> Result<()> {
-    if request.batch_size == 0 {
-        bail!("the batch size must be at least 1");
-    }
+    check_batch_size(request.batch_size)?;
     let device = request.device.resolve()?;
     let loaded = checkpoint::load(&request.model_dir, device)?;
     if request.verbose && matches!(loaded.config.task, Task::Autoencoder(_)) {
@@ -379,10 +438,18 @@ pub fn predict(request: &PredictRequest) -> Result<()> {
         verbose: request.verbose,
         workers: request.workers,
     };
-    let mut out = BufWriter::new(io::stdout().lock());
+    let mut out = BufWriter::new(Stdout::lock());
     let summary = predictor.run(&request.source, &mut out, &mut io::stderr())?;
     out.flush()?;
     fail_on_rejections(&summary.inputs)
+}
+
+/// Prediction and encoding batches: the limits of training's.
+fn check_batch_size(batch_size: usize) -> Result<()> {
+    if !(1..=train::MAX_BATCH_SIZE).contains(&batch_size) {
+        bail!("the batch size must be between 1 and {}, got {batch_size}", train::MAX_BATCH_SIZE);
+    }
+    Ok(())
 }
 
 /// Bad inputs are reported one by one as they come; the command still fails at the end.
@@ -420,9 +487,7 @@ pub const DEFAULT_PLOT_SAMPLES: usize = 2000;
 
 /// Writes the encoder's vector for each input, and with `plot` draws them.
 pub fn encode(request: &EncodeRequest) -> Result<()> {
-    if request.batch_size == 0 {
-        bail!("the batch size must be at least 1");
-    }
+    check_batch_size(request.batch_size)?;
     if request.format == EncodeFormat::Npy && request.out.is_none() {
         bail!("--format npy writes a binary file: name it with --out FILE.npy");
     }
@@ -452,7 +517,7 @@ pub fn encode(request: &EncodeRequest) -> Result<()> {
         }
         (None, _, Some(keep)) => encoder.collect(&source, &mut io::stderr(), keep)?,
         (None, _, None) => {
-            let mut out = BufWriter::new(io::stdout().lock());
+            let mut out = BufWriter::new(Stdout::lock());
             let summary = encoder.write_csv(&source, &mut out, &mut io::stderr(), None)?;
             out.flush()?;
             summary
@@ -460,7 +525,7 @@ pub fn encode(request: &EncodeRequest) -> Result<()> {
     };
     if let (Some(path), Some(kept)) = (&request.plot, &kept) {
         draw_encodings(task, kept, path)?;
-        eprintln!("Drew the vectors of {} inputs into {}", kept.values().len(), path.display());
+        output::note(format!("Drew the vectors of {} inputs into {}", kept.values().len(), path.display()));
     }
     fail_on_rejections(&summary)
 }
@@ -505,11 +570,11 @@ pub fn plot(request: &PlotRequest) -> Result<PathBuf> {
     let out = request.out.clone().unwrap_or_else(|| request.model_dir.join(LEARNING_CURVE_FILE));
     let title = format!("Learning curve: {}", config.task.describe());
     plot::learning_curve(&rows, &title, &out)?;
-    println!("Drew {} reports of {} into {}", rows.len(), metrics_path.display(), out.display());
+    print_line(format!("Drew {} reports of {} into {}", rows.len(), metrics_path.display(), out.display()))?;
     Ok(out)
 }
 
 /// Prints versions, CUDA availability and the device count.
-pub fn info() {
-    println!("{}", runtime_report());
+pub fn info() -> Result<()> {
+    print_line(runtime_report())
 }

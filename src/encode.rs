@@ -87,6 +87,12 @@ impl Encoder<'_> {
         errors: &mut dyn Write,
         mut keep: Option<&mut KeptVectors>,
     ) -> Result<InputSummary> {
+        if crate::files::is_special_file(path) {
+            anyhow::bail!(
+                "{} is not a regular file: --format npy fills in its header when done and needs one (--format csv streams)",
+                path.display()
+            );
+        }
         let units = self.model.encoder_units();
         let mut summary = InputSummary::default();
         write_atomically(path, |temporary| {

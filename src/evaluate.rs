@@ -221,6 +221,10 @@ pub fn evaluate_observed(model: &Seq2Seq, data: &BatchStream, mut observe: impl 
     let mut tallies = vec![(0usize, 0usize); operators.len()];
     tch::no_grad(|| {
         for batch in data.iter() {
+            // A training run's stop signal cuts its final evaluation short (the caller checks).
+            if crate::interrupt::requested().is_some() {
+                break;
+            }
             let output = model.forward(&batch.inputs);
             let loss = model.loss(&output, &batch.targets);
             sums.add(&output, &batch.targets, &loss, batch.size);

@@ -2,10 +2,13 @@
 //! parsed for the model's task, refused with their location when bad, and handed on in batches.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+
+use crate::output::plain_io_message;
 
 use crate::problem::{Input, Task};
 
@@ -44,10 +47,20 @@ pub fn for_each_batch(
             }
         }
         InputSource::File(path) => {
-            let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-            read_lines(BufReader::new(file), Some(path), &mut batcher)?;
+            let file = File::open(path)
+                .map_err(|e| anyhow::anyhow!("cannot open {}: {}", path.display(), plain_io_message(&e)))?;
+            if file.metadata().is_ok_and(|metadata| metadata.is_dir()) {
+                anyhow::bail!("{} is a directory, not a file of inputs", path.display());
+            }
+            let descriptor = file.as_raw_fd();
+            read_lines(&file, Some(descriptor), Some(path), &mut batcher)?;
         }
-        InputSource::Stdin => read_lines(io::stdin().lock(), None, &mut batcher)?,
+        InputSource::Stdin => {
+            // Read through a descriptor of our own, unbuffered by Rust, so that polling it tells
+            // whether a line is waiting.
+            let stdin = File::from(io::stdin().as_fd().try_clone_to_owned().context("cannot read standard input")?);
+            read_lines(&stdin, Some(stdin.as_raw_fd()), None, &mut batcher)?;
+        }
         InputSource::Generated(inputs) => {
             for input in inputs {
                 batcher.accept(input.clone())?;
@@ -99,35 +112,161 @@ impl<F: FnMut(&[Input]) -> Result<()>> Batcher<'_, F> {
         Ok(())
     }
 
-    fn finish(mut self) -> Result<InputSummary> {
+    /// Hands on the inputs accepted so far, however few.
+    fn flush(&mut self) -> Result<()> {
         if !self.pending.is_empty() {
             (self.on_batch)(&self.pending)?;
+            self.pending.clear();
         }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<InputSummary> {
+        self.flush()?;
         Ok(self.summary)
     }
 }
 
-/// Reads `reader` line by line as bytes, so that a line of invalid UTF-8 is one bad line.
+/// Longest line read, in bytes without its line end. A longer line is refused as soon as it
+/// passes this length, and the rest of it is skipped unread, so that memory stays bounded
+/// whatever the input (`/dev/zero`, a file without line ends).
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// Bytes asked of the source per read.
+const READ_CHUNK: usize = 64 << 10;
+
+/// The UTF-8 byte-order mark that some editors put at the start of a file.
+const BYTE_ORDER_MARK: &[u8] = b"\xEF\xBB\xBF";
+
+/// One line from a [`LineReader`].
+#[derive(Debug, PartialEq, Eq)]
+enum Line<'a> {
+    /// The line's bytes, line end included when there was one.
+    Text(&'a [u8]),
+    /// A line longer than [`MAX_LINE_BYTES`]: refused, and its remaining bytes skipped.
+    TooLong,
+}
+
+/// Reads lines from a byte source into a buffer of bounded size.
+struct LineReader<R> {
+    source: R,
+    /// Polled before a read would wait, when the source is a pipe or a terminal.
+    descriptor: Option<RawFd>,
+    buffer: Vec<u8>,
+    /// The unread bytes are `buffer[start..end]`.
+    start: usize,
+    end: usize,
+    at_end: bool,
+    /// Inside a line that was refused as too long: skip to its end.
+    skipping: bool,
+}
+
+impl<R: Read> LineReader<R> {
+    fn new(source: R, descriptor: Option<RawFd>) -> Self {
+        let buffer = vec![0; MAX_LINE_BYTES + 1 + READ_CHUNK];
+        Self { source, descriptor, buffer, start: 0, end: 0, at_end: false, skipping: false }
+    }
+
+    /// Whether the next line can be returned without reading from the source, or a read would
+    /// not wait (the source has data, has ended, or is a file).
+    fn next_line_is_ready(&self) -> bool {
+        if self.at_end || self.buffer[self.start..self.end].contains(&b'\n') {
+            return true;
+        }
+        let Some(descriptor) = self.descriptor else { return true };
+        let mut poll = libc::pollfd { fd: descriptor, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd; a zero timeout returns at once.
+        unsafe { libc::poll(&mut poll, 1, 0) != 0 }
+    }
+
+    /// Reads more bytes after the unread ones; false at the end of the source.
+    fn fill(&mut self) -> io::Result<bool> {
+        if self.start > 0 {
+            self.buffer.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let room = (self.buffer.len() - self.end).min(READ_CHUNK);
+        let read = loop {
+            match self.source.read(&mut self.buffer[self.end..self.end + room]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                read => break read?,
+            }
+        };
+        self.end += read;
+        self.at_end = read == 0;
+        Ok(read > 0)
+    }
+
+    fn next_line(&mut self) -> io::Result<Option<Line<'_>>> {
+        loop {
+            let unread = &self.buffer[self.start..self.end];
+            match unread.iter().position(|&byte| byte == b'\n') {
+                Some(newline) if self.skipping => {
+                    self.start += newline + 1;
+                    self.skipping = false;
+                }
+                Some(newline) => {
+                    let line = self.start..self.start + newline + 1;
+                    self.start = line.end;
+                    return Ok(Some(Line::Text(&self.buffer[line])));
+                }
+                None if self.skipping => {
+                    self.start = self.end;
+                    if !self.fill()? {
+                        return Ok(None);
+                    }
+                }
+                None if unread.len() > MAX_LINE_BYTES => {
+                    self.start = self.end;
+                    self.skipping = true;
+                    return Ok(Some(Line::TooLong));
+                }
+                None if self.at_end || !self.fill()? => {
+                    if self.start == self.end {
+                        return Ok(None);
+                    }
+                    let line = self.start..self.end;
+                    self.start = self.end;
+                    return Ok(Some(Line::Text(&self.buffer[line])));
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+/// Reads `source` line by line as bytes, so that a line of invalid UTF-8 is one bad line. When
+/// the next line is not there yet (a pipe or a person typing), the inputs read so far are
+/// answered first, so that nobody waits for a full batch.
 fn read_lines<F: FnMut(&[Input]) -> Result<()>>(
-    mut reader: impl BufRead,
+    source: impl Read,
+    descriptor: Option<RawFd>,
     path: Option<&Path>,
     batcher: &mut Batcher<'_, F>,
 ) -> Result<()> {
-    let mut line = Vec::new();
+    let mut reader = LineReader::new(source, descriptor);
+    let cannot_read = |error: io::Error| match path {
+        Some(path) => anyhow::anyhow!("cannot read {}: {}", path.display(), plain_io_message(&error)),
+        None => anyhow::anyhow!("cannot read standard input: {}", plain_io_message(&error)),
+    };
     for number in 1.. {
-        line.clear();
-        let read = reader.read_until(b'\n', &mut line).with_context(|| match path {
-            Some(path) => format!("cannot read {}", path.display()),
-            None => "cannot read standard input".to_owned(),
-        })?;
-        if read == 0 {
-            break;
+        if !reader.next_line_is_ready() {
+            batcher.flush()?;
         }
+        let Some(line) = reader.next_line().map_err(cannot_read)? else { break };
         let location = match path {
             Some(path) => format!("{}:{number}", path.display()),
             None => format!("line {number}"),
         };
-        batcher.push(&location, std::str::from_utf8(&line).map_err(|_| "not valid UTF-8"))?;
+        let text = match line {
+            Line::TooLong => Err(format!("longer than {MAX_LINE_BYTES} bytes (the limit of a line); skipped")),
+            Line::Text(bytes) => {
+                let bytes = if number == 1 { bytes.strip_prefix(BYTE_ORDER_MARK).unwrap_or(bytes) } else { bytes };
+                std::str::from_utf8(bytes).map_err(|_| "not valid UTF-8".to_owned())
+            }
+        };
+        batcher.push(&location, text.as_ref().map(|text| *text).map_err(String::as_str))?;
     }
     Ok(())
 }
@@ -174,7 +313,7 @@ mod tests {
             pending: Vec::new(),
             summary: InputSummary::default(),
         };
-        read_lines(bytes, Some(Path::new("input.txt")), &mut batcher).expect("reading memory cannot fail");
+        read_lines(bytes, None, Some(Path::new("input.txt")), &mut batcher).expect("reading memory cannot fail");
         let summary = batcher.finish().expect("no write fails");
         (summary, accepted, String::from_utf8(errors).expect("messages are UTF-8"))
     }
@@ -227,5 +366,62 @@ mod tests {
         assert!(errors.starts_with("input.txt:1: expression is 1048576 characters long"), "{errors}");
         assert!(errors.lines().next().is_some_and(|line| line.len() < 200), "the long line is abbreviated");
         assert!(errors.contains("input.txt:3: unexpected character '\\0' at column 1"), "{errors}");
+    }
+
+    #[test]
+    fn an_endless_line_is_refused_once_and_held_within_the_limit() {
+        // Three lines: one far past the limit, a good one, and one past it without a line end.
+        let mut bytes = vec![b'7'; 3 * MAX_LINE_BYTES];
+        bytes.extend_from_slice(b"\n1+2\n");
+        bytes.extend(std::iter::repeat_n(b'8', MAX_LINE_BYTES + 5));
+        let (summary, accepted, errors) = read(&bytes, &calculator(), 10);
+        assert_eq!((summary.accepted, summary.rejected), (1, 2), "{errors}");
+        assert!(errors.starts_with("input.txt:1: longer than 1048576 bytes"), "{errors}");
+        assert!(errors.contains("input.txt:3: longer than"), "{errors}");
+        assert_eq!(accepted.len(), 1);
+    }
+
+    #[test]
+    fn a_byte_order_mark_starts_the_first_line_only() {
+        let (summary, _, errors) = read(b"\xEF\xBB\xBF1+2\n\xEF\xBB\xBF3+4\n", &calculator(), 10);
+        assert_eq!((summary.accepted, summary.rejected), (1, 1), "{errors}");
+        assert!(errors.starts_with("input.txt:2:"), "{errors}");
+    }
+
+    #[test]
+    fn lines_that_wait_on_a_pipe_do_not_hold_back_those_before_them() {
+        let (mut fds, task) = ([0 as libc::c_int; 2], calculator());
+        // SAFETY: a valid array of two descriptors for pipe to fill.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both descriptors were just opened by pipe and are owned here alone.
+        let (reader, mut writer) = unsafe {
+            use std::os::fd::FromRawFd;
+            (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1]))
+        };
+        writer.write_all(b"1+2\n3+4\n").expect("write into the pipe");
+        let (batches_tx, batches_rx) = std::sync::mpsc::channel();
+        let reading = std::thread::spawn(move || {
+            let mut errors = Vec::new();
+            let mut batcher = Batcher {
+                task: &task,
+                batch_size: 1000,
+                errors: &mut errors,
+                on_batch: |batch: &[Input]| {
+                    batches_tx.send(batch.len()).expect("the test listens");
+                    Ok(())
+                },
+                pending: Vec::new(),
+                summary: InputSummary::default(),
+            };
+            read_lines(&reader, Some(reader.as_raw_fd()), None, &mut batcher).expect("read the pipe");
+            batcher.finish().expect("finish")
+        });
+        // The two lines are handed on while the pipe is still open and the batch is far from full.
+        let first = batches_rx.recv_timeout(std::time::Duration::from_secs(20)).expect("a batch before the end");
+        assert_eq!(first, 2);
+        writer.write_all(b"5+6\n").expect("write");
+        drop(writer);
+        assert_eq!(reading.join().expect("reader").accepted, 3);
+        assert_eq!(batches_rx.iter().sum::<usize>(), 1);
     }
 }

@@ -4,25 +4,51 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use seq2seq::cli::{Cli, run};
+use seq2seq::interrupt::Stopped;
+use seq2seq::output::is_closed_pipe;
 
 fn main() -> ExitCode {
-    restore_default_sigpipe();
+    ignore_sigpipe();
     keep_freed_memory();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
+        // `seq2seq ... | head`: the reader has what it wanted.
+        Err(error) if is_closed_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            seq2seq::output::note(format!("error: {}", without_os_error_numbers(&format!("{error:#}"))));
+            match error.downcast_ref::<Stopped>() {
+                Some(stopped) => ExitCode::from(stopped.signal.exit_status()),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }
 
-/// Rust ignores SIGPIPE, which turns `seq2seq ... | head` into a panic inside `println!`.
-/// Like other Unix tools, end quietly instead when the reader goes away.
-fn restore_default_sigpipe() {
-    // SAFETY: called first thing in main, before any other thread exists; SIG_DFL is a valid handler.
+/// `Permission denied (os error 13)` → `Permission denied`: the number means nothing to a user.
+fn without_os_error_numbers(message: &str) -> String {
+    let mut plain = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(" (os error ") {
+        let tail = &rest[at + " (os error ".len()..];
+        let digits = tail.chars().take_while(char::is_ascii_digit).count();
+        plain.push_str(&rest[..at]);
+        if digits > 0 && tail[digits..].starts_with(')') {
+            rest = &tail[digits + 1..];
+        } else {
+            plain.push_str(" (os error ");
+            rest = tail;
+        }
+    }
+    plain.push_str(rest);
+    plain
+}
+
+/// A closed pipe must not kill a training run (SIGPIPE's default): with the signal ignored, the
+/// write fails with EPIPE instead, which training shrugs off and other commands end on quietly.
+fn ignore_sigpipe() {
+    // SAFETY: called first thing in main, before any other thread exists; SIG_IGN is valid.
     unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
 }
 

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::checkpoint::write_atomically;
+use crate::files::{read_text, write_atomically};
+
+/// Largest log read back: millions of rows.
+const MAX_LOG_BYTES: u64 = 1 << 30;
 
 /// File name of the log inside the model directory.
 pub const METRICS_FILE: &str = "metrics.csv";
@@ -68,27 +71,37 @@ impl MetricsLog {
     /// be trained again) are dropped, as is a last line cut short, so that the resumed run's rows
     /// follow on without repeats. A run without a log (older than the log) gets a new one.
     pub fn reopen(path: &Path, samples_seen: u64) -> Result<Self> {
-        let text = match std::fs::read_to_string(path) {
-            Err(e) if e.kind() == ErrorKind::NotFound => return Self::create(path),
-            read => read.with_context(|| format!("cannot read {}", path.display()))?,
-        };
-        let mut lines = text.split_inclusive('\n').filter(|line| line.ends_with('\n'));
-        check_header(path, lines.next())?;
-        let mut kept = format!("{}\n", COLUMNS.join(","));
-        for (index, line) in lines.enumerate() {
-            let row = parse_row(line.trim_end()).with_context(|| format!("{} line {}", path.display(), index + 2))?;
-            if row.samples_seen <= samples_seen {
-                kept.push_str(line);
-            }
+        if std::fs::symlink_metadata(path).is_err_and(|e| e.kind() == ErrorKind::NotFound) {
+            return Self::create(path);
         }
-        if kept != text {
+        let (text, damage) = match read_text(path, MAX_LOG_BYTES) {
+            Ok(text) => {
+                let (kept, damage) = good_rows(path, &text, samples_seen);
+                (Some(text), damage.map(|damage| (damage, kept)))
+            }
+            // Not text at all (NUL bytes from a crash are text; bytes cut mid-character are not).
+            Err(error) if path.is_file() => (None, Some((format!("{error:#}"), String::new()))),
+            Err(error) => return Err(error),
+        };
+        let kept = match damage {
+            Some((damage, kept)) => {
+                let rows = kept.lines().count();
+                crate::output::note(format!(
+                    "{damage}: kept the {rows} good row(s) before it and rebuilt {} from there",
+                    path.display()
+                ));
+                kept
+            }
+            None => good_rows(path, text.as_deref().unwrap_or_default(), samples_seen).0,
+        };
+        let kept = format!("{}\n{kept}", COLUMNS.join(","));
+        if text.as_deref() != Some(kept.as_str()) {
             write_atomically(path, |temporary| std::fs::write(temporary, &kept).map_err(anyhow::Error::from))?;
         }
         let file =
             OpenOptions::new().append(true).open(path).with_context(|| format!("cannot open {}", path.display()))?;
         Ok(Self { file, path: path.to_owned() })
     }
-
     /// Writes one line in a single call and flushes it.
     pub fn append(&mut self, row: &MetricsRow) -> Result<()> {
         let line = format_row(row);
@@ -124,13 +137,35 @@ fn format_row(row: &MetricsRow) -> String {
 
 /// Reads a log written by [`MetricsLog`]. Errors name the file and the (1-based) line.
 pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = read_text(path, MAX_LOG_BYTES)?;
     let mut lines = text.lines();
     check_header(path, lines.next())?;
     lines
         .enumerate()
         .map(|(index, line)| parse_row(line).with_context(|| format!("{} line {}", path.display(), index + 2)))
         .collect()
+}
+
+/// The rows of a log's `text` up to `samples_seen`, each with its line end, and a description of
+/// the first damaged line when there is one (rows after it are dropped too).
+fn good_rows(path: &Path, text: &str, samples_seen: u64) -> (String, Option<String>) {
+    let mut lines = text.split_inclusive('\n');
+    if let Err(error) = check_header(path, lines.next()) {
+        return (String::new(), Some(format!("{error:#}")));
+    }
+    let mut kept = String::new();
+    for (index, line) in lines.enumerate() {
+        // A last line cut short by a crash is no damage: it is dropped, and trained again.
+        if !line.ends_with('\n') {
+            break;
+        }
+        match parse_row(line.trim_end()) {
+            Ok(row) if row.samples_seen <= samples_seen => kept.push_str(line),
+            Ok(_) => {}
+            Err(error) => return (kept, Some(format!("{} line {} is damaged ({error:#})", path.display(), index + 2))),
+        }
+    }
+    (kept, None)
 }
 
 fn check_header(path: &Path, first_line: Option<&str>) -> Result<()> {
@@ -260,9 +295,18 @@ mod tests {
         MetricsLog::reopen(&missing, 64).expect("a missing log is created");
         assert_eq!(read_metrics(&missing).expect("a new log reads"), vec![]);
 
-        std::fs::write(&path, "step,loss\n").expect("write a foreign csv");
-        let message = format!("{:#}", MetricsLog::reopen(&path, 64).expect_err("the header is wrong"));
-        assert!(message.contains("line 1"), "{message}");
+        // Damage does not cost the checkpoint: the log keeps its good rows before the damage.
+        let good = std::fs::read_to_string(&path).expect("read the log");
+        let damaged = good.replacen("\n64,", "\n\0\0,", 1);
+        assert_ne!(damaged, good);
+        std::fs::write(&path, damaged).expect("damage a row");
+        drop(MetricsLog::reopen(&path, 96).expect("a damaged log is rebuilt"));
+        let samples: Vec<u64> = read_metrics(&path).expect("read").iter().map(|row| row.samples_seen).collect();
+        assert_eq!(samples, vec![32]);
+
+        std::fs::write(&path, "step,loss\n1,2\n").expect("write a foreign csv");
+        drop(MetricsLog::reopen(&path, 64).expect("a foreign header is rebuilt"));
+        assert_eq!(read_metrics(&path).expect("read"), vec![]);
     }
 
     #[test]

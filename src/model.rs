@@ -31,14 +31,14 @@ impl Default for ModelConfig {
 
 impl ModelConfig {
     pub fn validate(&self) -> Result<()> {
-        for (name, value) in [
-            ("encoder units", self.encoder_units),
-            ("decoder units", self.decoder_units),
-            ("encoder layers", self.encoder_layers),
-            ("decoder layers", self.decoder_layers),
+        for (name, value, most) in [
+            ("encoder units", self.encoder_units, MAX_UNITS),
+            ("decoder units", self.decoder_units, MAX_UNITS),
+            ("encoder layers", self.encoder_layers, MAX_LAYERS),
+            ("decoder layers", self.decoder_layers, MAX_LAYERS),
         ] {
-            if value == 0 {
-                bail!("{name} must be at least 1");
+            if !(1..=most).contains(&value) {
+                bail!("{name} must be between 1 and {most}, got {value}");
             }
         }
         if !(0.0..1.0).contains(&self.dropout) {
@@ -46,6 +46,75 @@ impl ModelConfig {
         }
         Ok(())
     }
+
+    /// Trainable numbers of this architecture for `shape`: each LSTM layer's input and
+    /// recurrent weights and its trained bias, then the output layer.
+    pub fn parameter_count(&self, shape: &ModelShape) -> u128 {
+        let lstm = |input: usize, units: usize, layers: usize| -> u128 {
+            let (input, units) = (input as u128, units as u128);
+            let first = 4 * units * (input + units + 1);
+            first + (layers as u128).saturating_sub(1) * 4 * units * (2 * units + 1)
+        };
+        let width = shape.features.width() as u128;
+        lstm(shape.features.width(), self.encoder_units, self.encoder_layers)
+            + lstm(self.encoder_units, self.decoder_units, self.decoder_layers)
+            + (self.decoder_units as u128 + 1) * width
+    }
+
+    /// Refuses a model that would not fit in this machine's memory before any tensor is made:
+    /// its weights (times four when training: gradients and Adam's two moments) and the
+    /// activations of one batch of `batch_size` samples (`None`: a prediction batch).
+    pub fn check_memory(&self, shape: &ModelShape, training_batch: Option<usize>) -> Result<()> {
+        let copies = if training_batch.is_some() { 4 } else { 1 };
+        let weights = self.parameter_count(shape) * copies * 4;
+        let batch = training_batch.unwrap_or(1000) as u128;
+        let steps = (shape.input_len + shape.output_len) as u128;
+        let widest = self.encoder_units.max(self.decoder_units) as u128;
+        let layers = self.encoder_layers.max(self.decoder_layers) as u128;
+        // Per step and unit: four gates, the cell and hidden states and their tanh, kept for
+        // the backward pass (an overestimate for prediction, which keeps none).
+        let activations = batch * steps * widest * layers * 8 * 4 + batch * steps * shape.features.width() as u128 * 8;
+        let needed = weights + activations;
+        let available = physical_memory();
+        if needed > available {
+            bail!(
+                "this model ({} encoder units x {} layers, {} decoder units x {} layers) would need about {} to {}, \
+                 and this machine has {}",
+                self.encoder_units,
+                self.encoder_layers,
+                self.decoder_units,
+                self.decoder_layers,
+                human_bytes(needed),
+                if training_batch.is_some() { "train" } else { "run" },
+                human_bytes(available)
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Largest number of LSTM cells in a layer: 8192 cells make 0.5 billion weights per layer.
+pub const MAX_UNITS: usize = 8192;
+/// Largest number of stacked LSTM layers in the encoder or the decoder.
+pub const MAX_LAYERS: usize = 16;
+
+/// The machine's physical memory in bytes (unbounded when the system does not say).
+fn physical_memory() -> u128 {
+    // SAFETY: sysconf only reads system constants.
+    let (pages, page_size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    if pages <= 0 || page_size <= 0 { u128::MAX } else { pages as u128 * page_size as u128 }
+}
+
+/// `1.5 GiB`, `640.0 GiB`: a size for a message.
+pub fn human_bytes(bytes: u128) -> String {
+    const UNITS: [&str; 6] = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} bytes") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
 /// What the problem fixes: what a time step holds, and the sequence lengths.
@@ -421,6 +490,45 @@ mod tests {
     use rand::rngs::StdRng;
     use rand::{RngExt, SeedableRng};
     use tch::{Device, Kind};
+
+    /// The count that sizes the memory check is the one the built model has.
+    #[test]
+    fn parameter_count_from_the_config_matches_the_built_model() {
+        let shapes = [
+            ModelShape { features: Features::Classes(12), input_len: 8, output_len: 2 },
+            ModelShape { features: Features::Value, input_len: 9, output_len: 9 },
+        ];
+        for shape in shapes {
+            for config in [
+                ModelConfig::default(),
+                ModelConfig { encoder_units: 7, decoder_units: 5, encoder_layers: 3, decoder_layers: 2, dropout: 0.1 },
+            ] {
+                let vs = nn::VarStore::new(Device::Cpu);
+                let model = Seq2Seq::new_seeded(&vs.root(), &config, shape, 1);
+                assert_eq!(config.parameter_count(&shape), model.parameter_count() as u128, "{config:?} {shape:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn sizes_past_the_limits_or_the_memory_are_refused() {
+        let shape = ModelShape { features: Features::Classes(12), input_len: 8, output_len: 2 };
+        let huge = ModelConfig {
+            encoder_units: MAX_UNITS,
+            decoder_units: MAX_UNITS,
+            encoder_layers: MAX_LAYERS,
+            decoder_layers: MAX_LAYERS,
+            dropout: 0.0,
+        };
+        huge.validate().expect("within each limit");
+        let error = huge.check_memory(&shape, Some(32)).expect_err("far beyond any machine's memory").to_string();
+        assert!(error.contains("would need about") && error.contains("GiB to train"), "{error}");
+        ModelConfig::default().check_memory(&shape, Some(32)).expect("the reference fits");
+        assert!(ModelConfig { encoder_units: MAX_UNITS + 1, ..ModelConfig::default() }.validate().is_err());
+        assert!(ModelConfig { decoder_layers: MAX_LAYERS + 1, ..ModelConfig::default() }.validate().is_err());
+        assert_eq!(human_bytes(512), "512 bytes");
+        assert_eq!(human_bytes(3 << 29), "1.5 GiB");
+    }
 
     /// A batch of 16 from a private generator (libtorch's global one belongs to the
     /// constructors, which other tests run in parallel).

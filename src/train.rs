@@ -1,7 +1,7 @@
 //! The training loop: Adam on the task's loss, with progress reporting, periodic checkpoints,
 //! Ctrl-C, and resumption at any batch.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
@@ -13,9 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{BatchStream, mix_seed};
 use crate::evaluate::{DEFAULT_EVALUATION_SAMPLES, MetricSums, Metrics};
-use crate::interrupt;
+use crate::interrupt::{self, StopSignal};
 use crate::model::Seq2Seq;
 use crate::optim::Adam;
+use crate::output::BestEffort;
 
 /// How the model is fitted. `Default` is the reference: 75,000 samples in batches of 32,
 /// one epoch, Adam with learning rate 0.001.
@@ -58,27 +59,35 @@ impl Default for TrainConfig {
     }
 }
 
+/// Most samples per epoch (and scored at the end): a billion.
+pub const MAX_SAMPLES: usize = 1_000_000_000;
+/// Largest batch: a million samples.
+pub const MAX_BATCH_SIZE: usize = 1_000_000;
+/// Most epochs.
+pub const MAX_EPOCHS: usize = 1_000_000;
+
 /// Rows of `metrics.csv` in a run without `--log-every`: enough for a smooth curve, few enough
 /// that scoring the validation samples costs little.
 const DEFAULT_LOG_ROWS: usize = 20;
 
 impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
-        if self.samples == 0 {
-            bail!("the number of training samples must be at least 1");
-        }
-        if self.batch_size == 0 {
-            bail!("the batch size must be at least 1");
-        }
-        if self.epochs == 0 {
-            bail!("the number of epochs must be at least 1");
+        for (name, value, most) in [
+            ("the number of training samples", self.samples, MAX_SAMPLES),
+            ("the batch size", self.batch_size, MAX_BATCH_SIZE),
+            ("the number of epochs", self.epochs, MAX_EPOCHS),
+            ("the number of evaluation samples", self.evaluation_samples, MAX_SAMPLES),
+        ] {
+            if !(1..=most).contains(&value) {
+                bail!("{name} must be between 1 and {most}, got {value}");
+            }
         }
         // Above f32's range the step itself overflows.
-        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0 && self.learning_rate <= f32::MAX as f64) {
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
             bail!("the learning rate must be a positive number, got {}", self.learning_rate);
         }
-        if self.evaluation_samples == 0 {
-            bail!("the number of evaluation samples must be at least 1");
+        if self.learning_rate > f32::MAX as f64 {
+            bail!("the learning rate must be at most {:e} (the largest float32), got {}", f32::MAX, self.learning_rate);
         }
         if self.checkpoint_every == Some(0) {
             bail!("--checkpoint-every must be at least 1 sample");
@@ -142,10 +151,11 @@ pub enum TrainOutcome {
     Finished {
         seconds: f64,
     },
-    /// Ctrl-C: stopped at `position`, after the checkpoint was written.
+    /// A stop signal: stopped at `position`, after the checkpoint was written.
     Interrupted {
         position: Position,
         seconds: f64,
+        signal: StopSignal,
     },
 }
 
@@ -177,13 +187,15 @@ pub struct TrainLoop<'a> {
     /// Receives a report every [`TrainConfig::log_every_samples`] samples and at each epoch's end.
     /// It may score the model (without gradients, in evaluation mode): that changes nothing here.
     pub on_report: &'a mut dyn FnMut(&Report) -> Result<()>,
+    /// Standard output for the progress: a failure there silences it and training goes on.
+    pub console: &'a mut BestEffort,
 }
 
 /// Fits `model` to the batches of `data` with `optimizer`, from `run.start` to the end.
 pub fn train(model: &Seq2Seq, optimizer: &mut Adam, data: &BatchStream, run: TrainLoop<'_>) -> Result<TrainOutcome> {
     let config = run.config;
     let total = config.total_samples();
-    let mut reporter = Reporter::new(run.progress, total, config.epochs);
+    let mut reporter = Reporter::new(run.progress, total, config.epochs, run.console);
     reporter.advance(run.start.samples_seen(config));
     let start = Instant::now();
     let elapsed = || run.seconds_before + start.elapsed().as_secs_f64();
@@ -215,20 +227,25 @@ pub fn train(model: &Seq2Seq, optimizer: &mut Adam, data: &BatchStream, run: Tra
             let samples_seen = next.samples_seen(config);
             let checkpoint_due =
                 config.checkpoint_every.is_some_and(|every| samples_seen / every > samples_at_last_checkpoint / every);
-            let stop = interrupt::requested();
+            let signal = interrupt::requested();
+            let stop = signal.is_some();
             let epoch_ends = step + 1 == order.len();
             let report_due = epoch_ends || samples_seen / log_every > samples_at_last_report / log_every;
             if (step + 1) % READ_EVERY_STEPS == 0 || epoch_ends || checkpoint_due || stop || report_due {
                 let running = sums.read();
                 if let Some(batch) = sums.first_non_finite_batch() {
                     reporter.finish();
+                    let diverged_at = Position { epoch, step: first_step + batch }.samples_seen(config);
+                    let before = match diverged_at {
+                        0 => "at the first batch".to_owned(),
+                        samples => format!("after {samples} samples"),
+                    };
                     bail!(
-                        "training diverged: the loss became {} at step {} of epoch {} (after {} samples); \
+                        "training diverged: the loss became {} at step {} of epoch {} ({before}); \
                          no checkpoint was written after it",
                         running.loss,
                         first_step + batch + 1,
                         epoch + 1,
-                        Position { epoch, step: first_step + batch }.samples_seen(config)
                     );
                 }
                 reporter.show(epoch, &running, start.elapsed(), samples_seen - run.start.samples_seen(config));
@@ -247,9 +264,9 @@ pub fn train(model: &Seq2Seq, optimizer: &mut Adam, data: &BatchStream, run: Tra
                     (run.save_checkpoint)(next, optimizer, elapsed())?;
                     samples_at_last_checkpoint = samples_seen;
                 }
-                if stop && !finished {
+                if let (Some(signal), false) = (signal, finished) {
                     reporter.finish();
-                    return Ok(TrainOutcome::Interrupted { position: next, seconds: elapsed() });
+                    return Ok(TrainOutcome::Interrupted { position: next, seconds: elapsed(), signal });
                 }
             }
         }
@@ -269,7 +286,8 @@ fn batch_order(num_batches: usize, seed: u64, epoch: usize) -> Vec<usize> {
 }
 
 /// Draws the progress bar or prints the progress lines.
-struct Reporter {
+struct Reporter<'a> {
+    console: &'a mut BestEffort,
     mode: Progress,
     bar: Option<ProgressBar>,
     total: usize,
@@ -278,8 +296,8 @@ struct Reporter {
     next_line_at: usize,
 }
 
-impl Reporter {
-    fn new(mode: Progress, total: usize, epochs: usize) -> Self {
+impl<'a> Reporter<'a> {
+    fn new(mode: Progress, total: usize, epochs: usize, console: &'a mut BestEffort) -> Self {
         let bar = (mode == Progress::Bar).then(|| {
             let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stdout());
             let style =
@@ -290,7 +308,7 @@ impl Reporter {
             bar.set_style(style);
             bar
         });
-        Self { mode, bar, total, epochs, done: 0, next_line_at: total.div_ceil(10).max(1) }
+        Self { console, mode, bar, total, epochs, done: 0, next_line_at: total.div_ceil(10).max(1) }
     }
 
     fn advance(&mut self, samples: usize) {
@@ -319,8 +337,8 @@ impl Reporter {
             }
             Progress::Lines if self.done >= self.next_line_at || self.done == self.total => {
                 let remaining = (self.total - self.done) as f64 / rate;
-                println!("{epoch_label}{}/{} samples {figures} ETA {remaining:.0}s", self.done, self.total);
-                let _ = std::io::stdout().flush();
+                self.console
+                    .line(format!("{epoch_label}{}/{} samples {figures} ETA {remaining:.0}s", self.done, self.total));
                 while self.next_line_at <= self.done {
                     self.next_line_at += self.total.div_ceil(10).max(1);
                 }
@@ -333,7 +351,7 @@ impl Reporter {
         if let Some(bar) = self.bar.take() {
             bar.finish();
             // indicatif leaves the cursor at the end of the bar's line.
-            println!();
+            self.console.line("");
         }
     }
 }

@@ -102,10 +102,14 @@ fn weights(dir: &Path) -> Vec<u8> {
     fs::read(dir.join("model.safetensors")).expect("model.safetensors")
 }
 
-/// config.json without the one field that legitimately varies between identical runs.
+/// config.json without the fields that legitimately vary between identical runs: the time taken
+/// and the run's own id.
 fn config_without_timing(dir: &Path) -> Value {
     let mut config = read_json(&dir.join("config.json"));
-    config.as_object_mut().expect("config.json is an object").remove("training_seconds");
+    let object = config.as_object_mut().expect("config.json is an object");
+    object.remove("training_seconds");
+    let run_id = object.remove("run_id");
+    assert!(run_id.as_ref().and_then(Value::as_str).is_some_and(|id| id.len() == 16), "a run id: {run_id:?}");
     config
 }
 
@@ -128,8 +132,13 @@ fn same_seed_gives_identical_weights_and_another_seed_does_not() {
         assert!(progress.stdout.contains(expected), "{expected:?} missing\n{progress}");
     }
 
-    // An existing model directory may be trained over: it is replaced, not mixed.
-    train_tiny(&first, "6");
+    // An existing model directory is trained over only when asked: then it is replaced, not mixed.
+    let mut args = vec!["train", "--out", path_str(&first), "--seed", "6"];
+    args.extend_from_slice(TINY_TRAINING);
+    run(&args).failed().stderr_has(&["already holds a trained model", "--overwrite"]);
+    assert!(weights(&first) == weights(&again), "a refused run changed the model");
+    args.push("--overwrite");
+    run(&args).succeeded();
     assert!(weights(&first) == weights(&other), "retraining over a model directory did not replace it");
     for dir in [&first, &again, &other] {
         assert_holds_exactly_a_model(dir);
@@ -535,13 +544,13 @@ fn assert_train_refuses(bad: &[&str], reason: &str) -> Outcome {
 #[test]
 fn train_rejects_invalid_values_with_a_clear_error() {
     let cases: &[(&[&str], &str)] = &[
-        (&["--batch-size", "0"], "the batch size must be at least 1"),
-        (&["--samples", "0"], "the number of training samples must be at least 1"),
-        (&["--epochs", "0"], "the number of epochs must be at least 1"),
-        (&["--eval-samples", "0"], "the number of evaluation samples must be at least 1"),
+        (&["--batch-size", "0"], "the batch size must be between 1 and"),
+        (&["--samples", "0"], "the number of training samples must be between 1 and"),
+        (&["--epochs", "0"], "the number of epochs must be between 1 and"),
+        (&["--eval-samples", "0"], "the number of evaluation samples must be between 1 and"),
         (&["--terms", "0"], "the number of terms must be at least 1"),
         (&["--largest", "0"], "the largest term must be at least 1"),
-        (&["--encoder-units", "0"], "encoder units must be at least 1"),
+        (&["--encoder-units", "0"], "encoder units must be between 1 and"),
         (&["--learning-rate", "0"], "the learning rate must be a positive number"),
         (&["--learning-rate", "NaN"], "the learning rate must be a positive number"),
         // Sums of three such terms do not fit 64 bits.
@@ -604,15 +613,17 @@ fn train_refuses_an_out_directory_that_holds_something_else() {
 #[test]
 fn zero_sizes_are_refused_by_every_command() {
     let model = path_str(&shared_model().dir);
-    run(&["evaluate", "--model", model, "--samples", "0"]).failed().stderr_has(&["samples must be at least 1"]);
+    run(&["evaluate", "--model", model, "--samples", "0"])
+        .failed()
+        .stderr_has(&["the number of samples must be between 1 and"]);
     let predict = run(&["predict", "--model", model, "--batch-size", "0", "1+2+3"]);
-    predict.failed().stderr_has(&["the batch size must be at least 1"]);
+    predict.failed().stderr_has(&["the batch size must be between 1 and"]);
 
     // `seq2seq` adds --threads 1; this one needs its own.
     let mut command = assert_cmd::Command::cargo_bin("seq2seq").unwrap();
     command.args(["--threads", "0", "info"]);
     let outcome = Outcome::of(command);
-    outcome.failed().stderr_has(&["--threads must be at least 1"]);
+    outcome.failed().stderr_has(&["--threads must be between 1 and 256, got 0"]);
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -27,6 +28,25 @@ pub fn seq2seq(args: &[&str]) -> Command {
     }
     command.args(args).timeout(TIMEOUT);
     command
+}
+
+/// Starts `seq2seq --threads 1` with `args` (a training run to stop), without waiting: stdout
+/// discarded, stderr piped.
+pub fn spawn(args: &[&str]) -> Child {
+    std::process::Command::new(assert_cmd::cargo::cargo_bin("seq2seq"))
+        .args(["--threads", "1"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the seq2seq binary starts")
+}
+
+/// Sends `signal` to a process the test started.
+pub fn send(child: &Child, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(child.id()).expect("a pid fits pid_t");
+    // SAFETY: kill(2) with a pid we spawned and a valid signal number.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill({pid}, {signal})");
 }
 
 /// Runs the binary with `args` and empty standard input.
