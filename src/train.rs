@@ -87,7 +87,11 @@ impl TrainConfig {
             bail!("the learning rate must be a positive number, got {}", self.learning_rate);
         }
         if self.learning_rate > f32::MAX as f64 {
-            bail!("the learning rate must be at most {:e} (the largest float32), got {}", f32::MAX, self.learning_rate);
+            bail!(
+                "the learning rate must be at most {:e} (the largest float32), got {:e}",
+                f32::MAX,
+                self.learning_rate
+            );
         }
         if self.checkpoint_every == Some(0) {
             bail!("--checkpoint-every must be at least 1 sample");
