@@ -451,3 +451,33 @@ fn a_byte_order_mark_is_accepted() {
     outcome.succeeded();
     assert_eq!(outcome.stdout_lines().len(), 2);
 }
+
+#[test]
+fn messages_show_no_rust_internals() {
+    let (_edited, edited) = damaged_copy(|dir| edit_config(dir, |config| config["alphabet"] = "0123456789+".into()));
+    let (_removed, removed) = damaged_copy(|dir| {
+        edit_config(dir, |config| {
+            config.as_object_mut().expect("config.json is an object").remove("alphabet");
+        })
+    });
+    let home = TempDir::new().expect("temp dir");
+    let missing = home.path().join("no-such-file.txt");
+    let cases = [
+        (
+            vec!["predict", "--model", path_str(&edited), "1+2+3"],
+            "the alphabet is \"0123456789+\", but the task's is \"0123456789+ \"",
+        ),
+        (vec!["predict", "--model", path_str(&removed), "1+2+3"], "the alphabet is none, but the task's is"),
+        (
+            vec!["predict", "--model", path_str(&shared_model().dir), "--file", path_str(&missing)],
+            "no-such-file.txt: No such file or directory",
+        ),
+    ];
+    for (args, expected) in cases {
+        let outcome = run(&args);
+        outcome.failed().stderr_has(&[expected]);
+        for internal in ["Some(", "Os {", "IoError", "os error", "Position {"] {
+            assert!(!outcome.stderr.contains(internal), "{internal:?} shown to a user:\n{outcome}");
+        }
+    }
+}
