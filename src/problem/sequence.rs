@@ -67,20 +67,8 @@ impl SequenceProblem {
 
     /// Parses a line of comma-separated numbers such as `0.1, 0.2, 0.3`.
     pub fn parse_sequence(&self, line: &str) -> Result<Vec<f32>, SequenceError> {
-        let text = line.trim();
-        if text.is_empty() {
-            return Err(SequenceError::Empty);
-        }
         let mut values = Vec::with_capacity(self.length);
-        for (index, field) in text.split(',').enumerate() {
-            let field = field.trim();
-            match field.parse::<f32>() {
-                Ok(value) if value.is_finite() => values.push(value),
-                _ => {
-                    return Err(SequenceError::NotANumber { position: index + 1, text: field.to_owned() });
-                }
-            }
-        }
+        parse_values(line, &mut values)?;
         if values.len() != self.length {
             return Err(SequenceError::WrongLength { found: values.len(), expected: self.length });
         }
@@ -95,6 +83,22 @@ impl SequenceProblem {
         };
         format!("autoencoder on {kind} of {} values in [{}, {}]", self.length, self.low, self.high)
     }
+}
+
+/// Appends the comma-separated finite numbers of `line` to `values`, of any count.
+pub fn parse_values(line: &str, values: &mut Vec<f32>) -> Result<(), SequenceError> {
+    let text = line.trim();
+    if text.is_empty() {
+        return Err(SequenceError::Empty);
+    }
+    for (index, field) in text.split(',').enumerate() {
+        let field = field.trim();
+        match field.parse::<f32>() {
+            Ok(value) if value.is_finite() => values.push(value),
+            _ => return Err(SequenceError::NotANumber { position: index + 1, text: field.to_owned() }),
+        }
+    }
+    Ok(())
 }
 
 /// Values as `predict` prints them: comma-separated, four decimals.

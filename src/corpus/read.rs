@@ -1,0 +1,500 @@
+//! Reading a corpus from the user's files: one pair per line (`source<TAB>target`, further
+//! columns ignored, the Anki/Tatoeba layout), or two line-aligned files (the OpenNMT layout).
+//! UTF-8, `\r\n` accepted, a byte-order mark skipped, gzip read decompressed. Every bad line is
+//! located (FILE:LINE) and said what is wrong with it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+
+use super::vocabulary::{PAD_ID, TokenKind, UNKNOWN_ID, Vocabulary};
+use super::{Packed, PairCorpus};
+use crate::files::open_regular;
+use crate::lines::{BYTE_ORDER_MARK, Line, LineReader, MAX_LINE_BYTES};
+use crate::output::plain_io_message;
+
+/// Largest data file read (compressed size for gzip): far above a million pairs.
+pub const MAX_DATA_BYTES: u64 = 64 << 30;
+/// Bad lines shown before training refuses to start.
+pub const BAD_LINES_SHOWN: usize = 10;
+
+/// Where pairs come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PairFiles {
+    /// `source<TAB>target` on each line.
+    Tabbed(PathBuf),
+    /// Line N of one file is the source of line N of the other.
+    Aligned { source: PathBuf, target: PathBuf },
+}
+
+impl fmt::Display for PairFiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PairFiles::Tabbed(path) => write!(f, "{}", path.display()),
+            PairFiles::Aligned { source, target } => write!(f, "{} and {}", source.display(), target.display()),
+        }
+    }
+}
+
+/// How lines become token ids.
+#[derive(Debug, Clone)]
+pub struct Tokenizing<'v> {
+    pub source_tokens: TokenKind,
+    pub target_tokens: TokenKind,
+    /// `None`: build the vocabularies from this data (training); otherwise map onto a model's,
+    /// unknown tokens becoming `<unk>`.
+    pub vocabularies: Option<(&'v Vocabulary, &'v Vocabulary)>,
+}
+
+/// A line that could not be used, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadLine {
+    /// `FILE:LINE`.
+    pub location: String,
+    pub reason: String,
+}
+
+impl fmt::Display for BadLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.location, self.reason)
+    }
+}
+
+/// Pairs read, with what was wrong on the way.
+#[derive(Debug)]
+pub struct ReadPairs {
+    pub corpus: PairCorpus,
+    /// Lines read (of the source file, for aligned files).
+    pub lines: usize,
+    /// The first [`BAD_LINES_SHOWN`] bad lines.
+    pub bad: Vec<BadLine>,
+    pub bad_count: usize,
+    /// Unknown tokens met when mapping onto a model's vocabulary: (location, column, token).
+    pub unknown: Vec<(String, usize, String)>,
+    pub unknown_count: usize,
+}
+
+impl ReadPairs {
+    /// The error training gives when any line was bad: the first ones and the total.
+    pub fn bad_lines_error(&self, files: &PairFiles) -> anyhow::Error {
+        let shown: Vec<String> = self.bad.iter().map(ToString::to_string).collect();
+        let more = match self.bad_count.saturating_sub(shown.len()) {
+            0 => String::new(),
+            more => format!("\n  ... and {more} more"),
+        };
+        anyhow::anyhow!(
+            "{} of {} lines of {files} are bad:\n  {}{more}\n(--skip-bad-lines trains on the good ones)",
+            self.bad_count,
+            self.lines,
+            shown.join("\n  ")
+        )
+    }
+}
+
+/// A file's lines, decompressed when the file is gzip.
+fn open_lines(path: &Path) -> Result<LineReader<Box<dyn Read>>> {
+    if path.is_dir() {
+        bail!("{} is a directory, not a data file", path.display());
+    }
+    let (mut file, size) = open_regular(path, MAX_DATA_BYTES)
+        .map_err(|e| anyhow::anyhow!("{e:#} (data files are read whole, so pipes and devices are refused)"))?;
+    if size == 0 {
+        bail!("{} is empty", path.display());
+    }
+    let mut magic = [0u8; 2];
+    let gzip = file.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b];
+    let file =
+        File::open(path).map_err(|e| anyhow::anyhow!("cannot open {}: {}", path.display(), plain_io_message(&e)))?;
+    let source: Box<dyn Read> = if gzip { Box::new(flate2::read::MultiGzDecoder::new(file)) } else { Box::new(file) };
+    Ok(LineReader::new(source, None))
+}
+
+/// The next line of `reader` as text without its line end, or why it is bad; `None` at the end.
+fn next_text(
+    reader: &mut LineReader<Box<dyn Read>>,
+    path: &Path,
+    number: usize,
+) -> Result<Option<Result<String, String>>> {
+    let line = reader
+        .next_line()
+        .map_err(|e| anyhow::anyhow!("cannot read {} (line {number}): {}", path.display(), plain_io_message(&e)))?;
+    Ok(line.map(|line| match line {
+        Line::TooLong => Err(format!("longer than {MAX_LINE_BYTES} bytes, the limit of a line")),
+        Line::Text(bytes) => {
+            let bytes = if number == 1 { bytes.strip_prefix(BYTE_ORDER_MARK).unwrap_or(bytes) } else { bytes };
+            let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+            let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+            if let Some(column) = bytes.iter().position(|&b| b == 0) {
+                return Err(format!("a NUL byte at byte {}", column + 1));
+            }
+            String::from_utf8(bytes.to_vec())
+                .map_err(|e| format!("not valid UTF-8 (byte {})", e.utf8_error().valid_up_to() + 1))
+        }
+    }))
+}
+
+/// One side's ids as they are read: fixed by a model's vocabulary, or provisional (a new id for
+/// each new token, counted) until the vocabulary is built.
+enum SideIds<'v> {
+    Fixed(&'v Vocabulary),
+    Counting { ids: HashMap<String, u32>, tokens: Vec<String>, counts: Vec<u64> },
+}
+
+impl SideIds<'_> {
+    /// Appends the ids of `text`'s tokens to `out`; returns each unknown token with its column.
+    fn push(&mut self, kind: TokenKind, text: &str, out: &mut Vec<u32>) -> Vec<(usize, String)> {
+        let mut unknown = Vec::new();
+        let mut column = 0;
+        kind.split(text, |token| {
+            column += 1;
+            match self {
+                SideIds::Fixed(vocabulary) => out.push(vocabulary.id(token).unwrap_or_else(|| {
+                    unknown.push((column, token.to_owned()));
+                    UNKNOWN_ID
+                })),
+                SideIds::Counting { ids, tokens, counts } => {
+                    let id = *ids.entry(token.to_owned()).or_insert_with(|| {
+                        tokens.push(token.to_owned());
+                        counts.push(0);
+                        (tokens.len() - 1) as u32
+                    });
+                    counts[id as usize] += 1;
+                    out.push(id);
+                }
+            }
+        });
+        unknown
+    }
+
+    /// The side's vocabulary, and the map from provisional ids to final ones.
+    fn finish(self, min_count: u64) -> (Vocabulary, Option<Vec<u32>>) {
+        match self {
+            SideIds::Fixed(vocabulary) => (vocabulary.clone(), None),
+            SideIds::Counting { tokens, counts, .. } => {
+                let vocabulary = Vocabulary::from_counts(tokens.iter().cloned().zip(counts), min_count);
+                let remap = tokens.iter().map(|token| vocabulary.id(token).unwrap_or(UNKNOWN_ID)).collect();
+                (vocabulary, Some(remap))
+            }
+        }
+    }
+}
+
+fn side_ids(fixed: Option<&Vocabulary>) -> SideIds<'_> {
+    match fixed {
+        Some(vocabulary) => SideIds::Fixed(vocabulary),
+        None => SideIds::Counting { ids: HashMap::new(), tokens: Vec::new(), counts: Vec::new() },
+    }
+}
+
+/// Splits a tabbed line into its source and target, or says why it cannot be.
+fn split_tabbed(text: &str) -> Result<(&str, &str), String> {
+    let mut columns = text.split('\t');
+    let source = columns.next().unwrap_or_default();
+    let Some(target) = columns.next() else {
+        return Err("no tab: a pair is `source<TAB>target`".to_owned());
+    };
+    Ok((source, target))
+}
+
+/// Reads every pair of `files`. `min_count` applies when the vocabularies are built here.
+pub fn read_pairs(files: &PairFiles, tokenizing: &Tokenizing<'_>, min_count: u64) -> Result<ReadPairs> {
+    let (fixed_source, fixed_target) = match tokenizing.vocabularies {
+        Some((source, target)) => (Some(source), Some(target)),
+        None => (None, None),
+    };
+    let mut source_ids = side_ids(fixed_source);
+    let mut target_ids = side_ids(fixed_target);
+    let (mut sources, mut targets) = (Packed::default(), Packed::default());
+    let mut read = ReadPairs {
+        corpus: PairCorpus::default(),
+        lines: 0,
+        bad: Vec::new(),
+        bad_count: 0,
+        unknown: Vec::new(),
+        unknown_count: 0,
+    };
+    let (first_path, second_path) = match files {
+        PairFiles::Tabbed(path) => (path.as_path(), None),
+        PairFiles::Aligned { source, target } => (source.as_path(), Some(target.as_path())),
+    };
+    let mut first = open_lines(first_path)?;
+    let mut second = second_path.map(open_lines).transpose()?;
+    let mut scratch = (Vec::new(), Vec::new());
+    for number in 1.. {
+        let line = next_text(&mut first, first_path, number)?;
+        let other = match (&mut second, second_path) {
+            (Some(reader), Some(path)) => Some(next_text(reader, path, number)?),
+            _ => None,
+        };
+        let (line, other) = match (line, other) {
+            (None, None | Some(None)) => break,
+            (Some(line), None) => (line, None),
+            (Some(line), Some(Some(other))) => (line, Some(other)),
+            (None, Some(Some(_))) | (Some(_), Some(None)) => {
+                let count = |path: &Path| count_lines(path).map_or_else(|e| format!("? ({e:#})"), |n| n.to_string());
+                let (source, target) = (first_path, second_path.expect("aligned files have two paths"));
+                bail!(
+                    "{} has {} lines but {} has {}: aligned files must have one line per pair",
+                    source.display(),
+                    count(source),
+                    target.display(),
+                    count(target)
+                );
+            }
+        };
+        read.lines = number;
+        let location = format!("{}:{number}", first_path.display());
+        let texts = match (&line, &other) {
+            (Err(reason), _) => Err(reason.clone()),
+            (Ok(_), Some(Err(reason))) => {
+                Err(format!("{}:{number}: {reason}", second_path.map(Path::display).expect("aligned")))
+            }
+            (Ok(text), Some(Ok(target))) => Ok((text.as_str(), target.as_str())),
+            (Ok(text), None) => split_tabbed(text),
+        };
+        let (source_text, target_text) = match texts {
+            Ok(texts) => texts,
+            Err(reason) => {
+                record_bad(&mut read, location, reason);
+                continue;
+            }
+        };
+        scratch.0.clear();
+        scratch.1.clear();
+        let unknown_source = source_ids.push(tokenizing.source_tokens, source_text, &mut scratch.0);
+        target_ids.push(tokenizing.target_tokens, target_text, &mut scratch.1);
+        let empty = match (scratch.0.is_empty(), scratch.1.is_empty()) {
+            (true, _) => Some("the source is empty"),
+            (_, true) => Some("the target is empty"),
+            _ => None,
+        };
+        if let Some(reason) = empty {
+            record_bad(&mut read, location, reason.to_owned());
+            continue;
+        }
+        for (column, token) in unknown_source {
+            read.unknown_count += 1;
+            if read.unknown.len() < BAD_LINES_SHOWN {
+                read.unknown.push((location.clone(), column, token));
+            }
+        }
+        sources.push(&scratch.0);
+        targets.push(&scratch.1);
+    }
+    let (source_vocabulary, source_remap) = source_ids.finish(min_count);
+    let (target_vocabulary, target_remap) = target_ids.finish(min_count);
+    for (packed, remap) in [(&mut sources, source_remap), (&mut targets, target_remap)] {
+        if let Some(remap) = remap {
+            packed.remap(&remap);
+        }
+    }
+    debug_assert!(sources.ids.iter().chain(&targets.ids).all(|&id| id != PAD_ID));
+    read.corpus = PairCorpus { sources, targets, source_vocabulary, target_vocabulary };
+    Ok(read)
+}
+
+fn record_bad(read: &mut ReadPairs, location: String, reason: String) {
+    read.bad_count += 1;
+    if read.bad.len() < BAD_LINES_SHOWN {
+        read.bad.push(BadLine { location, reason });
+    }
+}
+
+/// Lines of a file, for the message about aligned files of different lengths.
+fn count_lines(path: &Path) -> Result<usize> {
+    let mut reader = open_lines(path)?;
+    let mut lines = 0;
+    while reader.next_line()?.is_some() {
+        lines += 1;
+    }
+    Ok(lines)
+}
+
+/// Real-valued sequences read from a file, one per line, comma-separated, all of one length.
+#[derive(Debug)]
+pub struct ReadSequences {
+    /// `length` values per sequence, one after the other.
+    pub values: Vec<f32>,
+    pub length: usize,
+    pub lines: usize,
+    pub bad: Vec<BadLine>,
+    pub bad_count: usize,
+}
+
+/// Reads a file of sequences for the autoencoder. Sequences must all have the length of the
+/// first good one (the model reads and writes a fixed number of steps); others are bad lines.
+pub fn read_sequences(path: &Path, length: Option<usize>) -> Result<ReadSequences> {
+    let mut reader = open_lines(path)?;
+    let mut read =
+        ReadSequences { values: Vec::new(), length: length.unwrap_or(0), lines: 0, bad: Vec::new(), bad_count: 0 };
+    let bad = |read: &mut ReadSequences, location: String, reason: String| {
+        read.bad_count += 1;
+        if read.bad.len() < BAD_LINES_SHOWN {
+            read.bad.push(BadLine { location, reason });
+        }
+    };
+    let mut row = Vec::new();
+    for number in 1.. {
+        let Some(line) = next_text(&mut reader, path, number)? else { break };
+        read.lines = number;
+        let location = format!("{}:{number}", path.display());
+        let text = match line {
+            Ok(text) => text,
+            Err(reason) => {
+                bad(&mut read, location, reason);
+                continue;
+            }
+        };
+        row.clear();
+        let parsed = crate::problem::sequence::parse_values(&text, &mut row).map_err(|e| e.to_string());
+        match parsed {
+            Err(reason) => bad(&mut read, location, reason),
+            Ok(()) if read.length == 0 => {
+                read.length = row.len();
+                read.values.extend_from_slice(&row);
+            }
+            Ok(()) if row.len() != read.length => {
+                let reason = format!(
+                    "{} values, but the sequences have {} (every sequence of a file must have the same length)",
+                    row.len(),
+                    read.length
+                );
+                bad(&mut read, location, reason);
+            }
+            Ok(()) => read.values.extend_from_slice(&row),
+        }
+    }
+    Ok(read)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn chars() -> Tokenizing<'static> {
+        Tokenizing { source_tokens: TokenKind::Chars, target_tokens: TokenKind::Chars, vocabularies: None }
+    }
+
+    fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).expect("write a test file");
+        path
+    }
+
+    fn texts(read: &ReadPairs) -> Vec<(String, String)> {
+        let corpus = &read.corpus;
+        (0..corpus.len())
+            .map(|i| {
+                let side = |packed: &Packed, vocabulary: &Vocabulary| {
+                    packed.get(i).iter().map(|&id| vocabulary.token(id).to_owned()).collect::<Vec<_>>().join("|")
+                };
+                (side(&corpus.sources, &corpus.source_vocabulary), side(&corpus.targets, &corpus.target_vocabulary))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tabbed_lines_with_crlf_bom_and_extra_columns() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = write(dir.path(), "fra.txt", "\u{feff}Go.\tVa !\tCC-BY 2.0\r\nHi.\tSalut !\n".as_bytes());
+        let read = read_pairs(&PairFiles::Tabbed(path), &chars(), 1).expect("read");
+        assert_eq!(read.bad_count, 0, "{:?}", read.bad);
+        assert_eq!(texts(&read), [("G|o|.".into(), "V|a| |!".into()), ("H|i|.".into(), "S|a|l|u|t| |!".into())]);
+        // Most frequent first after the two special tokens.
+        assert_eq!(read.corpus.target_vocabulary.token(2), " ");
+    }
+
+    #[test]
+    fn aligned_files_words_and_gzip() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let source = write(dir.path(), "words.txt", b"hello\nworld\n");
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gzip.write_all(b"HH AH0 L OW1\nW ER1 L D\n").expect("compress");
+        let target = write(dir.path(), "phones.txt.gz", &gzip.finish().expect("compress"));
+        let tokenizing = Tokenizing { target_tokens: TokenKind::Words, ..chars() };
+        let read = read_pairs(&PairFiles::Aligned { source: source.clone(), target }, &tokenizing, 1).expect("read");
+        assert_eq!(texts(&read)[0], ("h|e|l|l|o".into(), "HH|AH0|L|OW1".into()));
+        assert_eq!(read.corpus.targets.get(1).len(), 4);
+
+        let short = write(dir.path(), "short.txt", b"HH\n");
+        let error =
+            read_pairs(&PairFiles::Aligned { source, target: short }, &tokenizing, 1).expect_err("1 vs 2 lines");
+        let message = format!("{error:#}");
+        assert!(message.contains("words.txt has 2 lines but") && message.contains("short.txt has 1"), "{message}");
+    }
+
+    #[test]
+    fn every_bad_line_is_located_and_explained() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut bytes = b"ok\tfine\nno tab here\n\tempty source\nempty target\t\nbad \xff utf8\tx\nnul\0\tx\n".to_vec();
+        bytes.extend(vec![b'a'; MAX_LINE_BYTES + 10]);
+        bytes.extend_from_slice(b"\tlong\nlast\tgood");
+        let path = write(dir.path(), "pairs.tsv", &bytes);
+        let read = read_pairs(&PairFiles::Tabbed(path.clone()), &chars(), 1).expect("read");
+        assert_eq!((read.corpus.len(), read.bad_count, read.lines), (2, 6, 8), "{:?}", read.bad);
+        let shown: Vec<String> = read.bad.iter().map(ToString::to_string).collect();
+        let at = |line: usize| format!("{}:{line}: ", path.display());
+        for (line, reason) in [
+            (2, "no tab"),
+            (3, "the source is empty"),
+            (4, "the target is empty"),
+            (5, "not valid UTF-8 (byte 5)"),
+            (6, "a NUL byte at byte 4"),
+            (7, "longer than 1048576 bytes"),
+        ] {
+            assert!(shown.iter().any(|s| s.starts_with(&at(line)) && s.contains(reason)), "line {line}: {shown:?}");
+        }
+        let error = read.bad_lines_error(&PairFiles::Tabbed(path)).to_string();
+        assert!(error.starts_with("6 of 8 lines of") && error.contains("--skip-bad-lines"), "{error}");
+    }
+
+    #[test]
+    fn missing_empty_directories_and_devices_are_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let empty = write(dir.path(), "empty.tsv", b"");
+        for (path, expected) in [
+            (dir.path().join("missing.tsv"), "does not exist"),
+            (empty, "is empty"),
+            (dir.path().to_owned(), "is a directory"),
+            (PathBuf::from("/dev/zero"), "is a character device"),
+        ] {
+            let error = read_pairs(&PairFiles::Tabbed(path), &chars(), 1).expect_err("refused");
+            assert!(format!("{error:#}").contains(expected), "{error:#}");
+        }
+    }
+
+    #[test]
+    fn a_models_vocabulary_maps_unknown_tokens_and_says_where() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let training = write(dir.path(), "train.tsv", b"abc\tx\nabd\ty\n");
+        let trained = read_pairs(&PairFiles::Tabbed(training), &chars(), 2).expect("read");
+        // `c` and `d` occur once: below --min-count 2 they are unknown already in training.
+        assert_eq!(trained.corpus.source_vocabulary.tokens(), ["<pad>", "<unk>", "a", "b"]);
+        assert_eq!(trained.corpus.sources.get(0), [2, 3, UNKNOWN_ID]);
+        let vocabularies = (&trained.corpus.source_vocabulary, &trained.corpus.target_vocabulary);
+        let tokenizing = Tokenizing { vocabularies: Some(vocabularies), ..chars() };
+        let other = write(dir.path(), "other.tsv", b"bza\tx\n");
+        let read = read_pairs(&PairFiles::Tabbed(other.clone()), &tokenizing, 1).expect("read");
+        assert_eq!(read.unknown, [(format!("{}:1", other.display()), 2, "z".to_owned())]);
+        assert_eq!(read.corpus.sources.get(0), [3, UNKNOWN_ID, 2]);
+    }
+
+    #[test]
+    fn sequences_of_one_length_are_read_and_others_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = write(dir.path(), "seq.csv", b"0.1,0.2,0.3\n0.4, 0.5 ,0.6\r\n1,2\nx,1,2\n");
+        let read = read_sequences(&path, None).expect("read");
+        assert_eq!((read.length, read.values.len(), read.bad_count), (3, 6, 2));
+        assert!(
+            read.bad[0].to_string().ends_with(
+                ":3: 2 values, but the sequences have 3 (every sequence of a file must have the same length)"
+            )
+        );
+        assert!(read.bad[1].reason.contains("is not a finite number"), "{:?}", read.bad);
+    }
+}
