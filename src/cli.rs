@@ -17,7 +17,7 @@ use crate::input::InputSource;
 use crate::model::ModelConfig;
 use crate::predict::DEFAULT_BATCH_SIZE;
 use crate::problem::{ArithmeticProblem, Operators, SequenceKind, SequenceProblem, Task, TermCount};
-use crate::train::{Progress, TrainConfig};
+use crate::train::{LrSchedule, Progress, TrainConfig};
 
 const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (libtorch ", env!("SEQ2SEQ_LIBTORCH_VERSION"), ")");
 
@@ -163,9 +163,19 @@ pub struct TrainArgs {
     pub batch_size: usize,
     #[arg(long, default_value_t = TrainConfig::default().epochs)]
     pub epochs: usize,
-    /// Adam's learning rate.
+    /// Adam's learning rate (the peak, with a schedule).
     #[arg(long, default_value_t = TrainConfig::default().learning_rate)]
     pub learning_rate: f64,
+    /// How the learning rate moves after the warm-up: constant, or decaying to
+    /// --final-learning-rate at the last sample along a straight line or half a cosine.
+    #[arg(long, value_enum, default_value_t = LrSchedule::Constant, value_name = "SCHEDULE")]
+    pub lr_schedule: LrSchedule,
+    /// Samples over which the learning rate rises linearly to --learning-rate.
+    #[arg(long, value_name = "N", default_value_t = TrainConfig::default().warmup)]
+    pub warmup: usize,
+    /// Where a decaying --lr-schedule ends.
+    #[arg(long, value_name = "LR", default_value_t = TrainConfig::default().final_learning_rate)]
+    pub final_learning_rate: f64,
     /// Seeds the initial weights and every generated sample.
     #[arg(long, default_value_t = TrainConfig::default().seed)]
     pub seed: u64,
@@ -195,7 +205,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR", help_heading = "Checkpoints", conflicts_with_all = [
         "task", "ops", "terms", "largest", "reverse", "length", "sequence", "low", "high", "encoder_units",
         "decoder_units", "encoder_layers", "decoder_layers", "dropout", "samples", "batch_size", "epochs",
-        "learning_rate", "seed", "out",
+        "learning_rate", "seed", "out", "lr_schedule", "warmup", "final_learning_rate",
     ])]
     pub resume: Option<PathBuf>,
 }
@@ -297,7 +307,8 @@ pub struct EncodeArgs {
 }
 
 impl TrainArgs {
-    fn into_request(self) -> Result<TrainRequest> {
+    /// The request, with each batch shared among `threads` threads.
+    fn into_request(self, threads: usize) -> Result<TrainRequest> {
         let task = self.task()?;
         Ok(TrainRequest {
             task,
@@ -317,6 +328,10 @@ impl TrainArgs {
                 evaluation_samples: self.eval_samples.unwrap_or(DEFAULT_EVALUATION_SAMPLES),
                 checkpoint_every: self.checkpoint_every,
                 log_every: self.log_every,
+                lr_schedule: self.lr_schedule,
+                warmup: self.warmup,
+                final_learning_rate: self.final_learning_rate,
+                threads,
             },
             device: self.device,
             out: self.out,
@@ -432,10 +447,11 @@ pub fn run(cli: Cli) -> Result<()> {
                 checkpoint_every: args.checkpoint_every,
                 evaluation_samples: args.eval_samples,
                 log_every: args.log_every,
+                threads: cli.threads,
                 device: args.device,
                 progress: Progress::for_stdout(args.quiet),
             }),
-            None => commands::train(&args.into_request()?),
+            None => commands::train(&args.into_request(threads.unwrap_or(1))?),
         }
         .map(|_| ()),
         Command::Evaluate(args) => commands::evaluate(&args.into_request()).map(|_| ()),

@@ -83,6 +83,9 @@ pub struct ResumeRequest {
     pub evaluation_samples: Option<usize>,
     /// Replaces the metrics log's cadence, when given.
     pub log_every: Option<usize>,
+    /// Replaces the run's thread count, when given (the weights then differ from an
+    /// uninterrupted run's with the recorded count).
+    pub threads: Option<usize>,
     pub device: DeviceChoice,
     pub progress: Progress,
 }
@@ -100,6 +103,9 @@ pub fn resume(request: &ResumeRequest) -> Result<PathBuf> {
     }
     if request.log_every.is_some() {
         training.log_every = request.log_every;
+    }
+    if let Some(threads) = request.threads {
+        training.threads = threads;
     }
     training.validate()?;
     let mut optimizer = checkpoint.optimizer;

@@ -2,6 +2,7 @@
 //! Ctrl-C, and resumption at any batch.
 
 use std::io::{IsTerminal, Write};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
@@ -14,8 +15,10 @@ use serde::{Deserialize, Serialize};
 use crate::data::{BatchStream, mix_seed};
 use crate::evaluate::{DEFAULT_EVALUATION_SAMPLES, MetricSums, Metrics};
 use crate::interrupt;
+use crate::lstm::Masks;
 use crate::model::Seq2Seq;
 use crate::optim::Adam;
+use crate::shared_step::SharedStep;
 
 /// How the model is fitted. `Default` is the reference: 75,000 samples in batches of 32,
 /// one epoch, Adam with learning rate 0.001.
@@ -37,6 +40,35 @@ pub struct TrainConfig {
     /// Samples between rows of `metrics.csv` (`None`: [`TrainConfig::log_every_samples`]'s default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_every: Option<usize>,
+    /// How the learning rate moves over the run (after any warm-up).
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
+    /// Samples over which the learning rate rises linearly from near 0 to `learning_rate`.
+    #[serde(default)]
+    pub warmup: usize,
+    /// Where a decaying schedule ends, at the last sample.
+    #[serde(default)]
+    pub final_learning_rate: f64,
+    /// CPU threads sharing each batch's rows (the weights depend on it; see [`crate::shared_step`]).
+    #[serde(default = "one_thread")]
+    pub threads: usize,
+}
+
+/// The learning rate's course over a run, after the warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// `learning_rate` throughout.
+    #[default]
+    Constant,
+    /// A straight line from `learning_rate` down to `final_learning_rate`.
+    Linear,
+    /// Half a cosine from `learning_rate` down to `final_learning_rate`.
+    Cosine,
+}
+
+fn one_thread() -> usize {
+    1
 }
 
 fn default_evaluation_samples() -> usize {
@@ -54,6 +86,10 @@ impl Default for TrainConfig {
             evaluation_samples: DEFAULT_EVALUATION_SAMPLES,
             checkpoint_every: None,
             log_every: None,
+            lr_schedule: LrSchedule::Constant,
+            warmup: 0,
+            final_learning_rate: 0.0,
+            threads: 1,
         }
     }
 }
@@ -86,7 +122,39 @@ impl TrainConfig {
         if self.log_every == Some(0) {
             bail!("--log-every must be at least 1 sample");
         }
+        if !(self.final_learning_rate.is_finite() && self.final_learning_rate >= 0.0) {
+            bail!("the final learning rate must be a number at least 0, got {}", self.final_learning_rate);
+        }
+        if self.final_learning_rate > self.learning_rate {
+            bail!(
+                "the final learning rate ({}) is above the learning rate ({}): a schedule only decays",
+                self.final_learning_rate,
+                self.learning_rate
+            );
+        }
+        if self.threads == 0 {
+            bail!("--threads must be at least 1");
+        }
         Ok(())
+    }
+
+    /// The learning rate of the step that starts after `samples_seen` samples: rising over the
+    /// warm-up to `learning_rate` at its end, then following the schedule to
+    /// `final_learning_rate` at the end of the run. A function of the position alone, so that a
+    /// resumed run takes the same steps; without warm-up or schedule, exactly `learning_rate`.
+    pub fn learning_rate_at(&self, samples_seen: usize) -> f64 {
+        let next = samples_seen.saturating_add(self.batch_size) as f64;
+        if samples_seen < self.warmup {
+            return self.learning_rate * (next / self.warmup as f64).min(1.0);
+        }
+        let (span, done) = (self.total_samples().saturating_sub(self.warmup), samples_seen - self.warmup);
+        let progress = if span == 0 { 1.0 } else { (done as f64 / span as f64).min(1.0) };
+        let remaining = match self.lr_schedule {
+            LrSchedule::Constant => return self.learning_rate,
+            LrSchedule::Linear => 1.0 - progress,
+            LrSchedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
+        };
+        self.final_learning_rate + (self.learning_rate - self.final_learning_rate) * remaining
     }
 
     /// Samples between metrics reports: `log_every`, or a twentieth of the run but at least one batch.
@@ -181,15 +249,34 @@ pub struct TrainLoop<'a> {
 
 /// Fits `model` to the batches of `data` with `optimizer`, from `run.start` to the end.
 pub fn train(model: &Seq2Seq, optimizer: &mut Adam, data: &BatchStream, run: TrainLoop<'_>) -> Result<TrainOutcome> {
+    // Only the hand-written passes share batches; libtorch's op (a GPU's) takes a batch whole.
+    let threads = if model.runs_by_hand() { run.config.threads } else { 1 };
+    thread::scope(|scope| {
+        let mut shared = SharedStep::start(scope, model, optimizer, threads);
+        if threads > 1 {
+            // Each share's thread runs libtorch on one thread, this one included.
+            tch::set_num_threads(1);
+        }
+        train_steps(model, optimizer, data, &mut shared, run)
+    })
+}
+
+/// The loop of [`train`], each step's gradient from `shared`.
+fn train_steps(
+    model: &Seq2Seq,
+    optimizer: &mut Adam,
+    data: &BatchStream,
+    shared: &mut SharedStep<'_>,
+    run: TrainLoop<'_>,
+) -> Result<TrainOutcome> {
+    let uses_dropout = model.config().dropout > 0.0;
+    let shape = model.shape();
     let config = run.config;
     let total = config.total_samples();
     let mut reporter = Reporter::new(run.progress, total, config.epochs);
     reporter.advance(run.start.samples_seen(config));
     let start = Instant::now();
     let elapsed = || run.seconds_before + start.elapsed().as_secs_f64();
-    let uses_dropout = model.config().dropout > 0.0;
-    let shape = model.shape();
-    let mut gradients = model.gradients(|variable| optimizer.gradient_slot(variable));
     interrupt::install();
     let mut samples_at_last_checkpoint = run.start.samples_seen(config);
     let log_every = config.log_every_samples();
@@ -201,12 +288,15 @@ pub fn train(model: &Seq2Seq, optimizer: &mut Adam, data: &BatchStream, run: Tra
         let order = batch_order(data.num_batches(), config.seed, epoch);
         let first_step = if epoch == run.start.epoch { run.start.step } else { 0 };
         for step in first_step..order.len() {
-            if uses_dropout {
-                // Dropout masks from (seed, step) alone, so that a resumed run draws the same ones.
-                tch::manual_seed(mix_seed(config.seed ^ mix_seed((epoch * order.len() + step) as u64)) as i64);
+            // Dropout masks from (seed, step) alone, so that a resumed run draws the same ones.
+            let mask_seed = mix_seed(config.seed ^ mix_seed((epoch * order.len() + step) as u64));
+            let masks = if shared.threads() > 1 { Masks::Seeded(mask_seed) } else { Masks::Global };
+            if uses_dropout && masks == Masks::Global {
+                tch::manual_seed(mask_seed as i64);
             }
             let batch = data.batch(order[step]);
-            let (output, loss) = model.forward_backward(&batch.inputs, &batch.targets, &mut gradients);
+            let (output, loss) = shared.step(&batch.inputs, &batch.targets, masks)?;
+            optimizer.set_learning_rate(config.learning_rate_at(Position { epoch, step }.samples_seen(config)));
             optimizer.step_from_buffer();
             sums.add(&output, &batch.targets, &loss, batch.size);
             reporter.advance(batch.size);
