@@ -9,7 +9,7 @@ use tch::{Device, nn};
 
 use crate::checkpoint::{self, SavedConfig, Versions};
 use crate::data::{BatchStream, Stream};
-use crate::device::{DeviceChoice, describe, runtime_report};
+use crate::device::{DeviceChoice, FORCE_AUTOGRAD_VARIABLE, autograd_forced, describe, runtime_report};
 use crate::encode::{EncodeFormat, Encoder, KeptVectors};
 use crate::evaluate::{self, Evaluation};
 use crate::input::{InputSource, InputSummary};
@@ -171,8 +171,15 @@ fn run_training(session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
             0 => String::new(),
             seen => format!(", resuming after {seen}"),
         };
+        let how = if session.model.runs_by_hand() && training.threads > 1 {
+            format!(", each batch shared among {} threads", training.threads)
+        } else if !session.model.runs_by_hand() && autograd_forced() {
+            format!(" by libtorch's lstm op with autograd ({FORCE_AUTOGRAD_VARIABLE}=1)")
+        } else {
+            String::new()
+        };
         println!(
-            "Training on {}: {} samples in batches of {}, {} epoch(s), seed {}{resumed}",
+            "Training on {}: {} samples in batches of {}, {} epoch(s), seed {}{how}{resumed}",
             describe(device),
             training.samples,
             training.batch_size,

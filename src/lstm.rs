@@ -227,9 +227,11 @@ impl Lstm {
             mask = match masks.filter(|_| self.dropout > 0.0) {
                 None => None,
                 Some(Masks::Global) => Some(dropout_mask(&tape.hidden, self.dropout)),
-                Some(Masks::Seeded(seed)) => Some(with_global_generator(mix_seed(seed ^ mix_seed(index as u64)), || {
-                    dropout_mask(&tape.hidden, self.dropout)
-                })),
+                Some(Masks::Seeded(seed)) => {
+                    Some(with_global_generator(mix_seed(seed ^ mix_seed(index as u64)), || {
+                        dropout_mask(&tape.hidden, self.dropout)
+                    }))
+                }
             };
             input = StepInputs::Dense(match &mask {
                 Some(mask) => &tape.hidden * mask,

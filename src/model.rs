@@ -2,13 +2,12 @@
 //! The same network serves both tasks; only the ends differ (one-hot and softmax for characters,
 //! one value per step for the autoencoder).
 
-use std::sync::OnceLock;
-
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Init};
 use tch::{Device, Kind, Reduction, Tensor};
 
+use crate::device::autograd_forced;
 pub use crate::lstm::with_global_generator;
 use crate::lstm::{LayerGradients, Lstm, Masks, OutputGradient, StepInputs, Tape};
 use crate::problem::{Features, Task};
@@ -198,7 +197,7 @@ impl Seq2Seq {
 
     /// Whether the hand-written passes of [`crate::lstm`] run this model: float32 on the CPU,
     /// where they are several times faster than libtorch's LSTM, unless
-    /// [`FORCE_AUTOGRAD_VARIABLE`] is set. Elsewhere (on a GPU, cuDNN) libtorch's `lstm` op
+    /// [`crate::device::FORCE_AUTOGRAD_VARIABLE`] is set. Elsewhere (on a GPU, cuDNN) libtorch's `lstm` op
     /// runs it, and autograd computes the gradients.
     pub fn runs_by_hand(&self) -> bool {
         self.output.ws.device() == Device::Cpu && self.output.ws.kind() == Kind::Float && !autograd_forced()
@@ -404,17 +403,6 @@ impl Seq2Seq {
         ));
         text
     }
-}
-
-/// The environment variable that, set to `1`, makes the CPU run the model in float32 as a GPU
-/// does: libtorch's `lstm` op with autograd, gradients copied into the optimiser's slots (and
-/// no sharing of batches among threads). The tests run the end-to-end suite once through it.
-pub const FORCE_AUTOGRAD_VARIABLE: &str = "SEQ2SEQ_FORCE_AUTOGRAD";
-
-/// Whether [`FORCE_AUTOGRAD_VARIABLE`] is `1` (read once per process).
-pub fn autograd_forced() -> bool {
-    static FORCED: OnceLock<bool> = OnceLock::new();
-    *FORCED.get_or_init(|| std::env::var_os(FORCE_AUTOGRAD_VARIABLE).is_some_and(|value| value == "1"))
 }
 
 /// `52212` → `52,212`, as Keras prints parameter counts.

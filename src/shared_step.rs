@@ -66,8 +66,12 @@ impl<'a> SharedStep<'a> {
                     // OpenMP's thread count is per thread: a new one starts at every core.
                     tch::set_num_threads(1);
                     for share in shares_in {
-                        let result =
-                            replica.forward_backward_with_masks(&share.inputs, &share.targets, &mut gradients, share.masks);
+                        let result = replica.forward_backward_with_masks(
+                            &share.inputs,
+                            &share.targets,
+                            &mut gradients,
+                            share.masks,
+                        );
                         if results_out.send(result).is_err() {
                             break;
                         }
@@ -142,6 +146,115 @@ impl<'a> SharedStep<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::thread;
+
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+    use tch::{Device, Kind, nn};
+
+    use crate::model::{ModelConfig, ModelShape};
+    use crate::problem::Features;
+
+    const SHAPE: ModelShape = ModelShape { features: Features::Classes(12), input_len: 8, output_len: 2 };
+
+    /// Batches of random class indices from a private generator (the global one belongs to the
+    /// constructors, which other tests run in parallel).
+    fn batches(count: usize, rows: usize) -> Vec<(Tensor, Tensor)> {
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut indices = |n: usize| -> Vec<i64> { (0..n).map(|_| rng.random_range(0..12)).collect() };
+        (0..count)
+            .map(|_| {
+                let inputs = Tensor::from_slice(&indices(rows * SHAPE.input_len)).view([rows as i64, 8]);
+                (inputs, Tensor::from_slice(&indices(rows * SHAPE.output_len)).view([rows as i64, 2]))
+            })
+            .collect()
+    }
+
+    fn stacked_with_dropout() -> ModelConfig {
+        ModelConfig { encoder_units: 20, decoder_units: 16, encoder_layers: 2, decoder_layers: 2, dropout: 0.3 }
+    }
+
+    /// The weights after Adam steps on `batches`, each step's gradient from a [`SharedStep`] of
+    /// `threads` (dropout masks `Seeded` by the step), and the first step's gradient.
+    fn train_shared(config: &ModelConfig, threads: usize, batches: &[(Tensor, Tensor)]) -> (Vec<Tensor>, Tensor) {
+        one_libtorch_thread();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Seq2Seq::new_seeded(&vs.root(), config, SHAPE, 5);
+        let mut adam = Adam::new(&vs, 0.01);
+        let first_gradient = thread::scope(|scope| {
+            let mut shared = SharedStep::start(scope, &model, &adam, threads);
+            let mut first = None;
+            for (step, (inputs, targets)) in batches.iter().enumerate() {
+                let _ = shared.step(inputs, targets, Masks::Seeded(step as u64)).expect("the helpers run");
+                first.get_or_insert_with(|| adam.gradient_buffer().copy());
+                adam.step_from_buffer();
+            }
+            first.expect("at least one batch")
+        });
+        (weights(&vs), first_gradient)
+    }
+
+    /// The same steps as `train` took them before batches were shared: one forward_backward on
+    /// the whole batch into the optimiser's slots, masks from the global generator.
+    fn train_plain(config: &ModelConfig, batches: &[(Tensor, Tensor)]) -> Vec<Tensor> {
+        one_libtorch_thread();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Seq2Seq::new_seeded(&vs.root(), config, SHAPE, 5);
+        let mut adam = Adam::new(&vs, 0.01);
+        let mut gradients = model.gradients(|variable| adam.gradient_slot(variable));
+        for (step, (inputs, targets)) in batches.iter().enumerate() {
+            let _ = crate::model::with_global_generator(step as u64, || {
+                model.forward_backward(inputs, targets, &mut gradients)
+            });
+            adam.step_from_buffer();
+        }
+        weights(&vs)
+    }
+
+    /// As `train` runs: a thread count that changes halfway (MKL's is global, and helpers of
+    /// tests running beside this one set it to 1) would change the products' rounding.
+    fn one_libtorch_thread() {
+        tch::set_num_threads(1);
+    }
+
+    /// Every variable's value, in name order (a VarStore's own order is a hash map's).
+    fn weights(vs: &nn::VarStore) -> Vec<Tensor> {
+        vs.variables().into_iter().collect::<std::collections::BTreeMap<_, _>>().values().map(Tensor::copy).collect()
+    }
+
+    fn all_equal(a: &[Tensor], b: &[Tensor]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(a, b)| a.equal(b))
+    }
+
+    #[test]
+    fn one_thread_takes_exactly_the_unshared_steps() {
+        let batches = batches(6, 32);
+        let config = ModelConfig::default();
+        assert!(all_equal(&train_shared(&config, 1, &batches).0, &train_plain(&config, &batches)));
+    }
+
+    #[test]
+    fn shared_gradients_are_the_batch_gradient_and_repeat_bit_for_bit() {
+        let batches = batches(4, 30);
+        let config = ModelConfig::default();
+        let (one_weights, one_gradient) = train_shared(&config, 1, &batches);
+        let (weights, gradient) = train_shared(&config, 3, &batches);
+        // Shares of 10 rows: the same gradient up to float32 rounding (a share left unweighted,
+        // or one left out, is off by a third or more).
+        let scale = one_gradient.abs().max().double_value(&[]);
+        let difference = (&gradient - &one_gradient).abs().max().double_value(&[]) / scale;
+        assert!(difference < 1e-5, "relative difference {difference:e}");
+        assert!(!all_equal(&weights, &one_weights), "three shares round differently from one");
+        assert!(all_equal(&weights, &train_shared(&config, 3, &batches).0));
+    }
+
+    #[test]
+    fn dropout_masks_of_shared_steps_repeat_bit_for_bit() {
+        let batches = batches(4, 32);
+        let (weights, gradient) = train_shared(&stacked_with_dropout(), 2, &batches);
+        assert!(gradient.abs().sum(Kind::Double).double_value(&[]) > 0.0);
+        assert!(all_equal(&weights, &train_shared(&stacked_with_dropout(), 2, &batches).0));
+    }
 
     #[test]
     fn shares_are_even_and_never_too_small() {

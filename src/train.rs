@@ -444,6 +444,33 @@ mod tests {
     }
 
     #[test]
+    fn learning_rate_warms_up_then_follows_its_schedule() {
+        let constant = TrainConfig { samples: 1000, batch_size: 10, ..TrainConfig::default() };
+        assert!((0..1000).step_by(10).all(|seen| constant.learning_rate_at(seen) == constant.learning_rate));
+        let cosine = TrainConfig {
+            learning_rate: 0.01,
+            final_learning_rate: 0.001,
+            lr_schedule: LrSchedule::Cosine,
+            warmup: 100,
+            ..constant.clone()
+        };
+        // Up over the warm-up: the first step at a tenth, the last at the peak.
+        assert!((cosine.learning_rate_at(0) - 0.001).abs() < 1e-12);
+        assert!((cosine.learning_rate_at(90) - 0.01).abs() < 1e-12);
+        let rates: Vec<f64> = (100..1000).step_by(10).map(|seen| cosine.learning_rate_at(seen)).collect();
+        assert!((rates[0] - 0.01).abs() < 1e-12);
+        assert!(rates.windows(2).all(|pair| pair[1] < pair[0]), "decays at every step");
+        assert!((cosine.learning_rate_at(550) - 0.0055).abs() < 1e-12, "halfway: halfway down");
+        assert!(rates[rates.len() - 1] - 0.001 < 1e-4 && rates[rates.len() - 1] > 0.001);
+        let linear = TrainConfig { lr_schedule: LrSchedule::Linear, warmup: 0, ..cosine.clone() };
+        assert!((linear.learning_rate_at(500) - 0.0055).abs() < 1e-12);
+        assert!((linear.learning_rate_at(250) - 0.00775).abs() < 1e-12);
+        // A second epoch continues the same course.
+        let two_epochs = TrainConfig { epochs: 2, samples: 500, ..linear };
+        assert!((two_epochs.learning_rate_at(500) - 0.0055).abs() < 1e-12);
+    }
+
+    #[test]
     fn rejects_zero_sizes_and_bad_learning_rates() {
         let reference = TrainConfig::default();
         assert!(reference.validate().is_ok());
@@ -451,6 +478,9 @@ mod tests {
         assert!(TrainConfig { samples: 0, ..reference.clone() }.validate().is_err());
         assert!(TrainConfig { epochs: 0, ..reference.clone() }.validate().is_err());
         assert!(TrainConfig { learning_rate: f64::NAN, ..reference.clone() }.validate().is_err());
-        assert!(TrainConfig { learning_rate: -1.0, ..reference }.validate().is_err());
+        assert!(TrainConfig { learning_rate: -1.0, ..reference.clone() }.validate().is_err());
+        assert!(TrainConfig { final_learning_rate: 0.01, ..reference.clone() }.validate().is_err());
+        assert!(TrainConfig { final_learning_rate: f64::INFINITY, ..reference.clone() }.validate().is_err());
+        assert!(TrainConfig { threads: 0, ..reference }.validate().is_err());
     }
 }
