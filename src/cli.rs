@@ -28,9 +28,10 @@ const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (libtorch ", env
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// CPU threads. Default: 1 for `train` (the reference model's matrices are too small to gain
-    /// from more; measured in the README), libtorch's choice (the cores) otherwise. `predict`
-    /// shares each batch among this many threads, each running libtorch on one.
+    /// CPU threads. `train` shares each batch's rows among this many threads (default 1: the
+    /// weights depend on the count, which config.json records and --resume reuses; more pays
+    /// from batches of about 64 up, see the README). `predict` shares each batch among this many
+    /// (default: libtorch's choice, the cores); other commands give it to libtorch.
     #[arg(long, global = true, value_name = "N")]
     pub threads: Option<usize>,
 }
