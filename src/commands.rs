@@ -211,8 +211,8 @@ fn run_training(session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
             last_checkpoint = Some(position.samples_seen(&training));
             Ok(())
         };
-        let mut on_report = |report: &Report| {
-            let validation = evaluate::evaluate(&session.model, &validation_data).metrics;
+        let mut on_report = |report: &Report, forward: &train::Forward<'_>| {
+            let validation = evaluate::evaluate_by(&session.model, forward, &validation_data, |_, _| {})?.metrics;
             metrics_log.append(&metrics_row(report, &validation))
         };
         train::train(

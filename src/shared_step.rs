@@ -21,16 +21,18 @@ use crate::optim::Adam;
 const MIN_ROWS_PER_SHARE: i64 = 8;
 
 /// One share of a batch, sent to a helper.
-struct Share {
-    inputs: Tensor,
-    targets: Tensor,
-    masks: Masks,
+enum Share {
+    /// A training step's forward and backward passes.
+    Step { inputs: Tensor, targets: Tensor, masks: Masks },
+    /// A forward pass without gradients (validation).
+    Forward(Tensor),
 }
 
-/// A helper thread: shares in, (output, mean loss) back, its gradient in `gradient`.
+/// A helper thread: shares in, outputs (and a step's mean loss) back, a step's gradient in
+/// `gradient`.
 struct Helper {
     shares: Sender<Share>,
-    results: Receiver<(Tensor, Tensor)>,
+    results: Receiver<(Tensor, Option<Tensor>)>,
     /// Laid out as the optimiser's gradient buffer; the helper writes it, this thread reads it
     /// once the helper's result has arrived.
     gradient: Tensor,
@@ -66,12 +68,14 @@ impl<'a> SharedStep<'a> {
                     // OpenMP's thread count is per thread: a new one starts at every core.
                     tch::set_num_threads(1);
                     for share in shares_in {
-                        let result = replica.forward_backward_with_masks(
-                            &share.inputs,
-                            &share.targets,
-                            &mut gradients,
-                            share.masks,
-                        );
+                        let result = match share {
+                            Share::Step { inputs, targets, masks } => {
+                                let (output, loss) =
+                                    replica.forward_backward_with_masks(&inputs, &targets, &mut gradients, masks);
+                                (output, Some(loss))
+                            }
+                            Share::Forward(inputs) => (replica.forward(&inputs), None),
+                        };
                         if results_out.send(result).is_err() {
                             break;
                         }
@@ -114,7 +118,7 @@ impl<'a> SharedStep<'a> {
         let helpers = &self.helpers[..sizes.len() - 1];
         for (share, helper) in helpers.iter().enumerate() {
             let share = share + 1;
-            let job = Share {
+            let job = Share::Step {
                 inputs: input_shares[share].shallow_clone(),
                 targets: target_shares[share].shallow_clone(),
                 masks: share_masks(share),
@@ -133,6 +137,7 @@ impl<'a> SharedStep<'a> {
             for (share, helper) in helpers.iter().enumerate() {
                 let share = share + 1;
                 let (output, share_loss) = helper.results.recv().map_err(|_| anyhow!("a training thread stopped"))?;
+                let share_loss = share_loss.ok_or_else(|| anyhow!("a training thread answered out of turn"))?;
                 let _ = self.buffer.g_add_(&(&helper.gradient * weight(share)));
                 loss += share_loss * weight(share);
                 outputs.push(output);
@@ -140,6 +145,28 @@ impl<'a> SharedStep<'a> {
             Ok(())
         })?;
         Ok((Tensor::cat(&outputs, 0), loss))
+    }
+
+    /// [`Seq2Seq::forward`] on `inputs`, its rows shared as a step's are. With one share it is
+    /// `forward` itself; with several, each row's output may round differently.
+    pub fn forward(&self, inputs: &Tensor) -> Result<Tensor> {
+        let sizes = Self::share_sizes(inputs.size()[0], self.threads());
+        if sizes.len() == 1 {
+            return Ok(self.model.forward(inputs));
+        }
+        let shares = inputs.split_with_sizes(&sizes, 0);
+        let helpers = &self.helpers[..sizes.len() - 1];
+        for (helper, share) in helpers.iter().zip(&shares[1..]) {
+            helper
+                .shares
+                .send(Share::Forward(share.shallow_clone()))
+                .map_err(|_| anyhow!("a training thread stopped"))?;
+        }
+        let mut outputs = vec![self.model.forward(&shares[0])];
+        for helper in helpers {
+            outputs.push(helper.results.recv().map_err(|_| anyhow!("a training thread stopped"))?.0);
+        }
+        Ok(Tensor::cat(&outputs, 0))
     }
 }
 

@@ -11,6 +11,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
+use tch::Tensor;
 
 use crate::data::{BatchStream, mix_seed};
 use crate::evaluate::{DEFAULT_EVALUATION_SAMPLES, MetricSums, Metrics};
@@ -232,6 +233,9 @@ pub struct Report {
 /// Steps between read-backs of the running metrics (each one synchronises a GPU).
 const READ_EVERY_STEPS: usize = 50;
 
+/// The model's forward pass (no gradients, dropout off) as the loop shares it among its threads.
+pub type Forward<'a> = dyn Fn(&Tensor) -> Result<Tensor> + 'a;
+
 /// What the loop needs besides the model and the data.
 pub struct TrainLoop<'a> {
     pub config: &'a TrainConfig,
@@ -242,9 +246,10 @@ pub struct TrainLoop<'a> {
     pub seconds_before: f64,
     /// Writes a checkpoint for a position (every `checkpoint_every` samples, and on Ctrl-C).
     pub save_checkpoint: &'a mut dyn FnMut(Position, &Adam, f64) -> Result<()>,
-    /// Receives a report every [`TrainConfig::log_every_samples`] samples and at each epoch's end.
-    /// It may score the model (without gradients, in evaluation mode): that changes nothing here.
-    pub on_report: &'a mut dyn FnMut(&Report) -> Result<()>,
+    /// Receives a report every [`TrainConfig::log_every_samples`] samples and at each epoch's end,
+    /// with the model's forward pass shared among the training threads. It may score the model
+    /// (without gradients, in evaluation mode): that changes nothing here.
+    pub on_report: &'a mut dyn FnMut(&Report, &Forward<'_>) -> Result<()>,
 }
 
 /// Fits `model` to the batches of `data` with `optimizer`, from `run.start` to the end.
@@ -325,7 +330,7 @@ fn train_steps(
                 if report_due {
                     let report =
                         Report { samples_seen, epoch, elapsed_seconds: elapsed(), running: running.since(&reported) };
-                    (run.on_report)(&report)?;
+                    (run.on_report)(&report, &|inputs| shared.forward(inputs))?;
                     reported = running;
                     samples_at_last_report = samples_seen;
                 }
