@@ -17,7 +17,6 @@ pub mod data;
 pub mod device;
 pub mod encode;
 pub mod evaluate;
-pub mod gemm;
 pub mod input;
 pub mod interrupt;
 pub mod lstm;

@@ -22,7 +22,6 @@ use tch::{Device, Kind, Tensor};
 
 use crate::cell;
 use crate::data::mix_seed;
-use crate::gemm::{self, Matrix};
 
 /// One layer's parameters, named and laid out as in PyTorch's `nn.LSTM`: gates stacked as
 /// input, forget, cell, output (Keras's order too).
@@ -316,29 +315,14 @@ impl Layer {
         };
         let [cell, tanh_cell, outputs] = [0; 3].map(|_| Tensor::empty([steps, batch, hidden], options(&gates)));
         let w_hh_t = self.w_hh.transpose(0, 1);
-        let w_hh_t_matrix = matrix(&self.w_hh).map(Matrix::t);
         for t in 0..steps {
             // The first step has no recurrent share: the state starts at zero.
             if t > 0 {
-                let adds = matches!(share, InputShare::Gates(_));
-                // SAFETY: step t of `gates` is written, step t - 1 of `outputs` and the weights
-                // read; no other reference to them is alive.
-                let done = w_hh_t_matrix.is_some_and(|w_hh_t| unsafe {
-                    gemm::addmm(
-                        step_matrix(&gates, t),
-                        step_matrix(&outputs, t - 1),
-                        w_hh_t,
-                        if adds { 1.0 } else { 0.0 },
-                        1.0,
-                    )
-                });
-                if !done {
-                    let (mut gates_t, previous) = (gates.get(t), outputs.get(t - 1));
-                    let _ = match adds {
-                        true => gates_t.addmm_(&previous, &w_hh_t),
-                        false => previous.mm_out(&gates_t, &w_hh_t),
-                    };
-                }
+                let (mut gates_t, previous) = (gates.get(t), outputs.get(t - 1));
+                let _ = match share {
+                    InputShare::Gates(_) => gates_t.addmm_(&previous, &w_hh_t),
+                    _ => previous.mm_out(&gates_t, &w_hh_t),
+                };
             }
             // SAFETY: contiguous float32 CPU buffers (int64 for the indices): step t of the
             // four allocated above is written, the rest read, and no other reference is alive.
@@ -376,16 +360,12 @@ impl Layer {
     ) -> Option<Tensor> {
         let steps = tape.gates.size()[0];
         let d_gates = Tensor::empty_like(&tape.gates);
-        // The gradient reaching h_t (from above and from step t + 1) and c_t (from step t + 1),
-        // in buffers of their own that each step overwrites.
-        let first = match output {
-            OutputGradient::Last(last) => last.shallow_clone(),
-            OutputGradient::Every(every) => every.get(steps - 1),
+        // The gradient reaching h_t (from above and from step t + 1) and c_t (from step t + 1).
+        let mut d_h = match output {
+            OutputGradient::Last(last) => last.contiguous(),
+            OutputGradient::Every(every) => every.get(steps - 1).contiguous(),
         };
-        let mut d_h = Tensor::empty(first.size(), options(&first));
-        d_h.copy_(&first);
         let d_c = d_h.zeros_like();
-        let w_hh_matrix = matrix(&self.w_hh);
         for t in (0..steps).rev() {
             let d_gates_t = d_gates.get(t);
             // SAFETY: contiguous float32 CPU buffers: `d_gates` and `d_c` are written, the
@@ -402,33 +382,10 @@ impl Layer {
                 })
             }
             if t > 0 {
-                // d_h = (every[t - 1] +) d_gates_t · W_hh, as libtorch's mm (addmm) rounds it.
-                let above = match output {
-                    OutputGradient::Last(_) => None,
-                    OutputGradient::Every(every) => Some(every),
+                d_h = match output {
+                    OutputGradient::Last(_) => d_gates_t.mm(&self.w_hh),
+                    OutputGradient::Every(every) => every.get(t - 1).addmm(&d_gates_t, &self.w_hh),
                 };
-                // SAFETY: `d_h` is written (the cell pass above has read it), `d_gates` step t,
-                // `every` and the weights read; no other reference to them is alive.
-                let done = w_hh_matrix.is_some_and(|w_hh| unsafe {
-                    let copied = match above {
-                        None => true,
-                        Some(every) => copy_step(every, t - 1, &d_h),
-                    };
-                    copied
-                        && gemm::addmm(
-                            matrix(&d_h).expect("d_h is a contiguous float32 CPU buffer"),
-                            step_matrix(&d_gates, t),
-                            w_hh,
-                            if above.is_some() { 1.0 } else { 0.0 },
-                            1.0,
-                        )
-                });
-                if !done {
-                    d_h = match above {
-                        None => d_gates_t.mm(&self.w_hh),
-                        Some(every) => every.get(t - 1).addmm(&d_gates_t, &self.w_hh),
-                    };
-                }
             }
         }
         let flat = d_gates.view([-1, 4 * hidden]);
@@ -512,42 +469,6 @@ fn step_range<T: Element>(buffer: &Tensor, t: i64) -> (usize, usize) {
     assert!((0..steps).contains(&t), "step {t} of {steps}");
     let length = buffer.numel() / steps as usize;
     (t as usize * length, length)
-}
-
-/// A contiguous float32 CPU matrix `[rows, cols]` for [`gemm::addmm`]; `None` for anything else.
-fn matrix(tensor: &Tensor) -> Option<Matrix> {
-    let sizes = tensor.size();
-    let fits = sizes.len() == 2 && tensor.is_contiguous() && tensor.kind() == Kind::Float;
-    (fits && tensor.device() == Device::Cpu)
-        .then(|| Matrix::row_major(tensor.data_ptr() as *const f32, sizes[0], sizes[1]))
-}
-
-/// Step `t` of a contiguous float32 CPU buffer `[time, rows, cols]`, as a matrix `[rows, cols]`.
-fn step_matrix(buffer: &Tensor, t: i64) -> Matrix {
-    let (start, _) = step_range::<f32>(buffer, t);
-    let sizes = buffer.size();
-    // SAFETY: the step lies within the buffer (step_range checked it).
-    Matrix::row_major(unsafe { (buffer.data_ptr() as *const f32).add(start) }, sizes[1], sizes[2])
-}
-
-/// Copies step `t` of `buffer` (`[time, ...]`) into `into`, which holds as many elements; false
-/// (nothing copied) if either is not a contiguous float32 CPU tensor.
-///
-/// # Safety
-/// As [`step`] for `buffer` and [`floats_mut`] for `into`.
-unsafe fn copy_step(buffer: &Tensor, t: i64, into: &Tensor) -> bool {
-    let contiguous_floats =
-        |tensor: &Tensor| tensor.is_contiguous() && tensor.kind() == Kind::Float && tensor.device() == Device::Cpu;
-    if !(contiguous_floats(buffer) && contiguous_floats(into)) {
-        return false;
-    }
-    // SAFETY: both checked above; the caller keeps other references away.
-    let (from, to) = unsafe { (step::<f32>(buffer, t), floats_mut(into)) };
-    if from.len() != to.len() {
-        return false;
-    }
-    to.copy_from_slice(from);
-    true
 }
 
 /// The raw views above read memory as contiguous `T`s on the CPU; anything else is a bug.
