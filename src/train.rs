@@ -59,12 +59,12 @@ pub struct TrainConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LrSchedule {
-    /// `learning_rate` throughout.
+    /// The learning rate throughout.
     #[default]
     Constant,
-    /// A straight line from `learning_rate` down to `final_learning_rate`.
+    /// A straight line down to the final learning rate.
     Linear,
-    /// Half a cosine from `learning_rate` down to `final_learning_rate`.
+    /// Half a cosine down to the final learning rate.
     Cosine,
 }
 
