@@ -6,8 +6,9 @@
 //! order, each weighted by its share of the rows. With one thread a step is exactly the
 //! single-threaded one.
 
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, RecvError, Sender, TryRecvError};
 use std::thread::Scope;
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
 use tch::Tensor;
@@ -16,6 +17,24 @@ use crate::data::mix_seed;
 use crate::lstm::Masks;
 use crate::model::{Gradients, Seq2Seq};
 use crate::optim::Adam;
+
+/// How long a thread polls for its next message before it sleeps: a step's serial part (Adam,
+/// the next batch) takes about this long on the reference model, and waking a sleeping thread
+/// costs tens of microseconds, on a virtual machine more.
+const POLL_FOR: Duration = Duration::from_micros(300);
+
+/// The next message of `receiver`: polled for [`POLL_FOR`], then waited for.
+fn receive<T>(receiver: &Receiver<T>) -> Result<T, RecvError> {
+    let start = Instant::now();
+    loop {
+        match receiver.try_recv() {
+            Ok(message) => return Ok(message),
+            Err(TryRecvError::Disconnected) => return Err(RecvError),
+            Err(TryRecvError::Empty) if start.elapsed() < POLL_FOR => std::hint::spin_loop(),
+            Err(TryRecvError::Empty) => return receiver.recv(),
+        }
+    }
+}
 
 /// Fewer rows than this per share are not worth a thread.
 const MIN_ROWS_PER_SHARE: i64 = 8;
@@ -67,7 +86,7 @@ impl<'a> SharedStep<'a> {
                 scope.spawn(move || {
                     // OpenMP's thread count is per thread: a new one starts at every core.
                     tch::set_num_threads(1);
-                    for share in shares_in {
+                    while let Ok(share) = receive(&shares_in) {
                         let result = match share {
                             Share::Step { inputs, targets, masks } => {
                                 let (output, loss) =
@@ -136,7 +155,8 @@ impl<'a> SharedStep<'a> {
             let _ = self.buffer.g_mul_scalar_(weight(0));
             for (share, helper) in helpers.iter().enumerate() {
                 let share = share + 1;
-                let (output, share_loss) = helper.results.recv().map_err(|_| anyhow!("a training thread stopped"))?;
+                let (output, share_loss) =
+                    receive(&helper.results).map_err(|_| anyhow!("a training thread stopped"))?;
                 let share_loss = share_loss.ok_or_else(|| anyhow!("a training thread answered out of turn"))?;
                 let _ = self.buffer.g_add_(&(&helper.gradient * weight(share)));
                 loss += share_loss * weight(share);
@@ -164,7 +184,7 @@ impl<'a> SharedStep<'a> {
         }
         let mut outputs = vec![self.model.forward(&shares[0])];
         for helper in helpers {
-            outputs.push(helper.results.recv().map_err(|_| anyhow!("a training thread stopped"))?.0);
+            outputs.push(receive(&helper.results).map_err(|_| anyhow!("a training thread stopped"))?.0);
         }
         Ok(Tensor::cat(&outputs, 0))
     }
