@@ -133,6 +133,9 @@ impl TrainConfig {
                 self.learning_rate
             );
         }
+        if self.lr_schedule == LrSchedule::Constant && self.final_learning_rate != 0.0 {
+            bail!("a final learning rate needs a decaying schedule (--lr-schedule linear or cosine)");
+        }
         if self.threads == 0 {
             bail!("--threads must be at least 1");
         }
@@ -485,6 +488,9 @@ mod tests {
         assert!(TrainConfig { learning_rate: f64::NAN, ..reference.clone() }.validate().is_err());
         assert!(TrainConfig { learning_rate: -1.0, ..reference.clone() }.validate().is_err());
         assert!(TrainConfig { final_learning_rate: 0.01, ..reference.clone() }.validate().is_err());
+        assert!(TrainConfig { final_learning_rate: 1e-4, ..reference.clone() }.validate().is_err(), "constant");
+        let cosine = TrainConfig { final_learning_rate: 1e-4, lr_schedule: LrSchedule::Cosine, ..reference.clone() };
+        assert!(cosine.validate().is_ok());
         assert!(TrainConfig { final_learning_rate: f64::INFINITY, ..reference.clone() }.validate().is_err());
         assert!(TrainConfig { threads: 0, ..reference }.validate().is_err());
     }
