@@ -116,10 +116,10 @@ def trainable(model):
 class Metrics:
     """Running loss and accuracies kept as tensors; read() is the only conversion to Python."""
 
-    def __init__(self):
-        self.loss = torch.zeros((), dtype=torch.float64)
-        self.chars = torch.zeros((), dtype=torch.float64)
-        self.sequences = torch.zeros((), dtype=torch.float64)
+    def __init__(self, device="cpu"):
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.chars = torch.zeros((), dtype=torch.float64, device=device)
+        self.sequences = torch.zeros((), dtype=torch.float64, device=device)
         self.samples = 0
         self.chars_per_sample = 1
 
@@ -147,8 +147,10 @@ class Metrics:
 
 def train(args):
     in_len, out_len = input_len(args.terms, args.largest), output_len(args.terms, args.largest)
+    device = torch.device(args.device)
     model = Seq2Seq(out_len)
     keras_init_(model, args.seed)
+    model.to(device)
     params = trainable(model)
     n_params = sum(p.numel() for p in params)
     optimizer = torch.optim.Adam(params, lr=args.learning_rate)
@@ -157,11 +159,12 @@ def train(args):
     model.train()
     startup_seconds = time.perf_counter() - SCRIPT_START
     start = time.perf_counter()
-    running = Metrics()
+    running = Metrics(device)
     steps = math.ceil(args.samples / args.batch_size)
     for step in range(steps):
         size = min(args.batch_size, args.samples - step * args.batch_size)
         inputs, targets = make_batch(rng, size, args.terms, args.largest, in_len, out_len)
+        inputs, targets = inputs.to(device), targets.to(device)
         logits = model(F.one_hot(inputs, N_CHARS).float())
         loss = F.cross_entropy(logits.reshape(-1, N_CHARS), targets.reshape(-1))
         optimizer.zero_grad()
@@ -180,11 +183,12 @@ def train(args):
     start = time.perf_counter()
     model.eval()
     eval_rng = random.Random(f"evaluation-{args.seed}")
-    evaluation = Metrics()
+    evaluation = Metrics(device)
     with torch.no_grad():
         for first in range(0, args.eval_samples, EVAL_BATCH_SIZE):
             size = min(EVAL_BATCH_SIZE, args.eval_samples - first)
             inputs, targets = make_batch(eval_rng, size, args.terms, args.largest, in_len, out_len)
+            inputs, targets = inputs.to(device), targets.to(device)
             logits = model(F.one_hot(inputs, N_CHARS).float())
             evaluation.add(logits, targets, F.cross_entropy(logits.reshape(-1, N_CHARS), targets.reshape(-1)))
     eval_seconds = time.perf_counter() - start
@@ -211,6 +215,8 @@ def train(args):
                 "torch_threads": torch.get_num_threads(),
                 "samples": args.samples,
                 "batch_size": args.batch_size,
+                "device": str(device),
+                "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
             }
         )
     )
@@ -347,6 +353,7 @@ def main():
     t.add_argument("--eval-samples", type=int, default=10_000)
     t.add_argument("--out", required=True, help="where to torch.save the state_dict")
     t.add_argument("--verbose", action="store_true", help="running loss on stderr every 50 steps")
+    t.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N], for scripts/gpu-check")
 
     p = commands.add_parser("predict", help="answer the expressions of a file")
     p.add_argument("--model", required=True, help="a state_dict saved by `train`, or a seq2seq model directory")

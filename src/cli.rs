@@ -19,10 +19,10 @@ use crate::model::ModelConfig;
 use crate::output::Stdout;
 use crate::predict::DEFAULT_BATCH_SIZE;
 use crate::problem::{ArithmeticProblem, Operators, SequenceKind, SequenceProblem, Task, TermCount};
-use crate::train::{Progress, TrainConfig};
+use crate::train::{LrSchedule, Progress, TrainConfig};
 
 /// Most CPU threads: far more than these models use, few enough to start in a moment.
-pub const MAX_THREADS: u64 = 256;
+pub const MAX_THREADS: u64 = crate::train::MAX_THREADS as u64;
 
 const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (libtorch ", env!("SEQ2SEQ_LIBTORCH_VERSION"), ")");
 
@@ -33,9 +33,10 @@ const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (libtorch ", env
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// CPU threads. Default: 1 for `train` (the reference model's matrices are too small to gain
-    /// from more; measured in the README), libtorch's choice (the cores) otherwise. `predict`
-    /// shares each batch among this many threads, each running libtorch on one.
+    /// CPU threads. `train` shares each batch's rows among this many threads (default 1: the
+    /// weights depend on the count, which config.json records and --resume reuses; more pays
+    /// from batches of about 64 up, see the README). `predict` shares each batch among this many
+    /// (default: libtorch's choice, the cores); other commands give it to libtorch.
     /// At most 256.
     #[arg(long, global = true, value_name = "N")]
     pub threads: Option<u64>,
@@ -169,9 +170,19 @@ pub struct TrainArgs {
     pub batch_size: usize,
     #[arg(long, default_value_t = TrainConfig::default().epochs)]
     pub epochs: usize,
-    /// Adam's learning rate.
+    /// Adam's learning rate (the peak, with a schedule).
     #[arg(long, default_value_t = TrainConfig::default().learning_rate)]
     pub learning_rate: f64,
+    /// How the learning rate moves after the warm-up: constant, or decaying to
+    /// --final-learning-rate at the last sample along a straight line or half a cosine.
+    #[arg(long, value_enum, default_value_t = LrSchedule::Constant, value_name = "SCHEDULE")]
+    pub lr_schedule: LrSchedule,
+    /// Samples over which the learning rate rises linearly to --learning-rate.
+    #[arg(long, value_name = "N", default_value_t = TrainConfig::default().warmup)]
+    pub warmup: usize,
+    /// Where a decaying --lr-schedule ends.
+    #[arg(long, value_name = "LR", default_value_t = TrainConfig::default().final_learning_rate)]
+    pub final_learning_rate: f64,
     /// Seeds the initial weights and every generated sample.
     #[arg(long, default_value_t = TrainConfig::default().seed)]
     pub seed: u64,
@@ -205,7 +216,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR", help_heading = "Checkpoints", conflicts_with_all = [
         "task", "ops", "terms", "largest", "reverse", "length", "sequence", "low", "high", "encoder_units",
         "decoder_units", "encoder_layers", "decoder_layers", "dropout", "samples", "batch_size", "epochs",
-        "learning_rate", "seed", "out", "overwrite",
+        "learning_rate", "seed", "out", "overwrite", "lr_schedule", "warmup", "final_learning_rate",
     ])]
     pub resume: Option<PathBuf>,
 }
@@ -307,7 +318,8 @@ pub struct EncodeArgs {
 }
 
 impl TrainArgs {
-    fn into_request(self) -> Result<TrainRequest> {
+    /// The request, with each batch shared among `threads` threads.
+    fn into_request(self, threads: usize) -> Result<TrainRequest> {
         let task = self.task()?;
         Ok(TrainRequest {
             task,
@@ -327,6 +339,10 @@ impl TrainArgs {
                 evaluation_samples: self.eval_samples.unwrap_or(DEFAULT_EVALUATION_SAMPLES),
                 checkpoint_every: self.checkpoint_every,
                 log_every: self.log_every,
+                lr_schedule: self.lr_schedule,
+                warmup: self.warmup,
+                final_learning_rate: self.final_learning_rate,
+                threads,
             },
             device: self.device,
             out: self.out,
@@ -427,10 +443,14 @@ impl EncodeArgs {
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
-    let threads = match (cli.threads, &cli.command) {
-        (Some(threads), _) if !(1..=MAX_THREADS).contains(&threads) => {
+    let asked = match cli.threads {
+        Some(threads) if !(1..=MAX_THREADS).contains(&threads) => {
             bail!("--threads must be between 1 and {MAX_THREADS}, got {threads}")
         }
+        // At most MAX_THREADS, so it fits.
+        asked => asked.map(|threads| threads as usize),
+    };
+    let threads = match (asked, &cli.command) {
         (Some(threads), _) => Some(threads),
         (None, Command::Train(_)) => Some(1),
         (None, _) => None,
@@ -445,10 +465,11 @@ pub fn run(cli: Cli) -> Result<()> {
                 checkpoint_every: args.checkpoint_every,
                 evaluation_samples: args.eval_samples,
                 log_every: args.log_every,
+                threads: asked,
                 device: args.device,
                 progress: Progress::for_stdout(args.quiet),
             }),
-            None => commands::train(&args.into_request()?),
+            None => commands::train(&args.into_request(threads.unwrap_or(1))?),
         }
         .map(|_| ()),
         Command::Evaluate(args) => commands::evaluate(&args.into_request()).map(|_| ()),

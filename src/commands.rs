@@ -9,7 +9,7 @@ use tch::{Device, nn};
 
 use crate::checkpoint::{self, SavedConfig, Versions};
 use crate::data::{BatchStream, Stream};
-use crate::device::{DeviceChoice, describe, runtime_report};
+use crate::device::{DeviceChoice, FORCE_AUTOGRAD_VARIABLE, autograd_forced, describe, runtime_report};
 use crate::encode::{EncodeFormat, Encoder, KeptVectors};
 use crate::evaluate::{self, Evaluation};
 use crate::input::{InputSource, InputSummary};
@@ -97,6 +97,9 @@ pub struct ResumeRequest {
     pub evaluation_samples: Option<usize>,
     /// Replaces the metrics log's cadence, when given.
     pub log_every: Option<usize>,
+    /// Replaces the run's thread count, when given (the weights then differ from an
+    /// uninterrupted run's with the recorded count).
+    pub threads: Option<usize>,
     pub device: DeviceChoice,
     pub progress: Progress,
 }
@@ -115,6 +118,9 @@ pub fn resume(request: &ResumeRequest) -> Result<PathBuf> {
     }
     if request.log_every.is_some() {
         training.log_every = request.log_every;
+    }
+    if let Some(threads) = request.threads {
+        training.threads = threads;
     }
     training.validate()?;
     let mut optimizer = checkpoint.optimizer;
@@ -188,8 +194,15 @@ fn run_training(session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
             0 => String::new(),
             seen => format!(", resuming after {seen}"),
         };
+        let how = if session.model.runs_by_hand() && training.threads > 1 {
+            format!(", each batch shared among {} threads", training.threads)
+        } else if !session.model.runs_by_hand() && autograd_forced() {
+            format!(" by libtorch's lstm op with autograd ({FORCE_AUTOGRAD_VARIABLE}=1)")
+        } else {
+            String::new()
+        };
         console.line(format!(
-            "Training on {}: {} samples in batches of {}, {} epoch(s), seed {}{resumed}",
+            "Training on {}: {} samples in batches of {}, {} epoch(s), seed {}{how}{resumed}",
             describe(device),
             training.samples,
             training.batch_size,
@@ -221,8 +234,8 @@ fn run_training(session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
             last_checkpoint = Some(position.samples_seen(&training));
             Ok(())
         };
-        let mut on_report = |report: &Report| {
-            let validation = evaluate::evaluate(&session.model, &validation_data).metrics;
+        let mut on_report = |report: &Report, forward: &train::Forward<'_>| {
+            let validation = evaluate::evaluate_by(&session.model, forward, &validation_data, |_, _| {})?.metrics;
             // A stop signal cuts the validation short: its partial figures are not kept.
             let validation = interrupt::requested().is_none().then_some(validation);
             metrics_log.append(&metrics_row(report, validation.as_ref()))

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use anyhow::{Result, bail};
 use tch::{Cuda, Device};
@@ -81,8 +82,25 @@ pub fn describe(device: Device) -> String {
     }
 }
 
-/// What `seq2seq info` prints: versions, CUDA availability and the device count.
+/// The environment variable that, set to `1`, makes the CPU run the model in float32 as a GPU
+/// does: libtorch's `lstm` op with autograd, gradients copied into the optimiser's slots (and
+/// no sharing of batches among threads). The tests run the end-to-end suite once through it.
+pub const FORCE_AUTOGRAD_VARIABLE: &str = "SEQ2SEQ_FORCE_AUTOGRAD";
+
+/// Whether [`FORCE_AUTOGRAD_VARIABLE`] is `1` (read once per process).
+pub fn autograd_forced() -> bool {
+    static FORCED: OnceLock<bool> = OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var_os(FORCE_AUTOGRAD_VARIABLE).is_some_and(|value| value == "1"))
+}
+
+/// What `seq2seq info` prints: versions, CUDA availability and the device count (and whether
+/// [`FORCE_AUTOGRAD_VARIABLE`] is set).
 pub fn runtime_report() -> String {
+    let forced = if autograd_forced() {
+        format!("\n{FORCE_AUTOGRAD_VARIABLE}=1: the CPU runs libtorch's lstm op with autograd, as a GPU does")
+    } else {
+        String::new()
+    };
     format!(
         "seq2seq {}\nlibtorch {LIBTORCH_VERSION}\ncuda available: {}\ncuda devices: {}\ncudnn available: {}\ncpu threads: {}",
         env!("CARGO_PKG_VERSION"),
@@ -90,7 +108,7 @@ pub fn runtime_report() -> String {
         Cuda::device_count(),
         if Cuda::cudnn_is_available() { "yes" } else { "no" },
         tch::get_num_threads(),
-    )
+    ) + &forced
 }
 
 #[cfg(test)]

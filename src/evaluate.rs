@@ -209,7 +209,18 @@ pub fn evaluate(model: &Seq2Seq, data: &BatchStream) -> Evaluation {
 
 /// [`evaluate`], handing each batch and the model's output for it to `observe` as well, so that
 /// further analyses need no second pass over the samples.
-pub fn evaluate_observed(model: &Seq2Seq, data: &BatchStream, mut observe: impl FnMut(&Batch, &Tensor)) -> Evaluation {
+pub fn evaluate_observed(model: &Seq2Seq, data: &BatchStream, observe: impl FnMut(&Batch, &Tensor)) -> Evaluation {
+    evaluate_by(model, &|inputs| Ok(model.forward(inputs)), data, observe).expect("a plain forward pass cannot fail")
+}
+
+/// [`evaluate_observed`] with the model's outputs from `forward` (a pass shared among threads,
+/// say), which may fail.
+pub fn evaluate_by(
+    model: &Seq2Seq,
+    forward: &dyn Fn(&Tensor) -> anyhow::Result<Tensor>,
+    data: &BatchStream,
+    mut observe: impl FnMut(&Batch, &Tensor),
+) -> anyhow::Result<Evaluation> {
     let shape = model.shape();
     let mut sums = MetricSums::new(data.device(), shape.features, shape.output_len);
     // The breakdown says something only when there is more than one operator.
@@ -219,13 +230,13 @@ pub fn evaluate_observed(model: &Seq2Seq, data: &BatchStream, mut observe: impl 
     };
     // (samples, correct) per operator.
     let mut tallies = vec![(0usize, 0usize); operators.len()];
-    tch::no_grad(|| {
+    tch::no_grad(|| -> anyhow::Result<()> {
         for batch in data.iter() {
             // A training run's stop signal cuts its final evaluation short (the caller checks).
             if crate::interrupt::requested().is_some() {
                 break;
             }
-            let output = model.forward(&batch.inputs);
+            let output = forward(&batch.inputs)?;
             let loss = model.loss(&output, &batch.targets);
             sums.add(&output, &batch.targets, &loss, batch.size);
             observe(&batch, &output);
@@ -244,7 +255,8 @@ pub fn evaluate_observed(model: &Seq2Seq, data: &BatchStream, mut observe: impl 
                 }
             }
         }
-    });
+        Ok(())
+    })?;
     let by_operator = operators
         .iter()
         .zip(tallies)
@@ -254,7 +266,7 @@ pub fn evaluate_observed(model: &Seq2Seq, data: &BatchStream, mut observe: impl 
             sequence_accuracy: correct as f64 / samples.max(1) as f64,
         })
         .collect();
-    Evaluation { metrics: sums.read(), by_operator }
+    Ok(Evaluation { metrics: sums.read(), by_operator })
 }
 
 #[cfg(test)]

@@ -33,5 +33,6 @@ pub mod pca;
 pub mod plot;
 pub mod predict;
 pub mod problem;
+pub mod shared_step;
 pub mod train;
 pub mod vocab;

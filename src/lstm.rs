@@ -14,11 +14,14 @@
 //! it (the tests also hold the hand-written passes to it). Tensors are time-major
 //! (`[time, batch, ...]`), so that a step is a contiguous slice.
 
+use std::sync::Mutex;
+
 use tch::kind::Element;
 use tch::nn::{self, Init};
 use tch::{Device, Kind, Tensor};
 
 use crate::cell;
+use crate::data::mix_seed;
 
 /// One layer's parameters, named and laid out as in PyTorch's `nn.LSTM`: gates stacked as
 /// input, forget, cell, output (Keras's order too).
@@ -116,6 +119,26 @@ impl Tape {
     }
 }
 
+/// Where a training pass's dropout masks come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Masks {
+    /// libtorch's global generator, as the caller seeded it: for one thread.
+    Global,
+    /// Layer `l`'s mask from the global generator seeded with `mix_seed(seed ^ mix_seed(l))`, under
+    /// [`with_global_generator`]'s lock: threads drawing side by side get the same masks whatever
+    /// their timing.
+    Seeded(u64),
+}
+
+/// Runs `draw` with libtorch's global generator seeded with `seed`, holding a lock so that no
+/// other thread draws from it in between.
+pub fn with_global_generator<R>(seed: u64, draw: impl FnOnce() -> R) -> R {
+    static GLOBAL_GENERATOR: Mutex<()> = Mutex::new(());
+    let _guard = GLOBAL_GENERATOR.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    tch::manual_seed(seed as i64);
+    draw()
+}
+
 /// A stacked LSTM with Keras's initialisation and dropout between layers (as `nn.LSTM`'s).
 #[derive(Debug)]
 pub struct Lstm {
@@ -193,15 +216,23 @@ impl Lstm {
         (output, h_n.get(layers - 1))
     }
 
-    /// Runs the stack from a zero state, on float32 CPU tensors. With `train`, dropout (if
-    /// any) masks each upper layer's input, drawing from libtorch's global generator.
-    pub fn forward(&self, mut input: StepInputs, train: bool) -> Tape {
+    /// Runs the stack from a zero state, on float32 CPU tensors. With `masks` (training),
+    /// dropout (if any) masks each upper layer's input, drawn from there.
+    pub fn forward(&self, mut input: StepInputs, masks: Option<Masks>) -> Tape {
         let steps = input.steps();
         let mut mask = None;
         let mut tapes: Vec<LayerTape> = Vec::with_capacity(self.layers.len());
-        for layer in &self.layers {
+        for (index, layer) in self.layers.iter().enumerate() {
             let tape = layer.forward(input, mask, steps);
-            mask = (train && self.dropout > 0.0).then(|| dropout_mask(&tape.hidden, self.dropout));
+            mask = match masks.filter(|_| self.dropout > 0.0) {
+                None => None,
+                Some(Masks::Global) => Some(dropout_mask(&tape.hidden, self.dropout)),
+                Some(Masks::Seeded(seed)) => {
+                    Some(with_global_generator(mix_seed(seed ^ mix_seed(index as u64)), || {
+                        dropout_mask(&tape.hidden, self.dropout)
+                    }))
+                }
+            };
             input = StepInputs::Dense(match &mask {
                 Some(mask) => &tape.hidden * mask,
                 None => tape.hidden.shallow_clone(),

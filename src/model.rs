@@ -2,14 +2,14 @@
 //! The same network serves both tasks; only the ends differ (one-hot and softmax for characters,
 //! one value per step for the autoencoder).
 
-use std::sync::Mutex;
-
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Init};
 use tch::{Device, Kind, Reduction, Tensor};
 
-use crate::lstm::{LayerGradients, Lstm, OutputGradient, StepInputs, Tape};
+use crate::device::autograd_forced;
+pub use crate::lstm::with_global_generator;
+use crate::lstm::{LayerGradients, Lstm, Masks, OutputGradient, StepInputs, Tape};
 use crate::problem::{Features, Task};
 
 /// The architecture's free choices. `Default` is the reference: encoder 75 cells, decoder 50.
@@ -227,7 +227,7 @@ impl Seq2Seq {
     /// indices or values): the last encoder layer's final hidden state.
     pub fn encode(&self, inputs: &Tensor) -> Tensor {
         tch::no_grad(|| match self.runs_by_hand() {
-            true => self.run_encoder(inputs, false).last_output(),
+            true => self.run_encoder(inputs, None).last_output(),
             false => self.encode_with_lstm_op(inputs, false),
         })
     }
@@ -236,7 +236,7 @@ impl Seq2Seq {
     /// values `[batch, output_len]` for the autoencoder. Dropout is off.
     pub fn forward(&self, inputs: &Tensor) -> Tensor {
         tch::no_grad(|| match self.runs_by_hand() {
-            true => self.batch_major(&self.run(inputs, false).values),
+            true => self.batch_major(&self.run(inputs, None).values),
             false => self.forward_with_lstm_op(inputs, false),
         })
     }
@@ -245,18 +245,31 @@ impl Seq2Seq {
     /// [`Seq2Seq::loss`] for every trainable parameter into `gradients` and returns what
     /// [`Seq2Seq::forward`] would, with the loss.
     pub fn forward_backward(&self, inputs: &Tensor, targets: &Tensor, gradients: &mut Gradients) -> (Tensor, Tensor) {
+        self.forward_backward_with_masks(inputs, targets, gradients, Masks::Global)
+    }
+
+    /// [`Seq2Seq::forward_backward`] with dropout masks from `masks` (the hand-written passes;
+    /// libtorch's op draws its own from the global generator).
+    pub fn forward_backward_with_masks(
+        &self,
+        inputs: &Tensor,
+        targets: &Tensor,
+        gradients: &mut Gradients,
+        masks: Masks,
+    ) -> (Tensor, Tensor) {
         if !self.runs_by_hand() {
             return self.forward_backward_with_autograd(inputs, targets, gradients);
         }
         // Autograd would only record what the backward pass below does by hand.
-        tch::no_grad(|| self.forward_backward_by_hand(inputs, targets, gradients))
+        tch::no_grad(|| self.forward_backward_by_hand(inputs, targets, gradients, masks))
     }
 
     /// Whether the hand-written passes of [`crate::lstm`] run this model: float32 on the CPU,
-    /// where they are several times faster than libtorch's LSTM. Elsewhere (on a GPU, cuDNN)
-    /// libtorch's `lstm` op runs it, and autograd computes the gradients.
-    fn runs_by_hand(&self) -> bool {
-        self.output.ws.device() == Device::Cpu && self.output.ws.kind() == Kind::Float
+    /// where they are several times faster than libtorch's LSTM, unless
+    /// [`crate::device::FORCE_AUTOGRAD_VARIABLE`] is set. Elsewhere (on a GPU, cuDNN) libtorch's `lstm` op
+    /// runs it, and autograd computes the gradients.
+    pub fn runs_by_hand(&self) -> bool {
+        self.output.ws.device() == Device::Cpu && self.output.ws.kind() == Kind::Float && !autograd_forced()
     }
 
     fn forward_backward_by_hand(
@@ -264,8 +277,9 @@ impl Seq2Seq {
         inputs: &Tensor,
         targets: &Tensor,
         gradients: &mut Gradients,
+        masks: Masks,
     ) -> (Tensor, Tensor) {
-        let pass = self.run(inputs, true);
+        let pass = self.run(inputs, Some(masks));
         let targets = targets.transpose(0, 1).reshape([-1]);
         let (loss, d_values) = match self.shape.features {
             Features::Classes(_) => {
@@ -363,21 +377,21 @@ impl Seq2Seq {
         self.config.decoder_units as i64
     }
 
-    fn run_encoder(&self, inputs: &Tensor, train: bool) -> Tape {
+    fn run_encoder(&self, inputs: &Tensor, masks: Option<Masks>) -> Tape {
         let time_major = inputs.transpose(0, 1).contiguous();
         let steps = match self.shape.features {
             Features::Classes(classes) => StepInputs::Classes { indices: time_major, classes: classes as i64 },
             Features::Value => StepInputs::Dense(time_major.unsqueeze(-1)),
         };
-        self.encoder.forward(steps, train)
+        self.encoder.forward(steps, masks)
     }
 
     /// The whole network, time-major.
-    fn run(&self, inputs: &Tensor, train: bool) -> Pass {
-        let encoder = self.run_encoder(inputs, train);
+    fn run(&self, inputs: &Tensor, masks: Option<Masks>) -> Pass {
+        let encoder = self.run_encoder(inputs, masks);
         // RepeatVector: the same encoding is the decoder's input at every output step.
         let steps = self.shape.output_len as i64;
-        let decoder = self.decoder.forward(StepInputs::Repeated { features: encoder.last_output(), steps }, train);
+        let decoder = self.decoder.forward(StepInputs::Repeated { features: encoder.last_output(), steps }, masks);
         // TimeDistributed(Dense): one linear layer shared by every output step.
         let decoded = decoder.outputs().view([-1, self.decoder_units()]);
         let bias = self.output.bs.as_ref().expect("the output layer has a bias");
@@ -458,15 +472,6 @@ impl Seq2Seq {
         ));
         text
     }
-}
-
-/// Runs `draw` with libtorch's global generator seeded with `seed`, holding a lock so that no
-/// other thread draws from it in between.
-pub fn with_global_generator<R>(seed: u64, draw: impl FnOnce() -> R) -> R {
-    static GLOBAL_GENERATOR: Mutex<()> = Mutex::new(());
-    let _guard = GLOBAL_GENERATOR.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    tch::manual_seed(seed as i64);
-    draw()
 }
 
 /// `52212` → `52,212`, as Keras prints parameter counts.

@@ -56,6 +56,8 @@ impl Buffers {
 #[derive(Debug)]
 struct Parameter {
     name: String,
+    /// Where its elements start in the flat buffers.
+    start: i64,
     /// Shares storage with the VarStore's variable: updating it updates the model.
     variable: Tensor,
     buffers: Buffers,
@@ -102,7 +104,7 @@ impl Adam {
                     denom: slice(&flat.denom),
                     scaled: slice(&flat.scaled),
                 };
-                Parameter { name, variable, buffers }
+                Parameter { name, start, variable, buffers }
             })
             .collect();
         Adam { parameters, flat, learning_rate, steps: 0 }
@@ -112,11 +114,34 @@ impl Adam {
     /// [`crate::model::Seq2Seq::forward_backward`] writes its gradient before
     /// [`Adam::step_from_buffer`]. Panics if `variable` is not one of this optimiser's.
     pub fn gradient_slot(&self, variable: &Tensor) -> Tensor {
+        self.gradient_slot_in(&self.flat.grad, variable)
+    }
+
+    /// The optimiser's whole gradient buffer, every variable's slot end to end in name order.
+    pub fn gradient_buffer(&self) -> Tensor {
+        self.flat.grad.shallow_clone()
+    }
+
+    /// A new buffer laid out as [`Adam::gradient_buffer`], for gradients computed elsewhere.
+    pub fn new_gradient_buffer(&self) -> Tensor {
+        self.flat.grad.zeros_like()
+    }
+
+    /// `variable`'s slot in `buffer`, a buffer laid out as [`Adam::gradient_buffer`]. Panics if
+    /// `variable` is not one of this optimiser's.
+    pub fn gradient_slot_in(&self, buffer: &Tensor, variable: &Tensor) -> Tensor {
         self.parameters
             .iter()
             .find(|parameter| parameter.variable.data_ptr() == variable.data_ptr())
-            .map(|parameter| parameter.buffers.grad.shallow_clone())
+            .map(|parameter| {
+                buffer.narrow(0, parameter.start, parameter.variable.numel() as i64).view(variable.size().as_slice())
+            })
             .expect("a trainable variable of the optimiser's VarStore")
+    }
+
+    /// The learning rate of the steps from now on (a schedule changes it between steps).
+    pub fn set_learning_rate(&mut self, learning_rate: f64) {
+        self.learning_rate = learning_rate;
     }
 
     /// One Adam update from the gradients written into the [`Adam::gradient_slot`]s.

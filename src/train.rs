@@ -2,6 +2,7 @@
 //! Ctrl-C, and resumption at any batch.
 
 use std::io::IsTerminal;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
@@ -10,13 +11,16 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
+use tch::Tensor;
 
 use crate::data::{BatchStream, mix_seed};
 use crate::evaluate::{DEFAULT_EVALUATION_SAMPLES, MetricSums, Metrics};
 use crate::interrupt::{self, StopSignal};
+use crate::lstm::Masks;
 use crate::model::Seq2Seq;
 use crate::optim::Adam;
 use crate::output::BestEffort;
+use crate::shared_step::SharedStep;
 
 /// How the model is fitted. `Default` is the reference: 75,000 samples in batches of 32,
 /// one epoch, Adam with learning rate 0.001.
@@ -38,6 +42,35 @@ pub struct TrainConfig {
     /// Samples between rows of `metrics.csv` (`None`: [`TrainConfig::log_every_samples`]'s default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_every: Option<usize>,
+    /// How the learning rate moves over the run (after any warm-up).
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
+    /// Samples over which the learning rate rises linearly from near 0 to `learning_rate`.
+    #[serde(default)]
+    pub warmup: usize,
+    /// Where a decaying schedule ends, at the last sample.
+    #[serde(default)]
+    pub final_learning_rate: f64,
+    /// CPU threads sharing each batch's rows (the weights depend on it; see [`crate::shared_step`]).
+    #[serde(default = "one_thread")]
+    pub threads: usize,
+}
+
+/// The learning rate's course over a run, after the warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// The learning rate throughout.
+    #[default]
+    Constant,
+    /// A straight line down to the final learning rate.
+    Linear,
+    /// Half a cosine down to the final learning rate.
+    Cosine,
+}
+
+fn one_thread() -> usize {
+    1
 }
 
 fn default_evaluation_samples() -> usize {
@@ -55,6 +88,10 @@ impl Default for TrainConfig {
             evaluation_samples: DEFAULT_EVALUATION_SAMPLES,
             checkpoint_every: None,
             log_every: None,
+            lr_schedule: LrSchedule::Constant,
+            warmup: 0,
+            final_learning_rate: 0.0,
+            threads: 1,
         }
     }
 }
@@ -65,6 +102,9 @@ pub const MAX_SAMPLES: usize = 1_000_000_000;
 pub const MAX_BATCH_SIZE: usize = 1_000_000;
 /// Most epochs.
 pub const MAX_EPOCHS: usize = 1_000_000;
+/// Most threads sharing a batch (and `--threads` of any command): far more than these models
+/// use, few enough to start in a moment.
+pub const MAX_THREADS: usize = 256;
 
 /// Rows of `metrics.csv` in a run without `--log-every`: enough for a smooth curve, few enough
 /// that scoring the validation samples costs little.
@@ -99,7 +139,42 @@ impl TrainConfig {
         if self.log_every == Some(0) {
             bail!("--log-every must be at least 1 sample");
         }
+        if !(self.final_learning_rate.is_finite() && self.final_learning_rate >= 0.0) {
+            bail!("the final learning rate must be a number at least 0, got {}", self.final_learning_rate);
+        }
+        if self.final_learning_rate > self.learning_rate {
+            bail!(
+                "the final learning rate ({}) is above the learning rate ({}): a schedule only decays",
+                self.final_learning_rate,
+                self.learning_rate
+            );
+        }
+        if self.lr_schedule == LrSchedule::Constant && self.final_learning_rate != 0.0 {
+            bail!("a final learning rate needs a decaying schedule (--lr-schedule linear or cosine)");
+        }
+        if !(1..=MAX_THREADS).contains(&self.threads) {
+            bail!("--threads must be between 1 and {MAX_THREADS}, got {}", self.threads);
+        }
         Ok(())
+    }
+
+    /// The learning rate of the step that starts after `samples_seen` samples: rising over the
+    /// warm-up to `learning_rate` at its end, then following the schedule to
+    /// `final_learning_rate` at the end of the run. A function of the position alone, so that a
+    /// resumed run takes the same steps; without warm-up or schedule, exactly `learning_rate`.
+    pub fn learning_rate_at(&self, samples_seen: usize) -> f64 {
+        let next = samples_seen.saturating_add(self.batch_size) as f64;
+        if samples_seen < self.warmup {
+            return self.learning_rate * (next / self.warmup as f64).min(1.0);
+        }
+        let (span, done) = (self.total_samples().saturating_sub(self.warmup), samples_seen - self.warmup);
+        let progress = if span == 0 { 1.0 } else { (done as f64 / span as f64).min(1.0) };
+        let remaining = match self.lr_schedule {
+            LrSchedule::Constant => return self.learning_rate,
+            LrSchedule::Linear => 1.0 - progress,
+            LrSchedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
+        };
+        self.final_learning_rate + (self.learning_rate - self.final_learning_rate) * remaining
     }
 
     /// Samples between metrics reports: `log_every`, or a twentieth of the run but at least one batch.
@@ -178,6 +253,9 @@ pub struct Report {
 /// Steps between read-backs of the running metrics (each one synchronises a GPU).
 const READ_EVERY_STEPS: usize = 50;
 
+/// The model's forward pass (no gradients, dropout off) as the loop shares it among its threads.
+pub type Forward<'a> = dyn Fn(&Tensor) -> Result<Tensor> + 'a;
+
 /// What the loop needs besides the model and the data.
 pub struct TrainLoop<'a> {
     pub config: &'a TrainConfig,
@@ -188,24 +266,44 @@ pub struct TrainLoop<'a> {
     pub seconds_before: f64,
     /// Writes a checkpoint for a position (every `checkpoint_every` samples, and on Ctrl-C).
     pub save_checkpoint: &'a mut dyn FnMut(Position, &Adam, f64) -> Result<()>,
-    /// Receives a report every [`TrainConfig::log_every_samples`] samples and at each epoch's end.
-    /// It may score the model (without gradients, in evaluation mode): that changes nothing here.
-    pub on_report: &'a mut dyn FnMut(&Report) -> Result<()>,
+    /// Receives a report every [`TrainConfig::log_every_samples`] samples and at each epoch's end,
+    /// with the model's forward pass shared among the training threads. It may score the model
+    /// (without gradients, in evaluation mode): that changes nothing here.
+    pub on_report: &'a mut dyn FnMut(&Report, &Forward<'_>) -> Result<()>,
     /// Standard output for the progress: a failure there silences it and training goes on.
     pub console: &'a mut BestEffort,
 }
 
 /// Fits `model` to the batches of `data` with `optimizer`, from `run.start` to the end.
 pub fn train(model: &Seq2Seq, optimizer: &mut Adam, data: &BatchStream, run: TrainLoop<'_>) -> Result<TrainOutcome> {
+    // Only the hand-written passes share batches; libtorch's op (a GPU's) takes a batch whole.
+    let threads = if model.runs_by_hand() { run.config.threads } else { 1 };
+    thread::scope(|scope| {
+        let mut shared = SharedStep::start(scope, model, optimizer, threads);
+        if threads > 1 {
+            // Each share's thread runs libtorch on one thread, this one included.
+            tch::set_num_threads(1);
+        }
+        train_steps(model, optimizer, data, &mut shared, run)
+    })
+}
+
+/// The loop of [`train`], each step's gradient from `shared`.
+fn train_steps(
+    model: &Seq2Seq,
+    optimizer: &mut Adam,
+    data: &BatchStream,
+    shared: &mut SharedStep<'_>,
+    run: TrainLoop<'_>,
+) -> Result<TrainOutcome> {
+    let uses_dropout = model.config().dropout > 0.0;
+    let shape = model.shape();
     let config = run.config;
     let total = config.total_samples();
     let mut reporter = Reporter::new(run.progress, total, config.epochs, run.console);
     reporter.advance(run.start.samples_seen(config));
     let start = Instant::now();
     let elapsed = || run.seconds_before + start.elapsed().as_secs_f64();
-    let uses_dropout = model.config().dropout > 0.0;
-    let shape = model.shape();
-    let mut gradients = model.gradients(|variable| optimizer.gradient_slot(variable));
     interrupt::install();
     let mut samples_at_last_checkpoint = run.start.samples_seen(config);
     let log_every = config.log_every_samples();
@@ -217,12 +315,15 @@ pub fn train(model: &Seq2Seq, optimizer: &mut Adam, data: &BatchStream, run: Tra
         let order = batch_order(data.num_batches(), config.seed, epoch);
         let first_step = if epoch == run.start.epoch { run.start.step } else { 0 };
         for step in first_step..order.len() {
-            if uses_dropout {
-                // Dropout masks from (seed, step) alone, so that a resumed run draws the same ones.
-                tch::manual_seed(mix_seed(config.seed ^ mix_seed((epoch * order.len() + step) as u64)) as i64);
+            // Dropout masks from (seed, step) alone, so that a resumed run draws the same ones.
+            let mask_seed = mix_seed(config.seed ^ mix_seed((epoch * order.len() + step) as u64));
+            let masks = if shared.threads() > 1 { Masks::Seeded(mask_seed) } else { Masks::Global };
+            if uses_dropout && masks == Masks::Global {
+                tch::manual_seed(mask_seed as i64);
             }
             let batch = data.batch(order[step]);
-            let (output, loss) = model.forward_backward(&batch.inputs, &batch.targets, &mut gradients);
+            let (output, loss) = shared.step(&batch.inputs, &batch.targets, masks)?;
+            optimizer.set_learning_rate(config.learning_rate_at(Position { epoch, step }.samples_seen(config)));
             optimizer.step_from_buffer();
             sums.add(&output, &batch.targets, &loss, batch.size);
             reporter.advance(batch.size);
@@ -256,7 +357,7 @@ pub fn train(model: &Seq2Seq, optimizer: &mut Adam, data: &BatchStream, run: Tra
                 if report_due {
                     let report =
                         Report { samples_seen, epoch, elapsed_seconds: elapsed(), running: running.since(&reported) };
-                    (run.on_report)(&report)?;
+                    (run.on_report)(&report, &|inputs| shared.forward(inputs))?;
                     reported = running;
                     samples_at_last_report = samples_seen;
                 }
@@ -376,6 +477,33 @@ mod tests {
     }
 
     #[test]
+    fn learning_rate_warms_up_then_follows_its_schedule() {
+        let constant = TrainConfig { samples: 1000, batch_size: 10, ..TrainConfig::default() };
+        assert!((0..1000).step_by(10).all(|seen| constant.learning_rate_at(seen) == constant.learning_rate));
+        let cosine = TrainConfig {
+            learning_rate: 0.01,
+            final_learning_rate: 0.001,
+            lr_schedule: LrSchedule::Cosine,
+            warmup: 100,
+            ..constant.clone()
+        };
+        // Up over the warm-up: the first step at a tenth, the last at the peak.
+        assert!((cosine.learning_rate_at(0) - 0.001).abs() < 1e-12);
+        assert!((cosine.learning_rate_at(90) - 0.01).abs() < 1e-12);
+        let rates: Vec<f64> = (100..1000).step_by(10).map(|seen| cosine.learning_rate_at(seen)).collect();
+        assert!((rates[0] - 0.01).abs() < 1e-12);
+        assert!(rates.windows(2).all(|pair| pair[1] < pair[0]), "decays at every step");
+        assert!((cosine.learning_rate_at(550) - 0.0055).abs() < 1e-12, "halfway: halfway down");
+        assert!(rates[rates.len() - 1] - 0.001 < 1e-4 && rates[rates.len() - 1] > 0.001);
+        let linear = TrainConfig { lr_schedule: LrSchedule::Linear, warmup: 0, ..cosine.clone() };
+        assert!((linear.learning_rate_at(500) - 0.0055).abs() < 1e-12);
+        assert!((linear.learning_rate_at(250) - 0.00775).abs() < 1e-12);
+        // A second epoch continues the same course.
+        let two_epochs = TrainConfig { epochs: 2, samples: 500, ..linear };
+        assert!((two_epochs.learning_rate_at(500) - 0.0055).abs() < 1e-12);
+    }
+
+    #[test]
     fn rejects_zero_sizes_and_bad_learning_rates() {
         let reference = TrainConfig::default();
         assert!(reference.validate().is_ok());
@@ -383,6 +511,12 @@ mod tests {
         assert!(TrainConfig { samples: 0, ..reference.clone() }.validate().is_err());
         assert!(TrainConfig { epochs: 0, ..reference.clone() }.validate().is_err());
         assert!(TrainConfig { learning_rate: f64::NAN, ..reference.clone() }.validate().is_err());
-        assert!(TrainConfig { learning_rate: -1.0, ..reference }.validate().is_err());
+        assert!(TrainConfig { learning_rate: -1.0, ..reference.clone() }.validate().is_err());
+        assert!(TrainConfig { final_learning_rate: 0.01, ..reference.clone() }.validate().is_err());
+        assert!(TrainConfig { final_learning_rate: 1e-4, ..reference.clone() }.validate().is_err(), "constant");
+        let cosine = TrainConfig { final_learning_rate: 1e-4, lr_schedule: LrSchedule::Cosine, ..reference.clone() };
+        assert!(cosine.validate().is_ok());
+        assert!(TrainConfig { final_learning_rate: f64::INFINITY, ..reference.clone() }.validate().is_err());
+        assert!(TrainConfig { threads: 0, ..reference }.validate().is_err());
     }
 }

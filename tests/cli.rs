@@ -48,7 +48,8 @@ fn small_model_learns_addition_and_records_its_run() {
         config["training"],
         json!({
             "samples": 24000, "batch_size": 32, "epochs": 1, "learning_rate": 0.002, "seed": 11,
-            "evaluation_samples": 10000
+            "evaluation_samples": 10000, "lr_schedule": "constant", "warmup": 0, "final_learning_rate": 0.0,
+            "threads": 1
         })
     );
     assert_eq!(config["trained_on"], "cpu");
@@ -143,6 +144,61 @@ fn same_seed_gives_identical_weights_and_another_seed_does_not() {
     for dir in [&first, &again, &other] {
         assert_holds_exactly_a_model(dir);
     }
+}
+
+/// Two threads sharing each batch: the same seed and thread count give the same bytes, and the
+/// weights stay close to one thread's (the same gradients, summed in another order).
+#[test]
+fn same_seed_and_threads_give_identical_weights() {
+    let home = TempDir::new().unwrap();
+    let train_on = |threads: &str, name: &str| {
+        let dir = home.path().join(name);
+        let mut args = vec!["--threads", threads, "train", "--quiet", "--out", path_str(&dir), "--seed", "5"];
+        args.extend_from_slice(TINY_TRAINING);
+        run(&args).succeeded();
+        dir
+    };
+    let (first, again, one) = (train_on("2", "first"), train_on("2", "again"), train_on("1", "one"));
+    assert!(weights(&first) == weights(&again), "seed 5 on two threads twice gave different weights");
+    assert_eq!(config_without_timing(&first), config_without_timing(&again));
+    assert_eq!(read_json(&first.join("config.json"))["training"]["threads"], 2);
+    let accuracy = |dir: &Path| read_json(&dir.join("config.json"))["metrics"]["sequence_accuracy"].as_f64();
+    let (two, one) = (accuracy(&first).expect("an accuracy"), accuracy(&one).expect("an accuracy"));
+    assert!((two - one).abs() < 0.05, "two threads {two}, one thread {one}");
+}
+
+/// SEQ2SEQ_FORCE_AUTOGRAD=1 trains by libtorch's lstm op with autograd, as a GPU does: other
+/// rounding than the hand-written passes, the same model.
+#[test]
+fn the_gpu_path_switch_trains_by_libtorchs_lstm_op() {
+    let home = TempDir::new().unwrap();
+    let train_with = |forced: &str, name: &str| {
+        let dir = home.path().join(name);
+        let mut command = seq2seq(&["train", "--out", path_str(&dir), "--seed", "5"]);
+        command.args(TINY_TRAINING).env("SEQ2SEQ_FORCE_AUTOGRAD", forced);
+        let outcome = Outcome::of(command);
+        outcome.succeeded();
+        (dir, outcome)
+    };
+    let (by_hand, by_hand_run) = train_with("0", "by-hand");
+    let (forced, forced_run) = train_with("1", "forced");
+    assert!(forced_run.stdout.contains("by libtorch's lstm op with autograd"), "{forced_run}");
+    assert!(!by_hand_run.stdout.contains("lstm op"), "{by_hand_run}");
+    assert!(weights(&by_hand) != weights(&forced), "the two paths round alike: the switch did nothing");
+    let loss = |dir: &Path| read_json(&dir.join("config.json"))["metrics"]["loss"].as_f64().expect("a loss");
+    let (by_hand, forced) = (loss(&by_hand), loss(&forced));
+    assert!((by_hand - forced).abs() < 1e-3 * by_hand, "by hand {by_hand}, forced {forced}");
+    let info = Outcome::of({
+        let mut command = seq2seq(&["info"]);
+        command.env("SEQ2SEQ_FORCE_AUTOGRAD", "1");
+        command
+    });
+    info.succeeded();
+    assert!(
+        info.stdout_lines()
+            .contains(&"SEQ2SEQ_FORCE_AUTOGRAD=1: the CPU runs libtorch's lstm op with autograd, as a GPU does"),
+        "{info}"
+    );
 }
 
 #[test]

@@ -37,7 +37,13 @@ const RUN: &[&str] = &[
 
 /// Starts `seq2seq --threads 1 train --quiet --out DIR` plus `RUN` and `extra`, without waiting.
 fn spawn_training(dir: &Path, extra: &[&str]) -> Child {
-    let mut args = vec!["train", "--quiet", "--out", path_str(dir)];
+    spawn_training_on(1, dir, extra)
+}
+
+/// [`spawn_training`] with each batch shared among `threads` threads.
+fn spawn_training_on(threads: usize, dir: &Path, extra: &[&str]) -> Child {
+    let threads = threads.to_string();
+    let mut args = vec!["--threads", &threads, "train", "--quiet", "--out", path_str(dir)];
     args.extend_from_slice(RUN);
     args.extend_from_slice(extra);
     spawn(&args)
@@ -104,6 +110,42 @@ fn interrupted_then_resumed_run_ends_with_the_same_weights_bit_for_bit() {
     let resumed_rows = validation_columns(&interrupted);
     assert_eq!(resumed_rows.len(), 20, "every twentieth of 48,000 samples; the first epoch's end is one of them");
     assert_eq!(resumed_rows, validation_columns(&uninterrupted));
+}
+
+/// Batches shared among two threads and a learning rate that warms up and decays: the thread
+/// count and the schedule come back from the checkpoint's config.json (the resumed process is
+/// given neither), and the weights end as an uninterrupted run's, bit for bit.
+#[test]
+fn a_threaded_scheduled_run_resumes_bit_for_bit_with_its_recorded_settings() {
+    let home = TempDir::new().unwrap();
+    let schedule = ["--lr-schedule", "cosine", "--warmup", "6000", "--learning-rate", "0.004"];
+    let uninterrupted = home.path().join("uninterrupted");
+    let mut args = vec!["--threads", "2", "train", "--quiet", "--out", path_str(&uninterrupted)];
+    args.extend_from_slice(RUN);
+    args.extend_from_slice(&schedule);
+    run(&args).succeeded();
+    let training = &read_json(&uninterrupted.join("config.json"))["training"];
+    assert_eq!((training["threads"].as_u64(), training["lr_schedule"].as_str()), (Some(2), Some("cosine")));
+    assert_eq!(training["warmup"].as_u64(), Some(6000));
+
+    let interrupted = home.path().join("interrupted");
+    let mut extra = vec!["--checkpoint-every", "2000"];
+    extra.extend_from_slice(&schedule);
+    let child = spawn_training_on(2, &interrupted, &extra);
+    wait_for(&interrupted.join("training_state.safetensors"));
+    send(&child, libc::SIGINT);
+    assert_eq!(child.wait_with_output().expect("the run ends").status.code(), Some(130));
+    // No --threads: the resumed run takes the recorded two.
+    let resumed = std::process::Command::new(assert_cmd::cargo::cargo_bin("seq2seq"))
+        .args(["train", "--quiet", "--resume", path_str(&interrupted)])
+        .output()
+        .expect("the seq2seq binary starts");
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert_eq!(
+        fs::read(interrupted.join("model.safetensors")).unwrap(),
+        fs::read(uninterrupted.join("model.safetensors")).unwrap(),
+        "resumed weights differ from an uninterrupted run's"
+    );
 }
 
 #[test]

@@ -30,11 +30,12 @@ pub fn seq2seq(args: &[&str]) -> Command {
     command
 }
 
-/// Starts `seq2seq --threads 1` with `args` (a training run to stop), without waiting: stdout
-/// discarded, stderr piped.
+/// Starts the binary with `args` (a training run to stop), and `--threads 1` unless they say
+/// otherwise, without waiting: stdout discarded, stderr piped.
 pub fn spawn(args: &[&str]) -> Child {
+    let threads: &[&str] = if args.contains(&"--threads") { &[] } else { &["--threads", "1"] };
     std::process::Command::new(assert_cmd::cargo::cargo_bin("seq2seq"))
-        .args(["--threads", "1"])
+        .args(threads)
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -1,0 +1,318 @@
+//! A training step with each batch's rows shared among threads: this one and helpers, each
+//! running the hand-written passes on its rows with one libtorch thread, as `predict` does.
+//!
+//! The result depends on the number of threads, never on their timing: the rows are split by a
+//! fixed rule, each share's gradient lands in its own buffer, and the buffers are summed in share
+//! order, each weighted by its share of the rows. With one thread a step is exactly the
+//! single-threaded one.
+
+use std::sync::mpsc::{self, Receiver, RecvError, Sender, TryRecvError};
+use std::thread::Scope;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, anyhow};
+use tch::Tensor;
+
+use crate::data::mix_seed;
+use crate::lstm::Masks;
+use crate::model::{Gradients, Seq2Seq};
+use crate::optim::Adam;
+
+/// How long a thread polls for its next message before it sleeps: a step's serial part (Adam,
+/// the next batch) takes about this long on the reference model, and waking a sleeping thread
+/// costs tens of microseconds, on a virtual machine more.
+const POLL_FOR: Duration = Duration::from_micros(300);
+
+/// The next message of `receiver`: polled for [`POLL_FOR`], then waited for.
+fn receive<T>(receiver: &Receiver<T>) -> Result<T, RecvError> {
+    let start = Instant::now();
+    loop {
+        match receiver.try_recv() {
+            Ok(message) => return Ok(message),
+            Err(TryRecvError::Disconnected) => return Err(RecvError),
+            Err(TryRecvError::Empty) if start.elapsed() < POLL_FOR => std::hint::spin_loop(),
+            Err(TryRecvError::Empty) => return receiver.recv(),
+        }
+    }
+}
+
+/// Fewer rows than this per share are not worth a thread.
+const MIN_ROWS_PER_SHARE: i64 = 8;
+
+/// One share of a batch, sent to a helper.
+enum Share {
+    /// A training step's forward and backward passes.
+    Step { inputs: Tensor, targets: Tensor, masks: Masks },
+    /// A forward pass without gradients (validation).
+    Forward(Tensor),
+}
+
+/// A helper thread: shares in, outputs (and a step's mean loss) back, a step's gradient in
+/// `gradient`.
+struct Helper {
+    shares: Sender<Share>,
+    results: Receiver<(Tensor, Option<Tensor>)>,
+    /// Laid out as the optimiser's gradient buffer; the helper writes it, this thread reads it
+    /// once the helper's result has arrived.
+    gradient: Tensor,
+}
+
+/// Runs [`Seq2Seq::forward_backward`] on a batch shared among threads, leaving the batch's
+/// gradient in the optimiser's slots.
+pub struct SharedStep<'a> {
+    model: &'a Seq2Seq,
+    /// This thread's share writes straight into the optimiser's slots.
+    own: Gradients,
+    buffer: Tensor,
+    helpers: Vec<Helper>,
+}
+
+impl<'a> SharedStep<'a> {
+    /// Starts `threads - 1` helpers in `scope`, each with its own handle on the weights and its
+    /// own gradient buffer laid out as `optimizer`'s. They end when the value is dropped.
+    pub fn start<'scope>(
+        scope: &'scope Scope<'scope, '_>,
+        model: &'a Seq2Seq,
+        optimizer: &Adam,
+        threads: usize,
+    ) -> Self {
+        let helpers = (1..threads.max(1))
+            .map(|_| {
+                let (shares, shares_in) = mpsc::channel::<Share>();
+                let (results_out, results) = mpsc::channel();
+                let gradient = optimizer.new_gradient_buffer();
+                let replica = model.replica();
+                let mut gradients = replica.gradients(|variable| optimizer.gradient_slot_in(&gradient, variable));
+                scope.spawn(move || {
+                    // OpenMP's thread count is per thread: a new one starts at every core.
+                    tch::set_num_threads(1);
+                    while let Ok(share) = receive(&shares_in) {
+                        let result = match share {
+                            Share::Step { inputs, targets, masks } => {
+                                let (output, loss) =
+                                    replica.forward_backward_with_masks(&inputs, &targets, &mut gradients, masks);
+                                (output, Some(loss))
+                            }
+                            Share::Forward(inputs) => (replica.forward(&inputs), None),
+                        };
+                        if results_out.send(result).is_err() {
+                            break;
+                        }
+                    }
+                });
+                Helper { shares, results, gradient }
+            })
+            .collect();
+        let own = model.gradients(|variable| optimizer.gradient_slot(variable));
+        Self { model, own, buffer: optimizer.gradient_buffer(), helpers }
+    }
+
+    /// Threads that share a batch (this one included).
+    pub fn threads(&self) -> usize {
+        self.helpers.len() + 1
+    }
+
+    /// How a batch of `rows` is split: as evenly as possible, the first shares one row longer,
+    /// no share under [`MIN_ROWS_PER_SHARE`] rows (unless there is only one), at most `threads`.
+    pub fn share_sizes(rows: i64, threads: usize) -> Vec<i64> {
+        let shares = (rows / MIN_ROWS_PER_SHARE).clamp(1, threads.max(1) as i64);
+        (0..shares).map(|share| rows / shares + i64::from(share < rows % shares)).collect()
+    }
+
+    /// The model's output and mean loss on the batch; its gradient is left in the optimiser's
+    /// slots. With several shares, share `i` draws its dropout masks from
+    /// `Masks::Seeded(mix_seed(seed ^ mix_seed(i)))` for `masks` `Seeded(seed)`.
+    pub fn step(&mut self, inputs: &Tensor, targets: &Tensor, masks: Masks) -> Result<(Tensor, Tensor)> {
+        let rows = inputs.size()[0];
+        let sizes = Self::share_sizes(rows, self.threads());
+        if sizes.len() == 1 {
+            return Ok(self.model.forward_backward_with_masks(inputs, targets, &mut self.own, masks));
+        }
+        let share_masks = |share: usize| match masks {
+            Masks::Global => Masks::Global,
+            Masks::Seeded(seed) => Masks::Seeded(mix_seed(seed ^ mix_seed(share as u64))),
+        };
+        let input_shares = inputs.split_with_sizes(&sizes, 0);
+        let target_shares = targets.split_with_sizes(&sizes, 0);
+        let helpers = &self.helpers[..sizes.len() - 1];
+        for (share, helper) in helpers.iter().enumerate() {
+            let share = share + 1;
+            let job = Share::Step {
+                inputs: input_shares[share].shallow_clone(),
+                targets: target_shares[share].shallow_clone(),
+                masks: share_masks(share),
+            };
+            helper.shares.send(job).map_err(|_| anyhow!("a training thread stopped"))?;
+        }
+        let (own_output, own_loss) =
+            self.model.forward_backward_with_masks(&input_shares[0], &target_shares[0], &mut self.own, share_masks(0));
+        // The batch's mean is the rows-weighted mean of the shares' means, for the loss and
+        // its gradient alike; summed in share order, whatever order the helpers finish in.
+        let weight = |share: usize| sizes[share] as f64 / rows as f64;
+        let mut outputs = vec![own_output];
+        let mut loss = own_loss * weight(0);
+        tch::no_grad(|| -> Result<()> {
+            let _ = self.buffer.g_mul_scalar_(weight(0));
+            for (share, helper) in helpers.iter().enumerate() {
+                let share = share + 1;
+                let (output, share_loss) =
+                    receive(&helper.results).map_err(|_| anyhow!("a training thread stopped"))?;
+                let share_loss = share_loss.ok_or_else(|| anyhow!("a training thread answered out of turn"))?;
+                let _ = self.buffer.g_add_(&(&helper.gradient * weight(share)));
+                loss += share_loss * weight(share);
+                outputs.push(output);
+            }
+            Ok(())
+        })?;
+        Ok((Tensor::cat(&outputs, 0), loss))
+    }
+
+    /// [`Seq2Seq::forward`] on `inputs`, its rows shared as a step's are. With one share it is
+    /// `forward` itself; with several, each row's output may round differently.
+    pub fn forward(&self, inputs: &Tensor) -> Result<Tensor> {
+        let sizes = Self::share_sizes(inputs.size()[0], self.threads());
+        if sizes.len() == 1 {
+            return Ok(self.model.forward(inputs));
+        }
+        let shares = inputs.split_with_sizes(&sizes, 0);
+        let helpers = &self.helpers[..sizes.len() - 1];
+        for (helper, share) in helpers.iter().zip(&shares[1..]) {
+            helper
+                .shares
+                .send(Share::Forward(share.shallow_clone()))
+                .map_err(|_| anyhow!("a training thread stopped"))?;
+        }
+        let mut outputs = vec![self.model.forward(&shares[0])];
+        for helper in helpers {
+            outputs.push(receive(&helper.results).map_err(|_| anyhow!("a training thread stopped"))?.0);
+        }
+        Ok(Tensor::cat(&outputs, 0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::thread;
+
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+    use tch::{Device, Kind, nn};
+
+    use crate::model::{ModelConfig, ModelShape};
+    use crate::problem::Features;
+
+    const SHAPE: ModelShape = ModelShape { features: Features::Classes(12), input_len: 8, output_len: 2 };
+
+    /// Batches of random class indices from a private generator (the global one belongs to the
+    /// constructors, which other tests run in parallel).
+    fn batches(count: usize, rows: usize) -> Vec<(Tensor, Tensor)> {
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut indices = |n: usize| -> Vec<i64> { (0..n).map(|_| rng.random_range(0..12)).collect() };
+        (0..count)
+            .map(|_| {
+                let inputs = Tensor::from_slice(&indices(rows * SHAPE.input_len)).view([rows as i64, 8]);
+                (inputs, Tensor::from_slice(&indices(rows * SHAPE.output_len)).view([rows as i64, 2]))
+            })
+            .collect()
+    }
+
+    fn stacked_with_dropout() -> ModelConfig {
+        ModelConfig { encoder_units: 20, decoder_units: 16, encoder_layers: 2, decoder_layers: 2, dropout: 0.3 }
+    }
+
+    /// The weights after Adam steps on `batches`, each step's gradient from a [`SharedStep`] of
+    /// `threads` (dropout masks `Seeded` by the step), and the first step's gradient.
+    fn train_shared(config: &ModelConfig, threads: usize, batches: &[(Tensor, Tensor)]) -> (Vec<Tensor>, Tensor) {
+        one_libtorch_thread();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Seq2Seq::new_seeded(&vs.root(), config, SHAPE, 5);
+        let mut adam = Adam::new(&vs, 0.01);
+        let first_gradient = thread::scope(|scope| {
+            let mut shared = SharedStep::start(scope, &model, &adam, threads);
+            let mut first = None;
+            for (step, (inputs, targets)) in batches.iter().enumerate() {
+                let _ = shared.step(inputs, targets, Masks::Seeded(step as u64)).expect("the helpers run");
+                first.get_or_insert_with(|| adam.gradient_buffer().copy());
+                adam.step_from_buffer();
+            }
+            first.expect("at least one batch")
+        });
+        (weights(&vs), first_gradient)
+    }
+
+    /// The same steps as `train` took them before batches were shared: one forward_backward on
+    /// the whole batch into the optimiser's slots, masks from the global generator.
+    fn train_plain(config: &ModelConfig, batches: &[(Tensor, Tensor)]) -> Vec<Tensor> {
+        one_libtorch_thread();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Seq2Seq::new_seeded(&vs.root(), config, SHAPE, 5);
+        let mut adam = Adam::new(&vs, 0.01);
+        let mut gradients = model.gradients(|variable| adam.gradient_slot(variable));
+        for (step, (inputs, targets)) in batches.iter().enumerate() {
+            let _ = crate::model::with_global_generator(step as u64, || {
+                model.forward_backward(inputs, targets, &mut gradients)
+            });
+            adam.step_from_buffer();
+        }
+        weights(&vs)
+    }
+
+    /// As `train` runs: a thread count that changes halfway (MKL's is global, and helpers of
+    /// tests running beside this one set it to 1) would change the products' rounding.
+    fn one_libtorch_thread() {
+        tch::set_num_threads(1);
+    }
+
+    /// Every variable's value, in name order (a VarStore's own order is a hash map's).
+    fn weights(vs: &nn::VarStore) -> Vec<Tensor> {
+        vs.variables().into_iter().collect::<std::collections::BTreeMap<_, _>>().values().map(Tensor::copy).collect()
+    }
+
+    fn all_equal(a: &[Tensor], b: &[Tensor]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(a, b)| a.equal(b))
+    }
+
+    #[test]
+    fn one_thread_takes_exactly_the_unshared_steps() {
+        let batches = batches(6, 32);
+        let config = ModelConfig::default();
+        assert!(all_equal(&train_shared(&config, 1, &batches).0, &train_plain(&config, &batches)));
+    }
+
+    #[test]
+    fn shared_gradients_are_the_batch_gradient_and_repeat_bit_for_bit() {
+        let batches = batches(4, 30);
+        let config = ModelConfig::default();
+        let (one_weights, one_gradient) = train_shared(&config, 1, &batches);
+        let (weights, gradient) = train_shared(&config, 3, &batches);
+        // Shares of 10 rows: the same gradient up to float32 rounding (a share left unweighted,
+        // or one left out, is off by a third or more).
+        let scale = one_gradient.abs().max().double_value(&[]);
+        let difference = (&gradient - &one_gradient).abs().max().double_value(&[]) / scale;
+        assert!(difference < 1e-5, "relative difference {difference:e}");
+        assert!(!all_equal(&weights, &one_weights), "three shares round differently from one");
+        assert!(all_equal(&weights, &train_shared(&config, 3, &batches).0));
+    }
+
+    #[test]
+    fn dropout_masks_of_shared_steps_repeat_bit_for_bit() {
+        let batches = batches(4, 32);
+        let (weights, gradient) = train_shared(&stacked_with_dropout(), 2, &batches);
+        assert!(gradient.abs().sum(Kind::Double).double_value(&[]) > 0.0);
+        assert!(all_equal(&weights, &train_shared(&stacked_with_dropout(), 2, &batches).0));
+    }
+
+    #[test]
+    fn shares_are_even_and_never_too_small() {
+        assert_eq!(SharedStep::share_sizes(32, 1), vec![32]);
+        assert_eq!(SharedStep::share_sizes(32, 2), vec![16, 16]);
+        assert_eq!(SharedStep::share_sizes(33, 2), vec![17, 16]);
+        assert_eq!(SharedStep::share_sizes(32, 16), vec![8, 8, 8, 8]);
+        assert_eq!(SharedStep::share_sizes(7, 4), vec![7]);
+        assert_eq!(SharedStep::share_sizes(1000, 3), vec![334, 333, 333]);
+        for (rows, threads) in [(1, 1), (24, 2), (1024, 16), (100, 7)] {
+            assert_eq!(SharedStep::share_sizes(rows, threads).iter().sum::<i64>(), rows);
+        }
+    }
+}
