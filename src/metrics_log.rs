@@ -162,7 +162,12 @@ fn good_rows(path: &Path, text: &str, samples_seen: u64) -> (String, Option<Stri
         match parse_row(line.trim_end()) {
             Ok(row) if row.samples_seen <= samples_seen => kept.push_str(line),
             Ok(_) => {}
-            Err(error) => return (kept, Some(format!("{} line {} is damaged ({error:#})", path.display(), index + 2))),
+            Err(error) => {
+                // The damage may be NUL bytes or other control characters: not for a terminal.
+                let error: String =
+                    format!("{error:#}").chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+                return (kept, Some(format!("{} line {} is damaged ({error})", path.display(), index + 2)));
+            }
         }
     }
     (kept, None)
