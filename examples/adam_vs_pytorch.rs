@@ -1,4 +1,4 @@
-//! Checks that `seq2seq::optim::Adam` rounds exactly as `torch.optim.Adam` (default settings, CPU):
+//! Checks that `seq2seq::nn::optim::Adam` rounds exactly as `torch.optim.Adam` (default settings, CPU):
 //! both run 30 steps on variables shaped like the reference model's, from the same values and
 //! gradients (integer formulas, exact in float32), and every moment and weight must agree bit for bit.
 //!
@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
-use seq2seq::optim::Adam;
+use seq2seq::nn::optim::Adam;
 use tch::{Device, Tensor, nn};
 
 const SHAPES: [&[i64]; 8] = [&[300, 12], &[300, 75], &[300], &[200, 75], &[200, 50], &[200], &[12, 50], &[12]];

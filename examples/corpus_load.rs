@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use seq2seq::corpus::read::{PairFiles, Tokenizing, read_pairs};
-use seq2seq::corpus::{TokenKind, thousands};
+use seq2seq::data::corpus::read::{PairFiles, Tokenizing, read_pairs};
+use seq2seq::data::corpus::{TokenKind, thousands};
 
 /// The process's peak resident memory in KiB (VmHWM), from /proc.
 fn peak_resident_kib() -> Result<u64> {

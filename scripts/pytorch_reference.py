@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The seq2seq reference model in plain PyTorch (eager, CPU), for scripts/bench.
 
-The same model, data and training as `seq2seq train` (src/model.rs, src/data.rs,
-src/problem.rs, src/train.rs), written as a competent PyTorch user would:
+The same model, data and training as `seq2seq train` (src/nn/model.rs, src/data/mod.rs,
+src/task/, src/train/mod.rs), written as a competent PyTorch user would:
 
   encoder nn.LSTM(12, 75) -> final h -> repeated output_len times -> decoder nn.LSTM(75, 50)
   -> nn.Linear(50, 12) on every step; mean cross-entropy; Adam(lr=0.001); batch 32.
@@ -86,7 +86,7 @@ class Seq2Seq(nn.Module):
 
 
 def keras_init_(model, seed):
-    """Keras's initialisation, drawn in the same order as seq2seq (src/model.rs)."""
+    """Keras's initialisation, drawn in the same order as seq2seq (src/nn/model.rs)."""
     torch.manual_seed(seed)
     with torch.no_grad():
         for lstm in (model.encoder, model.decoder):

@@ -1,38 +1,22 @@
 //! Encoder-decoder LSTMs for sequence-to-sequence problems, on libtorch.
 //!
-//! Data flows one way: [`problem`] and [`vocab`] → [`data`] → [`model`] (built on [`lstm`],
-//! whose CPU arithmetic is [`cell`]) →
-//! [`train`] / [`evaluate`] (with [`mistakes`]) / [`predict`] / [`encode`] (users' lines through [`input`]) →
-//! [`checkpoint`] → [`commands`] ← [`cli`].
-//! [`optim`] and [`interrupt`] serve the training loop. Beside them: [`metrics_log`]
-//! (`metrics.csv`), [`pca`], [`plot`] (PNG pictures of both) and [`completions`] (shell scripts
-//! from the clap definition).
+//! The folders are the layers, and data flows one way through them:
+//! [`task`] (what a sample is: arithmetic, the autoencoder's sequences, their alphabet) →
+//! [`data`] (seeded batches, users' lines, and the user's own files in [`data::corpus`]) →
+//! [`nn`] (the model, its hand-written LSTM passes, Adam, devices) →
+//! [`train`] (the loop, its threads, stop signals) and [`evaluate`] (scores, mistakes) →
+//! [`store`] (the model directory on disk: config, weights, training state, metrics log, safe
+//! file writes and the directory lock) → [`commands`] (one function per subcommand, with
+//! predict and encode) ← [`cli`] (clap definitions and shell completions).
+//! Beside them: [`viz`] (PCA and PNG pictures) and [`output`] (the one writer of stdout).
 
-pub mod cell;
-pub mod checkpoint;
 pub mod cli;
 pub mod commands;
-pub mod completions;
-pub mod corpus;
 pub mod data;
-pub mod device;
-pub mod encode;
 pub mod evaluate;
-pub mod files;
-pub mod input;
-pub mod interrupt;
-pub mod lines;
-pub mod lock;
-pub mod lstm;
-pub mod metrics_log;
-pub mod mistakes;
-pub mod model;
-pub mod optim;
+pub mod nn;
 pub mod output;
-pub mod pca;
-pub mod plot;
-pub mod predict;
-pub mod problem;
-pub mod shared_step;
+pub mod store;
+pub mod task;
 pub mod train;
-pub mod vocab;
+pub mod viz;

@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use seq2seq::cli::{Cli, run};
-use seq2seq::interrupt::Stopped;
 use seq2seq::output::is_closed_pipe;
+use seq2seq::train::interrupt::Stopped;
 
 fn main() -> ExitCode {
     ignore_sigpipe();

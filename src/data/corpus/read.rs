@@ -13,9 +13,9 @@ use anyhow::{Result, bail};
 
 use super::vocabulary::{PAD_ID, TokenKind, UNKNOWN_ID, Vocabulary};
 use super::{Packed, PairCorpus};
-use crate::files::open_regular;
-use crate::lines::{BYTE_ORDER_MARK, Line, LineReader, MAX_LINE_BYTES};
+use crate::data::lines::{BYTE_ORDER_MARK, Line, LineReader, MAX_LINE_BYTES};
 use crate::output::plain_io_message;
+use crate::store::files::open_regular;
 
 /// Largest data file read (compressed size for gzip): far above a million pairs.
 pub const MAX_DATA_BYTES: u64 = 64 << 30;
@@ -350,7 +350,7 @@ pub fn read_sequences(path: &Path, length: Option<usize>) -> Result<ReadSequence
             }
         };
         row.clear();
-        let parsed = crate::problem::sequence::parse_values(&text, &mut row).map_err(|e| e.to_string());
+        let parsed = crate::task::sequence::parse_values(&text, &mut row).map_err(|e| e.to_string());
         match parsed {
             Err(reason) => bad(&mut read, location, reason),
             Ok(()) if read.length == 0 => {

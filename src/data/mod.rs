@@ -4,11 +4,15 @@
 //! beyond the batch at hand, any batch can be regenerated on its own (resume, shuffling),
 //! and evaluation samples never repeat the training stream.
 
+pub mod corpus;
+pub mod input;
+pub mod lines;
+
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tch::{Device, Tensor};
 
-use crate::problem::{ArithmeticProblem, Expression, Input, Task};
+use crate::task::{ArithmeticProblem, Expression, Input, Task};
 
 /// Independent streams of samples drawn from one seed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,7 +177,7 @@ pub fn to_device(host: Tensor, device: Device) -> Tensor {
 mod tests {
     use super::*;
 
-    use crate::problem::{ArithmeticProblem, SequenceKind, SequenceProblem};
+    use crate::task::{ArithmeticProblem, SequenceKind, SequenceProblem};
 
     fn stream(seed: u64, kind: Stream) -> BatchStream {
         BatchStream::new(&Task::default(), seed, kind, 100, 32, Device::Cpu)

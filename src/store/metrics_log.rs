@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::files::{read_text, write_atomically};
+use crate::store::files::{read_text, write_atomically};
 
 /// Largest log read back: millions of rows.
 const MAX_LOG_BYTES: u64 = 1 << 30;

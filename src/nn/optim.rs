@@ -111,7 +111,7 @@ impl Adam {
     }
 
     /// The slice of the gradient buffer that belongs to `variable` (shaped like it), where
-    /// [`crate::model::Seq2Seq::forward_backward`] writes its gradient before
+    /// [`crate::nn::model::Seq2Seq::forward_backward`] writes its gradient before
     /// [`Adam::step_from_buffer`]. Panics if `variable` is not one of this optimiser's.
     pub fn gradient_slot(&self, variable: &Tensor) -> Tensor {
         self.gradient_slot_in(&self.flat.grad, variable)
@@ -264,8 +264,8 @@ fn checked_moment<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ModelConfig, ModelShape, Seq2Seq};
-    use crate::problem::Features;
+    use crate::nn::model::{ModelConfig, ModelShape, Seq2Seq};
+    use crate::task::Features;
     use rand::rngs::StdRng;
     use rand::{RngExt, SeedableRng};
     use tch::nn::OptimizerConfig;

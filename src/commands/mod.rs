@@ -1,5 +1,8 @@
 //! One function per subcommand: each validates its request, does the work, prints the result.
 
+pub mod encode;
+pub mod predict;
+
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
@@ -7,23 +10,23 @@ use anyhow::{Result, bail};
 use serde::Serialize;
 use tch::{Device, nn};
 
-use crate::checkpoint::{self, SavedConfig, Versions};
+use crate::commands::encode::{EncodeFormat, Encoder, KeptVectors};
+use crate::commands::predict::Predictor;
+use crate::data::input::{InputSource, InputSummary};
 use crate::data::{BatchStream, Stream};
-use crate::device::{DeviceChoice, FORCE_AUTOGRAD_VARIABLE, autograd_forced, describe, runtime_report};
-use crate::encode::{EncodeFormat, Encoder, KeptVectors};
+use crate::evaluate::mistakes::{ErrorReport, MistakeTally};
 use crate::evaluate::{self, Evaluation};
-use crate::input::{InputSource, InputSummary};
-use crate::interrupt::{self, Stopped};
-use crate::lock::DirLock;
-use crate::metrics_log::{METRICS_FILE, MetricsLog, MetricsRow, read_metrics};
-use crate::mistakes::{ErrorReport, MistakeTally};
-use crate::model::{ModelConfig, ModelShape, Seq2Seq};
-use crate::optim::Adam;
+use crate::nn::device::{DeviceChoice, FORCE_AUTOGRAD_VARIABLE, autograd_forced, describe, runtime_report};
+use crate::nn::model::{ModelConfig, ModelShape, Seq2Seq};
+use crate::nn::optim::Adam;
 use crate::output::{self, BestEffort, Stdout, print_line};
-use crate::predict::Predictor;
-use crate::problem::{Input, Task};
+use crate::store::checkpoint::{self, SavedConfig, Versions};
+use crate::store::lock::DirLock;
+use crate::store::metrics_log::{METRICS_FILE, MetricsLog, MetricsRow, read_metrics};
+use crate::task::{Input, Task};
+use crate::train::interrupt::{self, Stopped};
 use crate::train::{self, Position, Progress, Report, TrainConfig, TrainLoop, TrainOutcome};
-use crate::{pca, plot};
+use crate::viz::{pca, plot};
 
 pub use crate::evaluate::DEFAULT_EVALUATION_SAMPLES;
 /// The learning curve's file name inside the model directory, unless `plot --out` says otherwise.

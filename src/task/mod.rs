@@ -3,6 +3,7 @@
 
 pub mod arithmetic;
 pub mod sequence;
+pub mod vocab;
 
 use std::fmt;
 
@@ -12,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub use arithmetic::{ArithmeticProblem, Expression, ExpressionError, Operator, Operators, TermCount};
 pub use sequence::{SequenceError, SequenceKind, SequenceProblem};
 
-use crate::vocab::Alphabet;
+use crate::task::vocab::Alphabet;
 
 /// The problem a model is trained on, as `config.json` records it under `task`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,7 +9,7 @@
 //! no recurrent product, and each weight's gradient is one matrix product over all steps.
 //!
 //! Matrix products are libtorch's; the element-wise work of a step is one pass of
-//! [`crate::cell`] over the tensors' memory, so these passes are for float32 on the CPU. On a
+//! [`crate::nn::cell`] over the tensors' memory, so these passes are for float32 on the CPU. On a
 //! GPU, libtorch's `lstm` op is cuDNN's fused kernel, and [`Lstm::forward_with_lstm_op`] runs
 //! it (the tests also hold the hand-written passes to it). Tensors are time-major
 //! (`[time, batch, ...]`), so that a step is a contiguous slice.
@@ -20,8 +20,8 @@ use tch::kind::Element;
 use tch::nn::{self, Init};
 use tch::{Device, Kind, Tensor};
 
-use crate::cell;
 use crate::data::mix_seed;
+use crate::nn::cell;
 
 /// One layer's parameters, named and laid out as in PyTorch's `nn.LSTM`: gates stacked as
 /// input, forget, cell, output (Keras's order too).
@@ -171,7 +171,7 @@ impl Lstm {
         Self { layers, hidden, dropout }
     }
 
-    /// Another handle on the same weights (see [`crate::model::Seq2Seq::replica`]).
+    /// Another handle on the same weights (see [`crate::nn::model::Seq2Seq::replica`]).
     pub fn replica(&self) -> Lstm {
         let layers = self
             .layers

@@ -9,11 +9,11 @@ use anyhow::{Result, anyhow};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
+use crate::data::input::{InputSource, InputSummary, for_each_batch};
 use crate::data::input_tensor;
-use crate::input::{InputSource, InputSummary, for_each_batch};
-use crate::model::Seq2Seq;
-use crate::problem::sequence::format_sequence;
-use crate::problem::{Input, Task};
+use crate::nn::model::Seq2Seq;
+use crate::task::sequence::format_sequence;
+use crate::task::{Input, Task};
 
 /// Inputs predicted per forward pass unless the user says otherwise.
 pub const DEFAULT_BATCH_SIZE: usize = 1000;
@@ -68,7 +68,7 @@ const MIN_ROWS_PER_WORKER: i64 = 32;
 ///
 /// On the CPU this scales better than libtorch's own threads, which split each op in two: the
 /// reference model's ops are small, and half of its time is the cell arithmetic in
-/// [`crate::cell`], which libtorch's threads do not share.
+/// [`crate::nn::cell`], which libtorch's threads do not share.
 struct SharedForward<'a> {
     model: &'a Seq2Seq,
     /// One (rows in, outputs back) pair per helper thread.

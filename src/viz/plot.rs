@@ -16,11 +16,11 @@ use plotters::style::colors::colormaps::{ColorMap, ViridisRGB};
 use plotters::style::register_font;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::checkpoint::write_atomically;
-use crate::metrics_log::MetricsRow;
+use crate::store::checkpoint::write_atomically;
+use crate::store::metrics_log::MetricsRow;
 
 /// DejaVu Sans; its licence is `assets/DejaVuSans-LICENSE.txt`.
-const FONT_BYTES: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+const FONT_BYTES: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
 /// The family every text style below names, and plotters' own default for legends and labels.
 const FONT: &str = "sans-serif";
 

@@ -12,16 +12,16 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor, nn};
 
-use crate::device::LIBTORCH_VERSION;
 use crate::evaluate::Evaluation;
-use crate::files::{self, check_safetensors, read_text};
-use crate::lock::{DirLock, lock_dir};
-use crate::model::{ModelConfig, ModelShape, Seq2Seq};
-use crate::optim::Adam;
-use crate::problem::Task;
+use crate::nn::device::LIBTORCH_VERSION;
+use crate::nn::model::{ModelConfig, ModelShape, Seq2Seq};
+use crate::nn::optim::Adam;
+use crate::store::files::{self, check_safetensors, read_text};
+use crate::store::lock::{DirLock, lock_dir};
+use crate::task::Task;
 use crate::train::{Position, TrainConfig};
 
-pub use crate::files::write_atomically;
+pub use crate::store::files::write_atomically;
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -127,8 +127,13 @@ pub fn prepare_output_dir(out: Option<&Path>, overwrite: bool) -> Result<(PathBu
     }
     // A directory of other things is left untouched, not even locked.
     if out.is_dir() {
-        let ours =
-            [CONFIG_FILE, TRAINING_STATE_FILE, WEIGHTS_FILE, crate::metrics_log::METRICS_FILE, crate::lock::LOCK_FILE];
+        let ours = [
+            CONFIG_FILE,
+            TRAINING_STATE_FILE,
+            WEIGHTS_FILE,
+            crate::store::metrics_log::METRICS_FILE,
+            crate::store::lock::LOCK_FILE,
+        ];
         let mut entries = fs::read_dir(out).with_context(|| format!("cannot read {}", out.display()))?;
         let foreign = entries.any(|entry| {
             entry.is_ok_and(|entry| {

@@ -7,10 +7,10 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Init};
 use tch::{Device, Kind, Reduction, Tensor};
 
-use crate::device::autograd_forced;
-pub use crate::lstm::with_global_generator;
-use crate::lstm::{LayerGradients, Lstm, Masks, OutputGradient, StepInputs, Tape};
-use crate::problem::{Features, Task};
+use crate::nn::device::autograd_forced;
+pub use crate::nn::lstm::with_global_generator;
+use crate::nn::lstm::{LayerGradients, Lstm, Masks, OutputGradient, StepInputs, Tape};
+use crate::task::{Features, Task};
 
 /// The architecture's free choices. `Default` is the reference: encoder 75 cells, decoder 50.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -264,9 +264,9 @@ impl Seq2Seq {
         tch::no_grad(|| self.forward_backward_by_hand(inputs, targets, gradients, masks))
     }
 
-    /// Whether the hand-written passes of [`crate::lstm`] run this model: float32 on the CPU,
+    /// Whether the hand-written passes of [`crate::nn::lstm`] run this model: float32 on the CPU,
     /// where they are several times faster than libtorch's LSTM, unless
-    /// [`crate::device::FORCE_AUTOGRAD_VARIABLE`] is set. Elsewhere (on a GPU, cuDNN) libtorch's `lstm` op
+    /// [`crate::nn::device::FORCE_AUTOGRAD_VARIABLE`] is set. Elsewhere (on a GPU, cuDNN) libtorch's `lstm` op
     /// runs it, and autograd computes the gradients.
     pub fn runs_by_hand(&self) -> bool {
         self.output.ws.device() == Device::Cpu && self.output.ws.kind() == Kind::Float && !autograd_forced()

@@ -1,5 +1,7 @@
 //! The command line: clap definitions, turned into plain requests at the door.
 
+pub mod completions;
+
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -7,18 +9,18 @@ use anyhow::{Result, bail};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use clap_complete::Shell;
 
+use crate::cli::completions::write_completions;
+use crate::commands::encode::EncodeFormat;
+use crate::commands::predict::DEFAULT_BATCH_SIZE;
 use crate::commands::{
     self, DEFAULT_EVALUATION_SAMPLES, DEFAULT_PLOT_SAMPLES, EncodeRequest, EvaluateRequest, PlotRequest,
     PredictRequest, ResumeRequest, TrainRequest,
 };
-use crate::completions::write_completions;
-use crate::device::DeviceChoice;
-use crate::encode::EncodeFormat;
-use crate::input::InputSource;
-use crate::model::ModelConfig;
+use crate::data::input::InputSource;
+use crate::nn::device::DeviceChoice;
+use crate::nn::model::ModelConfig;
 use crate::output::Stdout;
-use crate::predict::DEFAULT_BATCH_SIZE;
-use crate::problem::{ArithmeticProblem, Operators, SequenceKind, SequenceProblem, Task, TermCount};
+use crate::task::{ArithmeticProblem, Operators, SequenceKind, SequenceProblem, Task, TermCount};
 use crate::train::{LrSchedule, Progress, TrainConfig};
 
 /// Most CPU threads: far more than these models use, few enough to start in a moment.

@@ -1,6 +1,9 @@
 //! The training loop: Adam on the task's loss, with progress reporting, periodic checkpoints,
 //! Ctrl-C, and resumption at any batch.
 
+pub mod interrupt;
+pub mod shared_step;
+
 use std::io::IsTerminal;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -15,12 +18,12 @@ use tch::Tensor;
 
 use crate::data::{BatchStream, mix_seed};
 use crate::evaluate::{DEFAULT_EVALUATION_SAMPLES, MetricSums, Metrics};
-use crate::interrupt::{self, StopSignal};
-use crate::lstm::Masks;
-use crate::model::Seq2Seq;
-use crate::optim::Adam;
+use crate::nn::lstm::Masks;
+use crate::nn::model::Seq2Seq;
+use crate::nn::optim::Adam;
 use crate::output::BestEffort;
-use crate::shared_step::SharedStep;
+use interrupt::StopSignal;
+use shared_step::SharedStep;
 
 /// How the model is fitted. `Default` is the reference: 75,000 samples in batches of 32,
 /// one epoch, Adam with learning rate 0.001.
@@ -51,7 +54,7 @@ pub struct TrainConfig {
     /// Where a decaying schedule ends, at the last sample.
     #[serde(default)]
     pub final_learning_rate: f64,
-    /// CPU threads sharing each batch's rows (the weights depend on it; see [`crate::shared_step`]).
+    /// CPU threads sharing each batch's rows (the weights depend on it; see [`crate::train::shared_step`]).
     #[serde(default = "one_thread")]
     pub threads: usize,
 }

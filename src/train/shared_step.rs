@@ -14,9 +14,9 @@ use anyhow::{Result, anyhow};
 use tch::Tensor;
 
 use crate::data::mix_seed;
-use crate::lstm::Masks;
-use crate::model::{Gradients, Seq2Seq};
-use crate::optim::Adam;
+use crate::nn::lstm::Masks;
+use crate::nn::model::{Gradients, Seq2Seq};
+use crate::nn::optim::Adam;
 
 /// How long a thread polls for its next message before it sleeps: a step's serial part (Adam,
 /// the next batch) takes about this long on the reference model, and waking a sleeping thread
@@ -199,8 +199,8 @@ mod tests {
     use rand::{RngExt, SeedableRng};
     use tch::{Device, Kind, nn};
 
-    use crate::model::{ModelConfig, ModelShape};
-    use crate::problem::Features;
+    use crate::nn::model::{ModelConfig, ModelShape};
+    use crate::task::Features;
 
     const SHAPE: ModelShape = ModelShape { features: Features::Classes(12), input_len: 8, output_len: 2 };
 
@@ -250,7 +250,7 @@ mod tests {
         let mut adam = Adam::new(&vs, 0.01);
         let mut gradients = model.gradients(|variable| adam.gradient_slot(variable));
         for (step, (inputs, targets)) in batches.iter().enumerate() {
-            let _ = crate::model::with_global_generator(step as u64, || {
+            let _ = crate::nn::model::with_global_generator(step as u64, || {
                 model.forward_backward(inputs, targets, &mut gradients)
             });
             adam.step_from_buffer();

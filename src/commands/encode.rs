@@ -8,11 +8,11 @@ use anyhow::{Context, Result};
 use clap::ValueEnum;
 use tch::{Device, Tensor};
 
-use crate::checkpoint::write_atomically;
+use crate::data::input::{InputSource, InputSummary, for_each_batch};
 use crate::data::input_tensor;
-use crate::input::{InputSource, InputSummary, for_each_batch};
-use crate::model::Seq2Seq;
-use crate::problem::{Input, Task};
+use crate::nn::model::Seq2Seq;
+use crate::store::checkpoint::write_atomically;
+use crate::task::{Input, Task};
 
 /// How the vectors are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -87,7 +87,7 @@ impl Encoder<'_> {
         errors: &mut dyn Write,
         mut keep: Option<&mut KeptVectors>,
     ) -> Result<InputSummary> {
-        if crate::files::is_special_file(path) {
+        if crate::store::files::is_special_file(path) {
             anyhow::bail!(
                 "{} is not a regular file: --format npy fills in its header when done and needs one (--format csv streams)",
                 path.display()

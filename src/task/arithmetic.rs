@@ -8,7 +8,7 @@ use anyhow::{Result, bail};
 use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 
-use crate::vocab::{Alphabet, PAD};
+use crate::task::vocab::{Alphabet, PAD};
 
 /// Longest input accepted, in characters: far beyond what an encoder LSTM can learn, and small
 /// enough that a typo such as `--terms 100000000` fails at once instead of exhausting memory.

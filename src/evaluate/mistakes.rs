@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::data::Batch;
-use crate::problem::{ArithmeticProblem, Input};
-use crate::vocab::Alphabet;
+use crate::task::vocab::Alphabet;
+use crate::task::{ArithmeticProblem, Input};
 
 /// One wrong answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,12 +1,14 @@
 //! Scoring a model. Characters: loss, per-character and whole-sequence (exact-match) accuracy,
 //! and accuracy per operator. Values: mean squared error and the largest absolute error.
 
+pub mod mistakes;
+
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::data::{Batch, BatchStream};
-use crate::model::Seq2Seq;
-use crate::problem::{Features, Input, Operator, Task};
+use crate::nn::model::Seq2Seq;
+use crate::task::{Features, Input, Operator, Task};
 
 /// Samples scored after training and by `evaluate` unless the user says otherwise.
 pub const DEFAULT_EVALUATION_SAMPLES: usize = 10_000;
@@ -233,7 +235,7 @@ pub fn evaluate_by(
     tch::no_grad(|| -> anyhow::Result<()> {
         for batch in data.iter() {
             // A training run's stop signal cuts its final evaluation short (the caller checks).
-            if crate::interrupt::requested().is_some() {
+            if crate::train::interrupt::requested().is_some() {
                 break;
             }
             let output = forward(&batch.inputs)?;

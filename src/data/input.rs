@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::lines::{BYTE_ORDER_MARK, Line, LineReader, MAX_LINE_BYTES};
+use crate::data::lines::{BYTE_ORDER_MARK, Line, LineReader, MAX_LINE_BYTES};
 use crate::output::plain_io_message;
 
-use crate::problem::{Input, Task};
+use crate::task::{Input, Task};
 
 /// Where inputs come from.
 #[derive(Debug, Clone, PartialEq)]
@@ -176,7 +176,7 @@ fn abbreviate(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::problem::{ArithmeticProblem, SequenceProblem};
+    use crate::task::{ArithmeticProblem, SequenceProblem};
     use proptest::prelude::*;
 
     fn calculator() -> Task {
