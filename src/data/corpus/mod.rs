@@ -2,7 +2,8 @@
 //! as token ids in flat arrays, with the vocabulary of each side, length limits, a held-out
 //! split drawn from the seed, and the scores that compare sequences of tokens.
 //!
-//! Not yet wired into `train`, `evaluate` and `predict`: see the README's "Own data" section.
+//! Not yet wired into `train`, `evaluate` and `predict` (the README's "Your own data" says
+//! what is there).
 
 pub mod read;
 pub mod vocabulary;
