@@ -248,7 +248,7 @@ fn weights_of_the_wrong_dtype_are_refused() {
     });
     run(&["evaluate", "--model", path_str(&dir)])
         .failed()
-        .stderr_has(&["model.safetensors", "is Double, expected float32"]);
+        .stderr_has(&["model.safetensors", "is float64, expected float32"]);
 }
 
 #[test]

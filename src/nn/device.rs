@@ -73,6 +73,25 @@ impl DeviceChoice {
     }
 }
 
+/// A tensor element type as PyTorch names it (`float32`, `int64`), for messages.
+pub fn dtype_name(kind: tch::Kind) -> String {
+    use tch::Kind;
+    let name = match kind {
+        Kind::Uint8 => "uint8",
+        Kind::Int8 => "int8",
+        Kind::Int16 => "int16",
+        Kind::Int => "int32",
+        Kind::Int64 => "int64",
+        Kind::Half => "float16",
+        Kind::BFloat16 => "bfloat16",
+        Kind::Float => "float32",
+        Kind::Double => "float64",
+        Kind::Bool => "bool",
+        other => return format!("{other:?}").to_lowercase(),
+    };
+    name.to_owned()
+}
+
 /// A device's name as the output and `config.json` show it.
 pub fn describe(device: Device) -> String {
     match device {

@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use anyhow::{Result, bail};
 use tch::{Device, Kind, Tensor, nn};
 
+use crate::nn::device::dtype_name;
+
 const BETA1: f64 = 0.9;
 const BETA2: f64 = 0.999;
 const EPS: f64 = 1e-8;
@@ -226,7 +228,7 @@ fn read_steps(named: &BTreeMap<String, Tensor>) -> Result<u64> {
         bail!("optimiser state tensor {STEP_NAME:?} is missing");
     };
     if tensor.kind() != Kind::Int64 {
-        bail!("optimiser state tensor {STEP_NAME:?} is {:?}, expected Int64", tensor.kind());
+        bail!("optimiser state tensor {STEP_NAME:?} is {}, expected int64", dtype_name(tensor.kind()));
     }
     if !tensor.size().is_empty() {
         bail!("optimiser state tensor {STEP_NAME:?} has shape {:?}, expected a scalar []", tensor.size());
@@ -249,7 +251,11 @@ fn checked_moment<'a>(
         bail!("optimiser state tensor {name:?} has shape {:?}, expected {:?}", tensor.size(), variable.size());
     }
     if tensor.kind() != variable.kind() {
-        bail!("optimiser state tensor {name:?} is {:?}, expected {:?}", tensor.kind(), variable.kind());
+        bail!(
+            "optimiser state tensor {name:?} is {}, expected {}",
+            dtype_name(tensor.kind()),
+            dtype_name(variable.kind())
+        );
     }
     // NaN fails both tests; a negative second moment would turn the next step's sqrt into NaN.
     let finite = tensor.f_isfinite()?.f_all()?.f_int64_value(&[])? != 0;
@@ -425,8 +431,16 @@ mod tests {
             (refusal(&mut adam, &good, |named| drop(named.remove(moment))), moment, "missing"),
             (refusal(&mut adam, &good, |named| drop(named.remove(STEP_NAME))), STEP_NAME, "missing"),
             (refusal(&mut adam, &good, replace(moment, |t| t.narrow(1, 0, 49).copy())), moment, "shape [200, 49]"),
-            (refusal(&mut adam, &good, replace(moment, |t| t.to_kind(Kind::Double))), moment, "Double"),
-            (refusal(&mut adam, &good, replace(STEP_NAME, |t| t.to_kind(Kind::Float))), STEP_NAME, "Float"),
+            (
+                refusal(&mut adam, &good, replace(moment, |t| t.to_kind(Kind::Double))),
+                moment,
+                "is float64, expected float32",
+            ),
+            (
+                refusal(&mut adam, &good, replace(STEP_NAME, |t| t.to_kind(Kind::Float))),
+                STEP_NAME,
+                "is float32, expected int64",
+            ),
             (refusal(&mut adam, &good, replace(STEP_NAME, |t| t.reshape([1]))), STEP_NAME, "shape [1]"),
             (refusal(&mut adam, &good, replace(squares, |t| -t.ones_like())), squares, "non-negative"),
             (refusal(&mut adam, &good, replace(moment, |t| t.full_like(f64::NAN))), moment, "finite"),

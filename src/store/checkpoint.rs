@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor, nn};
 
 use crate::evaluate::Evaluation;
-use crate::nn::device::LIBTORCH_VERSION;
+use crate::nn::device::{LIBTORCH_VERSION, dtype_name};
 use crate::nn::model::{ModelConfig, ModelShape, Seq2Seq};
 use crate::nn::optim::Adam;
 use crate::store::files::{self, check_safetensors, read_text};
@@ -516,7 +516,7 @@ fn copy_weights(vs: &nn::VarStore, stored: &BTreeMap<String, Tensor>) -> Result<
                 bail!("tensor {name:?} has shape {:?}, but config.json implies {:?}", tensor.size(), variable.size());
             }
             if tensor.kind() != Kind::Float {
-                bail!("tensor {name:?} is {:?}, expected float32", tensor.kind());
+                bail!("tensor {name:?} is {}, expected float32", dtype_name(tensor.kind()));
             }
             variable.copy_(tensor);
         }
