@@ -31,7 +31,7 @@ fn main() -> Result<()> {
     println!(
         "{} lines, {} bad; {} training pairs and {} held out; longest {}/{} tokens; vocabularies {}/{}",
         thousands(read.lines),
-        read.bad_count,
+        read.bad.count,
         thousands(training.len()),
         thousands(held_out.len()),
         limits.source,

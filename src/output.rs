@@ -21,8 +21,12 @@ impl std::error::Error for StdoutError {}
 
 /// Prints `text` and a newline to standard output, flushed at once.
 pub fn print_line(text: impl fmt::Display) -> Result<()> {
+    write_line(text).map_err(|error| StdoutError(error).into())
+}
+
+fn write_line(text: impl fmt::Display) -> io::Result<()> {
     let mut out = io::stdout().lock();
-    writeln!(out, "{text}").and_then(|()| out.flush()).map_err(|error| StdoutError(error).into())
+    writeln!(out, "{text}").and_then(|()| out.flush())
 }
 
 /// Standard output for commands that stream many lines (predict, encode, completions): each
@@ -88,15 +92,9 @@ impl BestEffort {
         if self.failure.is_some() {
             return;
         }
-        let mut out = io::stdout().lock();
-        if let Err(error) = writeln!(out, "{text}").and_then(|()| out.flush()) {
+        if let Err(error) = write_line(text) {
             self.failure = Some(error);
         }
-    }
-
-    /// Whether standard output still takes lines.
-    pub fn is_working(&self) -> bool {
-        self.failure.is_none()
     }
 
     /// The first failure, as an error; a closed pipe is no failure.

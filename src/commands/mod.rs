@@ -284,7 +284,8 @@ fn run_training(session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
 
     // The trained weights are saved before the final evaluation, which can take long, so that
     // no stop from here on loses them; the save itself is shielded from a second Ctrl-C.
-    save_shielded(&dir, &session.saved_config(seconds, None, None), &session.vs)?;
+    let config = session.saved_config(seconds, None, None);
+    interrupt::shielded(|| checkpoint::save(&dir, &config, &session.vs))?;
     let unscored = |signal| Stopped {
         signal,
         message: format!(
@@ -301,21 +302,15 @@ fn run_training(session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
     if let Some(signal) = interrupt::requested() {
         return Err(unscored(signal).into());
     }
-    save_shielded(&dir, &session.saved_config(seconds, Some(evaluation.clone()), None), &session.vs)?;
+    // The weights on disk are these already: only the config gains the figures.
+    let config = session.saved_config(seconds, Some(evaluation.clone()), None);
+    interrupt::shielded(|| checkpoint::save_config(&dir, &config))?;
     console.line(format!("Trained in {seconds:.1}s on {}. {}", describe(device), describe_evaluation(&evaluation)));
     console.line(format!("Saved the model to {}", dir.display()));
     if let Err(error) = console.finish() {
         bail!("{error} (the model was saved to {})", dir.display());
     }
     Ok(dir)
-}
-
-/// Saves a finished model with the stop signals caught, then re-arms their one-shot handlers.
-fn save_shielded(dir: &Path, config: &SavedConfig, vs: &nn::VarStore) -> Result<()> {
-    interrupt::shield();
-    let saved = checkpoint::save(dir, config, vs);
-    interrupt::install();
-    saved
 }
 
 /// One line of `metrics.csv`: a training report and the validation figures scored with it.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::data::lines::{BYTE_ORDER_MARK, Line, LineReader, MAX_LINE_BYTES};
+use crate::data::lines::{Line, LineReader, MAX_LINE_BYTES};
 use crate::output::plain_io_message;
 
 use crate::task::{Input, Task};
@@ -153,10 +153,7 @@ fn read_lines<F: FnMut(&[Input]) -> Result<()>>(
         };
         let text = match line {
             Line::TooLong => Err(format!("longer than {MAX_LINE_BYTES} bytes (the limit of a line); skipped")),
-            Line::Text(bytes) => {
-                let bytes = if number == 1 { bytes.strip_prefix(BYTE_ORDER_MARK).unwrap_or(bytes) } else { bytes };
-                std::str::from_utf8(bytes).map_err(|_| "not valid UTF-8".to_owned())
-            }
+            Line::Text(bytes) => std::str::from_utf8(bytes).map_err(|_| "not valid UTF-8".to_owned()),
         };
         batcher.push(&location, text.as_ref().map(|text| *text).map_err(String::as_str))?;
     }

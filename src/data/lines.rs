@@ -13,8 +13,8 @@ pub const MAX_LINE_BYTES: usize = 1 << 20;
 /// Bytes asked of the source per read.
 const READ_CHUNK: usize = 64 << 10;
 
-/// The UTF-8 byte-order mark that some editors put at the start of a file.
-pub const BYTE_ORDER_MARK: &[u8] = b"\xEF\xBB\xBF";
+/// The UTF-8 byte-order mark that some editors put at the start of a file: skipped there.
+const BYTE_ORDER_MARK: &[u8] = b"\xEF\xBB\xBF";
 
 /// One line from a [`LineReader`].
 #[derive(Debug, PartialEq, Eq)]
@@ -37,12 +37,14 @@ pub struct LineReader<R> {
     at_end: bool,
     /// Inside a line that was refused as too long: skip to its end.
     skipping: bool,
+    /// A line was returned already: a byte-order mark is no longer the start of the source.
+    started: bool,
 }
 
 impl<R: Read> LineReader<R> {
     pub fn new(source: R, descriptor: Option<RawFd>) -> Self {
         let buffer = vec![0; MAX_LINE_BYTES + 1 + READ_CHUNK];
-        Self { source, descriptor, buffer, start: 0, end: 0, at_end: false, skipping: false }
+        Self { source, descriptor, buffer, start: 0, end: 0, at_end: false, skipping: false, started: false }
     }
 
     /// Whether the next line can be returned without reading from the source, or a read would
@@ -76,7 +78,17 @@ impl<R: Read> LineReader<R> {
         Ok(read > 0)
     }
 
+    /// The next line, without the byte-order mark that may start the source; `None` at the end.
     pub fn next_line(&mut self) -> io::Result<Option<Line<'_>>> {
+        let first = !self.started;
+        self.started = true;
+        Ok(self.next_raw_line()?.map(|line| match line {
+            Line::Text(bytes) if first => Line::Text(bytes.strip_prefix(BYTE_ORDER_MARK).unwrap_or(bytes)),
+            other => other,
+        }))
+    }
+
+    fn next_raw_line(&mut self) -> io::Result<Option<Line<'_>>> {
         loop {
             let unread = &self.buffer[self.start..self.end];
             match unread.iter().position(|&byte| byte == b'\n') {

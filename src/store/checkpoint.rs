@@ -150,7 +150,7 @@ pub fn prepare_output_dir(out: Option<&Path>, overwrite: bool) -> Result<(PathBu
     let lock = lock_dir(out, "seq2seq train")?;
     clear_stale_temporaries(out)?;
     let holds = |name: &str| out.join(name).exists();
-    if holds(CONFIG_FILE) || holds(TRAINING_STATE_FILE) || holds(WEIGHTS_FILE) {
+    if MODEL_FILES.iter().any(|name| holds(name)) {
         if !overwrite {
             let is_checkpoint = holds(TRAINING_STATE_FILE)
                 || read_model_dir_config(out).is_ok_and(|config| config.checkpoint.is_some());
@@ -219,6 +219,12 @@ pub fn save(dir: &Path, config: &SavedConfig, vs: &nn::VarStore) -> Result<()> {
 fn save_model(dir: &Path, config: &SavedConfig, vs: &nn::VarStore) -> Result<()> {
     let variables = cpu_variables(vs, "");
     write_safetensors(&dir.join(WEIGHTS_FILE), &variables)?;
+    save_config(dir, config)
+}
+
+/// Replaces `config.json` alone: for a saved model whose weights are already on disk (the final
+/// figures, added after the evaluation).
+pub fn save_config(dir: &Path, config: &SavedConfig) -> Result<()> {
     let json = serde_json::to_string_pretty(config).context("cannot serialise the model config")?;
     write_atomically(&dir.join(CONFIG_FILE), |temporary| {
         fs::write(temporary, format!("{json}\n")).map_err(anyhow::Error::from)

@@ -74,26 +74,22 @@ impl MetricsLog {
         if std::fs::symlink_metadata(path).is_err_and(|e| e.kind() == ErrorKind::NotFound) {
             return Self::create(path);
         }
-        let (text, damage) = match read_text(path, MAX_LOG_BYTES) {
+        let (text, kept, damage) = match read_text(path, MAX_LOG_BYTES) {
             Ok(text) => {
                 let (kept, damage) = good_rows(path, &text, samples_seen);
-                (Some(text), damage.map(|damage| (damage, kept)))
+                (Some(text), kept, damage)
             }
             // Not text at all (NUL bytes from a crash are text; bytes cut mid-character are not).
-            Err(error) if path.is_file() => (None, Some((format!("{error:#}"), String::new()))),
+            Err(error) if path.is_file() => (None, String::new(), Some(format!("{error:#}"))),
             Err(error) => return Err(error),
         };
-        let kept = match damage {
-            Some((damage, kept)) => {
-                let rows = kept.lines().count();
-                crate::output::note(format!(
-                    "{damage}: kept the {rows} good row(s) before it and rebuilt {} from there",
-                    path.display()
-                ));
-                kept
-            }
-            None => good_rows(path, text.as_deref().unwrap_or_default(), samples_seen).0,
-        };
+        if let Some(damage) = damage {
+            let rows = kept.lines().count();
+            crate::output::note(format!(
+                "{damage}: kept the {rows} good row(s) before it and rebuilt {} from there",
+                path.display()
+            ));
+        }
         let kept = format!("{}\n{kept}", COLUMNS.join(","));
         if text.as_deref() != Some(kept.as_str()) {
             write_atomically(path, |temporary| std::fs::write(temporary, &kept).map_err(anyhow::Error::from))?;

@@ -91,6 +91,15 @@ pub fn shield() {
     set_handlers(0);
 }
 
+/// Runs `work` (a save) with the stop signals caught for its whole length, then re-arms their
+/// one-shot handlers.
+pub fn shielded<T>(work: impl FnOnce() -> T) -> T {
+    shield();
+    let done = work();
+    install();
+    done
+}
+
 /// The first stop signal since the start (or the last [`reset`]).
 pub fn requested() -> Option<StopSignal> {
     match REQUESTED.load(Ordering::SeqCst) {

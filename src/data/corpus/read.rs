@@ -5,15 +5,14 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 
 use super::vocabulary::{PAD_ID, TokenKind, UNKNOWN_ID, Vocabulary};
 use super::{Packed, PairCorpus};
-use crate::data::lines::{BYTE_ORDER_MARK, Line, LineReader, MAX_LINE_BYTES};
+use crate::data::lines::{Line, LineReader, MAX_LINE_BYTES};
 use crate::output::plain_io_message;
 use crate::store::files::open_regular;
 
@@ -64,31 +63,50 @@ impl fmt::Display for BadLine {
     }
 }
 
+/// The first [`BAD_LINES_SHOWN`] of what reading found wrong, and how many there were in all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirstFew<T> {
+    pub shown: Vec<T>,
+    pub count: usize,
+}
+
+impl<T> Default for FirstFew<T> {
+    fn default() -> Self {
+        Self { shown: Vec::new(), count: 0 }
+    }
+}
+
+impl<T> FirstFew<T> {
+    fn record(&mut self, item: T) {
+        self.count += 1;
+        if self.shown.len() < BAD_LINES_SHOWN {
+            self.shown.push(item);
+        }
+    }
+}
+
 /// Pairs read, with what was wrong on the way.
 #[derive(Debug)]
 pub struct ReadPairs {
     pub corpus: PairCorpus,
     /// Lines read (of the source file, for aligned files).
     pub lines: usize,
-    /// The first [`BAD_LINES_SHOWN`] bad lines.
-    pub bad: Vec<BadLine>,
-    pub bad_count: usize,
+    pub bad: FirstFew<BadLine>,
     /// Unknown tokens met when mapping onto a model's vocabulary: (location, column, token).
-    pub unknown: Vec<(String, usize, String)>,
-    pub unknown_count: usize,
+    pub unknown: FirstFew<(String, usize, String)>,
 }
 
 impl ReadPairs {
     /// The error training gives when any line was bad: the first ones and the total.
     pub fn bad_lines_error(&self, files: &PairFiles) -> anyhow::Error {
-        let shown: Vec<String> = self.bad.iter().map(ToString::to_string).collect();
-        let more = match self.bad_count.saturating_sub(shown.len()) {
+        let shown: Vec<String> = self.bad.shown.iter().map(ToString::to_string).collect();
+        let more = match self.bad.count.saturating_sub(shown.len()) {
             0 => String::new(),
             more => format!("\n  ... and {more} more"),
         };
         anyhow::anyhow!(
             "{} of {} lines of {files} are bad:\n  {}{more}\n(--skip-bad-lines trains on the good ones)",
-            self.bad_count,
+            self.bad.count,
             self.lines,
             shown.join("\n  ")
         )
@@ -107,8 +125,7 @@ fn open_lines(path: &Path) -> Result<LineReader<Box<dyn Read>>> {
     }
     let mut magic = [0u8; 2];
     let gzip = file.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b];
-    let file =
-        File::open(path).map_err(|e| anyhow::anyhow!("cannot open {}: {}", path.display(), plain_io_message(&e)))?;
+    file.rewind().map_err(|e| anyhow::anyhow!("cannot read {}: {}", path.display(), plain_io_message(&e)))?;
     let source: Box<dyn Read> = if gzip { Box::new(flate2::read::MultiGzDecoder::new(file)) } else { Box::new(file) };
     Ok(LineReader::new(source, None))
 }
@@ -125,7 +142,6 @@ fn next_text(
     Ok(line.map(|line| match line {
         Line::TooLong => Err(format!("longer than {MAX_LINE_BYTES} bytes, the limit of a line")),
         Line::Text(bytes) => {
-            let bytes = if number == 1 { bytes.strip_prefix(BYTE_ORDER_MARK).unwrap_or(bytes) } else { bytes };
             let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
             let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
             if let Some(column) = bytes.iter().position(|&b| b == 0) {
@@ -209,14 +225,8 @@ pub fn read_pairs(files: &PairFiles, tokenizing: &Tokenizing<'_>, min_count: u64
     let mut source_ids = side_ids(fixed_source);
     let mut target_ids = side_ids(fixed_target);
     let (mut sources, mut targets) = (Packed::default(), Packed::default());
-    let mut read = ReadPairs {
-        corpus: PairCorpus::default(),
-        lines: 0,
-        bad: Vec::new(),
-        bad_count: 0,
-        unknown: Vec::new(),
-        unknown_count: 0,
-    };
+    let mut read =
+        ReadPairs { corpus: PairCorpus::default(), lines: 0, bad: FirstFew::default(), unknown: FirstFew::default() };
     let (first_path, second_path) = match files {
         PairFiles::Tabbed(path) => (path.as_path(), None),
         PairFiles::Aligned { source, target } => (source.as_path(), Some(target.as_path())),
@@ -259,7 +269,7 @@ pub fn read_pairs(files: &PairFiles, tokenizing: &Tokenizing<'_>, min_count: u64
         let (source_text, target_text) = match texts {
             Ok(texts) => texts,
             Err(reason) => {
-                record_bad(&mut read, location, reason);
+                read.bad.record(BadLine { location, reason });
                 continue;
             }
         };
@@ -273,14 +283,11 @@ pub fn read_pairs(files: &PairFiles, tokenizing: &Tokenizing<'_>, min_count: u64
             _ => None,
         };
         if let Some(reason) = empty {
-            record_bad(&mut read, location, reason.to_owned());
+            read.bad.record(BadLine { location, reason: reason.to_owned() });
             continue;
         }
         for (column, token) in unknown_source {
-            read.unknown_count += 1;
-            if read.unknown.len() < BAD_LINES_SHOWN {
-                read.unknown.push((location.clone(), column, token));
-            }
+            read.unknown.record((location.clone(), column, token));
         }
         sources.push(&scratch.0);
         targets.push(&scratch.1);
@@ -295,13 +302,6 @@ pub fn read_pairs(files: &PairFiles, tokenizing: &Tokenizing<'_>, min_count: u64
     debug_assert!(sources.ids.iter().chain(&targets.ids).all(|&id| id != PAD_ID));
     read.corpus = PairCorpus { sources, targets, source_vocabulary, target_vocabulary };
     Ok(read)
-}
-
-fn record_bad(read: &mut ReadPairs, location: String, reason: String) {
-    read.bad_count += 1;
-    if read.bad.len() < BAD_LINES_SHOWN {
-        read.bad.push(BadLine { location, reason });
-    }
 }
 
 /// Lines of a file, for the message about aligned files of different lengths.
@@ -321,8 +321,7 @@ pub struct ReadSequences {
     pub values: Vec<f32>,
     pub length: usize,
     pub lines: usize,
-    pub bad: Vec<BadLine>,
-    pub bad_count: usize,
+    pub bad: FirstFew<BadLine>,
 }
 
 /// Reads a file of sequences for the autoencoder. Sequences must all have the length of the
@@ -330,13 +329,7 @@ pub struct ReadSequences {
 pub fn read_sequences(path: &Path, length: Option<usize>) -> Result<ReadSequences> {
     let mut reader = open_lines(path)?;
     let mut read =
-        ReadSequences { values: Vec::new(), length: length.unwrap_or(0), lines: 0, bad: Vec::new(), bad_count: 0 };
-    let bad = |read: &mut ReadSequences, location: String, reason: String| {
-        read.bad_count += 1;
-        if read.bad.len() < BAD_LINES_SHOWN {
-            read.bad.push(BadLine { location, reason });
-        }
-    };
+        ReadSequences { values: Vec::new(), length: length.unwrap_or(0), lines: 0, bad: FirstFew::default() };
     let mut row = Vec::new();
     for number in 1.. {
         let Some(line) = next_text(&mut reader, path, number)? else { break };
@@ -345,14 +338,14 @@ pub fn read_sequences(path: &Path, length: Option<usize>) -> Result<ReadSequence
         let text = match line {
             Ok(text) => text,
             Err(reason) => {
-                bad(&mut read, location, reason);
+                read.bad.record(BadLine { location, reason });
                 continue;
             }
         };
         row.clear();
         let parsed = crate::task::sequence::parse_values(&text, &mut row).map_err(|e| e.to_string());
         match parsed {
-            Err(reason) => bad(&mut read, location, reason),
+            Err(reason) => read.bad.record(BadLine { location, reason }),
             Ok(()) if read.length == 0 => {
                 read.length = row.len();
                 read.values.extend_from_slice(&row);
@@ -363,7 +356,7 @@ pub fn read_sequences(path: &Path, length: Option<usize>) -> Result<ReadSequence
                     row.len(),
                     read.length
                 );
-                bad(&mut read, location, reason);
+                read.bad.record(BadLine { location, reason });
             }
             Ok(()) => read.values.extend_from_slice(&row),
         }
@@ -403,7 +396,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = write(dir.path(), "fra.txt", "\u{feff}Go.\tVa !\tCC-BY 2.0\r\nHi.\tSalut !\n".as_bytes());
         let read = read_pairs(&PairFiles::Tabbed(path), &chars(), 1).expect("read");
-        assert_eq!(read.bad_count, 0, "{:?}", read.bad);
+        assert_eq!(read.bad.count, 0, "{:?}", read.bad.shown);
         assert_eq!(texts(&read), [("G|o|.".into(), "V|a| |!".into()), ("H|i|.".into(), "S|a|l|u|t| |!".into())]);
         // Most frequent first after the two special tokens.
         assert_eq!(read.corpus.target_vocabulary.token(2), " ");
@@ -436,8 +429,8 @@ mod tests {
         bytes.extend_from_slice(b"\tlong\nlast\tgood");
         let path = write(dir.path(), "pairs.tsv", &bytes);
         let read = read_pairs(&PairFiles::Tabbed(path.clone()), &chars(), 1).expect("read");
-        assert_eq!((read.corpus.len(), read.bad_count, read.lines), (2, 6, 8), "{:?}", read.bad);
-        let shown: Vec<String> = read.bad.iter().map(ToString::to_string).collect();
+        assert_eq!((read.corpus.len(), read.bad.count, read.lines), (2, 6, 8), "{:?}", read.bad.shown);
+        let shown: Vec<String> = read.bad.shown.iter().map(ToString::to_string).collect();
         let at = |line: usize| format!("{}:{line}: ", path.display());
         for (line, reason) in [
             (2, "no tab"),
@@ -480,7 +473,7 @@ mod tests {
         let tokenizing = Tokenizing { vocabularies: Some(vocabularies), ..chars() };
         let other = write(dir.path(), "other.tsv", b"bza\tx\n");
         let read = read_pairs(&PairFiles::Tabbed(other.clone()), &tokenizing, 1).expect("read");
-        assert_eq!(read.unknown, [(format!("{}:1", other.display()), 2, "z".to_owned())]);
+        assert_eq!(read.unknown.shown, [(format!("{}:1", other.display()), 2, "z".to_owned())]);
         assert_eq!(read.corpus.sources.get(0), [3, UNKNOWN_ID, 2]);
     }
 
@@ -489,12 +482,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = write(dir.path(), "seq.csv", b"0.1,0.2,0.3\n0.4, 0.5 ,0.6\r\n1,2\nx,1,2\n");
         let read = read_sequences(&path, None).expect("read");
-        assert_eq!((read.length, read.values.len(), read.bad_count), (3, 6, 2));
+        assert_eq!((read.length, read.values.len(), read.bad.count), (3, 6, 2));
         assert!(
-            read.bad[0].to_string().ends_with(
+            read.bad.shown[0].to_string().ends_with(
                 ":3: 2 values, but the sequences have 3 (every sequence of a file must have the same length)"
             )
         );
-        assert!(read.bad[1].reason.contains("is not a finite number"), "{:?}", read.bad);
+        assert!(read.bad.shown[1].reason.contains("is not a finite number"), "{:?}", read.bad.shown);
     }
 }
