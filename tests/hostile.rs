@@ -61,8 +61,12 @@ fn wait_until(what: &str, ready: impl Fn() -> bool) {
 /// Waits for `child`; returns its exit code and standard error.
 fn finish(child: Child) -> (Option<i32>, String) {
     let output = child.wait_with_output().expect("the process ends");
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let mut stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(!stderr.contains("panicked"), "{stderr}");
+    // A process killed by a signal has no exit code: say which signal, for the failure message.
+    if let Some(signal) = std::os::unix::process::ExitStatusExt::signal(&output.status) {
+        stderr.push_str(&format!("\n[killed by signal {signal}]"));
+    }
     (output.status.code(), stderr)
 }
 
@@ -170,11 +174,7 @@ fn train_refuses_to_overwrite_a_model_or_a_checkpoint_unless_told_to() {
     run(&args).succeeded();
     assert_eq!(read_json(&finished.join("config.json"))["model"]["encoder_units"], 8);
 
-    let unfinished = home.path().join("unfinished");
-    let child = spawn_training(&unfinished, &[]);
-    wait_until("the first checkpoint", || unfinished.join("training_state.safetensors").exists());
-    send(&child, libc::SIGINT);
-    assert_eq!(finish(child).0, Some(130));
+    let unfinished = stopped_run(home.path(), "unfinished", &[]);
     let mut args = vec!["train", "--quiet", "--out", path_str(&unfinished)];
     args.extend_from_slice(&small);
     run(&args).failed().stderr_has(&["checkpoint of an unfinished run", "--resume"]);
@@ -233,11 +233,7 @@ fn model_files_that_are_fifos_or_devices_are_refused_at_once() {
 #[test]
 fn a_training_state_that_is_a_fifo_is_refused() {
     let home = TempDir::new().expect("temp dir");
-    let dir = home.path().join("model");
-    let child = spawn_training(&dir, &[]);
-    wait_until("the first checkpoint", || dir.join("training_state.safetensors").exists());
-    send(&child, libc::SIGINT);
-    assert_eq!(finish(child).0, Some(130));
+    let dir = stopped_run(home.path(), "model", &[]);
     let state = dir.join("training_state.safetensors");
     fs::remove_file(&state).expect("remove");
     mkfifo(&state);
@@ -250,7 +246,8 @@ fn stopped_run(home: &Path, name: &str, extra: &[&str]) -> PathBuf {
     let child = spawn_training(&dir, extra);
     wait_until("the first checkpoint", || dir.join("training_state.safetensors").exists());
     send(&child, libc::SIGINT);
-    assert_eq!(finish(child).0, Some(130));
+    let (code, stderr) = finish(child);
+    assert_eq!(code, Some(130), "{stderr}");
     dir
 }
 
