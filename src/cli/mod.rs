@@ -16,6 +16,9 @@ use crate::commands::{
     self, DEFAULT_EVALUATION_SAMPLES, DEFAULT_PLOT_SAMPLES, EncodeRequest, EvaluateRequest, PlotRequest,
     PredictRequest, ResumeRequest, TrainRequest,
 };
+use crate::data::corpus::TokenKind;
+use crate::data::corpus::load::{DEFAULT_VALID_FRACTION, PairSettings};
+use crate::data::corpus::read::PairFiles;
 use crate::data::input::InputSource;
 use crate::nn::device::DeviceChoice;
 use crate::nn::model::ModelConfig;
@@ -29,7 +32,8 @@ pub const MAX_THREADS: u64 = crate::train::MAX_THREADS as u64;
 const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (libtorch ", env!("SEQ2SEQ_LIBTORCH_VERSION"), ")");
 
 /// Train, evaluate and run encoder-decoder LSTMs on sequence-to-sequence problems: arithmetic
-/// expressions (the reference's addition problem by default) and the sequence autoencoder.
+/// expressions (the reference's addition problem by default), the sequence autoencoder, and
+/// your own pairs of token sequences read from files.
 #[derive(Debug, Parser)]
 #[command(name = "seq2seq", version, long_version = LONG_VERSION)]
 pub struct Cli {
@@ -46,18 +50,20 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Train a model on generated samples, score it and save it as a directory
+    /// Train a model on generated samples or your own pairs, score it and save it as a directory
     ///
     /// Examples: seq2seq train --seed 7 --out runs/seed7
     ///           seq2seq train --ops +- --terms 2 --largest 999 --reverse
     ///           seq2seq train --task autoencoder --sequence random
+    ///           seq2seq train --data words.tsv --target-tokens words --epochs 20 --out runs/words
     // Verbatim: clap would join the example lines into one.
     #[command(verbatim_doc_comment)]
-    Train(TrainArgs),
-    /// Score a saved model on fresh samples
+    Train(Box<TrainArgs>),
+    /// Score a saved model on fresh samples, or a model of your pairs on a file of pairs
     ///
     /// Examples: seq2seq evaluate --model runs/seed7 --samples 10000 --json
     ///           seq2seq evaluate --model runs/seed7 --errors 10
+    ///           seq2seq evaluate --model runs/words --data test.tsv
     // Verbatim: clap would join the example lines into one.
     #[command(verbatim_doc_comment)]
     Evaluate(EvaluateArgs),
@@ -122,10 +128,67 @@ pub enum TaskKind {
     Autoencoder,
 }
 
+/// Files of sequence pairs, for `train` and `evaluate`.
+#[derive(Debug, Args)]
+pub struct PairFileArgs {
+    /// Pairs, one per line: source<TAB>target (further columns ignored). UTF-8, .gz read
+    /// decompressed.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["source", "target"], help_heading = "Your own data")]
+    pub data: Option<PathBuf>,
+    /// Sources, one per line, line-aligned with --target (the OpenNMT layout).
+    #[arg(long, value_name = "FILE", requires = "target", help_heading = "Your own data")]
+    pub source: Option<PathBuf>,
+    /// Targets, one per line, line-aligned with --source.
+    #[arg(long, value_name = "FILE", requires = "source", help_heading = "Your own data")]
+    pub target: Option<PathBuf>,
+    /// Leave out bad lines (no tab, an empty side, invalid UTF-8, a NUL byte, over 1 MiB) and
+    /// say how many, instead of refusing the file.
+    #[arg(long, help_heading = "Your own data")]
+    pub skip_bad_lines: bool,
+}
+
+impl PairFileArgs {
+    fn files(&self) -> Option<PairFiles> {
+        match (&self.data, &self.source, &self.target) {
+            (Some(data), _, _) => Some(PairFiles::Tabbed(data.clone())),
+            (None, Some(source), Some(target)) => {
+                Some(PairFiles::Aligned { source: source.clone(), target: target.clone() })
+            }
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    #[arg(long, value_enum, default_value_t = TaskKind::Arithmetic)]
-    pub task: TaskKind,
+    /// The problem; --data or --source/--target train on your own pairs instead.
+    #[arg(long, value_enum)]
+    pub task: Option<TaskKind>,
+    #[command(flatten)]
+    pub files: PairFileArgs,
+    /// Held-out pairs (same layout as --data), for metrics.csv's validation columns and the
+    /// final figures. [default: --valid-fraction of the data]
+    #[arg(long, value_name = "FILE", help_heading = "Your own data")]
+    pub valid: Option<PathBuf>,
+    /// Share of the pairs held out when no --valid is given, drawn from --seed by each pair's
+    /// text (identical pairs stay together).
+    #[arg(long, value_name = "F", default_value_t = DEFAULT_VALID_FRACTION, help_heading = "Your own data")]
+    pub valid_fraction: f64,
+    /// Tokens seen fewer times in the training pairs read as <unk>.
+    #[arg(long, value_name = "N", default_value_t = 1, help_heading = "Your own data")]
+    pub min_count: u64,
+    /// Longest source read, in tokens; longer pairs are left out. [default: the longest]
+    #[arg(long, value_name = "N", help_heading = "Your own data")]
+    pub max_source_len: Option<usize>,
+    /// Longest target written, in tokens; longer pairs are left out. [default: the longest]
+    #[arg(long, value_name = "N", help_heading = "Your own data")]
+    pub max_target_len: Option<usize>,
+    /// chars: every character is a token; words: whitespace separates tokens.
+    #[arg(long, value_enum, default_value_t = TokenKind::Chars, help_heading = "Your own data")]
+    pub source_tokens: TokenKind,
+    /// chars or words; predictions of words are joined by single spaces.
+    #[arg(long, value_enum, default_value_t = TokenKind::Chars, help_heading = "Your own data")]
+    pub target_tokens: TokenKind,
     /// Operators, any of + - * / (ordinary precedence; / is floor division). [default: +]
     #[arg(long, value_name = "OPS", help_heading = "Arithmetic")]
     pub ops: Option<Operators>,
@@ -165,9 +228,10 @@ pub struct TrainArgs {
     /// Dropout between stacked LSTM layers while training (off in evaluation and prediction).
     #[arg(long, default_value_t = ModelConfig::default().dropout, help_heading = "Model")]
     pub dropout: f64,
-    /// Generated training samples per epoch.
-    #[arg(long, default_value_t = TrainConfig::default().samples)]
-    pub samples: usize,
+    /// Generated training samples per epoch (with your own data, an epoch is every training
+    /// pair). [default: 75000]
+    #[arg(long)]
+    pub samples: Option<usize>,
     #[arg(long, default_value_t = TrainConfig::default().batch_size)]
     pub batch_size: usize,
     #[arg(long, default_value_t = TrainConfig::default().epochs)]
@@ -216,7 +280,8 @@ pub struct TrainArgs {
     /// Continue the interrupted run whose checkpoint is in DIR, to the same weights an
     /// uninterrupted run would reach (on the CPU). Takes its settings from the checkpoint.
     #[arg(long, value_name = "DIR", help_heading = "Checkpoints", conflicts_with_all = [
-        "task", "ops", "terms", "largest", "reverse", "length", "sequence", "low", "high", "encoder_units",
+        "task", "data", "source", "target", "valid", "valid_fraction", "min_count", "max_source_len",
+        "max_target_len", "source_tokens", "target_tokens", "skip_bad_lines", "ops", "terms", "largest", "reverse", "length", "sequence", "low", "high", "encoder_units",
         "decoder_units", "encoder_layers", "decoder_layers", "dropout", "samples", "batch_size", "epochs",
         "learning_rate", "seed", "out", "overwrite", "lr_schedule", "warmup", "final_learning_rate",
     ])]
@@ -228,20 +293,24 @@ pub struct EvaluateArgs {
     /// Model directory written by `train`.
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
-    /// Fresh samples to score.
+    /// Fresh samples to score (generated problems; a model of your pairs scores every pair of
+    /// --data, or of its own held-out part).
     #[arg(long, default_value_t = DEFAULT_EVALUATION_SAMPLES)]
     pub samples: usize,
+    #[command(flatten)]
+    pub files: PairFileArgs,
     /// Seed of the samples (default: the training seed, which reproduces the saved figures).
     #[arg(long)]
     pub seed: Option<u64>,
     #[arg(long, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
     /// Print one JSON object: loss, char_accuracy, sequence_accuracy, samples (and with
-    /// --errors: wrong, errors, by_position, by_size).
+    /// --errors: wrong, errors, by_position, by_size). Models of your pairs: samples, loss,
+    /// token_accuracy, sequence_accuracy, token_error_rate (and errors).
     #[arg(long)]
     pub json: bool,
-    /// Also list the N most confident wrong predictions, and accuracy by output position and by
-    /// the true value's number of digits (arithmetic models).
+    /// Also list the N most confident wrong predictions (arithmetic models: and accuracy by
+    /// output position and by the true value's number of digits).
     #[arg(long, value_name = "N")]
     pub errors: Option<usize>,
 }
@@ -323,8 +392,15 @@ impl TrainArgs {
     /// The request, with each batch shared among `threads` threads.
     fn into_request(self, threads: usize) -> Result<TrainRequest> {
         let task = self.task()?;
+        let pairs = self.pair_settings()?;
+        if pairs.is_some() && self.samples.is_some() {
+            bail!(
+                "--samples sets how many samples are generated; with your own pairs an epoch is every training pair (--epochs sets how many)"
+            );
+        }
         Ok(TrainRequest {
             task,
+            pairs,
             model: ModelConfig {
                 encoder_units: self.encoder_units,
                 decoder_units: self.decoder_units,
@@ -333,7 +409,7 @@ impl TrainArgs {
                 dropout: self.dropout,
             },
             training: TrainConfig {
-                samples: self.samples,
+                samples: self.samples.unwrap_or(TrainConfig::default().samples),
                 batch_size: self.batch_size,
                 epochs: self.epochs,
                 learning_rate: self.learning_rate,
@@ -353,6 +429,47 @@ impl TrainArgs {
         })
     }
 
+    /// What to read for a model of the user's pairs; `None` for a generated problem. Flags of
+    /// pairs without pairs are errors rather than ignored.
+    fn pair_settings(&self) -> Result<Option<PairSettings>> {
+        let Some(files) = self.files.files() else {
+            let pair_flags = [
+                ("--valid", self.valid.is_some()),
+                ("--valid-fraction", self.valid_fraction != DEFAULT_VALID_FRACTION),
+                ("--min-count", self.min_count != 1),
+                ("--max-source-len", self.max_source_len.is_some()),
+                ("--max-target-len", self.max_target_len.is_some()),
+                ("--source-tokens", self.source_tokens != TokenKind::Chars),
+                ("--target-tokens", self.target_tokens != TokenKind::Chars),
+                ("--skip-bad-lines", self.files.skip_bad_lines),
+            ];
+            if let Some((flag, _)) = pair_flags.iter().find(|(_, given)| *given) {
+                bail!("{flag} applies to your own pairs: give them with --data FILE or --source/--target");
+            }
+            return Ok(None);
+        };
+        match self.task {
+            Some(TaskKind::Autoencoder) => bail!(
+                "--task autoencoder trains on generated sequences; reading sequences from a file is not supported yet                  (--data and --source/--target read pairs of token sequences)"
+            ),
+            Some(TaskKind::Arithmetic) => {
+                bail!("--task arithmetic generates its samples; leave it out to train on {files}")
+            }
+            None => {}
+        }
+        Ok(Some(PairSettings {
+            files,
+            valid: self.valid.clone(),
+            valid_fraction: self.valid_fraction,
+            min_count: self.min_count,
+            skip_bad_lines: self.files.skip_bad_lines,
+            source_tokens: self.source_tokens,
+            target_tokens: self.target_tokens,
+            max_source_len: self.max_source_len,
+            max_target_len: self.max_target_len,
+        }))
+    }
+
     /// The task from its flags; a flag of the other task is an error rather than ignored.
     fn task(&self) -> Result<Task> {
         let arithmetic_flags = [
@@ -367,14 +484,21 @@ impl TrainArgs {
             ("--low", self.low.is_some()),
             ("--high", self.high.is_some()),
         ];
-        let (foreign, task_name) = match self.task {
+        let kind = self.task.unwrap_or(TaskKind::Arithmetic);
+        if self.files.files().is_some() {
+            let generated = arithmetic_flags.iter().chain(&autoencoder_flags).find(|(_, given)| *given);
+            if let Some((flag, _)) = generated {
+                bail!("{flag} describes a generated problem; it does not apply to your own pairs");
+            }
+        }
+        let (foreign, task_name) = match kind {
             TaskKind::Arithmetic => (autoencoder_flags, "arithmetic"),
             TaskKind::Autoencoder => (arithmetic_flags, "autoencoder"),
         };
         if let Some((flag, _)) = foreign.iter().find(|(_, given)| *given) {
             bail!("{flag} does not apply to --task {task_name}");
         }
-        Ok(match self.task {
+        Ok(match kind {
             TaskKind::Arithmetic => {
                 let reference = ArithmeticProblem::default();
                 let terms = self.terms.unwrap_or(TermCount { min: reference.min_terms, max: reference.max_terms });
@@ -404,6 +528,8 @@ impl EvaluateArgs {
         EvaluateRequest {
             model_dir: self.model,
             samples: self.samples,
+            data: self.files.files(),
+            skip_bad_lines: self.files.skip_bad_lines,
             seed: self.seed,
             device: self.device,
             json: self.json,

@@ -144,10 +144,12 @@ impl KeptVectors {
     }
 }
 
-/// What a point of the picture is coloured by: an expression's exact value, a sequence's mean.
+/// What a point of the picture is coloured by: an expression's exact value, a sequence's mean,
+/// a source's length in tokens.
 pub fn colour_value(input: &Input) -> f64 {
     match input {
         Input::Expression(expression) => expression.value() as f64,
+        Input::Pair(pair) => pair.source.len() as f64,
         Input::Sequence(values) => {
             values.iter().map(|&value| f64::from(value)).sum::<f64>() / values.len().max(1) as f64
         }

@@ -5,6 +5,7 @@ pub mod predict;
 
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Result, bail};
 use serde::Serialize;
@@ -12,9 +13,15 @@ use tch::{Device, nn};
 
 use crate::commands::encode::{EncodeFormat, Encoder, KeptVectors};
 use crate::commands::predict::Predictor;
+use crate::data::corpus::batches::PairSource;
+use crate::data::corpus::load::{self, LoadedPairs, PairSettings, load_for_training};
+use crate::data::corpus::read::PairFiles;
+use crate::data::corpus::thousands;
+use crate::data::generated::Generated;
 use crate::data::input::{InputSource, InputSummary};
-use crate::data::{BatchStream, Stream};
+use crate::data::{BatchStream, SampleSource, Stream};
 use crate::evaluate::mistakes::{ErrorReport, MistakeTally};
+use crate::evaluate::pair_mistakes::{PairMistake, PairMistakes};
 use crate::evaluate::{self, Evaluation};
 use crate::nn::device::{DeviceChoice, FORCE_AUTOGRAD_VARIABLE, autograd_forced, describe, runtime_report};
 use crate::nn::model::{ModelConfig, ModelShape, Seq2Seq};
@@ -23,7 +30,7 @@ use crate::output::{self, BestEffort, Stdout, print_line};
 use crate::store::checkpoint::{self, SavedConfig, Versions};
 use crate::store::lock::DirLock;
 use crate::store::metrics_log::{METRICS_FILE, MetricsLog, MetricsRow, read_metrics};
-use crate::task::{Input, Task};
+use crate::task::{Input, PairsProblem, Task};
 use crate::train::interrupt::{self, Stopped};
 use crate::train::{self, Position, Progress, Report, TrainConfig, TrainLoop, TrainOutcome};
 use crate::viz::{pca, plot};
@@ -40,7 +47,10 @@ pub const VALIDATION_SAMPLES: usize = 1000;
 /// Everything `train` needs.
 #[derive(Debug, Clone)]
 pub struct TrainRequest {
+    /// The generated problem; unused when `pairs` is given.
     pub task: Task,
+    /// The user's pairs to read, for a model of them.
+    pub pairs: Option<PairSettings>,
     pub model: ModelConfig,
     pub training: TrainConfig,
     pub device: DeviceChoice,
@@ -52,9 +62,24 @@ pub struct TrainRequest {
 
 /// Trains a model, scores it on fresh samples and saves it; returns its directory.
 pub fn train(request: &TrainRequest) -> Result<PathBuf> {
-    let TrainRequest { task, model: model_config, training, .. } = request;
-    task.validate()?;
+    let TrainRequest { model: model_config, .. } = request;
     model_config.validate()?;
+    request.training.validate()?;
+    let mut training = request.training.clone();
+    let (task, data) = match &request.pairs {
+        None => (request.task.clone(), RunData::generated(&request.task, &training)),
+        Some(settings) => {
+            let loaded = load_for_training(settings, training.seed)?;
+            for line in &loaded.notes {
+                output::note(line);
+            }
+            // An epoch is every training pair.
+            training.samples = loaded.training.len();
+            (Task::Pairs(Box::new(loaded.problem.clone())), RunData::pairs(&loaded, training.seed))
+        }
+    };
+    let (task, training) = (&task, &training);
+    task.validate()?;
     training.validate()?;
     if model_config.dropout > 0.0 && model_config.encoder_layers == 1 && model_config.decoder_layers == 1 {
         bail!(
@@ -77,6 +102,7 @@ pub fn train(request: &TrainRequest) -> Result<PathBuf> {
             _lock: lock,
             run_id: Some(checkpoint::new_run_id()),
             task: task.clone(),
+            data,
             model_config: model_config.clone(),
             training: training.clone(),
             model,
@@ -126,13 +152,22 @@ pub fn resume(request: &ResumeRequest) -> Result<PathBuf> {
         training.threads = threads;
     }
     training.validate()?;
+    let task = &checkpoint.config.task;
+    let data = match task {
+        Task::Pairs(problem) => {
+            let loaded = load::reload(problem, training.seed)?;
+            RunData::pairs(&loaded, training.seed)
+        }
+        _ => RunData::generated(task, &training),
+    };
     let mut optimizer = checkpoint.optimizer;
     run_training(
         Session {
             dir: request.dir.clone(),
             _lock: lock,
             run_id: checkpoint.config.run_id.clone(),
-            task: checkpoint.config.task.clone(),
+            task: task.clone(),
+            data,
             model_config: checkpoint.config.model.clone(),
             training,
             model: checkpoint.model,
@@ -146,6 +181,41 @@ pub fn resume(request: &ResumeRequest) -> Result<PathBuf> {
     )
 }
 
+/// The samples a run trains on and scores with.
+struct RunData {
+    training: Arc<dyn SampleSource>,
+    /// Scored at every row of metrics.csv.
+    validation: Arc<dyn SampleSource>,
+    /// Scored once training ends, for the figures in config.json.
+    evaluation: Arc<dyn SampleSource>,
+}
+
+impl RunData {
+    /// A generated problem's streams: the validation rows score the first
+    /// [`VALIDATION_SAMPLES`] of the evaluation stream, the same ones at every row, so that the
+    /// curve moves only because the model does; the final figures score fresh samples of it.
+    fn generated(task: &Task, training: &TrainConfig) -> Self {
+        let seed = training.seed;
+        Self {
+            training: Arc::new(Generated::new(task, seed, Stream::Training, training.samples)),
+            validation: Arc::new(Generated::new(task, seed, Stream::Evaluation, VALIDATION_SAMPLES)),
+            evaluation: Arc::new(Generated::new(task, seed, Stream::Evaluation, training.evaluation_samples)),
+        }
+    }
+
+    /// The user's pairs: training shuffled every epoch from `seed`; the validation rows score
+    /// the first [`VALIDATION_SAMPLES`] held-out pairs, the final figures all of them.
+    fn pairs(loaded: &LoadedPairs, seed: u64) -> Self {
+        let problem = &loaded.problem;
+        let validation = PairSource::new(problem, Arc::clone(&loaded.validation), None);
+        Self {
+            training: Arc::new(PairSource::new(problem, Arc::clone(&loaded.training), Some(seed))),
+            validation: Arc::new(validation.first(VALIDATION_SAMPLES)),
+            evaluation: Arc::new(PairSource::new(problem, Arc::clone(&loaded.validation), None)),
+        }
+    }
+}
+
 /// A model being trained, from a fresh start or a checkpoint.
 struct Session {
     dir: PathBuf,
@@ -153,6 +223,7 @@ struct Session {
     _lock: DirLock,
     run_id: Option<String>,
     task: Task,
+    data: RunData,
     model_config: ModelConfig,
     training: TrainConfig,
     model: Seq2Seq,
@@ -213,21 +284,13 @@ fn run_training(session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
             training.seed
         ));
     }
-    let data =
-        BatchStream::new(&session.task, training.seed, Stream::Training, training.samples, training.batch_size, device);
+    let data = BatchStream::of(Arc::clone(&session.data.training), training.batch_size, device);
     let metrics_path = dir.join(METRICS_FILE);
     let mut metrics_log = match session.start.samples_seen(&training) {
         0 => MetricsLog::create(&metrics_path)?,
         seen => MetricsLog::reopen(&metrics_path, seen as u64)?,
     };
-    let validation_data = BatchStream::new(
-        &session.task,
-        training.seed,
-        Stream::Evaluation,
-        VALIDATION_SAMPLES,
-        EVALUATION_BATCH_SIZE,
-        device,
-    );
+    let validation_data = BatchStream::of(Arc::clone(&session.data.validation), EVALUATION_BATCH_SIZE, device);
     let mut last_checkpoint: Option<usize> = None;
     let outcome = {
         let session = &session;
@@ -297,7 +360,8 @@ fn run_training(session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
     if let Some(signal) = interrupt::requested() {
         return Err(unscored(signal).into());
     }
-    let evaluation_data = evaluation_stream(&session.task, training.seed, training.evaluation_samples, device);
+    let evaluation_data =
+        BatchStream::of(Arc::clone(&session.data.evaluation), EVALUATION_BATCH_SIZE, device).keeping_samples();
     let evaluation = evaluate::evaluate(&session.model, &evaluation_data);
     if let Some(signal) = interrupt::requested() {
         return Err(unscored(signal).into());
@@ -334,6 +398,9 @@ fn evaluation_stream(task: &Task, seed: u64, samples: usize, device: Device) -> 
 }
 
 fn describe_evaluation(evaluation: &Evaluation) -> String {
+    if evaluation.token_error_rate.is_some() {
+        return format!("On {} held-out pairs: {}", evaluation.metrics.samples, describe_pairs(evaluation));
+    }
     let mut text = format!("On {} fresh samples: {}", evaluation.metrics.samples, evaluation.metrics.describe());
     if !evaluation.by_operator.is_empty() {
         let parts: Vec<String> = evaluation
@@ -360,6 +427,9 @@ pub struct EvaluateRequest {
     pub json: bool,
     /// List this many wrong predictions, with accuracy by output position and by answer size.
     pub errors: Option<usize>,
+    /// Pairs to score a model of pairs on (default: its own held-out part).
+    pub data: Option<PairFiles>,
+    pub skip_bad_lines: bool,
 }
 
 /// What `evaluate --json` prints: the figures, and with `--errors` the [`ErrorReport`]'s keys
@@ -379,6 +449,16 @@ pub fn evaluate(request: &EvaluateRequest) -> Result<Evaluation> {
     }
     let device = request.device.resolve()?;
     let loaded = checkpoint::load(&request.model_dir, device)?;
+    if let Task::Pairs(problem) = &loaded.config.task {
+        return evaluate_pairs(request, &loaded, problem, device);
+    }
+    if request.data.is_some() {
+        bail!(
+            "--data scores a model of your own pairs; {} holds {}, scored on fresh samples without it",
+            request.model_dir.display(),
+            loaded.config.task.model_kind()
+        );
+    }
     let seed = request.seed.unwrap_or(loaded.config.training.seed);
     let problem = match (&loaded.config.task, request.errors) {
         (Task::Autoencoder(_), Some(_)) => bail!(
@@ -387,7 +467,7 @@ pub fn evaluate(request: &EvaluateRequest) -> Result<Evaluation> {
             request.model_dir.display()
         ),
         (Task::Arithmetic(problem), Some(_)) => Some(problem),
-        (_, None) => None,
+        (_, _) => None,
     };
     let data = evaluation_stream(&loaded.config.task, seed, request.samples, device);
     let mut tally = match (problem, request.errors) {
@@ -411,6 +491,112 @@ pub fn evaluate(request: &EvaluateRequest) -> Result<Evaluation> {
     Ok(evaluation)
 }
 
+/// What `evaluate --json` prints for a model of pairs.
+#[derive(Debug, Serialize)]
+struct PairEvaluationJson<'a> {
+    samples: usize,
+    loss: f64,
+    token_accuracy: Option<f64>,
+    sequence_accuracy: Option<f64>,
+    token_error_rate: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wrong: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<&'a [PairMistake]>,
+}
+
+/// Scores a model of pairs on `--data`, or on its own held-out part.
+fn evaluate_pairs(
+    request: &EvaluateRequest,
+    loaded: &checkpoint::LoadedModel,
+    problem: &PairsProblem,
+    device: Device,
+) -> Result<Evaluation> {
+    if request.seed.is_some() {
+        bail!("--seed draws fresh samples of a generated problem; a model of pairs scores the pairs it is given");
+    }
+    let (corpus, origin) = match &request.data {
+        Some(files) => {
+            let read = load::read_pairs_for(problem, files)?;
+            let mut notes = Vec::new();
+            load::check_bad_lines(&read, files, request.skip_bad_lines, &mut notes)?;
+            if read.unknown.count > 0 {
+                notes.push(format!(
+                    "{} source tokens of {files} are not in the model's vocabulary and read as <unk>",
+                    thousands(read.unknown.count)
+                ));
+            }
+            let mut corpus = read.corpus;
+            let limits = corpus.limit_lengths(Some(problem.max_source_len), Some(problem.max_target_len));
+            notes.extend(limits.describe().map(|text| format!("{text}, which this model cannot read or write")));
+            for line in notes {
+                output::note(line);
+            }
+            if corpus.is_empty() {
+                bail!("{files} holds no pair this model can score");
+            }
+            (corpus, files.to_string())
+        }
+        None => {
+            let pairs = load::reload(problem, loaded.config.training.seed)?;
+            let origin = format!("the held-out part of {}", problem.data.files()?);
+            (Arc::try_unwrap(pairs.validation).unwrap_or_else(|shared| (*shared).clone()), origin)
+        }
+    };
+    let source = PairSource::new(problem, Arc::new(corpus), None);
+    let data = BatchStream::of(Arc::new(source), EVALUATION_BATCH_SIZE, device).keeping_samples();
+    let mut mistakes = request.errors.map(|limit| PairMistakes::new(problem, limit));
+    let evaluation = evaluate::evaluate_observed(&loaded.model, &data, |batch, logits| {
+        if let Some(mistakes) = mistakes.as_mut() {
+            mistakes.add(batch, logits);
+        }
+    });
+    let mistakes = mistakes.map(PairMistakes::finish);
+    let metrics = &evaluation.metrics;
+    if request.json {
+        print_line(serde_json::to_string(&PairEvaluationJson {
+            samples: metrics.samples,
+            loss: metrics.loss,
+            token_accuracy: metrics.char_accuracy,
+            sequence_accuracy: metrics.sequence_accuracy,
+            token_error_rate: evaluation.token_error_rate,
+            wrong: mistakes.as_ref().map(|(wrong, _)| *wrong),
+            errors: mistakes.as_ref().map(|(_, kept)| kept.as_slice()),
+        })?)?;
+    } else {
+        print_line(format!(
+            "On {} pairs of {origin}: {} ({})",
+            metrics.samples,
+            describe_pairs(&evaluation),
+            describe(device)
+        ))?;
+        if let Some((wrong, kept)) = &mistakes {
+            let mut text = format!("{wrong} of {} wrong; the most confident:", metrics.samples);
+            for mistake in kept {
+                text.push_str(&format!(
+                    "\n  {}  →  {}  (expected {}, confidence {:.2})",
+                    mistake.input, mistake.prediction, mistake.expected, mistake.confidence
+                ));
+            }
+            print_line(text)?;
+        }
+    }
+    Ok(evaluation)
+}
+
+/// `loss 0.1234, token accuracy 97.10%, sequence accuracy 80.00%, token error rate 4.20%`.
+fn describe_pairs(evaluation: &Evaluation) -> String {
+    let metrics = &evaluation.metrics;
+    let percent = |value: Option<f64>| value.map_or_else(|| "?".to_owned(), |v| format!("{:.2}%", 100.0 * v));
+    format!(
+        "loss {:.4}, token accuracy {}, sequence accuracy {}, token error rate {}",
+        metrics.loss,
+        percent(metrics.char_accuracy),
+        percent(metrics.sequence_accuracy),
+        percent(evaluation.token_error_rate)
+    )
+}
+
 /// Everything `predict` needs.
 #[derive(Debug, Clone)]
 pub struct PredictRequest {
@@ -431,11 +617,11 @@ pub fn predict(request: &PredictRequest) -> Result<()> {
     check_batch_size(request.batch_size)?;
     let device = request.device.resolve()?;
     let loaded = checkpoint::load(&request.model_dir, device)?;
-    if request.verbose && matches!(loaded.config.task, Task::Autoencoder(_)) {
+    if request.verbose && !matches!(loaded.config.task, Task::Arithmetic(_)) {
         bail!(
-            "--verbose shows the probability of each output character; {} holds an autoencoder, which writes \
-             values (--json gives each reconstruction's largest absolute error)",
-            request.model_dir.display()
+            "--verbose shows the probability of each output character of an arithmetic model; {} holds {}",
+            request.model_dir.display(),
+            loaded.config.task.model_kind()
         );
     }
     // Someone typing at a terminal wants each answer as soon as the line is entered.
@@ -510,7 +696,7 @@ pub fn encode(request: &EncodeRequest) -> Result<()> {
     let task = &loaded.config.task;
     let source = match &request.source {
         Some(source) => source.clone(),
-        None => InputSource::Generated(fresh_samples(task, loaded.config.training.seed, request.samples)),
+        None => InputSource::Generated(fresh_samples(task, loaded.config.training.seed, request.samples)?),
     };
     let encoder = Encoder { model: &loaded.model, task, device, batch_size: request.batch_size };
     let mut kept = request.plot.as_ref().map(|_| KeptVectors::default());
@@ -541,10 +727,18 @@ pub fn encode(request: &EncodeRequest) -> Result<()> {
     fail_on_rejections(&summary)
 }
 
-/// The first `samples` samples of the evaluation stream of `seed`: inputs the model never trained on.
-fn fresh_samples(task: &Task, seed: u64, samples: usize) -> Vec<Input> {
-    let stream = BatchStream::new(task, seed, Stream::Evaluation, samples, EVALUATION_BATCH_SIZE, Device::Cpu);
-    stream.keeping_samples().iter().flat_map(|batch| batch.samples).collect()
+/// The first `samples` samples of the evaluation stream of `seed` (a model of pairs: of its
+/// held-out part): inputs the model never trained on.
+fn fresh_samples(task: &Task, seed: u64, samples: usize) -> Result<Vec<Input>> {
+    let source: Arc<dyn SampleSource> = match task {
+        Task::Pairs(problem) => {
+            let pairs = load::reload(problem, seed)?;
+            Arc::new(PairSource::new(problem, pairs.validation, None).first(samples))
+        }
+        _ => Arc::new(Generated::new(task, seed, Stream::Evaluation, samples)),
+    };
+    let stream = BatchStream::of(source, EVALUATION_BATCH_SIZE, Device::Cpu);
+    Ok(stream.keeping_samples().iter().flat_map(|batch| batch.samples).collect())
 }
 
 /// A scatter of the kept vectors' first two principal components, coloured by each input's value.
@@ -557,6 +751,7 @@ fn draw_encodings(task: &Task, kept: &KeptVectors, path: &Path) -> Result<()> {
     let colour_label = match task {
         Task::Arithmetic(_) => "value of the expression",
         Task::Autoencoder(_) => "mean of the sequence",
+        Task::Pairs(_) => "length of the source in tokens",
     };
     let title = format!("Encoder vectors of {} inputs", points.len());
     plot::scatter(&points, kept.values(), &title, &axis(1), &axis(2), colour_label, path)

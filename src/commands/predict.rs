@@ -39,6 +39,17 @@ struct JsonAnswer<'a> {
     probabilities: Option<&'a [f64]>,
 }
 
+/// One answered source of a model of pairs, as `--json` prints it.
+#[derive(Debug, Serialize)]
+struct JsonTranslation<'a> {
+    input: &'a str,
+    prediction: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expected: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    correct: Option<bool>,
+}
+
 /// One reconstructed sequence, as `--json` prints it.
 #[derive(Debug, Serialize)]
 struct JsonReconstruction<'a> {
@@ -184,6 +195,37 @@ impl Predictor<'_> {
                             write!(out, "  [{}]", shown.join(", "))?;
                         }
                         writeln!(out)?;
+                    }
+                }
+            }
+            Task::Pairs(problem) => {
+                let written = output.argmax(-1, false).flatten(0, -1).to_device(Device::Cpu);
+                let written = Vec::<i64>::try_from(written).expect("argmax yields int64 class indices");
+                for (input, row) in batch.iter().zip(written.chunks(problem.output_len())) {
+                    let Input::Pair(pair) = input else { unreachable!("pair inputs are pairs") };
+                    let ids = problem.written(row);
+                    let prediction = problem.target_text(ids);
+                    let expected = pair.expected.as_ref();
+                    let is_correct = expected.map(|(_, truth)| {
+                        ids.len() == truth.len() && ids.iter().zip(truth).all(|(&w, &t)| w == i64::from(t))
+                    });
+                    correct += usize::from(is_correct == Some(true));
+                    if self.json {
+                        let answer = JsonTranslation {
+                            input: &pair.text,
+                            prediction: &prediction,
+                            expected: expected.map(|(text, _)| text.as_str()),
+                            correct: is_correct,
+                        };
+                        writeln!(out, "{}", serde_json::to_string(&answer)?)?;
+                    } else {
+                        match (expected, is_correct) {
+                            (Some((text, _)), Some(right)) => {
+                                let verdict = if right { "right" } else { "wrong" };
+                                writeln!(out, "{}\t{prediction}\t(expect {text}: {verdict})", pair.text)?;
+                            }
+                            _ => writeln!(out, "{}\t{prediction}", pair.text)?,
+                        }
                     }
                 }
             }

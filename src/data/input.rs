@@ -89,7 +89,17 @@ impl<F: FnMut(&[Input]) -> Result<()>> Batcher<'_, F> {
             Err(reason) => Err(("", reason.to_owned())),
         };
         match parsed {
-            Ok(input) => self.accept(input)?,
+            Ok(input) => {
+                if let Input::Pair(pair) = &input {
+                    for (column, token) in &pair.unknown {
+                        writeln!(
+                            self.errors,
+                            "{location}: token {column} ({token:?}) is not in the model's vocabulary; read as <unk>"
+                        )?;
+                    }
+                }
+                self.accept(input)?
+            }
             Err((text, reason)) => {
                 self.summary.rejected += 1;
                 let shown = text.trim_end_matches(['\n', '\r']);

@@ -1,18 +1,18 @@
-//! The seeded stream of training and evaluation batches.
-//!
-//! A batch is a pure function of `(seed, stream, batch index)`: nothing is held in memory
-//! beyond the batch at hand, any batch can be regenerated on its own (resume, shuffling),
-//! and evaluation samples never repeat the training stream.
+//! Training and evaluation batches from a [`SampleSource`]: generated problems
+//! ([`generated`]) or the user's files ([`corpus`]); and users' inputs for `predict` and
+//! `encode` ([`input`]).
 
 pub mod corpus;
+pub mod generated;
 pub mod input;
 pub mod lines;
 
-use rand::SeedableRng;
-use rand::rngs::StdRng;
+use std::sync::Arc;
+
 use tch::{Device, Tensor};
 
 use crate::task::{ArithmeticProblem, Expression, Input, Task};
+use generated::Generated;
 
 /// Independent streams of samples drawn from one seed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +34,8 @@ impl Stream {
 pub struct Batch {
     /// `[size, input_len]`: int64 class indices, or float values.
     pub inputs: Tensor,
-    /// `[size, output_len]`: int64 class indices, or float values.
+    /// `[size, output_len]`: int64 class indices (or [`crate::task::pairs::IGNORED`]), or
+    /// float values.
     pub targets: Tensor,
     pub size: usize,
     /// The samples themselves, kept on the host only when the stream was asked to
@@ -42,12 +43,26 @@ pub struct Batch {
     pub samples: Vec<Input>,
 }
 
-/// `samples` samples in batches of `batch_size` (the last one may be smaller).
+/// Where samples come from: generated from a seed ([`generated::Generated`], as many as asked
+/// for) or read from the user's files ([`corpus::batches::PairSource`], a finite set). Training,
+/// evaluation, `encode --plot` and the metrics log see only this.
+pub trait SampleSource: Send + Sync {
+    /// The task whose samples these are.
+    fn task(&self) -> &Task;
+    /// Samples in one pass (an epoch).
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Batch `index` of pass `epoch` in batches of `batch_size`, as host tensors; with
+    /// `keep_samples`, the samples too. Every pass visits every sample once.
+    fn batch(&self, epoch: usize, index: usize, batch_size: usize, keep_samples: bool) -> Batch;
+}
+
+/// A source's samples in batches of `batch_size` (the last one may be smaller), on a device.
+#[derive(Clone)]
 pub struct BatchStream {
-    task: Task,
-    seed: u64,
-    stream: Stream,
-    samples: usize,
+    source: Arc<dyn SampleSource>,
     batch_size: usize,
     device: Device,
     keep_samples: bool,
@@ -62,9 +77,15 @@ pub fn mix_seed(mut x: u64) -> u64 {
 }
 
 impl BatchStream {
+    /// `samples` generated samples of `task` from `seed`'s `stream`.
     pub fn new(task: &Task, seed: u64, stream: Stream, samples: usize, batch_size: usize, device: Device) -> Self {
+        Self::of(Arc::new(Generated::new(task, seed, stream, samples)), batch_size, device)
+    }
+
+    /// Batches of any source.
+    pub fn of(source: Arc<dyn SampleSource>, batch_size: usize, device: Device) -> Self {
         assert!(batch_size > 0, "batch size is validated before a stream is built");
-        Self { task: task.clone(), seed, stream, samples, batch_size, device, keep_samples: false }
+        Self { source, batch_size, device, keep_samples: false }
     }
 
     /// Keeps each batch's samples on the host as well, in [`Batch::samples`].
@@ -74,7 +95,7 @@ impl BatchStream {
     }
 
     pub fn task(&self) -> &Task {
-        &self.task
+        self.source.task()
     }
 
     pub fn device(&self) -> Device {
@@ -82,41 +103,25 @@ impl BatchStream {
     }
 
     pub fn samples(&self) -> usize {
-        self.samples
+        self.source.len()
     }
 
     pub fn num_batches(&self) -> usize {
-        self.samples.div_ceil(self.batch_size)
+        self.source.len().div_ceil(self.batch_size)
     }
 
-    /// Batch `index` of the stream, generated on the host and copied to the device.
+    /// Batch `index` of the first pass, in the source's own order.
     pub fn batch(&self, index: usize) -> Batch {
-        let start = index * self.batch_size;
-        let size = self.batch_size.min(self.samples.saturating_sub(start));
-        let mut rng = StdRng::seed_from_u64(mix_seed(self.seed ^ self.stream.salt()) ^ mix_seed(index as u64));
-        let samples: Vec<Input> = (0..size)
-            .map(|_| match &self.task {
-                Task::Arithmetic(problem) => {
-                    let mut expression = Expression::default();
-                    problem.draw(&mut rng, &mut expression);
-                    Input::Expression(expression)
-                }
-                Task::Autoencoder(problem) => {
-                    let mut values = Vec::with_capacity(problem.length);
-                    problem.draw(&mut rng, &mut values);
-                    Input::Sequence(values)
-                }
-            })
-            .collect();
-        Batch {
-            inputs: input_tensor(&self.task, &samples, self.device),
-            targets: target_tensor(&self.task, &samples, self.device),
-            size,
-            samples: if self.keep_samples { samples } else { Vec::new() },
-        }
+        self.batch_of_epoch(0, index)
     }
 
-    /// Every batch in order.
+    /// Batch `index` of pass `epoch`, on the device.
+    pub fn batch_of_epoch(&self, epoch: usize, index: usize) -> Batch {
+        let host = self.source.batch(epoch, index, self.batch_size, self.keep_samples);
+        Batch { inputs: to_device(host.inputs, self.device), targets: to_device(host.targets, self.device), ..host }
+    }
+
+    /// Every batch of the first pass, in order.
     pub fn iter(&self) -> impl Iterator<Item = Batch> + '_ {
         (0..self.num_batches()).map(|index| self.batch(index))
     }
@@ -128,6 +133,14 @@ pub fn input_tensor(task: &Task, samples: &[Input], device: Device) -> Tensor {
     let host = match task {
         Task::Arithmetic(problem) => expression_indices(problem, samples, |expression| problem.model_input(expression)),
         Task::Autoencoder(_) => Tensor::from_slice(&sequence_values(samples)),
+        Task::Pairs(problem) => {
+            let mut ids = Vec::with_capacity(samples.len() * problem.input_len());
+            for sample in samples {
+                let Input::Pair(pair) = sample else { unreachable!("pair samples are pairs") };
+                problem.encode_source(&pair.source, &mut ids);
+            }
+            Tensor::from_slice(&ids)
+        }
     };
     to_device(host.view([samples.len() as i64, task.input_len() as i64]), device)
 }
@@ -141,6 +154,15 @@ pub fn target_tensor(task: &Task, samples: &[Input], device: Device) -> Tensor {
         }
         // An autoencoder's target is its input.
         Task::Autoencoder(_) => Tensor::from_slice(&sequence_values(samples)),
+        Task::Pairs(problem) => {
+            let mut ids = Vec::with_capacity(samples.len() * problem.output_len());
+            for sample in samples {
+                let Input::Pair(pair) = sample else { unreachable!("pair samples are pairs") };
+                let expected = pair.expected.as_ref().map_or(&[][..], |(_, ids)| ids.as_slice());
+                problem.encode_target(expected, &mut ids);
+            }
+            Tensor::from_slice(&ids)
+        }
     };
     to_device(host.view([samples.len() as i64, task.output_len() as i64]), device)
 }

@@ -2,13 +2,16 @@
 //! and accuracy per operator. Values: mean squared error and the largest absolute error.
 
 pub mod mistakes;
+pub mod pair_mistakes;
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+use crate::data::corpus::ErrorRate;
 use crate::data::{Batch, BatchStream};
 use crate::nn::model::Seq2Seq;
-use crate::task::{Features, Input, Operator, Task};
+use crate::task::pairs::IGNORED;
+use crate::task::{Features, Input, Operator, PairsProblem, Task};
 
 /// Samples scored after training and by `evaluate` unless the user says otherwise.
 pub const DEFAULT_EVALUATION_SAMPLES: usize = 10_000;
@@ -80,12 +83,13 @@ pub struct MetricSums {
     weighted_loss: Tensor,
     correct_chars: Tensor,
     correct_sequences: Tensor,
+    /// Output steps scored: every step, less the [`IGNORED`] ones after a target's end.
+    counted_chars: Tensor,
     max_abs_error: Tensor,
     pending_predictions: Vec<Tensor>,
     pending_targets: Vec<Tensor>,
     pending_losses: Vec<Tensor>,
     samples: usize,
-    steps_per_sample: usize,
     /// Batches recorded so far, and the first whose loss was not finite (0-based).
     batches: usize,
     first_non_finite_batch: Option<usize>,
@@ -95,19 +99,19 @@ pub struct MetricSums {
 const FOLD_EVERY: usize = 50;
 
 impl MetricSums {
-    pub fn new(device: Device, features: Features, steps_per_sample: usize) -> Self {
+    pub fn new(device: Device, features: Features) -> Self {
         let zero = || Tensor::zeros([], (Kind::Double, device));
         Self {
             features,
             weighted_loss: zero(),
             correct_chars: zero(),
             correct_sequences: zero(),
+            counted_chars: zero(),
             max_abs_error: zero(),
             pending_predictions: Vec::with_capacity(FOLD_EVERY),
             pending_targets: Vec::with_capacity(FOLD_EVERY),
             pending_losses: Vec::with_capacity(FOLD_EVERY),
             samples: 0,
-            steps_per_sample,
             batches: 0,
             first_non_finite_batch: None,
         }
@@ -140,10 +144,14 @@ impl MetricSums {
         tch::no_grad(|| {
             match self.features {
                 Features::Classes(_) => {
-                    let correct =
-                        Tensor::cat(&self.pending_predictions, 0).eq_tensor(&Tensor::cat(&self.pending_targets, 0));
-                    self.correct_chars += correct.sum(Kind::Double);
-                    self.correct_sequences += correct.all_dim(1, false).sum(Kind::Double);
+                    let targets = Tensor::cat(&self.pending_targets, 0);
+                    let correct = Tensor::cat(&self.pending_predictions, 0).eq_tensor(&targets);
+                    let counted = targets.ne(IGNORED);
+                    self.correct_chars += correct.logical_and(&counted).sum(Kind::Double);
+                    self.counted_chars += counted.sum(Kind::Double);
+                    // A sequence is right when every counted step is.
+                    self.correct_sequences +=
+                        correct.logical_or(&counted.logical_not()).all_dim(1, false).sum(Kind::Double);
                 }
                 Features::Value => {
                     let largest = Tensor::stack(&self.pending_predictions, 0).max().to_kind(Kind::Double);
@@ -178,7 +186,7 @@ impl MetricSums {
         Metrics {
             loss: self.weighted_loss.double_value(&[]) / samples,
             char_accuracy: is_classes
-                .then(|| self.correct_chars.double_value(&[]) / (samples * self.steps_per_sample as f64)),
+                .then(|| self.correct_chars.double_value(&[]) / self.counted_chars.double_value(&[]).max(1.0)),
             sequence_accuracy: is_classes.then(|| self.correct_sequences.double_value(&[]) / samples),
             max_abs_error: (!is_classes).then(|| self.max_abs_error.double_value(&[])),
             samples: self.samples,
@@ -202,6 +210,10 @@ pub struct Evaluation {
     /// Arithmetic with more than one operator: one entry per operator of the problem.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub by_operator: Vec<OperatorAccuracy>,
+    /// Pairs: Levenshtein edits from the written target to the true one, over the true one's
+    /// tokens (the character error rate for characters, the word or phoneme error rate for words).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_error_rate: Option<f64>,
 }
 
 /// Scores `model` on every batch of `data`, without gradients and with dropout off.
@@ -224,7 +236,7 @@ pub fn evaluate_by(
     mut observe: impl FnMut(&Batch, &Tensor),
 ) -> anyhow::Result<Evaluation> {
     let shape = model.shape();
-    let mut sums = MetricSums::new(data.device(), shape.features, shape.output_len);
+    let mut sums = MetricSums::new(data.device(), shape.output);
     // The breakdown says something only when there is more than one operator.
     let operators: Vec<Operator> = match data.task() {
         Task::Arithmetic(problem) if problem.operators.iter().count() > 1 => problem.operators.iter().collect(),
@@ -232,6 +244,11 @@ pub fn evaluate_by(
     };
     // (samples, correct) per operator.
     let mut tallies = vec![(0usize, 0usize); operators.len()];
+    let pairs = match data.task() {
+        Task::Pairs(problem) => Some(problem),
+        _ => None,
+    };
+    let mut errors = ErrorRate::default();
     tch::no_grad(|| -> anyhow::Result<()> {
         for batch in data.iter() {
             // A training run's stop signal cuts its final evaluation short (the caller checks).
@@ -242,6 +259,9 @@ pub fn evaluate_by(
             let loss = model.loss(&output, &batch.targets);
             sums.add(&output, &batch.targets, &loss, batch.size);
             observe(&batch, &output);
+            if let Some(problem) = pairs {
+                add_edits(problem, &output, &batch.targets, &mut errors);
+            }
             if operators.is_empty() {
                 continue;
             }
@@ -268,7 +288,20 @@ pub fn evaluate_by(
             sequence_accuracy: correct as f64 / samples.max(1) as f64,
         })
         .collect();
-    Ok(Evaluation { metrics: sums.read(), by_operator })
+    let token_error_rate = pairs.map(|_| errors.rate());
+    Ok(Evaluation { metrics: sums.read(), by_operator, token_error_rate })
+}
+
+/// The edits of each written target (up to its end marker) from the true one.
+fn add_edits(problem: &PairsProblem, output: &Tensor, targets: &Tensor, errors: &mut ErrorRate) {
+    let width = problem.output_len();
+    let written = Vec::<i64>::try_from(output.argmax(-1, false).flatten(0, -1).to_device(Device::Cpu))
+        .expect("argmax yields int64 class indices");
+    let truth = Vec::<i64>::try_from(targets.flatten(0, -1).to_device(Device::Cpu)).expect("int64 targets");
+    let ids = |row: &[i64]| row.iter().map(|&id| id as u32).collect::<Vec<u32>>();
+    for (written, truth) in written.chunks(width).zip(truth.chunks(width)) {
+        errors.add(&ids(problem.written(written)), &ids(problem.written(truth)));
+    }
 }
 
 #[cfg(test)]
@@ -281,7 +314,7 @@ mod tests {
         // the second right in its first character only.
         let logits = Tensor::from_slice(&[9.0f32, 0., 0., 0., 9., 0., 0., 0., 9., 9., 0., 0.]).view([2, 2, 3]);
         let targets = Tensor::from_slice(&[0i64, 1, 2, 1]).view([2, 2]);
-        let mut sums = MetricSums::new(Device::Cpu, Features::Classes(3), 2);
+        let mut sums = MetricSums::new(Device::Cpu, Features::Classes(3));
         sums.add(&logits, &targets, &Tensor::from(0.5f32), 2);
         // A second batch, one sample with both characters wrong, scored in the same fold.
         let wrong = Tensor::from_slice(&[0.0f32, 9., 0., 0., 0., 9.]).view([1, 2, 3]);
@@ -317,7 +350,7 @@ mod tests {
 
     #[test]
     fn tracks_the_largest_error_of_values() {
-        let mut sums = MetricSums::new(Device::Cpu, Features::Value, 3);
+        let mut sums = MetricSums::new(Device::Cpu, Features::Value);
         let targets = Tensor::from_slice(&[0.1f32, 0.2, 0.3]).view([1, 3]);
         let output = Tensor::from_slice(&[0.1f32, 0.25, 0.2]).view([1, 3]);
         sums.add(&output, &targets, &Tensor::from(0.01f32), 1);

@@ -10,6 +10,7 @@ use tch::{Device, Kind, Reduction, Tensor};
 use crate::nn::device::autograd_forced;
 pub use crate::nn::lstm::with_global_generator;
 use crate::nn::lstm::{LayerGradients, Lstm, Masks, OutputGradient, StepInputs, Tape};
+use crate::task::pairs::IGNORED;
 use crate::task::{Features, Task};
 
 /// The architecture's free choices. `Default` is the reference: encoder 75 cells, decoder 50.
@@ -55,8 +56,8 @@ impl ModelConfig {
             let first = 4 * units * (input + units + 1);
             first + (layers as u128).saturating_sub(1) * 4 * units * (2 * units + 1)
         };
-        let width = shape.features.width() as u128;
-        lstm(shape.features.width(), self.encoder_units, self.encoder_layers)
+        let width = shape.output.width() as u128;
+        lstm(shape.input.width(), self.encoder_units, self.encoder_layers)
             + lstm(self.encoder_units, self.decoder_units, self.decoder_layers)
             + (self.decoder_units as u128 + 1) * width
     }
@@ -73,7 +74,8 @@ impl ModelConfig {
         let layers = self.encoder_layers.max(self.decoder_layers) as u128;
         // Per step and unit: four gates, the cell and hidden states and their tanh, kept for
         // the backward pass (an overestimate for prediction, which keeps none).
-        let activations = batch * steps * widest * layers * 8 * 4 + batch * steps * shape.features.width() as u128 * 8;
+        let activations = batch * steps * widest * layers * 8 * 4
+            + batch * steps * shape.input.width().max(shape.output.width()) as u128 * 8;
         let needed = weights + activations;
         let available = physical_memory();
         if needed > available {
@@ -117,17 +119,33 @@ pub fn human_bytes(bytes: u128) -> String {
     if unit == 0 { format!("{bytes} bytes") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
-/// What the problem fixes: what a time step holds, and the sequence lengths.
+/// What the problem fixes: what an input and an output step hold, and the sequence lengths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ModelShape {
-    pub features: Features,
+    pub input: Features,
+    pub output: Features,
     pub input_len: usize,
     pub output_len: usize,
+    /// Whether some target steps are [`IGNORED`] (the steps after a target's end marker): the
+    /// loss then averages over the others. Off for the built-in problems, whose every step counts.
+    pub padded_targets: bool,
 }
 
 impl ModelShape {
     pub fn for_task(task: &Task) -> Self {
-        Self { features: task.features(), input_len: task.input_len(), output_len: task.output_len() }
+        let problem = task.problem();
+        Self {
+            input: problem.input_features(),
+            output: problem.output_features(),
+            input_len: problem.input_len(),
+            output_len: problem.output_len(),
+            padded_targets: matches!(task, Task::Pairs(_)),
+        }
+    }
+
+    /// The same features in and out, every step counted: the shape of the built-in problems.
+    pub fn uniform(features: Features, input_len: usize, output_len: usize) -> Self {
+        Self { input: features, output: features, input_len, output_len, padded_targets: false }
     }
 }
 
@@ -166,8 +184,9 @@ impl Seq2Seq {
     /// Creates the variables under `vs` (`encoder.*`, `decoder.*`, `output.*`), drawing the
     /// initial weights from libtorch's global generator (seed it with `tch::manual_seed`).
     pub fn new(vs: &nn::Path, config: &ModelConfig, shape: ModelShape) -> Self {
-        let width = shape.features.width();
-        let encoder = Lstm::new(vs / "encoder", width, config.encoder_units, config.encoder_layers, config.dropout);
+        let width = shape.output.width();
+        let encoder =
+            Lstm::new(vs / "encoder", shape.input.width(), config.encoder_units, config.encoder_layers, config.dropout);
         let decoder = Lstm::new(
             vs / "decoder",
             config.encoder_units,
@@ -281,14 +300,22 @@ impl Seq2Seq {
     ) -> (Tensor, Tensor) {
         let pass = self.run(inputs, Some(masks));
         let targets = targets.transpose(0, 1).reshape([-1]);
-        let (loss, d_values) = match self.shape.features {
+        let (loss, d_values) = match self.shape.output {
             Features::Classes(_) => {
                 let log_probs = pass.values.log_softmax(1, pass.values.kind());
+                // nll_loss leaves IGNORED steps out and averages over the others.
                 let loss = log_probs.nll_loss(&targets);
                 // d(mean of -log p[target]) / d log p, then through the log-softmax.
-                let count = targets.size()[0] as f64;
                 let mut d_log_probs = log_probs.zeros_like();
-                let _ = d_log_probs.scatter_value_(1, &targets.unsqueeze(1), -1.0 / count);
+                if self.shape.padded_targets {
+                    let counted = targets.ne(IGNORED);
+                    let count = counted.sum(Kind::Int64).int64_value(&[]).max(1) as f64;
+                    let scale = counted.to_kind(log_probs.kind()).unsqueeze(1) * (-1.0 / count);
+                    let _ = d_log_probs.scatter_(1, &targets.clamp_min(0).unsqueeze(1), &scale);
+                } else {
+                    let count = targets.size()[0] as f64;
+                    let _ = d_log_probs.scatter_value_(1, &targets.unsqueeze(1), -1.0 / count);
+                }
                 let d_values =
                     Tensor::internal_log_softmax_backward_data(&d_log_probs, &log_probs, 1, log_probs.kind());
                 (loss, d_values)
@@ -352,7 +379,7 @@ impl Seq2Seq {
 
     /// [`Seq2Seq::encode`] by libtorch's `lstm` op, differentiable by autograd.
     fn encode_with_lstm_op(&self, inputs: &Tensor, train: bool) -> Tensor {
-        let steps = match self.shape.features {
+        let steps = match self.shape.input {
             Features::Classes(n) => inputs.one_hot(n as i64).to_kind(self.output.ws.kind()),
             Features::Value => inputs.unsqueeze(-1),
         };
@@ -367,7 +394,7 @@ impl Seq2Seq {
         let repeated = encoded.unsqueeze(1).expand([batch, self.shape.output_len as i64, units], false);
         let (decoded, _) = self.decoder.forward_with_lstm_op(&repeated, train);
         let output = nn::Module::forward(&self.output, &decoded);
-        match self.shape.features {
+        match self.shape.output {
             Features::Classes(_) => output,
             Features::Value => output.squeeze_dim(-1),
         }
@@ -379,7 +406,7 @@ impl Seq2Seq {
 
     fn run_encoder(&self, inputs: &Tensor, masks: Option<Masks>) -> Tape {
         let time_major = inputs.transpose(0, 1).contiguous();
-        let steps = match self.shape.features {
+        let steps = match self.shape.input {
             Features::Classes(classes) => StepInputs::Classes { indices: time_major, classes: classes as i64 },
             Features::Value => StepInputs::Dense(time_major.unsqueeze(-1)),
         };
@@ -402,7 +429,7 @@ impl Seq2Seq {
     /// `[output_len · batch, width]` → `[batch, output_len, classes]` or `[batch, output_len]`.
     fn batch_major(&self, values: &Tensor) -> Tensor {
         let by_step = values.view([self.shape.output_len as i64, -1, values.size()[1]]).transpose(0, 1).contiguous();
-        match self.shape.features {
+        match self.shape.output {
             Features::Classes(_) => by_step,
             Features::Value => by_step.squeeze_dim(-1),
         }
@@ -411,12 +438,12 @@ impl Seq2Seq {
     /// Characters: mean categorical cross-entropy over every output character (the softmax is in
     /// the loss). Values: mean squared error over every output step.
     pub fn loss(&self, output: &Tensor, targets: &Tensor) -> Tensor {
-        match self.shape.features {
+        match self.shape.output {
             Features::Classes(classes) => output.view([-1, classes as i64]).cross_entropy_loss::<Tensor>(
                 &targets.view([-1]),
                 None,
                 Reduction::Mean,
-                -100,
+                IGNORED,
                 0.0,
             ),
             Features::Value => output.mse_loss(targets, Reduction::Mean),
@@ -431,7 +458,7 @@ impl Seq2Seq {
 
     /// A table like Keras's `model.summary()`: every layer, its output shape, its parameters.
     pub fn summary(&self) -> String {
-        let ModelShape { features, input_len, output_len } = self.shape;
+        let ModelShape { output: features, input_len, output_len, .. } = self.shape;
         let (enc, dec, dropout) = (self.config.encoder_units, self.config.decoder_units, self.config.dropout);
         let mut rows: Vec<(String, String, i64)> = Vec::new();
         let stack = |rows: &mut Vec<(String, String, i64)>,
@@ -499,10 +526,7 @@ mod tests {
     /// The count that sizes the memory check is the one the built model has.
     #[test]
     fn parameter_count_from_the_config_matches_the_built_model() {
-        let shapes = [
-            ModelShape { features: Features::Classes(12), input_len: 8, output_len: 2 },
-            ModelShape { features: Features::Value, input_len: 9, output_len: 9 },
-        ];
+        let shapes = [ModelShape::uniform(Features::Classes(12), 8, 2), ModelShape::uniform(Features::Value, 9, 9)];
         for shape in shapes {
             for config in [
                 ModelConfig::default(),
@@ -517,7 +541,7 @@ mod tests {
 
     #[test]
     fn sizes_past_the_limits_or_the_memory_are_refused() {
-        let shape = ModelShape { features: Features::Classes(12), input_len: 8, output_len: 2 };
+        let shape = ModelShape::uniform(Features::Classes(12), 8, 2);
         let huge = ModelConfig {
             encoder_units: MAX_UNITS,
             decoder_units: MAX_UNITS,
@@ -539,7 +563,7 @@ mod tests {
     /// constructors, which other tests run in parallel).
     fn random_batch(shape: ModelShape, kind: Kind, seed: u64) -> (Tensor, Tensor) {
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut draw = |steps: usize| match shape.features {
+        let mut draw = |steps: usize| match shape.input {
             Features::Classes(n) => {
                 let indices: Vec<i64> = (0..16 * steps).map(|_| rng.random_range(0..n as i64)).collect();
                 Tensor::from_slice(&indices).view([16, steps as i64])
@@ -622,8 +646,8 @@ mod tests {
 
     #[test]
     fn hand_written_passes_match_autograd_on_stacked_layers_and_values() {
-        let values = ModelShape { features: Features::Value, input_len: 6, output_len: 6 };
-        let one_step = ModelShape { features: Features::Classes(5), input_len: 1, output_len: 1 };
+        let values = ModelShape::uniform(Features::Value, 6, 6);
+        let one_step = ModelShape::uniform(Features::Classes(5), 1, 1);
         assert_matches_autograd(stacked(), reference_shape());
         assert_matches_autograd(ModelConfig::default(), values);
         assert_matches_autograd(stacked(), values);
@@ -634,13 +658,13 @@ mod tests {
     /// in double precision, its gradients land in the same slots as the hand-written ones.
     #[test]
     fn the_lstm_op_path_fills_every_gradient_slot() {
-        for shape in [reference_shape(), ModelShape { features: Features::Value, input_len: 4, output_len: 4 }] {
+        for shape in [reference_shape(), ModelShape::uniform(Features::Value, 4, 4)] {
             let mut vs = nn::VarStore::new(Device::Cpu);
             let model = Seq2Seq::new_seeded(&vs.root(), &stacked(), shape, 8);
             let batch = random_batch(shape, Kind::Float, 4);
             let (output, loss, grads) = by_hand(&vs, &model, &batch);
             vs.double();
-            let values = if shape.features == Features::Value { Kind::Double } else { Kind::Int64 };
+            let values = if shape.input == Features::Value { Kind::Double } else { Kind::Int64 };
             let batch = (batch.0.to_kind(values), batch.1.to_kind(values));
             let (double_output, double_loss, double_grads) = by_hand(&vs, &model, &batch);
             assert_eq!(double_output.kind(), Kind::Double);
@@ -660,7 +684,7 @@ mod tests {
     #[test]
     fn gradients_with_dropout_match_finite_differences() {
         for features in [Features::Classes(12), Features::Value] {
-            let shape = ModelShape { features, input_len: 5, output_len: 3 };
+            let shape = ModelShape::uniform(features, 5, 3);
             let vs = nn::VarStore::new(Device::Cpu);
             let model = Seq2Seq::new_seeded(&vs.root(), &ModelConfig { dropout: 0.4, ..stacked() }, shape, 2);
             let batch = random_batch(shape, Kind::Float, 3);
@@ -700,7 +724,7 @@ mod tests {
     }
 
     fn reference_shape() -> ModelShape {
-        ModelShape { features: Features::Classes(12), input_len: 8, output_len: 2 }
+        ModelShape::uniform(Features::Classes(12), 8, 2)
     }
 
     /// Tests run in parallel threads: every model is built under the generator lock.
@@ -787,7 +811,7 @@ mod tests {
     #[test]
     fn autoencoder_reads_and_writes_one_value_per_step() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let shape = ModelShape { features: Features::Value, input_len: 9, output_len: 9 };
+        let shape = ModelShape::uniform(Features::Value, 9, 9);
         let model = Seq2Seq::new_seeded(&vs.root(), &ModelConfig::default(), shape, 0);
         // Not Tensor::rand: other tests seed libtorch's global generator in parallel.
         let inputs = Tensor::arange(27, (Kind::Float, Device::Cpu)).view([3, 9]) / 27.0;

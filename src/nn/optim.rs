@@ -276,7 +276,13 @@ mod tests {
     use rand::{RngExt, SeedableRng};
     use tch::nn::OptimizerConfig;
 
-    const SHAPE: ModelShape = ModelShape { features: Features::Classes(12), input_len: 8, output_len: 2 };
+    const SHAPE: ModelShape = ModelShape {
+        input: Features::Classes(12),
+        output: Features::Classes(12),
+        input_len: 8,
+        output_len: 2,
+        padded_targets: false,
+    };
     const LEARNING_RATE: f64 = 0.001;
 
     struct Batch {
@@ -289,7 +295,7 @@ mod tests {
     fn batches(count: usize) -> Vec<Batch> {
         let mut rng = StdRng::seed_from_u64(5);
         let mut indices =
-            |n: usize| -> Vec<i64> { (0..n).map(|_| rng.random_range(0..SHAPE.features.width() as i64)).collect() };
+            |n: usize| -> Vec<i64> { (0..n).map(|_| rng.random_range(0..SHAPE.input.width() as i64)).collect() };
         (0..count)
             .map(|_| Batch {
                 inputs: Tensor::from_slice(&indices(32 * SHAPE.input_len)).view([32, SHAPE.input_len as i64]),

@@ -1,7 +1,12 @@
-//! What a sample is. Two tasks share the encoder-decoder: arithmetic (characters in, characters
-//! out, cross-entropy) and the sequence autoencoder (real values in and out, mean-squared error).
+//! What a sample is. Three tasks share the encoder-decoder: arithmetic (characters in,
+//! characters out, cross-entropy), the sequence autoencoder (real values in and out,
+//! mean-squared error) and the user's own pairs (tokens in, tokens out, cross-entropy).
+//!
+//! Each task is one type behind the [`Problem`] trait; [`Task`] is the enum that `config.json`
+//! stores, and [`Task::problem`] is the one place that dispatches on it.
 
 pub mod arithmetic;
+pub mod pairs;
 pub mod sequence;
 pub mod vocab;
 
@@ -11,6 +16,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 pub use arithmetic::{ArithmeticProblem, Expression, ExpressionError, Operator, Operators, TermCount};
+pub use pairs::{PairError, PairInput, PairsProblem};
 pub use sequence::{SequenceError, SequenceKind, SequenceProblem};
 
 use crate::task::vocab::Alphabet;
@@ -21,6 +27,7 @@ use crate::task::vocab::Alphabet;
 pub enum Task {
     Arithmetic(ArithmeticProblem),
     Autoencoder(SequenceProblem),
+    Pairs(Box<PairsProblem>),
 }
 
 impl Default for Task {
@@ -54,6 +61,7 @@ impl Features {
 pub enum Input {
     Expression(Expression),
     Sequence(Vec<f32>),
+    Pair(PairInput),
 }
 
 /// Why a user's input line was refused.
@@ -61,6 +69,7 @@ pub enum Input {
 pub enum InputError {
     Expression(ExpressionError),
     Sequence(SequenceError),
+    Pair(PairError),
 }
 
 impl fmt::Display for InputError {
@@ -68,68 +77,148 @@ impl fmt::Display for InputError {
         match self {
             InputError::Expression(e) => e.fmt(f),
             InputError::Sequence(e) => e.fmt(f),
+            InputError::Pair(e) => e.fmt(f),
         }
     }
 }
 
 impl std::error::Error for InputError {}
 
+/// What every task tells the rest of the program: the shape of its samples, how a user's line
+/// becomes one, and how to say what it is.
+pub trait Problem {
+    fn validate(&self) -> Result<()>;
+    /// What an input step holds.
+    fn input_features(&self) -> Features;
+    /// What an output step holds.
+    fn output_features(&self) -> Features;
+    /// Time steps the encoder reads.
+    fn input_len(&self) -> usize;
+    /// Time steps the decoder writes.
+    fn output_len(&self) -> usize;
+    /// Parses one line of user input.
+    fn parse_input(&self, line: &str) -> Result<Input, InputError>;
+    /// One line saying what the problem is.
+    fn describe(&self) -> String;
+}
+
+impl Problem for ArithmeticProblem {
+    fn validate(&self) -> Result<()> {
+        ArithmeticProblem::validate(self)
+    }
+    fn input_features(&self) -> Features {
+        Features::Classes(self.alphabet().len())
+    }
+    fn output_features(&self) -> Features {
+        self.input_features()
+    }
+    fn input_len(&self) -> usize {
+        ArithmeticProblem::input_len(self)
+    }
+    fn output_len(&self) -> usize {
+        ArithmeticProblem::output_len(self)
+    }
+    fn parse_input(&self, line: &str) -> Result<Input, InputError> {
+        self.parse_expression(line).map(Input::Expression).map_err(InputError::Expression)
+    }
+    fn describe(&self) -> String {
+        ArithmeticProblem::describe(self)
+    }
+}
+
+impl Problem for SequenceProblem {
+    fn validate(&self) -> Result<()> {
+        SequenceProblem::validate(self)
+    }
+    fn input_features(&self) -> Features {
+        Features::Value
+    }
+    fn output_features(&self) -> Features {
+        Features::Value
+    }
+    fn input_len(&self) -> usize {
+        self.length
+    }
+    fn output_len(&self) -> usize {
+        self.length
+    }
+    fn parse_input(&self, line: &str) -> Result<Input, InputError> {
+        self.parse_sequence(line).map(Input::Sequence).map_err(InputError::Sequence)
+    }
+    fn describe(&self) -> String {
+        SequenceProblem::describe(self)
+    }
+}
+
+impl Problem for PairsProblem {
+    fn validate(&self) -> Result<()> {
+        PairsProblem::validate(self)
+    }
+    fn input_features(&self) -> Features {
+        Features::Classes(self.source_vocabulary.len())
+    }
+    fn output_features(&self) -> Features {
+        Features::Classes(self.target_vocabulary.len())
+    }
+    fn input_len(&self) -> usize {
+        PairsProblem::input_len(self)
+    }
+    fn output_len(&self) -> usize {
+        PairsProblem::output_len(self)
+    }
+    fn parse_input(&self, line: &str) -> Result<Input, InputError> {
+        self.parse_line(line).map(Input::Pair).map_err(InputError::Pair)
+    }
+    fn describe(&self) -> String {
+        PairsProblem::describe(self)
+    }
+}
+
 impl Task {
-    pub fn validate(&self) -> Result<()> {
+    /// The task's problem behind its interface: the one match on the kind of task that the
+    /// shape, parsing and description go through.
+    pub fn problem(&self) -> &dyn Problem {
         match self {
-            Task::Arithmetic(problem) => problem.validate(),
-            Task::Autoencoder(problem) => problem.validate(),
+            Task::Arithmetic(problem) => problem,
+            Task::Autoencoder(problem) => problem,
+            Task::Pairs(problem) => problem.as_ref(),
         }
     }
 
-    /// The alphabet of a character task; `None` for real-valued sequences.
+    pub fn validate(&self) -> Result<()> {
+        self.problem().validate()
+    }
+
+    /// The alphabet of the arithmetic task (which follows from its operators).
     pub fn alphabet(&self) -> Option<Alphabet> {
         match self {
             Task::Arithmetic(problem) => Some(problem.alphabet()),
-            Task::Autoencoder(_) => None,
+            _ => None,
         }
     }
 
-    pub fn features(&self) -> Features {
-        match self {
-            Task::Arithmetic(problem) => Features::Classes(problem.alphabet().len()),
-            Task::Autoencoder(_) => Features::Value,
-        }
-    }
-
-    /// Time steps the encoder reads.
     pub fn input_len(&self) -> usize {
-        match self {
-            Task::Arithmetic(problem) => problem.input_len(),
-            Task::Autoencoder(problem) => problem.length,
-        }
+        self.problem().input_len()
     }
 
-    /// Time steps the decoder writes.
     pub fn output_len(&self) -> usize {
-        match self {
-            Task::Arithmetic(problem) => problem.output_len(),
-            Task::Autoencoder(problem) => problem.length,
-        }
+        self.problem().output_len()
     }
 
-    /// Parses one line of user input (an expression, or comma-separated values).
     pub fn parse_input(&self, line: &str) -> Result<Input, InputError> {
-        match self {
-            Task::Arithmetic(problem) => {
-                problem.parse_expression(line).map(Input::Expression).map_err(InputError::Expression)
-            }
-            Task::Autoencoder(problem) => {
-                problem.parse_sequence(line).map(Input::Sequence).map_err(InputError::Sequence)
-            }
-        }
+        self.problem().parse_input(line)
     }
 
-    /// One line saying what the problem is.
     pub fn describe(&self) -> String {
+        self.problem().describe()
+    }
+
+    /// What kind of model this task makes, for messages: `an autoencoder`.
+    pub fn model_kind(&self) -> &'static str {
         match self {
-            Task::Arithmetic(problem) => problem.describe(),
-            Task::Autoencoder(problem) => problem.describe(),
+            Task::Arithmetic(_) => "an arithmetic model",
+            Task::Autoencoder(_) => "an autoencoder",
+            Task::Pairs(_) => "a model of sequence pairs",
         }
     }
 }

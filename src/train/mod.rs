@@ -10,9 +10,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
@@ -312,19 +309,19 @@ fn train_steps(
     let log_every = config.log_every_samples();
     let mut samples_at_last_report = run.start.samples_seen(config);
     for epoch in run.start.epoch..config.epochs {
-        let mut sums = MetricSums::new(data.device(), shape.features, shape.output_len);
+        let mut sums = MetricSums::new(data.device(), shape.output);
         // The epoch's running sums when the previous report was made: a report covers the difference.
         let mut reported = Metrics::default();
-        let order = batch_order(data.num_batches(), config.seed, epoch);
+        let steps = data.num_batches();
         let first_step = if epoch == run.start.epoch { run.start.step } else { 0 };
-        for step in first_step..order.len() {
+        for step in first_step..steps {
             // Dropout masks from (seed, step) alone, so that a resumed run draws the same ones.
-            let mask_seed = mix_seed(config.seed ^ mix_seed((epoch * order.len() + step) as u64));
+            let mask_seed = mix_seed(config.seed ^ mix_seed((epoch * steps + step) as u64));
             let masks = if shared.threads() > 1 { Masks::Seeded(mask_seed) } else { Masks::Global };
             if uses_dropout && masks == Masks::Global {
                 tch::manual_seed(mask_seed as i64);
             }
-            let batch = data.batch(order[step]);
+            let batch = data.batch_of_epoch(epoch, step);
             let (output, loss) = shared.step(&batch.inputs, &batch.targets, masks)?;
             optimizer.set_learning_rate(config.learning_rate_at(Position { epoch, step }.samples_seen(config)));
             optimizer.step_from_buffer();
@@ -337,7 +334,7 @@ fn train_steps(
                 config.checkpoint_every.is_some_and(|every| samples_seen / every > samples_at_last_checkpoint / every);
             let signal = interrupt::requested();
             let stop = signal.is_some();
-            let epoch_ends = step + 1 == order.len();
+            let epoch_ends = step + 1 == steps;
             let report_due = epoch_ends || samples_seen / log_every > samples_at_last_report / log_every;
             if (step + 1) % READ_EVERY_STEPS == 0 || epoch_ends || checkpoint_due || stop || report_due {
                 let running = sums.read();
@@ -381,16 +378,6 @@ fn train_steps(
     }
     reporter.finish();
     Ok(TrainOutcome::Finished { seconds: elapsed() })
-}
-
-/// The first epoch takes batches in stream order; each later one in a seeded shuffle, so
-/// that the same batches are seen in a new order (as Keras shuffles each epoch).
-fn batch_order(num_batches: usize, seed: u64, epoch: usize) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..num_batches).collect();
-    if epoch > 0 {
-        order.shuffle(&mut StdRng::seed_from_u64(mix_seed(seed) ^ mix_seed(epoch as u64)));
-    }
-    order
 }
 
 /// Draws the progress bar or prints the progress lines.
@@ -467,17 +454,6 @@ impl<'a> Reporter<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn first_epoch_in_order_later_epochs_shuffled_and_reproducible() {
-        assert_eq!(batch_order(5, 1, 0), vec![0, 1, 2, 3, 4]);
-        let second = batch_order(100, 1, 1);
-        assert_ne!(second, (0..100).collect::<Vec<_>>());
-        assert_eq!(second, batch_order(100, 1, 1));
-        let mut sorted = second.clone();
-        sorted.sort();
-        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
-    }
 
     #[test]
     fn learning_rate_warms_up_then_follows_its_schedule() {

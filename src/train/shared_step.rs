@@ -202,7 +202,13 @@ mod tests {
     use crate::nn::model::{ModelConfig, ModelShape};
     use crate::task::Features;
 
-    const SHAPE: ModelShape = ModelShape { features: Features::Classes(12), input_len: 8, output_len: 2 };
+    const SHAPE: ModelShape = ModelShape {
+        input: Features::Classes(12),
+        output: Features::Classes(12),
+        input_len: 8,
+        output_len: 2,
+        padded_targets: false,
+    };
 
     /// Batches of random class indices from a private generator (the global one belongs to the
     /// constructors, which other tests run in parallel).

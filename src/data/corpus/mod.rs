@@ -1,10 +1,9 @@
 //! The user's own data: sequence pairs (or real-valued sequences) read from files, held packed
 //! as token ids in flat arrays, with the vocabulary of each side, length limits, a held-out
 //! split drawn from the seed, and the scores that compare sequences of tokens.
-//!
-//! Not yet wired into `train`, `evaluate` and `predict` (the README's "Your own data" says
-//! what is there).
 
+pub mod batches;
+pub mod load;
 pub mod read;
 pub mod vocabulary;
 
@@ -157,34 +156,6 @@ impl PairCorpus {
         LengthLimits { source, target, left_out: of - kept.len(), of }
     }
 
-    /// A key that identical pairs share, for splits and overlaps.
-    fn pair_key(&self, index: usize) -> u64 {
-        let mut hash = 0xcbf2_9ce4_8422_2325u64;
-        for (side, ids) in [self.sources.get(index), self.targets.get(index)].into_iter().enumerate() {
-            for &id in ids.iter().chain([&(u32::MAX - side as u32)]) {
-                hash = mix_seed(hash ^ u64::from(id));
-            }
-        }
-        hash
-    }
-
-    /// Splits off a held-out part of about `fraction` of the pairs, chosen from `seed` by each
-    /// pair's content, so that identical pairs land on the same side (the parts never overlap)
-    /// and the same data and seed always give the same split. Returns (training, held out).
-    pub fn split(self, fraction: f64, seed: u64) -> (PairCorpus, PairCorpus) {
-        let threshold = (fraction.clamp(0.0, 1.0) * u64::MAX as f64) as u64;
-        let salt = mix_seed(seed ^ 0x7661_6c69_6400_0000);
-        let (held_out, training): (Vec<usize>, Vec<usize>) =
-            (0..self.len()).partition(|&i| mix_seed(self.pair_key(i) ^ salt) < threshold);
-        let part = |indices: &[usize]| PairCorpus {
-            sources: self.sources.select(indices),
-            targets: self.targets.select(indices),
-            source_vocabulary: self.source_vocabulary.clone(),
-            target_vocabulary: self.target_vocabulary.clone(),
-        };
-        (part(&training), part(&held_out))
-    }
-
     /// How many pairs of `other` also occur here (ids compared, so both must share vocabularies).
     pub fn overlap(&self, other: &PairCorpus) -> usize {
         let keys: HashSet<(Vec<u32>, Vec<u32>)> =
@@ -268,28 +239,6 @@ mod tests {
         assert_eq!((limits.source, limits.target, limits.describe()), (2, 1, None));
         assert_eq!(thousands(112_361), "112,361");
         assert_eq!(thousands(12), "12");
-    }
-
-    #[test]
-    fn the_split_is_disjoint_deterministic_and_near_its_fraction() {
-        let mut pairs = PairCorpus::default();
-        for i in 0..4000u32 {
-            pairs.sources.push(&[2 + i % 50, 2 + i / 50]);
-            pairs.targets.push(&[2 + i % 7]);
-        }
-        // A duplicate of every tenth pair: identical pairs must land on one side.
-        for i in (0..4000u32).step_by(10) {
-            pairs.sources.push(&[2 + i % 50, 2 + i / 50]);
-            pairs.targets.push(&[2 + i % 7]);
-        }
-        let (training, held_out) = pairs.clone().split(0.05, 7);
-        assert_eq!(training.len() + held_out.len(), 4400);
-        assert!((180..=260).contains(&held_out.len()), "{}", held_out.len());
-        assert_eq!(training.overlap(&held_out), 0, "the parts share no pair");
-        let (again, _) = pairs.clone().split(0.05, 7);
-        assert_eq!(again, training);
-        let (other_seed, _) = pairs.split(0.05, 8);
-        assert_ne!(other_seed, training);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use anyhow::{Result, bail};
 use super::vocabulary::{PAD_ID, TokenKind, UNKNOWN_ID, Vocabulary};
 use super::{Packed, PairCorpus};
 use crate::data::lines::{Line, LineReader, MAX_LINE_BYTES};
+use crate::data::mix_seed;
 use crate::output::plain_io_message;
 use crate::store::files::open_regular;
 
@@ -89,6 +90,8 @@ impl<T> FirstFew<T> {
 #[derive(Debug)]
 pub struct ReadPairs {
     pub corpus: PairCorpus,
+    /// The pairs held out by [`HoldOut`] (empty without one), in the same vocabularies.
+    pub held_out: PairCorpus,
     /// Lines read (of the source file, for aligned files).
     pub lines: usize,
     pub bad: FirstFew<BadLine>,
@@ -97,19 +100,38 @@ pub struct ReadPairs {
 }
 
 impl ReadPairs {
-    /// The error training gives when any line was bad: the first ones and the total.
-    pub fn bad_lines_error(&self, files: &PairFiles) -> anyhow::Error {
+    /// The bad lines shown (the first [`BAD_LINES_SHOWN`]), one per line, and the error that
+    /// refuses the file after them.
+    pub fn bad_lines_error(&self, files: &PairFiles) -> (Vec<String>, anyhow::Error) {
         let shown: Vec<String> = self.bad.shown.iter().map(ToString::to_string).collect();
-        let more = match self.bad.count.saturating_sub(shown.len()) {
-            0 => String::new(),
-            more => format!("\n  ... and {more} more"),
-        };
-        anyhow::anyhow!(
-            "{} of {} lines of {files} are bad:\n  {}{more}\n(--skip-bad-lines trains on the good ones)",
+        let which =
+            if self.bad.count > shown.len() { format!("the first {} above", shown.len()) } else { "above".to_owned() };
+        let error = anyhow::anyhow!(
+            "{} of {} lines of {files} are bad ({which}); --skip-bad-lines trains on the good ones",
             self.bad.count,
             self.lines,
-            shown.join("\n  ")
-        )
+        );
+        (shown, error)
+    }
+}
+
+/// Holds out about `fraction` of the pairs, chosen by a hash of each pair's text salted with
+/// `seed`: identical pairs land on the same side (the parts never overlap), the same file and
+/// seed always give the same split, and the held-out tokens take no part in the vocabularies
+/// (a token seen only there reads as `<unk>`, as it would in new data).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HoldOut {
+    pub fraction: f64,
+    pub seed: u64,
+}
+
+impl HoldOut {
+    fn holds(&self, source: &str, target: &str) -> bool {
+        let mut hash = mix_seed(self.seed ^ 0x7661_6c69_6400_0000);
+        for byte in source.bytes().chain([0xff]).chain(target.bytes()) {
+            hash = mix_seed(hash ^ u64::from(byte));
+        }
+        (hash as f64) < self.fraction.clamp(0.0, 1.0) * u64::MAX as f64
     }
 }
 
@@ -118,8 +140,10 @@ fn open_lines(path: &Path) -> Result<LineReader<Box<dyn Read>>> {
     if path.is_dir() {
         bail!("{} is a directory, not a data file", path.display());
     }
-    let (mut file, size) = open_regular(path, MAX_DATA_BYTES)
-        .map_err(|e| anyhow::anyhow!("{e:#} (data files are read whole, so pipes and devices are refused)"))?;
+    let (mut file, size) = open_regular(path, MAX_DATA_BYTES).map_err(|e| match path.exists() {
+        true => anyhow::anyhow!("{e:#} (data files are read whole, so pipes and devices are refused)"),
+        false => e,
+    })?;
     if size == 0 {
         bail!("{} is empty", path.display());
     }
@@ -162,7 +186,8 @@ enum SideIds<'v> {
 
 impl SideIds<'_> {
     /// Appends the ids of `text`'s tokens to `out`; returns each unknown token with its column.
-    fn push(&mut self, kind: TokenKind, text: &str, out: &mut Vec<u32>) -> Vec<(usize, String)> {
+    /// Held-out text (`counted` false) gets ids but adds nothing to the counts.
+    fn push(&mut self, kind: TokenKind, text: &str, counted: bool, out: &mut Vec<u32>) -> Vec<(usize, String)> {
         let mut unknown = Vec::new();
         let mut column = 0;
         kind.split(text, |token| {
@@ -178,7 +203,7 @@ impl SideIds<'_> {
                         counts.push(0);
                         (tokens.len() - 1) as u32
                     });
-                    counts[id as usize] += 1;
+                    counts[id as usize] += u64::from(counted);
                     out.push(id);
                 }
             }
@@ -216,8 +241,14 @@ fn split_tabbed(text: &str) -> Result<(&str, &str), String> {
     Ok((source, target))
 }
 
-/// Reads every pair of `files`. `min_count` applies when the vocabularies are built here.
-pub fn read_pairs(files: &PairFiles, tokenizing: &Tokenizing<'_>, min_count: u64) -> Result<ReadPairs> {
+/// Reads every pair of `files`, holding out some with `hold_out`. `min_count` applies when the
+/// vocabularies are built here.
+pub fn read_pairs(
+    files: &PairFiles,
+    tokenizing: &Tokenizing<'_>,
+    min_count: u64,
+    hold_out: Option<HoldOut>,
+) -> Result<ReadPairs> {
     let (fixed_source, fixed_target) = match tokenizing.vocabularies {
         Some((source, target)) => (Some(source), Some(target)),
         None => (None, None),
@@ -225,8 +256,14 @@ pub fn read_pairs(files: &PairFiles, tokenizing: &Tokenizing<'_>, min_count: u64
     let mut source_ids = side_ids(fixed_source);
     let mut target_ids = side_ids(fixed_target);
     let (mut sources, mut targets) = (Packed::default(), Packed::default());
-    let mut read =
-        ReadPairs { corpus: PairCorpus::default(), lines: 0, bad: FirstFew::default(), unknown: FirstFew::default() };
+    let (mut held_sources, mut held_targets) = (Packed::default(), Packed::default());
+    let mut read = ReadPairs {
+        corpus: PairCorpus::default(),
+        held_out: PairCorpus::default(),
+        lines: 0,
+        bad: FirstFew::default(),
+        unknown: FirstFew::default(),
+    };
     let (first_path, second_path) = match files {
         PairFiles::Tabbed(path) => (path.as_path(), None),
         PairFiles::Aligned { source, target } => (source.as_path(), Some(target.as_path())),
@@ -275,8 +312,9 @@ pub fn read_pairs(files: &PairFiles, tokenizing: &Tokenizing<'_>, min_count: u64
         };
         scratch.0.clear();
         scratch.1.clear();
-        let unknown_source = source_ids.push(tokenizing.source_tokens, source_text, &mut scratch.0);
-        target_ids.push(tokenizing.target_tokens, target_text, &mut scratch.1);
+        let held = hold_out.is_some_and(|hold_out| hold_out.holds(source_text, target_text));
+        let unknown_source = source_ids.push(tokenizing.source_tokens, source_text, !held, &mut scratch.0);
+        target_ids.push(tokenizing.target_tokens, target_text, !held, &mut scratch.1);
         let empty = match (scratch.0.is_empty(), scratch.1.is_empty()) {
             (true, _) => Some("the source is empty"),
             (_, true) => Some("the target is empty"),
@@ -289,17 +327,33 @@ pub fn read_pairs(files: &PairFiles, tokenizing: &Tokenizing<'_>, min_count: u64
         for (column, token) in unknown_source {
             read.unknown.record((location.clone(), column, token));
         }
-        sources.push(&scratch.0);
-        targets.push(&scratch.1);
+        if held {
+            held_sources.push(&scratch.0);
+            held_targets.push(&scratch.1);
+        } else {
+            sources.push(&scratch.0);
+            targets.push(&scratch.1);
+        }
     }
     let (source_vocabulary, source_remap) = source_ids.finish(min_count);
     let (target_vocabulary, target_remap) = target_ids.finish(min_count);
-    for (packed, remap) in [(&mut sources, source_remap), (&mut targets, target_remap)] {
+    for (packed, remap) in [
+        (&mut sources, &source_remap),
+        (&mut held_sources, &source_remap),
+        (&mut targets, &target_remap),
+        (&mut held_targets, &target_remap),
+    ] {
         if let Some(remap) = remap {
-            packed.remap(&remap);
+            packed.remap(remap);
         }
     }
     debug_assert!(sources.ids.iter().chain(&targets.ids).all(|&id| id != PAD_ID));
+    read.held_out = PairCorpus {
+        sources: held_sources,
+        targets: held_targets,
+        source_vocabulary: source_vocabulary.clone(),
+        target_vocabulary: target_vocabulary.clone(),
+    };
     read.corpus = PairCorpus { sources, targets, source_vocabulary, target_vocabulary };
     Ok(read)
 }
@@ -395,7 +449,7 @@ mod tests {
     fn tabbed_lines_with_crlf_bom_and_extra_columns() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = write(dir.path(), "fra.txt", "\u{feff}Go.\tVa !\tCC-BY 2.0\r\nHi.\tSalut !\n".as_bytes());
-        let read = read_pairs(&PairFiles::Tabbed(path), &chars(), 1).expect("read");
+        let read = read_pairs(&PairFiles::Tabbed(path), &chars(), 1, None).expect("read");
         assert_eq!(read.bad.count, 0, "{:?}", read.bad.shown);
         assert_eq!(texts(&read), [("G|o|.".into(), "V|a| |!".into()), ("H|i|.".into(), "S|a|l|u|t| |!".into())]);
         // Most frequent first after the two special tokens.
@@ -410,13 +464,14 @@ mod tests {
         gzip.write_all(b"HH AH0 L OW1\nW ER1 L D\n").expect("compress");
         let target = write(dir.path(), "phones.txt.gz", &gzip.finish().expect("compress"));
         let tokenizing = Tokenizing { target_tokens: TokenKind::Words, ..chars() };
-        let read = read_pairs(&PairFiles::Aligned { source: source.clone(), target }, &tokenizing, 1).expect("read");
+        let read =
+            read_pairs(&PairFiles::Aligned { source: source.clone(), target }, &tokenizing, 1, None).expect("read");
         assert_eq!(texts(&read)[0], ("h|e|l|l|o".into(), "HH|AH0|L|OW1".into()));
         assert_eq!(read.corpus.targets.get(1).len(), 4);
 
         let short = write(dir.path(), "short.txt", b"HH\n");
         let error =
-            read_pairs(&PairFiles::Aligned { source, target: short }, &tokenizing, 1).expect_err("1 vs 2 lines");
+            read_pairs(&PairFiles::Aligned { source, target: short }, &tokenizing, 1, None).expect_err("1 vs 2 lines");
         let message = format!("{error:#}");
         assert!(message.contains("words.txt has 2 lines but") && message.contains("short.txt has 1"), "{message}");
     }
@@ -428,7 +483,7 @@ mod tests {
         bytes.extend(vec![b'a'; MAX_LINE_BYTES + 10]);
         bytes.extend_from_slice(b"\tlong\nlast\tgood");
         let path = write(dir.path(), "pairs.tsv", &bytes);
-        let read = read_pairs(&PairFiles::Tabbed(path.clone()), &chars(), 1).expect("read");
+        let read = read_pairs(&PairFiles::Tabbed(path.clone()), &chars(), 1, None).expect("read");
         assert_eq!((read.corpus.len(), read.bad.count, read.lines), (2, 6, 8), "{:?}", read.bad.shown);
         let shown: Vec<String> = read.bad.shown.iter().map(ToString::to_string).collect();
         let at = |line: usize| format!("{}:{line}: ", path.display());
@@ -442,7 +497,7 @@ mod tests {
         ] {
             assert!(shown.iter().any(|s| s.starts_with(&at(line)) && s.contains(reason)), "line {line}: {shown:?}");
         }
-        let error = read.bad_lines_error(&PairFiles::Tabbed(path)).to_string();
+        let error = read.bad_lines_error(&PairFiles::Tabbed(path)).1.to_string();
         assert!(error.starts_with("6 of 8 lines of") && error.contains("--skip-bad-lines"), "{error}");
     }
 
@@ -456,7 +511,7 @@ mod tests {
             (dir.path().to_owned(), "is a directory"),
             (PathBuf::from("/dev/zero"), "is a character device"),
         ] {
-            let error = read_pairs(&PairFiles::Tabbed(path), &chars(), 1).expect_err("refused");
+            let error = read_pairs(&PairFiles::Tabbed(path), &chars(), 1, None).expect_err("refused");
             assert!(format!("{error:#}").contains(expected), "{error:#}");
         }
     }
@@ -465,14 +520,14 @@ mod tests {
     fn a_models_vocabulary_maps_unknown_tokens_and_says_where() {
         let dir = tempfile::tempdir().expect("temp dir");
         let training = write(dir.path(), "train.tsv", b"abc\tx\nabd\ty\n");
-        let trained = read_pairs(&PairFiles::Tabbed(training), &chars(), 2).expect("read");
+        let trained = read_pairs(&PairFiles::Tabbed(training), &chars(), 2, None).expect("read");
         // `c` and `d` occur once: below --min-count 2 they are unknown already in training.
         assert_eq!(trained.corpus.source_vocabulary.tokens(), ["<pad>", "<unk>", "a", "b"]);
         assert_eq!(trained.corpus.sources.get(0), [2, 3, UNKNOWN_ID]);
         let vocabularies = (&trained.corpus.source_vocabulary, &trained.corpus.target_vocabulary);
         let tokenizing = Tokenizing { vocabularies: Some(vocabularies), ..chars() };
         let other = write(dir.path(), "other.tsv", b"bza\tx\n");
-        let read = read_pairs(&PairFiles::Tabbed(other.clone()), &tokenizing, 1).expect("read");
+        let read = read_pairs(&PairFiles::Tabbed(other.clone()), &tokenizing, 1, None).expect("read");
         assert_eq!(read.unknown.shown, [(format!("{}:1", other.display()), 2, "z".to_owned())]);
         assert_eq!(read.corpus.sources.get(0), [3, UNKNOWN_ID, 2]);
     }

@@ -52,17 +52,36 @@ pub const PAD_TOKEN: &str = "<pad>";
 pub const UNKNOWN_TOKEN: &str = "<unk>";
 
 /// Tokens in id order: `<pad>`, `<unk>`, then the training data's tokens, most frequent first.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<String>", into = "Vec<String>")]
 pub struct Vocabulary {
     tokens: Vec<String>,
     ids: HashMap<String, u32>,
+}
+
+impl TryFrom<Vec<String>> for Vocabulary {
+    type Error = anyhow::Error;
+
+    fn try_from(tokens: Vec<String>) -> Result<Self> {
+        Self::from_tokens(tokens)
+    }
+}
+
+impl From<Vocabulary> for Vec<String> {
+    fn from(vocabulary: Vocabulary) -> Self {
+        vocabulary.tokens
+    }
 }
 
 impl Vocabulary {
     /// From `counts` (token, occurrences): every token seen at least `min_count` times, most
     /// frequent first and ties in text order, so that the same data always gives the same ids.
     pub fn from_counts(counts: impl IntoIterator<Item = (String, u64)>, min_count: u64) -> Self {
-        let mut kept: Vec<(String, u64)> = counts.into_iter().filter(|(_, count)| *count >= min_count).collect();
+        // A literal `<unk>` or `<pad>` in the data (word-level corpora often hold `<unk>`) is
+        // read as the unknown token, never as a token of its own.
+        let special = |token: &str| token == PAD_TOKEN || token == UNKNOWN_TOKEN;
+        let mut kept: Vec<(String, u64)> =
+            counts.into_iter().filter(|(token, count)| *count >= min_count && !special(token)).collect();
         kept.sort_by(|(a, a_count), (b, b_count)| b_count.cmp(a_count).then_with(|| a.cmp(b)));
         let tokens =
             [PAD_TOKEN.to_owned(), UNKNOWN_TOKEN.to_owned()].into_iter().chain(kept.into_iter().map(|(t, _)| t));
@@ -106,9 +125,10 @@ impl Vocabulary {
         self.tokens.is_empty()
     }
 
-    /// The id of `token`, if the vocabulary has it.
+    /// The id of `token`, if the vocabulary has it; a literal `<pad>` in text has none (padding
+    /// is never part of a sequence), and reads as unknown.
     pub fn id(&self, token: &str) -> Option<u32> {
-        self.ids.get(token).copied()
+        self.ids.get(token).copied().filter(|&id| id != PAD_ID)
     }
 
     /// The token of `id` (`<unk>` for an id past the end).
@@ -153,5 +173,14 @@ mod tests {
         assert!(Vocabulary::from_tokens(tokens(&[PAD_TOKEN, UNKNOWN_TOKEN, "a", "a"])).is_err());
         assert!(Vocabulary::from_tokens(tokens(&[PAD_TOKEN, UNKNOWN_TOKEN, ""])).is_err());
         assert!(Vocabulary::from_tokens(tokens(&[PAD_TOKEN, UNKNOWN_TOKEN])).is_ok());
+    }
+
+    #[test]
+    fn special_tokens_in_the_data_read_as_unknown() {
+        let counts = [(PAD_TOKEN, 4), (UNKNOWN_TOKEN, 9), ("a", 2)].map(|(t, n)| (t.to_owned(), n));
+        let vocabulary = Vocabulary::from_counts(counts, 1);
+        assert_eq!(vocabulary.tokens(), [PAD_TOKEN, UNKNOWN_TOKEN, "a"]);
+        assert_eq!(vocabulary.id(PAD_TOKEN), None);
+        assert_eq!(vocabulary.id(UNKNOWN_TOKEN), Some(UNKNOWN_ID));
     }
 }

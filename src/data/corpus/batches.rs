@@ -1,0 +1,101 @@
+//! The user's pairs as a [`SampleSource`]: a finite set, visited once per epoch in an order
+//! drawn from (seed, epoch) when training, in file order when scoring.
+
+use std::sync::{Arc, Mutex};
+
+use tch::Tensor;
+
+use super::PairCorpus;
+use crate::data::{Batch, SampleSource};
+use crate::task::{Input, PairInput, PairsProblem, Task};
+
+/// Pairs of a corpus, batched for a model of `task`.
+pub struct PairSource {
+    task: Task,
+    corpus: Arc<PairCorpus>,
+    /// Training shuffles every epoch with this seed; `None` keeps the file's order.
+    shuffle: Option<u64>,
+    /// Pairs in one pass: all of the corpus, or its first ones.
+    len: usize,
+    /// The pair order of the last epoch asked for.
+    order: Mutex<Option<(usize, Vec<u32>)>>,
+}
+
+impl PairSource {
+    /// `corpus` must use the vocabularies of `problem`.
+    pub fn new(problem: &PairsProblem, corpus: Arc<PairCorpus>, shuffle: Option<u64>) -> Self {
+        let len = corpus.len();
+        Self { task: Task::Pairs(Box::new(problem.clone())), corpus, shuffle, len, order: Mutex::new(None) }
+    }
+
+    /// Only the first `pairs` pairs (all when there are fewer).
+    pub fn first(mut self, pairs: usize) -> Self {
+        self.len = self.len.min(pairs);
+        self
+    }
+
+    fn problem(&self) -> &PairsProblem {
+        match &self.task {
+            Task::Pairs(problem) => problem,
+            _ => unreachable!("a pair source is built from a pairs problem"),
+        }
+    }
+
+    /// The pairs of batch `index` of `epoch`.
+    fn pairs(&self, epoch: usize, start: usize, size: usize) -> Vec<usize> {
+        let Some(seed) = self.shuffle else { return (start..start + size).collect() };
+        let mut cached = self.order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if cached.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            *cached = Some((epoch, self.corpus.epoch_order(seed, epoch)));
+        }
+        let (_, order) = cached.as_ref().expect("filled above");
+        order[start..start + size].iter().map(|&i| i as usize).collect()
+    }
+}
+
+impl SampleSource for PairSource {
+    fn task(&self) -> &Task {
+        &self.task
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn batch(&self, epoch: usize, index: usize, batch_size: usize, keep_samples: bool) -> Batch {
+        let problem = self.problem();
+        let start = index * batch_size;
+        let size = batch_size.min(self.len.saturating_sub(start));
+        let pairs = self.pairs(epoch, start, size);
+        let mut inputs = Vec::with_capacity(size * problem.input_len());
+        let mut targets = Vec::with_capacity(size * problem.output_len());
+        let mut samples = Vec::new();
+        for &pair in &pairs {
+            let (source, target) = (self.corpus.sources.get(pair), self.corpus.targets.get(pair));
+            problem.encode_source(source, &mut inputs);
+            problem.encode_target(target, &mut targets);
+            if keep_samples {
+                let as_ids = |ids: &[u32]| ids.iter().map(|&id| i64::from(id)).collect::<Vec<_>>();
+                let text = source_text(problem, source);
+                let expected = (problem.target_text(&as_ids(target)), target.to_vec());
+                samples.push(Input::Pair(PairInput {
+                    text,
+                    source: source.to_vec(),
+                    expected: Some(expected),
+                    unknown: Vec::new(),
+                }));
+            }
+        }
+        Batch {
+            inputs: Tensor::from_slice(&inputs).view([size as i64, problem.input_len() as i64]),
+            targets: Tensor::from_slice(&targets).view([size as i64, problem.output_len() as i64]),
+            size,
+            samples,
+        }
+    }
+}
+
+/// The text of source ids, as the model's vocabulary spells them.
+pub fn source_text(problem: &PairsProblem, ids: &[u32]) -> String {
+    problem.source_tokens.join(ids.iter().map(|&id| problem.source_vocabulary.token(id)))
+}

@@ -1,0 +1,261 @@
+//! From the user's files to the training and held-out pairs of a model: reading, refusing or
+//! skipping bad lines, length limits, the held-out split, and the problem `config.json` keeps.
+//! A resumed run and `evaluate` read the same files again through [`reload`], with the stored
+//! vocabularies, and get the same pairs.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Result, bail};
+
+use super::read::{HoldOut, PairFiles, ReadPairs, Tokenizing, read_pairs};
+use super::{PairCorpus, TokenKind, thousands};
+use crate::data::mix_seed;
+use crate::task::pairs::{MAX_PAIR_LEN, PairData, PairsProblem};
+
+/// What `train` was asked to read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairSettings {
+    pub files: PairFiles,
+    pub valid: Option<PathBuf>,
+    pub valid_fraction: f64,
+    pub min_count: u64,
+    pub skip_bad_lines: bool,
+    pub source_tokens: TokenKind,
+    pub target_tokens: TokenKind,
+    pub max_source_len: Option<usize>,
+    pub max_target_len: Option<usize>,
+}
+
+/// The held-out part when no `--valid` file is given.
+pub const DEFAULT_VALID_FRACTION: f64 = 0.05;
+
+/// A model's pairs, read.
+pub struct LoadedPairs {
+    pub problem: PairsProblem,
+    pub training: Arc<PairCorpus>,
+    pub validation: Arc<PairCorpus>,
+    /// What reading found, in plain words (left out, skipped, overlapping pairs).
+    pub notes: Vec<String>,
+}
+
+/// Reads the pairs of a new training run, building the vocabularies from the training part.
+pub fn load_for_training(settings: &PairSettings, seed: u64) -> Result<LoadedPairs> {
+    if !(settings.valid_fraction > 0.0 && settings.valid_fraction < 1.0) {
+        bail!("--valid-fraction must be above 0 and below 1, got {}", settings.valid_fraction);
+    }
+    if settings.min_count == 0 {
+        bail!("--min-count must be at least 1");
+    }
+    for (flag, limit) in [("--max-source-len", settings.max_source_len), ("--max-target-len", settings.max_target_len)]
+    {
+        if let Some(limit) = limit.filter(|limit| !(1..=MAX_PAIR_LEN).contains(limit)) {
+            bail!("{flag} must be between 1 and {MAX_PAIR_LEN}, got {limit}");
+        }
+    }
+    // Absolute paths: `evaluate` and `--resume` may run from another directory.
+    let absolute = |path: &PathBuf| std::path::absolute(path).unwrap_or_else(|_| path.clone());
+    let (data, source, target) = match &settings.files {
+        PairFiles::Tabbed(path) => (Some(absolute(path)), None, None),
+        PairFiles::Aligned { source, target } => (None, Some(absolute(source)), Some(absolute(target))),
+    };
+    let data = PairData {
+        data,
+        source,
+        target,
+        valid: settings.valid.as_ref().map(absolute),
+        valid_fraction: settings.valid_fraction,
+        min_count: settings.min_count,
+        skip_bad_lines: settings.skip_bad_lines,
+        max_source_len: settings.max_source_len,
+        max_target_len: settings.max_target_len,
+        training_pairs: 0,
+        fingerprint: String::new(),
+        held_out_pairs: 0,
+        held_out_fingerprint: String::new(),
+    };
+    let tokenizing =
+        Tokenizing { source_tokens: settings.source_tokens, target_tokens: settings.target_tokens, vocabularies: None };
+    let mut loaded = read_training(&data, &tokenizing, seed)?;
+    let longest = (loaded.training.sources.longest(), loaded.training.targets.longest());
+    let limits = Arc::get_mut(&mut loaded.training)
+        .expect("not shared yet")
+        .limit_lengths(settings.max_source_len, settings.max_target_len);
+    for (side, length, flag) in
+        [("source", limits.source, "--max-source-len"), ("target", limits.target, "--max-target-len")]
+    {
+        if length > MAX_PAIR_LEN {
+            bail!(
+                "the longest {side} of {} has {length} tokens, more than the {MAX_PAIR_LEN} a model takes: \
+                 {flag} N leaves longer pairs out",
+                settings.files
+            );
+        }
+    }
+    loaded.notes.extend(limits.describe());
+    if loaded.training.is_empty() {
+        bail!(
+            "no training pair of {} fits {}/{} tokens (longest {}/{})",
+            settings.files,
+            limits.source,
+            limits.target,
+            longest.0,
+            longest.1
+        );
+    }
+    let training = Arc::clone(&loaded.training);
+    loaded.problem = PairsProblem {
+        source_tokens: settings.source_tokens,
+        target_tokens: settings.target_tokens,
+        source_vocabulary: training.source_vocabulary.clone(),
+        target_vocabulary: training.target_vocabulary.clone(),
+        max_source_len: limits.source,
+        max_target_len: limits.target,
+        data: PairData { training_pairs: training.len(), fingerprint: fingerprint(&training), ..data },
+    };
+    finish_validation(&mut loaded)?;
+    let validation = Arc::clone(&loaded.validation);
+    loaded.problem.data.held_out_pairs = validation.len();
+    loaded.problem.data.held_out_fingerprint = fingerprint(&validation);
+    Ok(loaded)
+}
+
+/// Reads a trained model's pairs again (resume, `evaluate` without `--data`); refuses data that
+/// no longer gives the training pairs the model was trained on.
+pub fn reload(problem: &PairsProblem, seed: u64) -> Result<LoadedPairs> {
+    let tokenizing = Tokenizing {
+        source_tokens: problem.source_tokens,
+        target_tokens: problem.target_tokens,
+        vocabularies: Some((&problem.source_vocabulary, &problem.target_vocabulary)),
+    };
+    let mut loaded = read_training(&problem.data, &tokenizing, seed)?;
+    loaded.problem = problem.clone();
+    let training = Arc::get_mut(&mut loaded.training).expect("not shared yet");
+    training.limit_lengths(Some(problem.max_source_len), Some(problem.max_target_len));
+    let files = problem.data.files()?;
+    if training.len() != problem.data.training_pairs || fingerprint(training) != problem.data.fingerprint {
+        bail!(
+            "{files} changed since the model was trained: it now gives {} training pairs, not the {} trained on \
+             (or the same number with other contents)",
+            thousands(training.len()),
+            thousands(problem.data.training_pairs)
+        );
+    }
+    finish_validation(&mut loaded)?;
+    let validation = &loaded.validation;
+    if validation.len() != problem.data.held_out_pairs || fingerprint(validation) != problem.data.held_out_fingerprint {
+        let origin = problem.data.valid.as_ref().map_or_else(|| files.to_string(), |valid| valid.display().to_string());
+        bail!(
+            "{origin} changed since the model was trained: it now gives {} held-out pairs, not the {} scored then \
+             (or the same number with other contents)",
+            thousands(validation.len()),
+            thousands(problem.data.held_out_pairs)
+        );
+    }
+    Ok(loaded)
+}
+
+/// Reads `data`'s training file(s), holding out `valid_fraction` when there is no valid file.
+fn read_training(data: &PairData, tokenizing: &Tokenizing<'_>, seed: u64) -> Result<LoadedPairs> {
+    let files = data.files()?;
+    let hold_out = data.valid.is_none().then_some(HoldOut { fraction: data.valid_fraction, seed });
+    let read = read_pairs(&files, tokenizing, data.min_count, hold_out)?;
+    let mut notes = Vec::new();
+    check_bad_lines(&read, &files, data.skip_bad_lines, &mut notes)?;
+    if read.corpus.is_empty() && read.held_out.is_empty() {
+        bail!("{files} holds no good pair");
+    }
+    let placeholder = PairsProblem {
+        source_tokens: tokenizing.source_tokens,
+        target_tokens: tokenizing.target_tokens,
+        source_vocabulary: read.corpus.source_vocabulary.clone(),
+        target_vocabulary: read.corpus.target_vocabulary.clone(),
+        max_source_len: 1,
+        max_target_len: 1,
+        data: data.clone(),
+    };
+    Ok(LoadedPairs {
+        problem: placeholder,
+        training: Arc::new(read.corpus),
+        validation: Arc::new(read.held_out),
+        notes,
+    })
+}
+
+/// The held-out pairs: the valid file read with the training vocabularies, or the part split
+/// off; both cut to the model's lengths.
+fn finish_validation(loaded: &mut LoadedPairs) -> Result<()> {
+    let problem = &loaded.problem;
+    let data = &problem.data;
+    let mut validation = match &data.valid {
+        Some(valid) => {
+            let files = PairFiles::Tabbed(valid.clone());
+            let read = read_pairs_for(problem, &files)?;
+            check_bad_lines(&read, &files, data.skip_bad_lines, &mut loaded.notes)?;
+            read.corpus
+        }
+        None => Arc::try_unwrap(std::mem::take(&mut loaded.validation)).unwrap_or_else(|shared| (*shared).clone()),
+    };
+    let limits = validation.limit_lengths(Some(problem.max_source_len), Some(problem.max_target_len));
+    if let Some(left_out) = limits.describe() {
+        loaded.notes.push(format!("held-out pairs: {left_out}"));
+    }
+    if validation.is_empty() {
+        bail!(
+            "the held-out part of {} is empty: give more pairs, a larger --valid-fraction or a --valid FILE",
+            data.files()?
+        );
+    }
+    if data.valid.is_some() {
+        let shared = loaded.training.overlap(&validation);
+        if shared > 0 {
+            loaded.notes.push(format!(
+                "{} of the {} held-out pairs also occur in the training data",
+                thousands(shared),
+                thousands(validation.len())
+            ));
+        }
+    }
+    loaded.validation = Arc::new(validation);
+    Ok(())
+}
+
+/// Reads a file of pairs for a trained model: its tokens and vocabularies, nothing held out.
+pub fn read_pairs_for(problem: &PairsProblem, files: &PairFiles) -> Result<ReadPairs> {
+    let tokenizing = Tokenizing {
+        source_tokens: problem.source_tokens,
+        target_tokens: problem.target_tokens,
+        vocabularies: Some((&problem.source_vocabulary, &problem.target_vocabulary)),
+    };
+    read_pairs(files, &tokenizing, 1, None)
+}
+
+/// Refuses bad lines, or with `skip` notes how many were skipped.
+pub fn check_bad_lines(read: &ReadPairs, files: &PairFiles, skip: bool, notes: &mut Vec<String>) -> Result<()> {
+    match (read.bad.count, skip) {
+        (0, _) => Ok(()),
+        (_, false) => {
+            let (shown, error) = read.bad_lines_error(files);
+            for line in shown {
+                crate::output::note(line);
+            }
+            Err(error)
+        }
+        (bad, true) => {
+            notes.push(format!("skipped {} bad lines of {} lines of {files}", thousands(bad), thousands(read.lines)));
+            Ok(())
+        }
+    }
+}
+
+/// A hash of every pair's ids, in order, as 16 hex digits.
+fn fingerprint(corpus: &PairCorpus) -> String {
+    let mut hash = 0x6669_6e67_6572_7072u64;
+    for index in 0..corpus.len() {
+        for &id in corpus.sources.get(index).iter().chain(&[u32::MAX]).chain(corpus.targets.get(index)) {
+            hash = mix_seed(hash ^ u64::from(id));
+        }
+        hash = mix_seed(hash ^ 0xfffe);
+    }
+    format!("{hash:016x}")
+}

@@ -1,0 +1,112 @@
+//! Generated samples: a batch is a pure function of `(seed, stream, batch index)`, so nothing is
+//! held beyond the batch at hand, any batch can be drawn again on its own (resume, shuffling),
+//! and evaluation samples never repeat the training stream.
+
+use std::sync::Mutex;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use tch::Device;
+
+use super::{Batch, SampleSource, Stream, input_tensor, mix_seed, target_tensor};
+use crate::task::{Expression, Input, Task};
+
+/// `samples` samples of a generated task, drawn from `seed`'s `stream`.
+pub struct Generated {
+    task: Task,
+    seed: u64,
+    stream: Stream,
+    samples: usize,
+    /// The batch order of the last epoch asked for, drawn once per epoch.
+    order: Mutex<Option<(usize, usize, Vec<usize>)>>,
+}
+
+impl Generated {
+    pub fn new(task: &Task, seed: u64, stream: Stream, samples: usize) -> Self {
+        Self { task: task.clone(), seed, stream, samples, order: Mutex::new(None) }
+    }
+
+    /// Which batch of the stream is step `step` of `epoch`: the first epoch takes them in stream
+    /// order; each later one in a seeded shuffle, so that the same batches are seen in a new
+    /// order (as Keras shuffles each epoch).
+    fn batch_index(&self, epoch: usize, step: usize, batches: usize) -> usize {
+        if epoch == 0 {
+            return step;
+        }
+        let mut cached = self.order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match cached.as_ref() {
+            Some((e, n, order)) if *e == epoch && *n == batches => order[step],
+            _ => {
+                let order = batch_order(batches, self.seed, epoch);
+                let index = order[step];
+                *cached = Some((epoch, batches, order));
+                index
+            }
+        }
+    }
+}
+
+impl SampleSource for Generated {
+    fn task(&self) -> &Task {
+        &self.task
+    }
+
+    fn len(&self) -> usize {
+        self.samples
+    }
+
+    fn batch(&self, epoch: usize, step: usize, batch_size: usize, keep_samples: bool) -> Batch {
+        let index = self.batch_index(epoch, step, self.samples.div_ceil(batch_size));
+        let start = index * batch_size;
+        let size = batch_size.min(self.samples.saturating_sub(start));
+        let mut rng = StdRng::seed_from_u64(mix_seed(self.seed ^ self.stream.salt()) ^ mix_seed(index as u64));
+        let samples: Vec<Input> = (0..size)
+            .map(|_| match &self.task {
+                Task::Arithmetic(problem) => {
+                    let mut expression = Expression::default();
+                    problem.draw(&mut rng, &mut expression);
+                    Input::Expression(expression)
+                }
+                Task::Autoencoder(problem) => {
+                    let mut values = Vec::with_capacity(problem.length);
+                    problem.draw(&mut rng, &mut values);
+                    Input::Sequence(values)
+                }
+                Task::Pairs(_) => unreachable!("pairs are read from files, never generated"),
+            })
+            .collect();
+        Batch {
+            inputs: input_tensor(&self.task, &samples, Device::Cpu),
+            targets: target_tensor(&self.task, &samples, Device::Cpu),
+            size,
+            samples: if keep_samples { samples } else { Vec::new() },
+        }
+    }
+}
+
+/// The seeded shuffle of `num_batches` batch indices for `epoch` (after the first).
+fn batch_order(num_batches: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..num_batches).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(mix_seed(seed) ^ mix_seed(epoch as u64)));
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_epoch_in_order_later_epochs_shuffled_and_reproducible() {
+        let generated = Generated::new(&Task::default(), 1, Stream::Training, 3200);
+        assert_eq!((0..5).map(|step| generated.batch_index(0, step, 5)).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+        let second_epoch: Vec<usize> = (0..100).map(|step| generated.batch_index(1, step, 100)).collect();
+        assert_eq!(second_epoch, batch_order(100, 1, 1));
+        let second = batch_order(100, 1, 1);
+        assert_ne!(second, (0..100).collect::<Vec<_>>());
+        assert_eq!(second, batch_order(100, 1, 1));
+        let mut sorted = second.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+    }
+}

@@ -1,0 +1,329 @@
+//! Training on the user's own pairs, through the real binary: both file layouts, characters and
+//! words, the vocabulary kept in the model, unknown tokens, length limits, the held-out split,
+//! resume, every kind of bad data, and a small problem that must really be learnt.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use tempfile::TempDir;
+
+/// `count` words of 2 to 6 letters from a..h and their reversals, seeded: the same file every run.
+fn reversal_pairs(count: usize, seed: u64) -> Vec<(String, String)> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = |bound: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % bound
+    };
+    (0..count)
+        .map(|_| {
+            let length = 2 + next(5) as usize;
+            let word: String = (0..length).map(|_| (b'a' + next(8) as u8) as char).collect();
+            let reversed = word.chars().rev().collect();
+            (word, reversed)
+        })
+        .collect()
+}
+
+fn write_pairs(path: &Path, pairs: &[(String, String)]) {
+    let text: String = pairs.iter().map(|(source, target)| format!("{source}\t{target}\n")).collect();
+    fs::write(path, text).expect("write pairs");
+}
+
+fn small_model<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["--quiet"];
+    if !extra.contains(&"--encoder-units") {
+        args.extend_from_slice(&["--encoder-units", "32", "--decoder-units", "32"]);
+    }
+    args.extend_from_slice(extra);
+    args
+}
+
+fn train_pairs(home: &Path, name: &str, data: &[&str], extra: &[&str]) -> (PathBuf, Outcome) {
+    let dir = home.join(name);
+    let mut args = vec!["train", "--out", path_str(&dir)];
+    args.extend_from_slice(data);
+    args.extend(small_model(extra));
+    let outcome = run(&args);
+    (dir, outcome)
+}
+
+#[test]
+fn a_small_reversal_problem_is_learnt_and_scored_on_its_held_out_pairs() {
+    let home = TempDir::new().expect("temp dir");
+    let data = home.path().join("reverse.tsv");
+    write_pairs(&data, &reversal_pairs(3000, 1));
+    let (dir, outcome) = train_pairs(
+        home.path(),
+        "model",
+        &["--data", path_str(&data)],
+        &["--epochs", "12", "--learning-rate", "0.01", "--encoder-units", "64", "--decoder-units", "64"],
+    );
+    outcome.succeeded();
+    let evaluation = run(&["evaluate", "--model", path_str(&dir), "--json"]);
+    evaluation.succeeded();
+    let figures: serde_json::Value = serde_json::from_str(evaluation.stdout.trim()).expect("one JSON object");
+    for key in ["samples", "loss", "token_accuracy", "sequence_accuracy", "token_error_rate"] {
+        assert!(figures[key].is_number(), "{key} in {figures}");
+    }
+    // Held out: about 5% of 3,000 distinct-ish words.
+    let samples = figures["samples"].as_u64().expect("samples");
+    assert!((80..=230).contains(&samples), "{figures}");
+    let accuracy = figures["sequence_accuracy"].as_f64().expect("accuracy");
+    assert!(accuracy >= 0.80, "reversing short words must be learnt: {figures}");
+    assert!(figures["token_error_rate"].as_f64().expect("rate") <= 0.08, "{figures}");
+    // The figures in config.json are the same held-out pairs' (evaluate reads the file again).
+    let saved = &read_json(&dir.join("config.json"))["metrics"];
+    assert_eq!(saved["sequence_accuracy"], figures["sequence_accuracy"]);
+    assert_eq!(saved["token_error_rate"], figures["token_error_rate"]);
+    // A new process answers from the vocabulary in config.json alone: the data file is gone.
+    fs::remove_file(&data).expect("remove the data");
+    let answers = run(&["predict", "--model", path_str(&dir), "abcd", "hgfe"]);
+    answers.succeeded();
+    assert_eq!(answers.stdout_lines(), ["abcd\tdcba", "hgfe\tefgh"]);
+    run(&["evaluate", "--model", path_str(&dir)]).failed().stderr_has(&["reverse.tsv does not exist"]);
+}
+
+#[test]
+fn aligned_files_and_words_give_the_same_pairs_as_one_tabbed_file() {
+    let home = TempDir::new().expect("temp dir");
+    let pairs: Vec<(String, String)> = reversal_pairs(400, 2)
+        .into_iter()
+        .map(|(word, reversed)| {
+            let spelled: Vec<String> = reversed.chars().map(|c| c.to_ascii_uppercase().to_string()).collect();
+            (word, spelled.join(" "))
+        })
+        .collect();
+    let tabbed = home.path().join("pairs.tsv");
+    write_pairs(&tabbed, &pairs);
+    let (source, target) = (home.path().join("src.txt"), home.path().join("tgt.txt"));
+    fs::write(&source, pairs.iter().map(|(s, _)| format!("{s}\r\n")).collect::<String>()).expect("write");
+    fs::write(&target, pairs.iter().map(|(_, t)| format!("{t}\n")).collect::<String>()).expect("write");
+    let words = ["--target-tokens", "words", "--epochs", "1"];
+    let (one, outcome) = train_pairs(home.path(), "tabbed", &["--data", path_str(&tabbed)], &words);
+    outcome.succeeded();
+    let aligned_args = ["--source", path_str(&source), "--target", path_str(&target)];
+    let (two, outcome) = train_pairs(home.path(), "aligned", &aligned_args, &words);
+    outcome.succeeded();
+    assert_eq!(fs::read(one.join("model.safetensors")).unwrap(), fs::read(two.join("model.safetensors")).unwrap());
+    let task = &read_json(&one.join("config.json"))["task"];
+    assert_eq!(task["kind"], "pairs");
+    assert_eq!(task["target_tokens"], "words");
+    // A target vocabulary of letters A..H as words, and the end marker's step.
+    let targets: Vec<&str> =
+        task["target_vocabulary"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    assert_eq!(&targets[..2], ["<pad>", "<unk>"]);
+    assert!(targets[2..].iter().all(|t| t.len() == 1 && t.chars().all(|c| c.is_ascii_uppercase())), "{targets:?}");
+    assert_eq!(read_json(&one.join("config.json"))["output_len"], task["max_target_len"].as_u64().unwrap() + 1);
+    // Words are printed joined by single spaces.
+    let answer = run(&["predict", "--model", path_str(&one), "--json", "abc"]);
+    let prediction = json_lines(&answer.stdout)[0]["prediction"].as_str().unwrap().to_owned();
+    assert!(prediction.is_empty() || prediction.split(' ').all(|token| targets.contains(&token)), "{prediction:?}");
+    // Aligned files of different lengths: both counts named.
+    fs::write(&target, "A\nB\n").expect("write");
+    let (_, outcome) = train_pairs(home.path(), "uneven", &aligned_args, &words);
+    outcome.failed().stderr_has(&["has 400 lines but", "has 2"]);
+}
+
+#[test]
+fn unknown_tokens_length_limits_and_expected_answers() {
+    let home = TempDir::new().expect("temp dir");
+    let data = home.path().join("pairs.tsv");
+    let mut pairs = reversal_pairs(300, 3);
+    pairs.push(("abcdefghabcdefgh".into(), "hgfedcbahgfedcba".into()));
+    write_pairs(&data, &pairs);
+    let (dir, outcome) =
+        train_pairs(home.path(), "model", &["--data", path_str(&data)], &["--max-source-len", "8", "--epochs", "1"]);
+    outcome.succeeded().stderr_has(&["left out 1 of", "pairs longer than 8/"]);
+    let model = path_str(&dir);
+    assert_eq!(read_json(&dir.join("config.json"))["input_len"], 8);
+    // An unknown token is read as <unk>, said with its line and column, and the line answered.
+    let file = home.path().join("inputs.txt");
+    fs::write(&file, "abc\nazc\tcza\nabcdefghab\n").expect("write");
+    let outcome = run(&["predict", "--model", model, "--file", path_str(&file)]);
+    outcome.failed().stderr_has(&[
+        "inputs.txt:2: token 2 (\"z\") is not in the model's vocabulary; read as <unk>",
+        "inputs.txt:3: 10 tokens; this model reads sources of at most 8",
+        "1 of 3 inputs were rejected",
+    ]);
+    let lines = outcome.stdout_lines();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[1].starts_with("azc\t") && lines[1].contains("(expect cza: "), "{lines:?}");
+    let json = run(&["predict", "--model", model, "--json", "--file", path_str(&file)]);
+    let answers = json_lines(&json.stdout);
+    assert_eq!(answers[0].get("expected"), None);
+    assert_eq!(answers[1]["expected"], "cza");
+    assert_eq!(answers[1]["correct"], false, "an unknown token cannot be written back");
+    // --errors lists mistakes with what was expected.
+    let listed = run(&["evaluate", "--model", model, "--errors", "3", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(listed.stdout.trim()).expect("JSON");
+    let errors = report["errors"].as_array().expect("errors");
+    assert!(errors.len() <= 3 && report["wrong"].as_u64().unwrap() >= errors.len() as u64);
+    for error in errors {
+        assert_ne!(error["prediction"], error["expected"]);
+    }
+}
+
+#[test]
+fn the_held_out_split_is_deterministic_disjoint_and_a_valid_file_is_checked_for_overlap() {
+    let home = TempDir::new().expect("temp dir");
+    let data = home.path().join("pairs.tsv");
+    let pairs = reversal_pairs(1000, 4);
+    write_pairs(&data, &pairs);
+    let fast = ["--epochs", "1", "--encoder-units", "8", "--decoder-units", "8"];
+    let (a, outcome) = train_pairs(home.path(), "a", &["--data", path_str(&data)], &fast);
+    outcome.succeeded();
+    let (b, _) = train_pairs(home.path(), "b", &["--data", path_str(&data)], &fast);
+    let (c, _) = train_pairs(home.path(), "c", &["--data", path_str(&data), "--seed", "2"], &fast);
+    let held = |dir: &Path| read_json(&dir.join("config.json"))["metrics"]["samples"].as_u64().unwrap();
+    let trained = |dir: &Path| read_json(&dir.join("config.json"))["task"]["data"]["training_pairs"].as_u64().unwrap();
+    assert_eq!((held(&a), trained(&a)), (held(&b), trained(&b)), "same seed, same split");
+    assert_eq!(held(&a) + trained(&a), 1000);
+    assert_eq!(fs::read(a.join("model.safetensors")).unwrap(), fs::read(b.join("model.safetensors")).unwrap());
+    assert_ne!(
+        read_json(&a.join("config.json"))["task"]["data"]["fingerprint"],
+        read_json(&c.join("config.json"))["task"]["data"]["fingerprint"]
+    );
+    // Disjoint: a duplicated pair lands on one side only, so the held-out pairs never occur in
+    // training. Checked through --valid: the training file itself as validation overlaps fully.
+    let (_, outcome) =
+        train_pairs(home.path(), "self", &["--data", path_str(&data), "--valid", path_str(&data)], &fast);
+    outcome.succeeded().stderr_has(&["of the 1,000 held-out pairs also occur in the training data"]);
+    let valid = home.path().join("valid.tsv");
+    write_pairs(&valid, &reversal_pairs(50, 99));
+    let (v, outcome) =
+        train_pairs(home.path(), "valid", &["--data", path_str(&data), "--valid", path_str(&valid)], &fast);
+    outcome.succeeded();
+    assert_eq!(held(&v), 50);
+    assert_eq!(trained(&v), 1000);
+    // A model evaluates on any file of pairs in its own token settings.
+    let scored = run(&["evaluate", "--model", path_str(&v), "--data", path_str(&valid), "--json"]);
+    assert_eq!(json_lines(&scored.stdout)[0]["samples"], 50);
+}
+
+#[test]
+fn a_stopped_run_on_file_data_resumes_to_the_same_weights_and_refuses_changed_data() {
+    let home = TempDir::new().expect("temp dir");
+    let data = home.path().join("pairs.tsv");
+    write_pairs(&data, &reversal_pairs(1500, 5));
+    let run_args = ["--epochs", "4", "--encoder-units", "16", "--decoder-units", "16"];
+    let (whole, outcome) = train_pairs(home.path(), "whole", &["--data", path_str(&data)], &run_args);
+    outcome.succeeded();
+    let stopped = home.path().join("stopped");
+    let mut args = vec!["train", "--quiet", "--out", path_str(&stopped), "--data", path_str(&data)];
+    args.extend_from_slice(&run_args);
+    args.extend_from_slice(&["--checkpoint-every", "300", "--device", "cpu"]);
+    let child = spawn(&args);
+    let state = stopped.join("training_state.safetensors");
+    let start = std::time::Instant::now();
+    while !state.exists() {
+        assert!(start.elapsed().as_secs() < 60, "no checkpoint");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    send(&child, libc::SIGINT);
+    let output = child.wait_with_output().expect("ends");
+    assert_eq!(output.status.code(), Some(130), "{}", String::from_utf8_lossy(&output.stderr));
+    run(&["train", "--quiet", "--resume", path_str(&stopped)]).succeeded();
+    assert_eq!(
+        fs::read(whole.join("model.safetensors")).unwrap(),
+        fs::read(stopped.join("model.safetensors")).unwrap()
+    );
+
+    // Changed data: the checkpoint does not continue on it.
+    let copy = home.path().join("copy");
+    let child = spawn(&[
+        "train",
+        "--quiet",
+        "--out",
+        path_str(&copy),
+        "--data",
+        path_str(&data),
+        "--checkpoint-every",
+        "300",
+        "--epochs",
+        "4",
+    ]);
+    let state = copy.join("training_state.safetensors");
+    while !state.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    send(&child, libc::SIGINT);
+    let _ = child.wait_with_output();
+    let mut file = fs::OpenOptions::new().append(true).open(&data).expect("open");
+    file.write_all(b"gfh\thfg\nhhg\tghh\n").expect("append");
+    run(&["train", "--resume", path_str(&copy)])
+        .failed()
+        .stderr_has(&["pairs.tsv changed since the model was trained"]);
+}
+
+#[test]
+fn bad_data_is_refused_with_its_location_or_skipped_when_asked() {
+    let home = TempDir::new().expect("temp dir");
+    let data = home.path().join("bad.tsv");
+    let mut text = Vec::new();
+    for (source, target) in reversal_pairs(200, 6) {
+        text.extend_from_slice(format!("{source}\t{target}\n").as_bytes());
+    }
+    text.extend_from_slice(b"no tab here\n\tempty source\nempty target\t\nbad \xff utf8\tx\nnul\0byte\tx\n");
+    fs::write(&data, &text).expect("write");
+    let out = home.path().join("never");
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", "--quiet", "--out", path_str(&out), "--data", path_str(&data), "--epochs", "1"];
+        args.extend_from_slice(&["--encoder-units", "8", "--decoder-units", "8"]);
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    train(&[]).failed().stderr_has(&[
+        "5 of 205 lines of",
+        "bad.tsv:201: no tab",
+        "bad.tsv:202: the source is empty",
+        "bad.tsv:203: the target is empty",
+        "bad.tsv:204: not valid UTF-8 (byte 5)",
+        "bad.tsv:205: a NUL byte at byte 4",
+        "--skip-bad-lines",
+    ]);
+    assert!(!out.exists(), "nothing is made from refused data");
+    train(&["--skip-bad-lines"]).succeeded().stderr_has(&["skipped 5 bad lines of 205 lines"]);
+    assert_holds_exactly_a_model(&out);
+    // evaluate applies the same rule.
+    run(&["evaluate", "--model", path_str(&out), "--data", path_str(&data)]).failed().stderr_has(&["bad.tsv:201"]);
+    run(&["evaluate", "--model", path_str(&out), "--data", path_str(&data), "--skip-bad-lines"]).succeeded();
+
+    let empty = home.path().join("empty.tsv");
+    fs::write(&empty, "").expect("write");
+    let only_bad = home.path().join("only-bad.tsv");
+    fs::write(&only_bad, "a\nb\n").expect("write");
+    let missing = home.path().join("missing.tsv");
+    for (path, message) in [
+        (path_str(&missing), "missing.tsv"),
+        (path_str(home.path()), "is a directory"),
+        (path_str(&empty), "empty.tsv is empty"),
+        ("/dev/zero", "is a character device"),
+    ] {
+        let out = home.path().join("refused");
+        run(&["train", "--quiet", "--out", path_str(&out), "--data", path]).failed().stderr_has(&[message]);
+    }
+    let out2 = home.path().join("refused2");
+    run(&["train", "--quiet", "--out", path_str(&out2), "--data", path_str(&only_bad), "--skip-bad-lines"])
+        .failed()
+        .stderr_has(&["holds no good pair"]);
+    // Flags that do not fit.
+    run(&["train", "--data", path_str(&data), "--samples", "100"])
+        .failed()
+        .stderr_has(&["an epoch is every training pair"]);
+    run(&["train", "--min-count", "2"]).failed().stderr_has(&["--min-count applies to your own pairs"]);
+    run(&["train", "--data", path_str(&data), "--ops", "+-"])
+        .failed()
+        .stderr_has(&["--ops describes a generated problem"]);
+    run(&["train", "--data", path_str(&data), "--valid-fraction", "1.5", "--skip-bad-lines"])
+        .failed()
+        .stderr_has(&["--valid-fraction must be above 0 and below 1"]);
+    run(&["evaluate", "--model", path_str(&shared_model().dir), "--data", path_str(&data)])
+        .failed()
+        .stderr_has(&["--data scores a model of your own pairs"]);
+}
