@@ -17,8 +17,9 @@ use crate::commands::{
     PredictRequest, ResumeRequest, TrainRequest,
 };
 use crate::data::corpus::TokenKind;
-use crate::data::corpus::load::{DEFAULT_VALID_FRACTION, PairSettings};
+use crate::data::corpus::load::{DEFAULT_VALID_FRACTION, DataSettings, PairSettings};
 use crate::data::corpus::read::PairFiles;
+use crate::data::corpus::sequences::SequenceSettings;
 use crate::data::input::InputSource;
 use crate::nn::device::DeviceChoice;
 use crate::nn::model::ModelConfig;
@@ -131,7 +132,8 @@ pub enum TaskKind {
 /// Files of sequence pairs, for `train` and `evaluate`.
 #[derive(Debug, Args)]
 pub struct PairFileArgs {
-    /// Pairs, one per line: source<TAB>target (further columns ignored). UTF-8, .gz read
+    /// Pairs, one per line: source<TAB>target (further columns ignored); with --task
+    /// autoencoder, one sequence per line, comma-separated, all of one length. UTF-8, .gz read
     /// decompressed.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["source", "target"], help_heading = "Your own data")]
     pub data: Option<PathBuf>,
@@ -392,15 +394,15 @@ impl TrainArgs {
     /// The request, with each batch shared among `threads` threads.
     fn into_request(self, threads: usize) -> Result<TrainRequest> {
         let task = self.task()?;
-        let pairs = self.pair_settings()?;
-        if pairs.is_some() && self.samples.is_some() {
+        let data = self.data_settings()?;
+        if data.is_some() && self.samples.is_some() {
             bail!(
                 "--samples sets how many samples are generated; with your own pairs an epoch is every training pair (--epochs sets how many)"
             );
         }
         Ok(TrainRequest {
             task,
-            pairs,
+            data,
             model: ModelConfig {
                 encoder_units: self.encoder_units,
                 decoder_units: self.decoder_units,
@@ -429,9 +431,9 @@ impl TrainArgs {
         })
     }
 
-    /// What to read for a model of the user's pairs; `None` for a generated problem. Flags of
-    /// pairs without pairs are errors rather than ignored.
-    fn pair_settings(&self) -> Result<Option<PairSettings>> {
+    /// What to read for a model of the user's data; `None` for a generated problem. Flags of
+    /// files without files are errors rather than ignored.
+    fn data_settings(&self) -> Result<Option<DataSettings>> {
         let Some(files) = self.files.files() else {
             let pair_flags = [
                 ("--valid", self.valid.is_some()),
@@ -449,15 +451,13 @@ impl TrainArgs {
             return Ok(None);
         };
         match self.task {
-            Some(TaskKind::Autoencoder) => bail!(
-                "--task autoencoder trains on generated sequences; reading sequences from a file is not supported yet                  (--data and --source/--target read pairs of token sequences)"
-            ),
+            Some(TaskKind::Autoencoder) => return self.sequence_settings(&files).map(Some),
             Some(TaskKind::Arithmetic) => {
                 bail!("--task arithmetic generates its samples; leave it out to train on {files}")
             }
             None => {}
         }
-        Ok(Some(PairSettings {
+        Ok(Some(DataSettings::Pairs(PairSettings {
             files,
             valid: self.valid.clone(),
             valid_fraction: self.valid_fraction,
@@ -467,6 +467,29 @@ impl TrainArgs {
             target_tokens: self.target_tokens,
             max_source_len: self.max_source_len,
             max_target_len: self.max_target_len,
+        })))
+    }
+
+    /// `--task autoencoder --data FILE`: one sequence per line; the flags of token pairs do not apply.
+    fn sequence_settings(&self, files: &PairFiles) -> Result<DataSettings> {
+        let PairFiles::Tabbed(data) = files else {
+            bail!("--task autoencoder reads one file of sequences: give it with --data FILE, not --source/--target");
+        };
+        let pair_flags = [
+            ("--min-count", self.min_count != 1),
+            ("--max-source-len", self.max_source_len.is_some()),
+            ("--max-target-len", self.max_target_len.is_some()),
+            ("--source-tokens", self.source_tokens != TokenKind::Chars),
+            ("--target-tokens", self.target_tokens != TokenKind::Chars),
+        ];
+        if let Some((flag, _)) = pair_flags.iter().find(|(_, given)| *given) {
+            bail!("{flag} applies to pairs of tokens, not to the autoencoder's sequences of values");
+        }
+        Ok(DataSettings::Sequences(SequenceSettings {
+            data: data.clone(),
+            valid: self.valid.clone(),
+            valid_fraction: self.valid_fraction,
+            skip_bad_lines: self.files.skip_bad_lines,
         }))
     }
 
@@ -517,6 +540,7 @@ impl TrainArgs {
                     sequence: self.sequence.unwrap_or(reference.sequence),
                     low: self.low.unwrap_or(reference.low),
                     high: self.high.unwrap_or(reference.high),
+                    data: None,
                 })
             }
         })

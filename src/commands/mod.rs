@@ -14,8 +14,9 @@ use tch::{Device, nn};
 use crate::commands::encode::{EncodeFormat, Encoder, KeptVectors};
 use crate::commands::predict::Predictor;
 use crate::data::corpus::batches::PairSource;
-use crate::data::corpus::load::{self, LoadedPairs, PairSettings, load_for_training};
+use crate::data::corpus::load::{self, DataSettings, LoadedPairs, load_for_training};
 use crate::data::corpus::read::PairFiles;
+use crate::data::corpus::sequences::{self, LoadedSequences, SequenceSource};
 use crate::data::corpus::thousands;
 use crate::data::generated::Generated;
 use crate::data::input::{InputSource, InputSummary};
@@ -30,7 +31,7 @@ use crate::output::{self, BestEffort, Stdout, print_line};
 use crate::store::checkpoint::{self, SavedConfig, Versions};
 use crate::store::lock::DirLock;
 use crate::store::metrics_log::{METRICS_FILE, MetricsLog, MetricsRow, read_metrics};
-use crate::task::{Input, PairsProblem, Task};
+use crate::task::{Input, PairsProblem, SequenceProblem, Task};
 use crate::train::interrupt::{self, Stopped};
 use crate::train::{self, Position, Progress, Report, TrainConfig, TrainLoop, TrainOutcome};
 use crate::viz::{pca, plot};
@@ -47,10 +48,10 @@ pub const VALIDATION_SAMPLES: usize = 1000;
 /// Everything `train` needs.
 #[derive(Debug, Clone)]
 pub struct TrainRequest {
-    /// The generated problem; unused when `pairs` is given.
+    /// The generated problem; unused when `data` is given.
     pub task: Task,
-    /// The user's pairs to read, for a model of them.
-    pub pairs: Option<PairSettings>,
+    /// The user's files to read, for a model of them.
+    pub data: Option<DataSettings>,
     pub model: ModelConfig,
     pub training: TrainConfig,
     pub device: DeviceChoice,
@@ -66,16 +67,20 @@ pub fn train(request: &TrainRequest) -> Result<PathBuf> {
     model_config.validate()?;
     request.training.validate()?;
     let mut training = request.training.clone();
-    let (task, data) = match &request.pairs {
+    let (task, data) = match &request.data {
         None => (request.task.clone(), RunData::generated(&request.task, &training)),
-        Some(settings) => {
+        Some(DataSettings::Pairs(settings)) => {
             let loaded = load_for_training(settings, training.seed)?;
-            for line in &loaded.notes {
-                output::note(line);
-            }
+            loaded.notes.iter().for_each(output::note);
             // An epoch is every training pair.
             training.samples = loaded.training.len();
             (Task::Pairs(Box::new(loaded.problem.clone())), RunData::pairs(&loaded, training.seed))
+        }
+        Some(DataSettings::Sequences(settings)) => {
+            let loaded = sequences::load_for_training(settings, training.seed)?;
+            loaded.notes.iter().for_each(output::note);
+            training.samples = loaded.training.len();
+            (Task::Autoencoder(loaded.problem.clone()), RunData::sequences(&loaded, training.seed))
         }
     };
     let (task, training) = (&task, &training);
@@ -154,9 +159,9 @@ pub fn resume(request: &ResumeRequest) -> Result<PathBuf> {
     training.validate()?;
     let task = &checkpoint.config.task;
     let data = match task {
-        Task::Pairs(problem) => {
-            let loaded = load::reload(problem, training.seed)?;
-            RunData::pairs(&loaded, training.seed)
+        Task::Pairs(problem) => RunData::pairs(&load::reload(problem, training.seed)?, training.seed),
+        Task::Autoencoder(problem) if problem.data.is_some() => {
+            RunData::sequences(&sequences::reload(problem, training.seed)?, training.seed)
         }
         _ => RunData::generated(task, &training),
     };
@@ -212,6 +217,17 @@ impl RunData {
             training: Arc::new(PairSource::new(problem, Arc::clone(&loaded.training), Some(seed))),
             validation: Arc::new(validation.first(VALIDATION_SAMPLES)),
             evaluation: Arc::new(PairSource::new(problem, Arc::clone(&loaded.validation), None)),
+        }
+    }
+
+    /// The autoencoder's sequences from a file, as [`RunData::pairs`] takes pairs.
+    fn sequences(loaded: &LoadedSequences, seed: u64) -> Self {
+        let problem = &loaded.problem;
+        let validation = SequenceSource::new(problem, Arc::clone(&loaded.validation), None);
+        Self {
+            training: Arc::new(SequenceSource::new(problem, Arc::clone(&loaded.training), Some(seed))),
+            validation: Arc::new(validation.first(VALIDATION_SAMPLES)),
+            evaluation: Arc::new(SequenceSource::new(problem, Arc::clone(&loaded.validation), None)),
         }
     }
 }
@@ -369,7 +385,11 @@ fn run_training(session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
     // The weights on disk are these already: only the config gains the figures.
     let config = session.saved_config(seconds, Some(evaluation.clone()), None);
     interrupt::shielded(|| checkpoint::save_config(&dir, &config))?;
-    console.line(format!("Trained in {seconds:.1}s on {}. {}", describe(device), describe_evaluation(&evaluation)));
+    console.line(format!(
+        "Trained in {seconds:.1}s on {}. {}",
+        describe(device),
+        describe_evaluation(&session.task, &evaluation)
+    ));
     console.line(format!("Saved the model to {}", dir.display()));
     if let Err(error) = console.finish() {
         bail!("{error} (the model was saved to {})", dir.display());
@@ -397,9 +417,16 @@ fn evaluation_stream(task: &Task, seed: u64, samples: usize, device: Device) -> 
     BatchStream::new(task, seed, Stream::Evaluation, samples, EVALUATION_BATCH_SIZE, device).keeping_samples()
 }
 
-fn describe_evaluation(evaluation: &Evaluation) -> String {
-    if evaluation.token_error_rate.is_some() {
-        return format!("On {} held-out pairs: {}", evaluation.metrics.samples, describe_pairs(evaluation));
+/// The final figures in words: on fresh samples of a generated problem, on the held-out part of
+/// the user's file.
+fn describe_evaluation(task: &Task, evaluation: &Evaluation) -> String {
+    let samples = evaluation.metrics.samples;
+    match task {
+        Task::Pairs(_) => return format!("On {samples} held-out pairs: {}", describe_pairs(evaluation)),
+        Task::Autoencoder(problem) if problem.data.is_some() => {
+            return format!("On {samples} held-out sequences: {}", evaluation.metrics.describe());
+        }
+        _ => {}
     }
     let mut text = format!("On {} fresh samples: {}", evaluation.metrics.samples, evaluation.metrics.describe());
     if !evaluation.by_operator.is_empty() {
@@ -452,9 +479,15 @@ pub fn evaluate(request: &EvaluateRequest) -> Result<Evaluation> {
     if let Task::Pairs(problem) = &loaded.config.task {
         return evaluate_pairs(request, &loaded, problem, device);
     }
+    if let Task::Autoencoder(problem) = &loaded.config.task
+        && (request.data.is_some() || problem.data.is_some())
+    {
+        return evaluate_sequences(request, &loaded, problem, device);
+    }
     if request.data.is_some() {
         bail!(
-            "--data scores a model of your own pairs; {} holds {}, scored on fresh samples without it",
+            "--data scores a model of your own pairs or an autoencoder; {} holds {}, scored on fresh samples \
+             without it",
             request.model_dir.display(),
             loaded.config.task.model_kind()
         );
@@ -483,7 +516,11 @@ pub fn evaluate(request: &EvaluateRequest) -> Result<Evaluation> {
     if request.json {
         print_line(serde_json::to_string(&EvaluateJson { evaluation: &evaluation, mistakes: report.as_ref() })?)?;
     } else {
-        print_line(format!("{} (seed {seed}, {})", describe_evaluation(&evaluation), describe(device)))?;
+        print_line(format!(
+            "{} (seed {seed}, {})",
+            describe_evaluation(&loaded.config.task, &evaluation),
+            describe(device)
+        ))?;
         if let (Some(problem), Some(report)) = (problem, &report) {
             print_line(report.describe(evaluation.metrics.samples, problem))?;
         }
@@ -580,6 +617,50 @@ fn evaluate_pairs(
             }
             print_line(text)?;
         }
+    }
+    Ok(evaluation)
+}
+
+/// Scores an autoencoder on a file of sequences (`--data`), or on the held-out part of the file
+/// it was trained on.
+fn evaluate_sequences(
+    request: &EvaluateRequest,
+    loaded: &checkpoint::LoadedModel,
+    problem: &SequenceProblem,
+    device: Device,
+) -> Result<Evaluation> {
+    if request.seed.is_some() || request.errors.is_some() {
+        bail!("--seed and --errors do not apply to an autoencoder scored on a file of sequences");
+    }
+    let (held, origin) = match &request.data {
+        Some(PairFiles::Tabbed(path)) => {
+            let mut notes = Vec::new();
+            let held = sequences::read_file(path, Some(problem.length), request.skip_bad_lines, &mut notes)?;
+            notes.iter().for_each(output::note);
+            (held, path.display().to_string())
+        }
+        Some(PairFiles::Aligned { .. }) => {
+            bail!("an autoencoder reads one file of sequences: give it with --data FILE, not --source/--target")
+        }
+        None => {
+            let file = sequences::reload(problem, loaded.config.training.seed)?;
+            let origin = problem.data.as_ref().map_or_else(String::new, |data| data.data.display().to_string());
+            let held = Arc::try_unwrap(file.validation).unwrap_or_else(|shared| (*shared).clone());
+            (held, format!("the held-out part of {origin}"))
+        }
+    };
+    let source = SequenceSource::new(problem, Arc::new(held), None);
+    let data = BatchStream::of(Arc::new(source), EVALUATION_BATCH_SIZE, device);
+    let evaluation = evaluate::evaluate(&loaded.model, &data);
+    if request.json {
+        print_line(serde_json::to_string(&evaluation)?)?;
+    } else {
+        let figures = evaluation.metrics.describe();
+        print_line(format!(
+            "On {} sequences of {origin}: {figures} ({})",
+            evaluation.metrics.samples,
+            describe(device)
+        ))?;
     }
     Ok(evaluation)
 }
@@ -734,6 +815,10 @@ fn fresh_samples(task: &Task, seed: u64, samples: usize) -> Result<Vec<Input>> {
         Task::Pairs(problem) => {
             let pairs = load::reload(problem, seed)?;
             Arc::new(PairSource::new(problem, pairs.validation, None).first(samples))
+        }
+        Task::Autoencoder(problem) if problem.data.is_some() => {
+            let file = sequences::reload(problem, seed)?;
+            Arc::new(SequenceSource::new(problem, file.validation, None).first(samples))
         }
         _ => Arc::new(Generated::new(task, seed, Stream::Evaluation, samples)),
     };

@@ -563,7 +563,7 @@ mod tests {
     /// constructors, which other tests run in parallel).
     fn random_batch(shape: ModelShape, kind: Kind, seed: u64) -> (Tensor, Tensor) {
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut draw = |steps: usize| match shape.input {
+        let draw = |rng: &mut StdRng, steps: usize| match shape.input {
             Features::Classes(n) => {
                 let indices: Vec<i64> = (0..16 * steps).map(|_| rng.random_range(0..n as i64)).collect();
                 Tensor::from_slice(&indices).view([16, steps as i64])
@@ -573,7 +573,22 @@ mod tests {
                 Tensor::from_slice(&values).view([16, steps as i64]).to_kind(kind)
             }
         };
-        (draw(shape.input_len), draw(shape.output_len))
+        let inputs = draw(&mut rng, shape.input_len);
+        let targets = match shape.output {
+            Features::Classes(n) => {
+                // Each row ends after a random step; with padded targets the steps after it are IGNORED.
+                let mut ids: Vec<i64> = (0..16 * shape.output_len).map(|_| rng.random_range(0..n as i64)).collect();
+                if shape.padded_targets {
+                    for row in ids.chunks_mut(shape.output_len) {
+                        let end = rng.random_range(0..shape.output_len);
+                        row[end + 1..].fill(IGNORED);
+                    }
+                }
+                Tensor::from_slice(&ids).view([16, shape.output_len as i64])
+            }
+            Features::Value => draw(&mut rng, shape.output_len),
+        };
+        (inputs, targets)
     }
 
     /// `forward_backward`'s output, loss and gradients (by variable name).
@@ -637,6 +652,21 @@ mod tests {
 
     fn stacked() -> ModelConfig {
         ModelConfig { encoder_units: 20, decoder_units: 16, encoder_layers: 2, decoder_layers: 3, dropout: 0.0 }
+    }
+
+    /// A model of pairs: other widths in and out, and the steps after each target's end left
+    /// out of the loss and its gradient.
+    #[test]
+    fn hand_written_passes_match_autograd_with_padded_targets() {
+        let pairs = ModelShape {
+            input: Features::Classes(7),
+            output: Features::Classes(11),
+            input_len: 5,
+            output_len: 4,
+            padded_targets: true,
+        };
+        assert_matches_autograd(ModelConfig::default(), pairs);
+        assert_matches_autograd(stacked(), pairs);
     }
 
     #[test]

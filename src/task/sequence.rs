@@ -2,6 +2,7 @@
 //! through its fixed-length encoding.
 
 use std::fmt;
+use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::ValueEnum;
@@ -22,19 +23,39 @@ pub enum SequenceKind {
     Random,
 }
 
-/// Sequences of `length` values in `[low, high]`.
+/// Sequences of `length` values in `[low, high]`, generated, or read from the user's file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SequenceProblem {
     pub length: usize,
     pub sequence: SequenceKind,
+    /// The range generated values are drawn from (a file's: its smallest and largest value).
     pub low: f64,
     pub high: f64,
+    /// The file the sequences come from (`train --task autoencoder --data FILE`); `None` for
+    /// generated ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<SequenceData>,
+}
+
+/// Where an autoencoder's sequences came from, so that `train --resume` and `evaluate` can read
+/// them again, and what they were.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SequenceData {
+    pub data: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid: Option<PathBuf>,
+    pub valid_fraction: f64,
+    pub skip_bad_lines: bool,
+    pub training_sequences: usize,
+    pub fingerprint: String,
+    pub held_out_sequences: usize,
+    pub held_out_fingerprint: String,
 }
 
 impl Default for SequenceProblem {
     /// The reference: the ramp 0.1, 0.2, ... 0.9.
     fn default() -> Self {
-        Self { length: 9, sequence: SequenceKind::Ramp, low: 0.0, high: 1.0 }
+        Self { length: 9, sequence: SequenceKind::Ramp, low: 0.0, high: 1.0, data: None }
     }
 }
 
@@ -42,6 +63,9 @@ impl SequenceProblem {
     pub fn validate(&self) -> Result<()> {
         if !(1..=MAX_SEQUENCE_LEN).contains(&self.length) {
             bail!("the sequence length must be between 1 and {MAX_SEQUENCE_LEN}, got {}", self.length);
+        }
+        if self.data.is_some() {
+            return Ok(());
         }
         if !(self.low.is_finite() && self.high.is_finite() && self.low < self.high) {
             bail!("the value range must be finite with low < high, got {}..{}", self.low, self.high);
@@ -77,6 +101,9 @@ impl SequenceProblem {
 
     /// One line saying what the problem is, for the start of a training run.
     pub fn describe(&self) -> String {
+        if let Some(data) = &self.data {
+            return format!("autoencoder on the sequences of {}, {} values each", data.data.display(), self.length);
+        }
         let kind = match self.sequence {
             SequenceKind::Ramp => "the ramp",
             SequenceKind::Random => "random sequences",
@@ -148,7 +175,7 @@ mod tests {
 
     #[test]
     fn random_sequences_stay_in_range_and_vary() {
-        let problem = SequenceProblem { sequence: SequenceKind::Random, length: 5, low: -2.0, high: 3.0 };
+        let problem = SequenceProblem { sequence: SequenceKind::Random, length: 5, low: -2.0, high: 3.0, data: None };
         let mut rng = StdRng::seed_from_u64(1);
         let mut values = Vec::new();
         for _ in 0..200 {

@@ -11,12 +11,13 @@ use std::thread::Scope;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use crate::data::mix_seed;
 use crate::nn::lstm::Masks;
 use crate::nn::model::{Gradients, Seq2Seq};
 use crate::nn::optim::Adam;
+use crate::task::pairs::IGNORED;
 
 /// How long a thread polls for its next message before it sleeps: a step's serial part (Adam,
 /// the next batch) takes about this long on the reference model, and waking a sleeping thread
@@ -146,9 +147,16 @@ impl<'a> SharedStep<'a> {
         }
         let (own_output, own_loss) =
             self.model.forward_backward_with_masks(&input_shares[0], &target_shares[0], &mut self.own, share_masks(0));
-        // The batch's mean is the rows-weighted mean of the shares' means, for the loss and
-        // its gradient alike; summed in share order, whatever order the helpers finish in.
-        let weight = |share: usize| sizes[share] as f64 / rows as f64;
+        // The batch's mean is the weighted mean of the shares' means, for the loss and its
+        // gradient alike; summed in share order, whatever order the helpers finish in. A share
+        // weighs its rows, or with padded targets the target steps it counts.
+        let counted: Vec<f64> = if self.model.shape().padded_targets {
+            target_shares.iter().map(|targets| targets.ne(IGNORED).sum(Kind::Int64).int64_value(&[]) as f64).collect()
+        } else {
+            sizes.iter().map(|&size| size as f64).collect()
+        };
+        let total: f64 = counted.iter().sum::<f64>().max(1.0);
+        let weight = |share: usize| counted[share] / total;
         let mut outputs = vec![own_output];
         let mut loss = own_loss * weight(0);
         tch::no_grad(|| -> Result<()> {
@@ -230,9 +238,18 @@ mod tests {
     /// The weights after Adam steps on `batches`, each step's gradient from a [`SharedStep`] of
     /// `threads` (dropout masks `Seeded` by the step), and the first step's gradient.
     fn train_shared(config: &ModelConfig, threads: usize, batches: &[(Tensor, Tensor)]) -> (Vec<Tensor>, Tensor) {
+        train_shared_on(SHAPE, config, threads, batches)
+    }
+
+    fn train_shared_on(
+        shape: ModelShape,
+        config: &ModelConfig,
+        threads: usize,
+        batches: &[(Tensor, Tensor)],
+    ) -> (Vec<Tensor>, Tensor) {
         one_libtorch_thread();
         let vs = nn::VarStore::new(Device::Cpu);
-        let model = Seq2Seq::new_seeded(&vs.root(), config, SHAPE, 5);
+        let model = Seq2Seq::new_seeded(&vs.root(), config, shape, 5);
         let mut adam = Adam::new(&vs, 0.01);
         let first_gradient = thread::scope(|scope| {
             let mut shared = SharedStep::start(scope, &model, &adam, threads);
@@ -299,6 +316,22 @@ mod tests {
         assert!(difference < 1e-5, "relative difference {difference:e}");
         assert!(!all_equal(&weights, &one_weights), "three shares round differently from one");
         assert!(all_equal(&weights, &train_shared(&config, 3, &batches).0));
+    }
+
+    /// With targets padded after their end, a share weighs the target steps it counts: here the
+    /// first share's rows count two steps each and the others' one.
+    #[test]
+    fn shared_gradients_with_padded_targets_are_the_batch_gradient() {
+        let shape = ModelShape { padded_targets: true, ..SHAPE };
+        let (inputs, _) = batches(1, 30).remove(0);
+        let rows: Vec<i64> = (0..30).flat_map(|row| if row < 10 { [3, 0] } else { [0, IGNORED] }).collect();
+        let batch = [(inputs, Tensor::from_slice(&rows).view([30, 2]))];
+        let config = ModelConfig::default();
+        let (_, one_gradient) = train_shared_on(shape, &config, 1, &batch);
+        let (_, gradient) = train_shared_on(shape, &config, 3, &batch);
+        let scale = one_gradient.abs().max().double_value(&[]);
+        let difference = (&gradient - &one_gradient).abs().max().double_value(&[]) / scale;
+        assert!(difference < 1e-5, "relative difference {difference:e}");
     }
 
     #[test]

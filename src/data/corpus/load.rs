@@ -8,12 +8,19 @@ use std::sync::Arc;
 
 use anyhow::{Result, bail};
 
-use super::read::{HoldOut, PairFiles, ReadPairs, Tokenizing, read_pairs};
+use super::read::{BadLine, FirstFew, HoldOut, PairFiles, ReadPairs, Tokenizing, read_pairs};
 use super::{PairCorpus, TokenKind, thousands};
 use crate::data::mix_seed;
 use crate::task::pairs::{MAX_PAIR_LEN, PairData, PairsProblem};
 
-/// What `train` was asked to read.
+/// What a training run reads: the user's pairs, or the autoencoder's sequences.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DataSettings {
+    Pairs(PairSettings),
+    Sequences(super::sequences::SequenceSettings),
+}
+
+/// What `train` was asked to read for pairs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PairSettings {
     pub files: PairFiles,
@@ -232,17 +239,33 @@ pub fn read_pairs_for(problem: &PairsProblem, files: &PairFiles) -> Result<ReadP
 
 /// Refuses bad lines, or with `skip` notes how many were skipped.
 pub fn check_bad_lines(read: &ReadPairs, files: &PairFiles, skip: bool, notes: &mut Vec<String>) -> Result<()> {
-    match (read.bad.count, skip) {
+    refuse_or_note_bad_lines(&read.bad, read.lines, &files.to_string(), skip, notes)
+}
+
+/// Refuses a file with bad lines, after printing the first ones with their locations; with
+/// `skip`, notes how many were left out instead.
+pub fn refuse_or_note_bad_lines(
+    bad: &FirstFew<BadLine>,
+    lines: usize,
+    files: &str,
+    skip: bool,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    match (bad.count, skip) {
         (0, _) => Ok(()),
-        (_, false) => {
-            let (shown, error) = read.bad_lines_error(files);
-            for line in shown {
-                crate::output::note(line);
+        (count, false) => {
+            for line in &bad.shown {
+                crate::output::note(line.to_string());
             }
-            Err(error)
+            let which = if count > bad.shown.len() {
+                format!("the first {} above", bad.shown.len())
+            } else {
+                "above".to_owned()
+            };
+            bail!("{count} of {lines} lines of {files} are bad ({which}); --skip-bad-lines trains on the good ones")
         }
-        (bad, true) => {
-            notes.push(format!("skipped {} bad lines of {} lines of {files}", thousands(bad), thousands(read.lines)));
+        (count, true) => {
+            notes.push(format!("skipped {} bad lines of {} lines of {files}", thousands(count), thousands(lines)));
             Ok(())
         }
     }

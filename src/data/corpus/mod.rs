@@ -5,15 +5,11 @@
 pub mod batches;
 pub mod load;
 pub mod read;
+pub mod sequences;
 pub mod vocabulary;
 
 use std::collections::HashSet;
 
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
-use rand_chacha::ChaCha8Rng;
-
-use crate::data::mix_seed;
 pub use vocabulary::{PAD_ID, TokenKind, UNKNOWN_ID, Vocabulary};
 
 /// Sequences of token ids, one after another in one array: a million pairs cost their tokens
@@ -168,9 +164,7 @@ impl PairCorpus {
     /// The order in which epoch `epoch` visits the pairs: a shuffle drawn from (seed, epoch) by
     /// ChaCha8, whose stream rand_chacha promises to keep across versions.
     pub fn epoch_order(&self, seed: u64, epoch: usize) -> Vec<u32> {
-        let mut order: Vec<u32> = (0..self.len() as u32).collect();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix_seed(seed) ^ mix_seed(epoch as u64 + 1)));
-        order
+        sequences::epoch_order(self.len(), seed, epoch)
     }
 
     /// Bytes the packed pairs hold.

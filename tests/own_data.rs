@@ -1,6 +1,7 @@
-//! Training on the user's own pairs, through the real binary: both file layouts, characters and
-//! words, the vocabulary kept in the model, unknown tokens, length limits, the held-out split,
-//! resume, every kind of bad data, and a small problem that must really be learnt.
+//! Training on the user's own data, through the real binary: pairs in both file layouts,
+//! characters and words, the vocabulary kept in the model, unknown tokens, length limits, the
+//! held-out split, resume, every kind of bad data, a small problem that must really be learnt,
+//! and the autoencoder on a file of sequences.
 
 mod common;
 
@@ -326,4 +327,50 @@ fn bad_data_is_refused_with_its_location_or_skipped_when_asked() {
     run(&["evaluate", "--model", path_str(&shared_model().dir), "--data", path_str(&data)])
         .failed()
         .stderr_has(&["--data scores a model of your own pairs"]);
+}
+
+#[test]
+fn an_autoencoder_trains_on_a_file_of_sequences_of_one_length() {
+    let home = TempDir::new().expect("temp dir");
+    let data = home.path().join("windows.csv");
+    let mut state = 7u64;
+    let mut next = || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let lines: Vec<String> = (0..1500)
+        .map(|_| {
+            let (start, slope) = (next(), 0.1 * next());
+            (0..6).map(|step| format!("{:.4}", start + slope * step as f64)).collect::<Vec<_>>().join(",")
+        })
+        .collect();
+    fs::write(&data, lines.join("\n") + "\n").expect("write");
+    let dir = home.path().join("model");
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", "--quiet", "--task", "autoencoder", "--data", path_str(&data), "--out"];
+        args.push(path_str(&dir));
+        args.extend_from_slice(&["--epochs", "2", "--encoder-units", "16", "--decoder-units", "16"]);
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let trained = train(&[]);
+    trained.succeeded();
+    assert!(trained.stdout.contains("held-out sequences: mean squared error"), "{trained}");
+    let config = read_json(&dir.join("config.json"));
+    assert_eq!((config["input_len"].as_u64(), config["task"]["kind"].as_str()), (Some(6), Some("autoencoder")));
+    let held = config["metrics"]["samples"].as_u64().expect("samples");
+    assert_eq!(held + config["task"]["data"]["training_sequences"].as_u64().unwrap(), 1500);
+    let scored = run(&["evaluate", "--model", path_str(&dir), "--json"]);
+    assert_eq!(json_lines(&scored.stdout)[0]["samples"].as_u64(), Some(held));
+    let whole = run(&["evaluate", "--model", path_str(&dir), "--data", path_str(&data), "--json"]);
+    assert_eq!(json_lines(&whole.stdout)[0]["samples"], 1500);
+    let reconstruction = run(&["predict", "--model", path_str(&dir), "0.1,0.2,0.3,0.4,0.5,0.6"]);
+    assert_eq!(reconstruction.stdout_lines()[0].split(',').count(), 6);
+    // Sequences of another length are bad lines: refused, or left out when asked.
+    let mut text = fs::read_to_string(&data).expect("read");
+    text.push_str("0.1,0.2\n");
+    fs::write(&data, text).expect("write");
+    train(&["--overwrite"]).failed().stderr_has(&["windows.csv:1501: 2 values, but the sequences have 6"]);
+    train(&["--overwrite", "--skip-bad-lines"]).succeeded().stderr_has(&["skipped 1 bad lines of 1,501 lines"]);
+    train(&["--overwrite", "--min-count", "2"]).failed().stderr_has(&["--min-count applies to pairs of tokens"]);
 }
