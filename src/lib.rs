@@ -1,22 +1,27 @@
 //! Encoder-decoder LSTMs for sequence-to-sequence problems, on libtorch.
 //!
 //! The folders are the layers, and data flows one way through them:
-//! [`task`] (what a sample is: arithmetic, the autoencoder's sequences, their alphabet) →
-//! [`data`] (seeded batches, users' lines, and the user's own files in [`data::corpus`]) →
+//! [`task`] (what a sample is: arithmetic, the autoencoder's sequences, the user's pairs, each
+//! behind the `Problem` trait) →
+//! [`data`] (batches from a `SampleSource`: generated, or the user's files in [`data::corpus`];
+//! users' lines to answer) →
 //! [`nn`] (the model, its hand-written LSTM passes, Adam, devices) →
 //! [`train`] (the loop, its threads, stop signals) and [`evaluate`] (scores, mistakes) →
 //! [`store`] (the model directory on disk: config, weights, training state, metrics log, safe
 //! file writes and the directory lock) → [`commands`] (one function per subcommand, with
 //! predict and encode) ← [`cli`] (clap definitions and shell completions).
 //! Beside them: [`viz`] (PCA and PNG pictures) and [`output`] (the one writer of stdout).
+//!
+//! Public are only the modules that the binary and the examples use; the rest is `pub(crate)`,
+//! so that the compiler reports what nothing uses.
 
 pub mod cli;
-pub mod commands;
+pub(crate) mod commands;
 pub mod data;
-pub mod evaluate;
+pub(crate) mod evaluate;
 pub mod nn;
 pub mod output;
-pub mod store;
-pub mod task;
+pub(crate) mod store;
+pub(crate) mod task;
 pub mod train;
-pub mod viz;
+pub(crate) mod viz;

@@ -88,6 +88,27 @@ fn a_small_reversal_problem_is_learnt_and_scored_on_its_held_out_pairs() {
     answers.succeeded();
     assert_eq!(answers.stdout_lines(), ["abcd\tdcba", "hgfe\tefgh"]);
     run(&["evaluate", "--model", path_str(&dir)]).failed().stderr_has(&["reverse.tsv does not exist"]);
+    // The encoder's vectors of sources, and the learning curve.
+    let vectors = run(&["encode", "--model", path_str(&dir), "abc", "hhgg"]);
+    vectors.succeeded();
+    let rows = vectors.stdout_lines();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|row| row.split(',').count() == 64), "{rows:?}");
+    let picture = home.path().join("vectors.png");
+    fs::write(home.path().join("inputs.txt"), "abc\nbad\ncab\nhhh\n").expect("write");
+    run(&[
+        "encode",
+        "--model",
+        path_str(&dir),
+        "--file",
+        path_str(&home.path().join("inputs.txt")),
+        "--plot",
+        path_str(&picture),
+    ])
+    .succeeded();
+    assert!(fs::read(&picture).expect("the picture").starts_with(b"\x89PNG"));
+    run(&["plot", "--model", path_str(&dir)]).succeeded();
+    assert!(dir.join("learning_curve.png").exists());
 }
 
 #[test]
@@ -271,6 +292,8 @@ fn bad_data_is_refused_with_its_location_or_skipped_when_asked() {
         text.extend_from_slice(format!("{source}\t{target}\n").as_bytes());
     }
     text.extend_from_slice(b"no tab here\n\tempty source\nempty target\t\nbad \xff utf8\tx\nnul\0byte\tx\n");
+    text.extend(std::iter::repeat_n(b'a', 1 << 20));
+    text.extend_from_slice(b"\tlong\n");
     fs::write(&data, &text).expect("write");
     let out = home.path().join("never");
     let train = |extra: &[&str]| {
@@ -280,16 +303,17 @@ fn bad_data_is_refused_with_its_location_or_skipped_when_asked() {
         run(&args)
     };
     train(&[]).failed().stderr_has(&[
-        "5 of 205 lines of",
+        "6 of 206 lines of",
         "bad.tsv:201: no tab",
         "bad.tsv:202: the source is empty",
         "bad.tsv:203: the target is empty",
         "bad.tsv:204: not valid UTF-8 (byte 5)",
         "bad.tsv:205: a NUL byte at byte 4",
+        "bad.tsv:206: longer than 1048576 bytes",
         "--skip-bad-lines",
     ]);
     assert!(!out.exists(), "nothing is made from refused data");
-    train(&["--skip-bad-lines"]).succeeded().stderr_has(&["skipped 5 bad lines of 205 lines"]);
+    train(&["--skip-bad-lines"]).succeeded().stderr_has(&["skipped 6 bad lines of 206 lines"]);
     assert_holds_exactly_a_model(&out);
     // evaluate applies the same rule.
     run(&["evaluate", "--model", path_str(&out), "--data", path_str(&data)]).failed().stderr_has(&["bad.tsv:201"]);
@@ -300,8 +324,14 @@ fn bad_data_is_refused_with_its_location_or_skipped_when_asked() {
     let only_bad = home.path().join("only-bad.tsv");
     fs::write(&only_bad, "a\nb\n").expect("write");
     let missing = home.path().join("missing.tsv");
+    // A FIFO nobody writes to would never end: it is refused at once, as are devices.
+    let fifo = home.path().join("fifo.tsv");
+    let name = std::ffi::CString::new(path_str(&fifo)).expect("no NUL in a temp path");
+    // SAFETY: a valid NUL-terminated path and mode.
+    assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
     for (path, message) in [
-        (path_str(&missing), "missing.tsv"),
+        (path_str(&missing), "missing.tsv does not exist"),
+        (path_str(&fifo), "is a FIFO"),
         (path_str(home.path()), "is a directory"),
         (path_str(&empty), "empty.tsv is empty"),
         ("/dev/zero", "is a character device"),

@@ -68,10 +68,11 @@ pub enum Command {
     // Verbatim: clap would join the example lines into one.
     #[command(verbatim_doc_comment)]
     Evaluate(EvaluateArgs),
-    /// Answer expressions (or reconstruct sequences) with a saved model
+    /// Answer expressions, reconstruct sequences or write targets with a saved model
     ///
     /// Examples: seq2seq predict --model runs/seed7 9+10+9 2+4+5
     ///           seq2seq predict --model runs/seed7 --verbose 9+10+9
+    ///           seq2seq predict --model runs/words --file test.tsv --json
     // Verbatim: clap would join the example lines into one.
     #[command(verbatim_doc_comment)]
     Predict(PredictArgs),
@@ -330,7 +331,8 @@ pub struct PredictArgs {
     #[arg(long, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
     /// Print one JSON object per line (arithmetic: input, prediction, expected, correct;
-    /// autoencoder: input, reconstruction, max_abs_error).
+    /// autoencoder: input, reconstruction, max_abs_error; pairs: input, prediction, and expected
+    /// and correct where a target was given).
     #[arg(long)]
     pub json: bool,
     /// After each answer, the probability the model gave each character it wrote (arithmetic;
@@ -342,8 +344,10 @@ pub struct PredictArgs {
 /// Where `predict` and `encode` read their inputs.
 #[derive(Debug, Args)]
 pub struct InputArgs {
-    /// Expressions such as 9+10+9, or sequences such as 0.1,0.2,0.3 (default: read --file, or
-    /// standard input, one per line). Put `--` before an input that starts with '-'.
+    /// Expressions such as 9+10+9, sequences such as 0.1,0.2,0.3, or sources of a model of your
+    /// pairs (source<TAB>target also shows the expected target and whether it was right)
+    /// (default: read --file, or standard input, one per line). Put `--` before an input that
+    /// starts with '-'.
     #[arg(value_name = "INPUT")]
     pub inputs: Vec<String>,
     /// Read inputs from this file, one per line ('-' for standard input).
@@ -602,6 +606,10 @@ pub fn run(cli: Cli) -> Result<()> {
         // At most MAX_THREADS, so it fits.
         asked => asked.map(|threads| threads as usize),
     };
+    if matches!(cli.command, Command::Train(_)) {
+        // Before any thread starts, so that every one blocks the stop signals (see interrupt).
+        crate::train::interrupt::install();
+    }
     let threads = match (asked, &cli.command) {
         (Some(threads), _) => Some(threads),
         (None, Command::Train(_)) => Some(1),

@@ -84,6 +84,11 @@ pub fn train(request: &TrainRequest) -> Result<PathBuf> {
         }
     };
     let (task, training) = (&task, &training);
+    if let Some(signal) = interrupt::requested() {
+        return Err(
+            Stopped { signal, message: "stopped while reading the data; nothing was written".to_owned() }.into()
+        );
+    }
     task.validate()?;
     training.validate()?;
     if model_config.dropout > 0.0 && model_config.encoder_layers == 1 && model_config.decoder_layers == 1 {

@@ -10,7 +10,7 @@ use rand::seq::SliceRandom;
 use tch::Device;
 
 use super::{Batch, SampleSource, Stream, input_tensor, mix_seed, target_tensor};
-use crate::task::{Expression, Input, Task};
+use crate::task::{Input, Task};
 
 /// `samples` samples of a generated task, drawn from `seed`'s `stream`.
 pub struct Generated {
@@ -23,6 +23,7 @@ pub struct Generated {
 }
 
 impl Generated {
+    /// `task` must be one that draws its samples (a generated problem, not a file's).
     pub fn new(task: &Task, seed: u64, stream: Stream, samples: usize) -> Self {
         Self { task: task.clone(), seed, stream, samples, order: Mutex::new(None) }
     }
@@ -61,21 +62,9 @@ impl SampleSource for Generated {
         let start = index * batch_size;
         let size = batch_size.min(self.samples.saturating_sub(start));
         let mut rng = StdRng::seed_from_u64(mix_seed(self.seed ^ self.stream.salt()) ^ mix_seed(index as u64));
-        let samples: Vec<Input> = (0..size)
-            .map(|_| match &self.task {
-                Task::Arithmetic(problem) => {
-                    let mut expression = Expression::default();
-                    problem.draw(&mut rng, &mut expression);
-                    Input::Expression(expression)
-                }
-                Task::Autoencoder(problem) => {
-                    let mut values = Vec::with_capacity(problem.length);
-                    problem.draw(&mut rng, &mut values);
-                    Input::Sequence(values)
-                }
-                Task::Pairs(_) => unreachable!("pairs are read from files, never generated"),
-            })
-            .collect();
+        let problem = self.task.problem();
+        let samples: Vec<Input> = (0..size).filter_map(|_| problem.draw(&mut rng)).collect();
+        assert_eq!(samples.len(), size, "Generated::new takes only tasks that draw samples");
         Batch {
             inputs: input_tensor(&self.task, &samples, Device::Cpu),
             targets: target_tensor(&self.task, &samples, Device::Cpu),

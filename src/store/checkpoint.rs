@@ -95,7 +95,6 @@ impl SavedConfig {
 pub struct LoadedModel {
     pub config: SavedConfig,
     pub model: Seq2Seq,
-    pub vs: nn::VarStore,
 }
 
 /// A fresh run id: random, so that two runs of the same settings are told apart.
@@ -419,7 +418,7 @@ pub fn load(dir: &Path, device: Device) -> Result<LoadedModel> {
     let weights_path = dir.join(WEIGHTS_FILE);
     load_weights(&vs, &weights_path)?;
     vs.set_device(device);
-    Ok(LoadedModel { config, model, vs })
+    Ok(LoadedModel { config, model })
 }
 
 /// The checked config of the model directory `dir`, without its weights.

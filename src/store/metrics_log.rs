@@ -106,11 +106,6 @@ impl MetricsLog {
             .and_then(|()| self.file.flush())
             .with_context(|| format!("cannot append to {}", self.path.display()))
     }
-
-    /// Where the log is written.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 /// One CSV line, newline included. `{}` prints the shortest text that parses back to the same

@@ -13,6 +13,7 @@ pub mod vocab;
 use std::fmt;
 
 use anyhow::Result;
+use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 pub use arithmetic::{ArithmeticProblem, Expression, ExpressionError, Operator, Operators, TermCount};
@@ -98,6 +99,9 @@ pub trait Problem {
     fn output_len(&self) -> usize;
     /// Parses one line of user input.
     fn parse_input(&self, line: &str) -> Result<Input, InputError>;
+    /// Draws one sample from `rng`; `None` for data read from the user's files, which are
+    /// never generated.
+    fn draw(&self, rng: &mut StdRng) -> Option<Input>;
     /// One line saying what the problem is.
     fn describe(&self) -> String;
 }
@@ -120,6 +124,11 @@ impl Problem for ArithmeticProblem {
     }
     fn parse_input(&self, line: &str) -> Result<Input, InputError> {
         self.parse_expression(line).map(Input::Expression).map_err(InputError::Expression)
+    }
+    fn draw(&self, rng: &mut StdRng) -> Option<Input> {
+        let mut expression = Expression::default();
+        ArithmeticProblem::draw(self, rng, &mut expression);
+        Some(Input::Expression(expression))
     }
     fn describe(&self) -> String {
         ArithmeticProblem::describe(self)
@@ -145,6 +154,13 @@ impl Problem for SequenceProblem {
     fn parse_input(&self, line: &str) -> Result<Input, InputError> {
         self.parse_sequence(line).map(Input::Sequence).map_err(InputError::Sequence)
     }
+    fn draw(&self, rng: &mut StdRng) -> Option<Input> {
+        self.data.is_none().then(|| {
+            let mut values = Vec::with_capacity(self.length);
+            SequenceProblem::draw(self, rng, &mut values);
+            Input::Sequence(values)
+        })
+    }
     fn describe(&self) -> String {
         SequenceProblem::describe(self)
     }
@@ -168,6 +184,9 @@ impl Problem for PairsProblem {
     }
     fn parse_input(&self, line: &str) -> Result<Input, InputError> {
         self.parse_line(line).map(Input::Pair).map_err(InputError::Pair)
+    }
+    fn draw(&self, _: &mut StdRng) -> Option<Input> {
+        None
     }
     fn describe(&self) -> String {
         PairsProblem::describe(self)

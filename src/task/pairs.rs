@@ -185,7 +185,7 @@ impl PairsProblem {
     pub fn describe(&self) -> String {
         let files = self.data.files().map_or_else(|_| "?".to_owned(), |files| files.to_string());
         format!(
-            "pairs of {files}: {} source {} (vocabulary {}) to {} target {} (vocabulary {})",
+            "pairs of {files}: sources of up to {} {} (vocabulary {}) to targets of up to {} {} (vocabulary {})",
             self.max_source_len,
             kind_name(self.source_tokens),
             self.source_vocabulary.len(),
