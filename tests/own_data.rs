@@ -348,6 +348,7 @@ fn bad_data_is_refused_with_its_location_or_skipped_when_asked() {
         .failed()
         .stderr_has(&["an epoch is every training pair"]);
     run(&["train", "--min-count", "2"]).failed().stderr_has(&["--min-count applies to your own pairs"]);
+    run(&["train", "--data", path_str(&data), "--eval-samples", "5"]).failed().stderr_has(&["every held-out pair"]);
     run(&["train", "--data", path_str(&data), "--ops", "+-"])
         .failed()
         .stderr_has(&["--ops describes a generated problem"]);

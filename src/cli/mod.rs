@@ -399,6 +399,12 @@ impl TrainArgs {
     fn into_request(self, threads: usize) -> Result<TrainRequest> {
         let task = self.task()?;
         let data = self.data_settings()?;
+        if data.is_some() && self.eval_samples.is_some() {
+            bail!(
+                "--eval-samples sets how many fresh samples of a generated problem are scored; with your own data \
+                 the final figures score every held-out pair (--valid or --valid-fraction sets them)"
+            );
+        }
         if data.is_some() && self.samples.is_some() {
             bail!(
                 "--samples sets how many samples are generated; with your own pairs an epoch is every training pair (--epochs sets how many)"
