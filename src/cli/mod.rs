@@ -164,7 +164,8 @@ impl PairFileArgs {
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// The problem; --data or --source/--target train on your own pairs instead.
+    /// The generated problem [default: arithmetic]. --data or --source/--target train on your own
+    /// pairs instead; --task autoencoder --data FILE on your own sequences.
     #[arg(long, value_enum)]
     pub task: Option<TaskKind>,
     #[command(flatten)]
@@ -252,10 +253,12 @@ pub struct TrainArgs {
     /// Where a decaying --lr-schedule ends.
     #[arg(long, value_name = "LR", default_value_t = TrainConfig::default().final_learning_rate)]
     pub final_learning_rate: f64,
-    /// Seeds the initial weights and every generated sample.
+    /// Seeds the initial weights and every generated sample (with your own data: the held-out
+    /// split and each epoch's order).
     #[arg(long, default_value_t = TrainConfig::default().seed)]
     pub seed: u64,
-    /// Fresh samples scored after training. [default: 10000]
+    /// Fresh samples scored after training, for generated problems (your own data scores every
+    /// held-out pair). [default: 10000]
     #[arg(long, value_name = "N")]
     pub eval_samples: Option<usize>,
     /// auto (CUDA when available), cpu, cuda or cuda:N.

@@ -199,6 +199,12 @@ fn finish_validation(loaded: &mut LoadedPairs) -> Result<()> {
             let files = PairFiles::Tabbed(valid.clone());
             let read = read_pairs_for(problem, &files)?;
             check_bad_lines(&read, &files, data.skip_bad_lines, &mut loaded.notes)?;
+            if read.unknown.count > 0 {
+                loaded.notes.push(format!(
+                    "{} source tokens of {files} are not in the training pairs' vocabulary and read as <unk>",
+                    thousands(read.unknown.count)
+                ));
+            }
             read.corpus
         }
         None => Arc::try_unwrap(std::mem::take(&mut loaded.validation)).unwrap_or_else(|shared| (*shared).clone()),
