@@ -328,9 +328,10 @@ pub struct PredictArgs {
     pub model: PathBuf,
     #[command(flatten)]
     pub inputs: InputArgs,
-    /// Inputs predicted per forward pass.
-    #[arg(long, default_value_t = DEFAULT_BATCH_SIZE)]
-    pub batch_size: usize,
+    /// Inputs predicted per forward pass. [default: 1000, fewer for a model whose outputs per
+    /// input pass 32,768 numbers (a large target vocabulary)]
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
     #[arg(long, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
     /// Print one JSON object per line (arithmetic: input, prediction, expected, correct;

@@ -41,6 +41,15 @@ pub use crate::evaluate::DEFAULT_EVALUATION_SAMPLES;
 pub const LEARNING_CURVE_FILE: &str = "learning_curve.png";
 /// Evaluation needs no small batches: they only cost time.
 pub const EVALUATION_BATCH_SIZE: usize = 1000;
+/// Output numbers (logits) one evaluation or prediction batch may hold: 128 MiB of float32, so
+/// that a word-level model with a large target vocabulary scores in smaller batches.
+const OUTPUT_BUDGET: usize = 1 << 25;
+
+/// [`EVALUATION_BATCH_SIZE`], or fewer rows when a batch's outputs would pass [`OUTPUT_BUDGET`].
+pub fn evaluation_batch_size(shape: &ModelShape) -> usize {
+    let per_row = (shape.output_len * shape.output.width()).max(1);
+    EVALUATION_BATCH_SIZE.min(OUTPUT_BUDGET / per_row).max(1)
+}
 /// Fresh samples scored at each row of `metrics.csv`: the first of the evaluation stream, the
 /// same ones at every row, so that the validation curve moves only because the model does.
 pub const VALIDATION_SAMPLES: usize = 1000;
@@ -311,7 +320,8 @@ fn run_training(session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
         0 => MetricsLog::create(&metrics_path)?,
         seen => MetricsLog::reopen(&metrics_path, seen as u64)?,
     };
-    let validation_data = BatchStream::of(Arc::clone(&session.data.validation), EVALUATION_BATCH_SIZE, device);
+    let evaluation_batch = evaluation_batch_size(&session.model.shape());
+    let validation_data = BatchStream::of(Arc::clone(&session.data.validation), evaluation_batch, device);
     let mut last_checkpoint: Option<usize> = None;
     let outcome = {
         let session = &session;
@@ -382,7 +392,7 @@ fn run_training(session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
         return Err(unscored(signal).into());
     }
     let evaluation_data =
-        BatchStream::of(Arc::clone(&session.data.evaluation), EVALUATION_BATCH_SIZE, device).keeping_samples();
+        BatchStream::of(Arc::clone(&session.data.evaluation), evaluation_batch, device).keeping_samples();
     let evaluation = evaluate::evaluate(&session.model, &evaluation_data);
     if let Some(signal) = interrupt::requested() {
         return Err(unscored(signal).into());
@@ -419,7 +429,8 @@ fn metrics_row(report: &Report, validation: Option<&evaluate::Metrics>) -> Metri
 
 /// The evaluation stream of `seed`, with samples kept for the per-operator breakdown.
 fn evaluation_stream(task: &Task, seed: u64, samples: usize, device: Device) -> BatchStream {
-    BatchStream::new(task, seed, Stream::Evaluation, samples, EVALUATION_BATCH_SIZE, device).keeping_samples()
+    let batch = evaluation_batch_size(&ModelShape::for_task(task));
+    BatchStream::new(task, seed, Stream::Evaluation, samples, batch, device).keeping_samples()
 }
 
 /// The final figures in words: on fresh samples of a generated problem, on the held-out part of
@@ -586,7 +597,8 @@ fn evaluate_pairs(
         }
     };
     let source = PairSource::new(problem, Arc::new(corpus), None);
-    let data = BatchStream::of(Arc::new(source), EVALUATION_BATCH_SIZE, device).keeping_samples();
+    let batch = evaluation_batch_size(&loaded.model.shape());
+    let data = BatchStream::of(Arc::new(source), batch, device).keeping_samples();
     let mut mistakes = request.errors.map(|limit| PairMistakes::new(problem, limit));
     let evaluation = evaluate::evaluate_observed(&loaded.model, &data, |batch, logits| {
         if let Some(mistakes) = mistakes.as_mut() {
@@ -655,7 +667,7 @@ fn evaluate_sequences(
         }
     };
     let source = SequenceSource::new(problem, Arc::new(held), None);
-    let data = BatchStream::of(Arc::new(source), EVALUATION_BATCH_SIZE, device);
+    let data = BatchStream::of(Arc::new(source), evaluation_batch_size(&loaded.model.shape()), device);
     let evaluation = evaluate::evaluate(&loaded.model, &data);
     if request.json {
         print_line(serde_json::to_string(&evaluation)?)?;
@@ -688,7 +700,8 @@ fn describe_pairs(evaluation: &Evaluation) -> String {
 pub struct PredictRequest {
     pub model_dir: PathBuf,
     pub source: InputSource,
-    pub batch_size: usize,
+    /// Inputs per forward pass; `None`: [`evaluation_batch_size`] of the model.
+    pub batch_size: Option<usize>,
     pub device: DeviceChoice,
     pub json: bool,
     /// Show the probability of each output character (arithmetic).
@@ -700,9 +713,12 @@ pub struct PredictRequest {
 /// Answers expressions with a saved model; fails (after answering the good lines) when any
 /// line was rejected.
 pub fn predict(request: &PredictRequest) -> Result<()> {
-    check_batch_size(request.batch_size)?;
+    if let Some(batch_size) = request.batch_size {
+        check_batch_size(batch_size)?;
+    }
     let device = request.device.resolve()?;
     let loaded = checkpoint::load(&request.model_dir, device)?;
+    let batch_size = request.batch_size.unwrap_or_else(|| evaluation_batch_size(&loaded.model.shape()));
     if request.verbose && !matches!(loaded.config.task, Task::Arithmetic(_)) {
         bail!(
             "--verbose shows the probability of each output character of an arithmetic model; {} holds {}",
@@ -716,7 +732,7 @@ pub fn predict(request: &PredictRequest) -> Result<()> {
         model: &loaded.model,
         task: &loaded.config.task,
         device,
-        batch_size: if interactive { 1 } else { request.batch_size },
+        batch_size: if interactive { 1 } else { batch_size },
         json: request.json,
         verbose: request.verbose,
         workers: request.workers,
