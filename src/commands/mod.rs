@@ -890,3 +890,19 @@ pub fn plot(request: &PlotRequest) -> Result<PathBuf> {
 pub fn info() -> Result<()> {
     print_line(runtime_report())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::Features;
+
+    #[test]
+    fn evaluation_batches_shrink_only_for_large_outputs() {
+        let reference = ModelShape::uniform(Features::Classes(12), 8, 2);
+        assert_eq!(evaluation_batch_size(&reference), EVALUATION_BATCH_SIZE);
+        let words = ModelShape { output: Features::Classes(30_002), output_len: 11, ..reference };
+        assert_eq!(evaluation_batch_size(&words), (1 << 25) / (11 * 30_002));
+        let enormous = ModelShape { output: Features::Classes(1 << 26), ..reference };
+        assert_eq!(evaluation_batch_size(&enormous), 1);
+    }
+}
