@@ -233,13 +233,14 @@ fn a_stopped_run_on_file_data_resumes_to_the_same_weights_and_refuses_changed_da
     let home = TempDir::new().expect("temp dir");
     let data = home.path().join("pairs.tsv");
     write_pairs(&data, &reversal_pairs(1500, 5));
-    let run_args = ["--epochs", "4", "--encoder-units", "16", "--decoder-units", "16"];
+    // Twenty epochs: long enough (a second or two) that the stop lands mid-run on a busy machine.
+    let run_args = ["--epochs", "20", "--encoder-units", "16", "--decoder-units", "16", "--device", "cpu"];
     let (whole, outcome) = train_pairs(home.path(), "whole", &["--data", path_str(&data)], &run_args);
     outcome.succeeded();
     let stopped = home.path().join("stopped");
     let mut args = vec!["train", "--quiet", "--out", path_str(&stopped), "--data", path_str(&data)];
     args.extend_from_slice(&run_args);
-    args.extend_from_slice(&["--checkpoint-every", "300", "--device", "cpu"]);
+    args.extend_from_slice(&["--checkpoint-every", "300"]);
     let child = spawn(&args);
     let state = stopped.join("training_state.safetensors");
     let start = std::time::Instant::now();
@@ -268,10 +269,14 @@ fn a_stopped_run_on_file_data_resumes_to_the_same_weights_and_refuses_changed_da
         "--checkpoint-every",
         "300",
         "--epochs",
-        "4",
+        "400",
+        "--device",
+        "cpu",
     ]);
     let state = copy.join("training_state.safetensors");
+    let start = std::time::Instant::now();
     while !state.exists() {
+        assert!(start.elapsed().as_secs() < 60, "no checkpoint");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     send(&child, libc::SIGINT);
