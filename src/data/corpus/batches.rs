@@ -11,7 +11,9 @@ use crate::task::{Input, PairInput, PairsProblem, Task};
 
 /// Pairs of a corpus, batched for a model of `task`.
 pub struct PairSource {
+    /// The task as the rest of the program sees it, and its problem for encoding.
     task: Task,
+    problem: PairsProblem,
     corpus: Arc<PairCorpus>,
     /// Training shuffles every epoch with this seed; `None` keeps the file's order.
     shuffle: Option<u64>,
@@ -25,20 +27,14 @@ impl PairSource {
     /// `corpus` must use the vocabularies of `problem`.
     pub fn new(problem: &PairsProblem, corpus: Arc<PairCorpus>, shuffle: Option<u64>) -> Self {
         let len = corpus.len();
-        Self { task: Task::Pairs(Box::new(problem.clone())), corpus, shuffle, len, order: Mutex::new(None) }
+        let task = Task::Pairs(Box::new(problem.clone()));
+        Self { task, problem: problem.clone(), corpus, shuffle, len, order: Mutex::new(None) }
     }
 
     /// Only the first `pairs` pairs (all when there are fewer).
     pub fn first(mut self, pairs: usize) -> Self {
         self.len = self.len.min(pairs);
         self
-    }
-
-    fn problem(&self) -> &PairsProblem {
-        match &self.task {
-            Task::Pairs(problem) => problem,
-            _ => unreachable!("a pair source is built from a pairs problem"),
-        }
     }
 
     /// The pairs of batch `index` of `epoch`.
@@ -63,7 +59,7 @@ impl SampleSource for PairSource {
     }
 
     fn batch(&self, epoch: usize, index: usize, batch_size: usize, keep_samples: bool) -> Batch {
-        let problem = self.problem();
+        let problem = &self.problem;
         let start = index * batch_size;
         let size = batch_size.min(self.len.saturating_sub(start));
         let pairs = self.pairs(epoch, start, size);
