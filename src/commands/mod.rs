@@ -898,7 +898,7 @@ mod tests {
 
     #[test]
     fn evaluation_batches_shrink_only_for_large_outputs() {
-        let reference = ModelShape::uniform(Features::Classes(12), 8, 2);
+        let reference = crate::nn::model::REFERENCE_SHAPE;
         assert_eq!(evaluation_batch_size(&reference), EVALUATION_BATCH_SIZE);
         let words = ModelShape { output: Features::Classes(30_002), output_len: 11, ..reference };
         assert_eq!(evaluation_batch_size(&words), (1 << 25) / (11 * 30_002));

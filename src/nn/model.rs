@@ -131,6 +131,10 @@ pub struct ModelShape {
     pub padded_targets: bool,
 }
 
+/// The reference's shape (12 symbols, 8 steps in, 2 out), for tests across the crate.
+#[cfg(test)]
+pub(crate) const REFERENCE_SHAPE: ModelShape = ModelShape::uniform(Features::Classes(12), 8, 2);
+
 impl ModelShape {
     pub fn for_task(task: &Task) -> Self {
         let problem = task.problem();
@@ -144,7 +148,7 @@ impl ModelShape {
     }
 
     /// The same features in and out, every step counted: the shape of the built-in problems.
-    pub fn uniform(features: Features, input_len: usize, output_len: usize) -> Self {
+    pub const fn uniform(features: Features, input_len: usize, output_len: usize) -> Self {
         Self { input: features, output: features, input_len, output_len, padded_targets: false }
     }
 }
@@ -671,14 +675,14 @@ mod tests {
 
     #[test]
     fn hand_written_passes_match_autograd_on_the_reference_model() {
-        assert_matches_autograd(ModelConfig::default(), reference_shape());
+        assert_matches_autograd(ModelConfig::default(), REFERENCE_SHAPE);
     }
 
     #[test]
     fn hand_written_passes_match_autograd_on_stacked_layers_and_values() {
         let values = ModelShape::uniform(Features::Value, 6, 6);
         let one_step = ModelShape::uniform(Features::Classes(5), 1, 1);
-        assert_matches_autograd(stacked(), reference_shape());
+        assert_matches_autograd(stacked(), REFERENCE_SHAPE);
         assert_matches_autograd(ModelConfig::default(), values);
         assert_matches_autograd(stacked(), values);
         assert_matches_autograd(stacked(), one_step);
@@ -688,7 +692,7 @@ mod tests {
     /// in double precision, its gradients land in the same slots as the hand-written ones.
     #[test]
     fn the_lstm_op_path_fills_every_gradient_slot() {
-        for shape in [reference_shape(), ModelShape::uniform(Features::Value, 4, 4)] {
+        for shape in [REFERENCE_SHAPE, ModelShape::uniform(Features::Value, 4, 4)] {
             let mut vs = nn::VarStore::new(Device::Cpu);
             let model = Seq2Seq::new_seeded(&vs.root(), &stacked(), shape, 8);
             let batch = random_batch(shape, Kind::Float, 4);
@@ -753,13 +757,9 @@ mod tests {
         }
     }
 
-    fn reference_shape() -> ModelShape {
-        ModelShape::uniform(Features::Classes(12), 8, 2)
-    }
-
     /// Tests run in parallel threads: every model is built under the generator lock.
     fn reference_model(vs: &nn::VarStore) -> Seq2Seq {
-        Seq2Seq::new_seeded(&vs.root(), &ModelConfig::default(), reference_shape(), 0)
+        Seq2Seq::new_seeded(&vs.root(), &ModelConfig::default(), REFERENCE_SHAPE, 0)
     }
 
     #[test]
@@ -788,7 +788,7 @@ mod tests {
     #[test]
     fn initialises_as_keras_does() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let _model = Seq2Seq::new_seeded(&vs.root(), &ModelConfig::default(), reference_shape(), 3);
+        let _model = Seq2Seq::new_seeded(&vs.root(), &ModelConfig::default(), REFERENCE_SHAPE, 3);
         let vars = vs.variables();
         let w_hh = &vars["encoder.weight_hh_l0"];
         // Orthogonal: the 75 columns of the [300, 75] recurrent kernel are orthonormal.
@@ -813,7 +813,7 @@ mod tests {
     fn same_seed_same_weights() {
         let weights = |seed| {
             let vs = nn::VarStore::new(Device::Cpu);
-            let _model = Seq2Seq::new_seeded(&vs.root(), &ModelConfig::default(), reference_shape(), seed);
+            let _model = Seq2Seq::new_seeded(&vs.root(), &ModelConfig::default(), REFERENCE_SHAPE, seed);
             vs.variables()["decoder.weight_hh_l0"].copy()
         };
         assert!(weights(11).equal(&weights(11)));
@@ -824,7 +824,7 @@ mod tests {
     fn summary_shows_every_stacked_layer_and_dropout() {
         let vs = nn::VarStore::new(Device::Cpu);
         let config = ModelConfig { encoder_layers: 2, decoder_layers: 3, dropout: 0.2, ..Default::default() };
-        let model = Seq2Seq::new_seeded(&vs.root(), &config, reference_shape(), 0);
+        let model = Seq2Seq::new_seeded(&vs.root(), &config, REFERENCE_SHAPE, 0);
         let summary = model.summary();
         for row in ["encoder_1 (LSTM)", "encoder_2 (LSTM)", "decoder_3 (LSTM)", "decoder_dropout_2", "(None, 8, 75)"] {
             assert!(summary.contains(row), "{row} missing from\n{summary}");

@@ -270,19 +270,11 @@ fn checked_moment<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::model::{ModelConfig, ModelShape, Seq2Seq};
-    use crate::task::Features;
+    use crate::nn::model::{ModelConfig, REFERENCE_SHAPE, Seq2Seq};
     use rand::rngs::StdRng;
     use rand::{RngExt, SeedableRng};
     use tch::nn::OptimizerConfig;
 
-    const SHAPE: ModelShape = ModelShape {
-        input: Features::Classes(12),
-        output: Features::Classes(12),
-        input_len: 8,
-        output_len: 2,
-        padded_targets: false,
-    };
     const LEARNING_RATE: f64 = 0.001;
 
     struct Batch {
@@ -294,19 +286,22 @@ mod tests {
     /// model constructors, which other tests run in parallel).
     fn batches(count: usize) -> Vec<Batch> {
         let mut rng = StdRng::seed_from_u64(5);
-        let mut indices =
-            |n: usize| -> Vec<i64> { (0..n).map(|_| rng.random_range(0..SHAPE.input.width() as i64)).collect() };
+        let mut indices = |n: usize| -> Vec<i64> {
+            (0..n).map(|_| rng.random_range(0..REFERENCE_SHAPE.input.width() as i64)).collect()
+        };
         (0..count)
             .map(|_| Batch {
-                inputs: Tensor::from_slice(&indices(32 * SHAPE.input_len)).view([32, SHAPE.input_len as i64]),
-                targets: Tensor::from_slice(&indices(32 * SHAPE.output_len)).view([32, SHAPE.output_len as i64]),
+                inputs: Tensor::from_slice(&indices(32 * REFERENCE_SHAPE.input_len))
+                    .view([32, REFERENCE_SHAPE.input_len as i64]),
+                targets: Tensor::from_slice(&indices(32 * REFERENCE_SHAPE.output_len))
+                    .view([32, REFERENCE_SHAPE.output_len as i64]),
             })
             .collect()
     }
 
     fn model(seed: u64) -> (nn::VarStore, Seq2Seq) {
         let vs = nn::VarStore::new(Device::Cpu);
-        let model = Seq2Seq::new_seeded(&vs.root(), &ModelConfig::default(), SHAPE, seed);
+        let model = Seq2Seq::new_seeded(&vs.root(), &ModelConfig::default(), REFERENCE_SHAPE, seed);
         (vs, model)
     }
 

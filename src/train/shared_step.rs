@@ -207,16 +207,7 @@ mod tests {
     use rand::{RngExt, SeedableRng};
     use tch::{Device, Kind, nn};
 
-    use crate::nn::model::{ModelConfig, ModelShape};
-    use crate::task::Features;
-
-    const SHAPE: ModelShape = ModelShape {
-        input: Features::Classes(12),
-        output: Features::Classes(12),
-        input_len: 8,
-        output_len: 2,
-        padded_targets: false,
-    };
+    use crate::nn::model::{ModelConfig, ModelShape, REFERENCE_SHAPE};
 
     /// Batches of random class indices from a private generator (the global one belongs to the
     /// constructors, which other tests run in parallel).
@@ -225,8 +216,8 @@ mod tests {
         let mut indices = |n: usize| -> Vec<i64> { (0..n).map(|_| rng.random_range(0..12)).collect() };
         (0..count)
             .map(|_| {
-                let inputs = Tensor::from_slice(&indices(rows * SHAPE.input_len)).view([rows as i64, 8]);
-                (inputs, Tensor::from_slice(&indices(rows * SHAPE.output_len)).view([rows as i64, 2]))
+                let inputs = Tensor::from_slice(&indices(rows * REFERENCE_SHAPE.input_len)).view([rows as i64, 8]);
+                (inputs, Tensor::from_slice(&indices(rows * REFERENCE_SHAPE.output_len)).view([rows as i64, 2]))
             })
             .collect()
     }
@@ -238,7 +229,7 @@ mod tests {
     /// The weights after Adam steps on `batches`, each step's gradient from a [`SharedStep`] of
     /// `threads` (dropout masks `Seeded` by the step), and the first step's gradient.
     fn train_shared(config: &ModelConfig, threads: usize, batches: &[(Tensor, Tensor)]) -> (Vec<Tensor>, Tensor) {
-        train_shared_on(SHAPE, config, threads, batches)
+        train_shared_on(REFERENCE_SHAPE, config, threads, batches)
     }
 
     fn train_shared_on(
@@ -269,7 +260,7 @@ mod tests {
     fn train_plain(config: &ModelConfig, batches: &[(Tensor, Tensor)]) -> Vec<Tensor> {
         one_libtorch_thread();
         let vs = nn::VarStore::new(Device::Cpu);
-        let model = Seq2Seq::new_seeded(&vs.root(), config, SHAPE, 5);
+        let model = Seq2Seq::new_seeded(&vs.root(), config, REFERENCE_SHAPE, 5);
         let mut adam = Adam::new(&vs, 0.01);
         let mut gradients = model.gradients(|variable| adam.gradient_slot(variable));
         for (step, (inputs, targets)) in batches.iter().enumerate() {
@@ -322,7 +313,7 @@ mod tests {
     /// first share's rows count two steps each and the others' one.
     #[test]
     fn shared_gradients_with_padded_targets_are_the_batch_gradient() {
-        let shape = ModelShape { padded_targets: true, ..SHAPE };
+        let shape = ModelShape { padded_targets: true, ..REFERENCE_SHAPE };
         let (inputs, _) = batches(1, 30).remove(0);
         let rows: Vec<i64> = (0..30).flat_map(|row| if row < 10 { [3, 0] } else { [0, IGNORED] }).collect();
         let batch = [(inputs, Tensor::from_slice(&rows).view([30, 2]))];
