@@ -1,11 +1,11 @@
 //! The user's pairs as a [`SampleSource`]: a finite set, visited once per epoch in an order
 //! drawn from (seed, epoch) when training, in file order when scoring.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tch::Tensor;
 
-use super::PairCorpus;
+use super::{PairCorpus, Visits};
 use crate::data::{Batch, SampleSource};
 use crate::task::{Input, PairInput, PairsProblem, Task};
 
@@ -15,37 +15,21 @@ pub struct PairSource {
     task: Task,
     problem: PairsProblem,
     corpus: Arc<PairCorpus>,
-    /// Training shuffles every epoch with this seed; `None` keeps the file's order.
-    shuffle: Option<u64>,
-    /// Pairs in one pass: all of the corpus, or its first ones.
-    len: usize,
-    /// The pair order of the last epoch asked for.
-    order: Mutex<Option<(usize, Vec<u32>)>>,
+    visits: Visits,
 }
 
 impl PairSource {
-    /// `corpus` must use the vocabularies of `problem`.
+    /// `corpus` must use the vocabularies of `problem`; training shuffles every epoch with
+    /// `shuffle`, scoring (`None`) keeps the file's order.
     pub fn new(problem: &PairsProblem, corpus: Arc<PairCorpus>, shuffle: Option<u64>) -> Self {
-        let len = corpus.len();
-        let task = Task::Pairs(Box::new(problem.clone()));
-        Self { task, problem: problem.clone(), corpus, shuffle, len, order: Mutex::new(None) }
+        let visits = Visits::new(corpus.len(), shuffle);
+        Self { task: Task::Pairs(Box::new(problem.clone())), problem: problem.clone(), corpus, visits }
     }
 
     /// Only the first `pairs` pairs (all when there are fewer).
     pub fn first(mut self, pairs: usize) -> Self {
-        self.len = self.len.min(pairs);
+        self.visits = self.visits.first(pairs);
         self
-    }
-
-    /// The pairs of batch `index` of `epoch`.
-    fn pairs(&self, epoch: usize, start: usize, size: usize) -> Vec<usize> {
-        let Some(seed) = self.shuffle else { return (start..start + size).collect() };
-        let mut cached = self.order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if cached.as_ref().is_none_or(|(e, _)| *e != epoch) {
-            *cached = Some((epoch, self.corpus.epoch_order(seed, epoch)));
-        }
-        let (_, order) = cached.as_ref().expect("filled above");
-        order[start..start + size].iter().map(|&i| i as usize).collect()
     }
 }
 
@@ -55,14 +39,13 @@ impl SampleSource for PairSource {
     }
 
     fn len(&self) -> usize {
-        self.len
+        self.visits.len()
     }
 
     fn batch(&self, epoch: usize, index: usize, batch_size: usize, keep_samples: bool) -> Batch {
         let problem = &self.problem;
-        let start = index * batch_size;
-        let size = batch_size.min(self.len.saturating_sub(start));
-        let pairs = self.pairs(epoch, start, size);
+        let pairs = self.visits.batch(epoch, index, batch_size);
+        let size = pairs.len();
         let mut inputs = Vec::with_capacity(size * problem.input_len());
         let mut targets = Vec::with_capacity(size * problem.output_len());
         let mut samples = Vec::new();

@@ -9,6 +9,13 @@ pub mod sequences;
 pub mod vocabulary;
 
 use std::collections::HashSet;
+use std::sync::Mutex;
+
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+
+use crate::data::mix_seed;
 
 pub use vocabulary::{PAD_ID, TokenKind, UNKNOWN_ID, Vocabulary};
 
@@ -161,15 +168,61 @@ impl PairCorpus {
             .count()
     }
 
-    /// The order in which epoch `epoch` visits the pairs: a shuffle drawn from (seed, epoch) by
-    /// ChaCha8, whose stream rand_chacha promises to keep across versions.
-    pub fn epoch_order(&self, seed: u64, epoch: usize) -> Vec<u32> {
-        sequences::epoch_order(self.len(), seed, epoch)
-    }
-
     /// Bytes the packed pairs hold.
     pub fn heap_bytes(&self) -> usize {
         self.sources.heap_bytes() + self.targets.heap_bytes()
+    }
+}
+
+/// The order in which epoch `epoch` visits `len` samples of a file: a shuffle drawn from
+/// (seed, epoch) by ChaCha8, whose stream rand_chacha promises to keep across versions.
+pub fn epoch_order(len: usize, seed: u64, epoch: usize) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..len as u32).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix_seed(seed) ^ mix_seed(epoch as u64 + 1)));
+    order
+}
+
+/// Which samples of a file each batch holds: the first `len` of them, in file order for scoring,
+/// or in [`epoch_order`] for training (drawn once per epoch). Every file-backed source batches
+/// through one.
+pub struct Visits {
+    len: usize,
+    shuffle: Option<u64>,
+    /// The order of the last epoch asked for.
+    order: Mutex<Option<(usize, Vec<u32>)>>,
+}
+
+impl Visits {
+    /// All `len` samples, shuffled every epoch from `shuffle` when given.
+    pub fn new(len: usize, shuffle: Option<u64>) -> Self {
+        Self { len, shuffle, order: Mutex::new(None) }
+    }
+
+    /// Only the first `count` samples (all when there are fewer).
+    pub fn first(mut self, count: usize) -> Self {
+        self.len = self.len.min(count);
+        self
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The samples of batch `index` of `epoch`, in batches of `batch_size`.
+    pub fn batch(&self, epoch: usize, index: usize, batch_size: usize) -> Vec<usize> {
+        let start = (index * batch_size).min(self.len);
+        let end = (start + batch_size).min(self.len);
+        let Some(seed) = self.shuffle else { return (start..end).collect() };
+        let mut cached = self.order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if cached.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            *cached = Some((epoch, epoch_order(self.len, seed, epoch)));
+        }
+        let (_, order) = cached.as_ref().expect("filled above");
+        order[start..end].iter().map(|&i| i as usize).collect()
     }
 }
 
@@ -242,12 +295,17 @@ mod tests {
             pairs.sources.push(&[i + 2]);
             pairs.targets.push(&[i + 2]);
         }
-        let first = pairs.epoch_order(1, 0);
+        let first = epoch_order(pairs.len(), 1, 0);
         let mut sorted = first.clone();
         sorted.sort();
         assert_eq!(sorted, (0..100).collect::<Vec<_>>());
-        assert_eq!(first, pairs.epoch_order(1, 0));
-        assert_ne!(first, pairs.epoch_order(1, 1));
+        assert_eq!(first, epoch_order(pairs.len(), 1, 0));
+        assert_ne!(first, epoch_order(pairs.len(), 1, 1));
+        // A training source's batches are that order in slices; a scoring one's the file order.
+        let visits = Visits::new(100, Some(1));
+        assert_eq!(visits.batch(0, 1, 32), first[32..64].iter().map(|&i| i as usize).collect::<Vec<_>>());
+        assert_eq!(visits.batch(0, 3, 32).len(), 4);
+        assert_eq!(Visits::new(100, None).first(40).batch(5, 1, 32), (32..40).collect::<Vec<_>>());
         // Pinned: the shuffle is part of what makes a seed reproduce a run.
         assert_eq!(&first[..5], &GOLDEN_ORDER);
     }

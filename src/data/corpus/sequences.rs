@@ -4,17 +4,14 @@
 //! (refused, or left out with `--skip-bad-lines`), never padded.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::{Result, bail};
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
-use rand_chacha::ChaCha8Rng;
 use tch::Tensor;
 
 use super::load::refuse_or_note_bad_lines;
 use super::read::read_sequences;
-use super::thousands;
+use super::{Visits, thousands};
 use crate::data::{Batch, SampleSource, mix_seed};
 use crate::task::sequence::{SequenceData, SequenceKind, SequenceProblem};
 use crate::task::{Input, Task};
@@ -182,20 +179,18 @@ fn fingerprint(sequences: &Sequences) -> String {
 pub struct SequenceSource {
     task: Task,
     sequences: Arc<Sequences>,
-    shuffle: Option<u64>,
-    len: usize,
-    order: Mutex<Option<(usize, Vec<u32>)>>,
+    visits: Visits,
 }
 
 impl SequenceSource {
     pub fn new(problem: &SequenceProblem, sequences: Arc<Sequences>, shuffle: Option<u64>) -> Self {
-        let len = sequences.len();
-        Self { task: Task::Autoencoder(problem.clone()), sequences, shuffle, len, order: Mutex::new(None) }
+        let visits = Visits::new(sequences.len(), shuffle);
+        Self { task: Task::Autoencoder(problem.clone()), sequences, visits }
     }
 
     /// Only the first `count` sequences.
     pub fn first(mut self, count: usize) -> Self {
-        self.len = self.len.min(count);
+        self.visits = self.visits.first(count);
         self
     }
 }
@@ -206,23 +201,12 @@ impl SampleSource for SequenceSource {
     }
 
     fn len(&self) -> usize {
-        self.len
+        self.visits.len()
     }
 
     fn batch(&self, epoch: usize, index: usize, batch_size: usize, keep_samples: bool) -> Batch {
-        let start = index * batch_size;
-        let size = batch_size.min(self.len.saturating_sub(start));
-        let indices: Vec<usize> = match self.shuffle {
-            None => (start..start + size).collect(),
-            Some(seed) => {
-                let mut cached = self.order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                if cached.as_ref().is_none_or(|(e, _)| *e != epoch) {
-                    *cached = Some((epoch, epoch_order(self.len, seed, epoch)));
-                }
-                let (_, order) = cached.as_ref().expect("filled above");
-                order[start..start + size].iter().map(|&i| i as usize).collect()
-            }
-        };
+        let indices = self.visits.batch(epoch, index, batch_size);
+        let size = indices.len();
         let length = self.sequences.length;
         let mut values = Vec::with_capacity(size * length);
         let mut samples = Vec::new();
@@ -235,12 +219,4 @@ impl SampleSource for SequenceSource {
         let tensor = Tensor::from_slice(&values).view([size as i64, length as i64]);
         Batch { inputs: tensor.shallow_clone(), targets: tensor, size, samples }
     }
-}
-
-/// The order in which epoch `epoch` visits `len` samples: a shuffle drawn from (seed, epoch) by
-/// ChaCha8, whose stream rand_chacha promises to keep across versions.
-pub fn epoch_order(len: usize, seed: u64, epoch: usize) -> Vec<u32> {
-    let mut order: Vec<u32> = (0..len as u32).collect();
-    order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix_seed(seed) ^ mix_seed(epoch as u64 + 1)));
-    order
 }
