@@ -48,9 +48,7 @@ pub struct LoadedPairs {
 
 /// Reads the pairs of a new training run, building the vocabularies from the training part.
 pub fn load_for_training(settings: &PairSettings, seed: u64) -> Result<LoadedPairs> {
-    if !(settings.valid_fraction > 0.0 && settings.valid_fraction < 1.0) {
-        bail!("--valid-fraction must be above 0 and below 1, got {}", settings.valid_fraction);
-    }
+    check_valid_fraction(settings.valid_fraction)?;
     if settings.min_count == 0 {
         bail!("--min-count must be at least 1");
     }
@@ -60,8 +58,6 @@ pub fn load_for_training(settings: &PairSettings, seed: u64) -> Result<LoadedPai
             bail!("{flag} must be between 1 and {MAX_PAIR_LEN}, got {limit}");
         }
     }
-    // Absolute paths: `evaluate` and `--resume` may run from another directory.
-    let absolute = |path: &PathBuf| std::path::absolute(path).unwrap_or_else(|_| path.clone());
     let (data, source, target) = match &settings.files {
         PairFiles::Tabbed(path) => (Some(absolute(path)), None, None),
         PairFiles::Aligned { source, target } => (None, Some(absolute(source)), Some(absolute(target))),
@@ -125,6 +121,20 @@ pub fn load_for_training(settings: &PairSettings, seed: u64) -> Result<LoadedPai
     loaded.problem.data.held_out_pairs = validation.len();
     loaded.problem.data.held_out_fingerprint = fingerprint(&validation);
     Ok(loaded)
+}
+
+/// A held-out share must leave both parts something.
+pub fn check_valid_fraction(fraction: f64) -> Result<()> {
+    if !(fraction > 0.0 && fraction < 1.0) {
+        bail!("--valid-fraction must be above 0 and below 1, got {fraction}");
+    }
+    Ok(())
+}
+
+/// `path` made absolute, as a model stores its data files: `evaluate` and `--resume` may run
+/// from another directory.
+pub fn absolute(path: &PathBuf) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.clone())
 }
 
 /// Reads a trained model's pairs again (resume, `evaluate` without `--data`); refuses data that

@@ -110,12 +110,16 @@ pub struct HoldOut {
 }
 
 impl HoldOut {
-    fn holds(&self, source: &str, target: &str) -> bool {
-        let mut hash = mix_seed(self.seed ^ 0x7661_6c69_6400_0000);
-        for byte in source.bytes().chain([0xff]).chain(target.bytes()) {
-            hash = mix_seed(hash ^ u64::from(byte));
-        }
+    /// Whether the sample whose content is `content` is held out.
+    pub fn holds(&self, content: impl IntoIterator<Item = u64>) -> bool {
+        let hash =
+            content.into_iter().fold(mix_seed(self.seed ^ 0x7661_6c69_6400_0000), |hash, item| mix_seed(hash ^ item));
         (hash as f64) < self.fraction.clamp(0.0, 1.0) * u64::MAX as f64
+    }
+
+    /// [`HoldOut::holds`] for a pair, by the bytes of its source and target.
+    fn holds_pair(&self, source: &str, target: &str) -> bool {
+        self.holds(source.bytes().chain([0xff]).chain(target.bytes()).map(u64::from))
     }
 }
 
@@ -296,7 +300,7 @@ pub fn read_pairs(
         };
         scratch.0.clear();
         scratch.1.clear();
-        let held = hold_out.is_some_and(|hold_out| hold_out.holds(source_text, target_text));
+        let held = hold_out.is_some_and(|hold_out| hold_out.holds_pair(source_text, target_text));
         let unknown_source = source_ids.push(tokenizing.source_tokens, source_text, !held, &mut scratch.0);
         target_ids.push(tokenizing.target_tokens, target_text, !held, &mut scratch.1);
         let empty = match (scratch.0.is_empty(), scratch.1.is_empty()) {

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use anyhow::{Result, bail};
 use tch::Tensor;
 
-use super::load::refuse_or_note_bad_lines;
-use super::read::read_sequences;
+use super::load::{absolute, check_valid_fraction, refuse_or_note_bad_lines};
+use super::read::{HoldOut, read_sequences};
 use super::{Visits, thousands};
 use crate::data::{Batch, SampleSource, mix_seed};
 use crate::task::sequence::{SequenceData, SequenceKind, SequenceProblem};
@@ -56,10 +56,7 @@ pub struct LoadedSequences {
 
 /// Reads the sequences of a new training run.
 pub fn load_for_training(settings: &SequenceSettings, seed: u64) -> Result<LoadedSequences> {
-    if !(settings.valid_fraction > 0.0 && settings.valid_fraction < 1.0) {
-        bail!("--valid-fraction must be above 0 and below 1, got {}", settings.valid_fraction);
-    }
-    let absolute = |path: &PathBuf| std::path::absolute(path).unwrap_or_else(|_| path.clone());
+    check_valid_fraction(settings.valid_fraction)?;
     let data = SequenceData {
         data: absolute(&settings.data),
         valid: settings.valid.as_ref().map(absolute),
@@ -152,17 +149,16 @@ fn read(data: &SequenceData, length: Option<usize>, seed: u64) -> Result<LoadedS
     Ok(LoadedSequences { problem, training: Arc::new(training), validation: Arc::new(validation), notes })
 }
 
-/// Splits off about `fraction` of the sequences by a hash of their values salted with `seed`:
-/// equal sequences land on the same side.
+/// Splits off about `fraction` of the sequences by [`HoldOut`] over their values: equal
+/// sequences land on the same side.
 fn hold_out(all: &Sequences, fraction: f64, seed: u64) -> (Sequences, Sequences) {
-    let threshold = fraction * u64::MAX as f64;
-    let salt = mix_seed(seed ^ 0x7661_6c69_6400_0000);
+    let hold_out = HoldOut { fraction, seed };
     let mut training = Sequences { values: Vec::new(), length: all.length };
     let mut held_out = training.clone();
     for index in 0..all.len() {
         let sequence = all.get(index);
-        let hash = sequence.iter().fold(salt, |hash, value| mix_seed(hash ^ u64::from(value.to_bits())));
-        let part = if (hash as f64) < threshold { &mut held_out } else { &mut training };
+        let held = hold_out.holds(sequence.iter().map(|value| u64::from(value.to_bits())));
+        let part = if held { &mut held_out } else { &mut training };
         part.values.extend_from_slice(sequence);
     }
     (training, held_out)
