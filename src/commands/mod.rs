@@ -17,7 +17,6 @@ use crate::data::corpus::batches::PairSource;
 use crate::data::corpus::load::{self, DataSettings, LoadedPairs, load_for_training};
 use crate::data::corpus::read::PairFiles;
 use crate::data::corpus::sequences::{self, LoadedSequences, SequenceSource};
-use crate::data::corpus::thousands;
 use crate::data::generated::Generated;
 use crate::data::input::{InputSource, InputSummary};
 use crate::data::{BatchStream, SampleSource, Stream};
@@ -570,16 +569,8 @@ fn evaluate_pairs(
     }
     let (corpus, origin) = match &request.data {
         Some(files) => {
-            let read = load::read_pairs_for(problem, files)?;
             let mut notes = Vec::new();
-            load::check_bad_lines(&read, files, request.skip_bad_lines, &mut notes)?;
-            if read.unknown.count > 0 {
-                notes.push(format!(
-                    "{} source tokens of {files} are not in the model's vocabulary and read as <unk>",
-                    thousands(read.unknown.count)
-                ));
-            }
-            let mut corpus = read.corpus;
+            let mut corpus = load::read_for_model(problem, files, request.skip_bad_lines, &mut notes)?;
             let limits = corpus.limit_lengths(Some(problem.max_source_len), Some(problem.max_target_len));
             notes.extend(limits.describe().map(|text| format!("{text}, which this model cannot read or write")));
             for line in notes {
@@ -588,15 +579,14 @@ fn evaluate_pairs(
             if corpus.is_empty() {
                 bail!("{files} holds no pair this model can score");
             }
-            (corpus, files.to_string())
+            (Arc::new(corpus), files.to_string())
         }
         None => {
             let pairs = load::reload(problem, loaded.config.training.seed)?;
-            let origin = format!("the held-out part of {}", problem.data.files()?);
-            (Arc::try_unwrap(pairs.validation).unwrap_or_else(|shared| (*shared).clone()), origin)
+            (pairs.validation, format!("the held-out part of {}", problem.data.files()?))
         }
     };
-    let source = PairSource::new(problem, Arc::new(corpus), None);
+    let source = PairSource::new(problem, corpus, None);
     let batch = evaluation_batch_size(&loaded.model.shape());
     let data = BatchStream::of(Arc::new(source), batch, device).keeping_samples();
     let mut mistakes = request.errors.map(|limit| PairMistakes::new(problem, limit));
@@ -654,7 +644,7 @@ fn evaluate_sequences(
             let mut notes = Vec::new();
             let held = sequences::read_file(path, Some(problem.length), request.skip_bad_lines, &mut notes)?;
             notes.iter().for_each(output::note);
-            (held, path.display().to_string())
+            (Arc::new(held), path.display().to_string())
         }
         Some(PairFiles::Aligned { .. }) => {
             bail!("an autoencoder reads one file of sequences: give it with --data FILE, not --source/--target")
@@ -662,11 +652,10 @@ fn evaluate_sequences(
         None => {
             let file = sequences::reload(problem, loaded.config.training.seed)?;
             let origin = problem.data.as_ref().map_or_else(String::new, |data| data.data.display().to_string());
-            let held = Arc::try_unwrap(file.validation).unwrap_or_else(|shared| (*shared).clone());
-            (held, format!("the held-out part of {origin}"))
+            (file.validation, format!("the held-out part of {origin}"))
         }
     };
-    let source = SequenceSource::new(problem, Arc::new(held), None);
+    let source = SequenceSource::new(problem, held, None);
     let data = BatchStream::of(Arc::new(source), evaluation_batch_size(&loaded.model.shape()), device);
     let evaluation = evaluate::evaluate(&loaded.model, &data);
     if request.json {

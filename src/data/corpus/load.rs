@@ -206,16 +206,7 @@ fn finish_validation(loaded: &mut LoadedPairs) -> Result<()> {
     let data = &problem.data;
     let mut validation = match &data.valid {
         Some(valid) => {
-            let files = PairFiles::Tabbed(valid.clone());
-            let read = read_pairs_for(problem, &files)?;
-            check_bad_lines(&read, &files, data.skip_bad_lines, &mut loaded.notes)?;
-            if read.unknown.count > 0 {
-                loaded.notes.push(format!(
-                    "{} source tokens of {files} are not in the training pairs' vocabulary and read as <unk>",
-                    thousands(read.unknown.count)
-                ));
-            }
-            read.corpus
+            read_for_model(problem, &PairFiles::Tabbed(valid.clone()), data.skip_bad_lines, &mut loaded.notes)?
         }
         None => Arc::try_unwrap(std::mem::take(&mut loaded.validation)).unwrap_or_else(|shared| (*shared).clone()),
     };
@@ -244,7 +235,7 @@ fn finish_validation(loaded: &mut LoadedPairs) -> Result<()> {
 }
 
 /// Reads a file of pairs for a trained model: its tokens and vocabularies, nothing held out.
-pub fn read_pairs_for(problem: &PairsProblem, files: &PairFiles) -> Result<ReadPairs> {
+fn read_pairs_for(problem: &PairsProblem, files: &PairFiles) -> Result<ReadPairs> {
     let tokenizing = Tokenizing {
         source_tokens: problem.source_tokens,
         target_tokens: problem.target_tokens,
@@ -253,8 +244,27 @@ pub fn read_pairs_for(problem: &PairsProblem, files: &PairFiles) -> Result<ReadP
     read_pairs(files, &tokenizing, 1, None)
 }
 
+/// The pairs of `files` for a trained model (its tokens and vocabularies), bad lines refused or
+/// with `skip` left out, and the source tokens it does not know counted in `notes`.
+pub fn read_for_model(
+    problem: &PairsProblem,
+    files: &PairFiles,
+    skip: bool,
+    notes: &mut Vec<String>,
+) -> Result<PairCorpus> {
+    let read = read_pairs_for(problem, files)?;
+    check_bad_lines(&read, files, skip, notes)?;
+    if read.unknown.count > 0 {
+        notes.push(format!(
+            "{} source tokens of {files} are not in the model's vocabulary and read as <unk>",
+            thousands(read.unknown.count)
+        ));
+    }
+    Ok(read.corpus)
+}
+
 /// Refuses bad lines, or with `skip` notes how many were skipped.
-pub fn check_bad_lines(read: &ReadPairs, files: &PairFiles, skip: bool, notes: &mut Vec<String>) -> Result<()> {
+fn check_bad_lines(read: &ReadPairs, files: &PairFiles, skip: bool, notes: &mut Vec<String>) -> Result<()> {
     refuse_or_note_bad_lines(&read.bad, read.lines, &files.to_string(), skip, notes)
 }
 
