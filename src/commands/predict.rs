@@ -13,7 +13,7 @@ use crate::data::input::{InputSource, InputSummary, for_each_batch};
 use crate::data::input_tensor;
 use crate::nn::model::Seq2Seq;
 use crate::task::sequence::format_sequence;
-use crate::task::{Input, Task};
+use crate::task::{Input, PairsProblem, Task};
 
 /// Inputs predicted per forward pass unless the user says otherwise.
 pub const DEFAULT_BATCH_SIZE: usize = 1000;
@@ -206,9 +206,7 @@ impl Predictor<'_> {
                     let ids = problem.written(row);
                     let prediction = problem.target_text(ids);
                     let expected = pair.expected.as_ref();
-                    let is_correct = expected.map(|(_, truth)| {
-                        ids.len() == truth.len() && ids.iter().zip(truth).all(|(&w, &t)| w == i64::from(t))
-                    });
+                    let is_correct = expected.map(|(_, truth)| PairsProblem::is_right(ids, truth));
                     correct += usize::from(is_correct == Some(true));
                     if self.json {
                         let answer = JsonTranslation {

@@ -42,7 +42,7 @@ impl<'a> PairMistakes<'a> {
             let Input::Pair(pair) = sample else { continue };
             let Some((expected, truth)) = &pair.expected else { continue };
             let written = self.problem.written(row);
-            if written.len() == truth.len() && written.iter().zip(truth).all(|(&w, &t)| w == i64::from(t)) {
+            if PairsProblem::is_right(written, truth) {
                 continue;
             }
             self.wrong += 1;

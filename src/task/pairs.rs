@@ -175,6 +175,11 @@ impl PairsProblem {
         &row[..end]
     }
 
+    /// Whether `written` (class ids, from [`PairsProblem::written`]) is exactly the target `truth`.
+    pub fn is_right(written: &[i64], truth: &[u32]) -> bool {
+        written.len() == truth.len() && written.iter().zip(truth).all(|(&w, &t)| w == i64::from(t))
+    }
+
     /// The text of target ids.
     pub fn target_text(&self, ids: &[i64]) -> String {
         let vocabulary = &self.target_vocabulary;
@@ -276,6 +281,9 @@ mod tests {
         assert_eq!(target, [5, 0, IGNORED, IGNORED]);
         assert_eq!(problem.written(&[3, 4, 0, 3]), [3, 4]);
         assert_eq!(problem.written(&[3, 4, 2, 3]), [3, 4, 2, 3]);
+        assert!(PairsProblem::is_right(problem.written(&[3, 4, 0, 3]), &[3, 4]));
+        assert!(!PairsProblem::is_right(problem.written(&[3, 4, 0, 3]), &[3, 4, 5]));
+        assert!(!PairsProblem::is_right(&[3, 5], &[3, 4]));
     }
 
     #[test]
