@@ -449,17 +449,13 @@ impl TrainArgs {
     /// files without files are errors rather than ignored.
     fn data_settings(&self) -> Result<Option<DataSettings>> {
         let Some(files) = self.files.files() else {
-            let pair_flags = [
+            let held_out = [
                 ("--valid", self.valid.is_some()),
                 ("--valid-fraction", self.valid_fraction != DEFAULT_VALID_FRACTION),
-                ("--min-count", self.min_count != 1),
-                ("--max-source-len", self.max_source_len.is_some()),
-                ("--max-target-len", self.max_target_len.is_some()),
-                ("--source-tokens", self.source_tokens != TokenKind::Chars),
-                ("--target-tokens", self.target_tokens != TokenKind::Chars),
-                ("--skip-bad-lines", self.files.skip_bad_lines),
             ];
-            if let Some((flag, _)) = pair_flags.iter().find(|(_, given)| *given) {
+            let pair_flags =
+                held_out.into_iter().chain(self.token_flags()).chain([("--skip-bad-lines", self.files.skip_bad_lines)]);
+            if let Some((flag, _)) = pair_flags.into_iter().find(|(_, given)| *given) {
                 bail!("{flag} applies to your own pairs: give them with --data FILE or --source/--target");
             }
             return Ok(None);
@@ -484,19 +480,23 @@ impl TrainArgs {
         })))
     }
 
-    /// `--task autoencoder --data FILE`: one sequence per line; the flags of token pairs do not apply.
-    fn sequence_settings(&self, files: &PairFiles) -> Result<DataSettings> {
-        let PairFiles::Tabbed(data) = files else {
-            bail!("--task autoencoder reads one file of sequences: give it with --data FILE, not --source/--target");
-        };
-        let pair_flags = [
+    /// The flags that only pairs of tokens take, and whether each was given.
+    fn token_flags(&self) -> [(&'static str, bool); 5] {
+        [
             ("--min-count", self.min_count != 1),
             ("--max-source-len", self.max_source_len.is_some()),
             ("--max-target-len", self.max_target_len.is_some()),
             ("--source-tokens", self.source_tokens != TokenKind::Chars),
             ("--target-tokens", self.target_tokens != TokenKind::Chars),
-        ];
-        if let Some((flag, _)) = pair_flags.iter().find(|(_, given)| *given) {
+        ]
+    }
+
+    /// `--task autoencoder --data FILE`: one sequence per line; the flags of token pairs do not apply.
+    fn sequence_settings(&self, files: &PairFiles) -> Result<DataSettings> {
+        let PairFiles::Tabbed(data) = files else {
+            bail!("--task autoencoder reads one file of sequences: give it with --data FILE, not --source/--target");
+        };
+        if let Some((flag, _)) = self.token_flags().into_iter().find(|(_, given)| *given) {
             bail!("{flag} applies to pairs of tokens, not to the autoencoder's sequences of values");
         }
         Ok(DataSettings::Sequences(SequenceSettings {
