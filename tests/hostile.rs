@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use tempfile::TempDir;
@@ -49,15 +49,6 @@ fn spawn_training(dir: &Path, extra: &[&str]) -> Child {
     spawn(&args)
 }
 
-/// Waits until `ready()` holds, at most a minute.
-fn wait_until(what: &str, ready: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !ready() {
-        assert!(start.elapsed() < Duration::from_secs(60), "{what} never happened");
-        sleep(Duration::from_millis(5));
-    }
-}
-
 /// Waits for `child`; returns its exit code and standard error.
 fn finish(child: Child) -> (Option<i32>, String) {
     let output = child.wait_with_output().expect("the process ends");
@@ -68,12 +59,6 @@ fn finish(child: Child) -> (Option<i32>, String) {
         stderr.push_str(&format!("\n[killed by signal {signal}]"));
     }
     (output.status.code(), stderr)
-}
-
-fn mkfifo(path: &Path) {
-    let name = std::ffi::CString::new(path_str(path)).expect("no NUL in a temp path");
-    // SAFETY: a valid NUL-terminated path and mode.
-    assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0, "mkfifo {}", path.display());
 }
 
 #[test]

@@ -242,12 +242,7 @@ fn a_stopped_run_on_file_data_resumes_to_the_same_weights_and_refuses_changed_da
     args.extend_from_slice(&run_args);
     args.extend_from_slice(&["--checkpoint-every", "300"]);
     let child = spawn(&args);
-    let state = stopped.join("training_state.safetensors");
-    let start = std::time::Instant::now();
-    while !state.exists() {
-        assert!(start.elapsed().as_secs() < 60, "no checkpoint");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    wait_until("the first checkpoint", || stopped.join("training_state.safetensors").exists());
     send(&child, libc::SIGINT);
     let output = child.wait_with_output().expect("ends");
     assert_eq!(output.status.code(), Some(130), "{}", String::from_utf8_lossy(&output.stderr));
@@ -273,12 +268,7 @@ fn a_stopped_run_on_file_data_resumes_to_the_same_weights_and_refuses_changed_da
         "--device",
         "cpu",
     ]);
-    let state = copy.join("training_state.safetensors");
-    let start = std::time::Instant::now();
-    while !state.exists() {
-        assert!(start.elapsed().as_secs() < 60, "no checkpoint");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    wait_until("the first checkpoint", || copy.join("training_state.safetensors").exists());
     send(&child, libc::SIGINT);
     let _ = child.wait_with_output();
     let mut file = fs::OpenOptions::new().append(true).open(&data).expect("open");
@@ -331,9 +321,7 @@ fn bad_data_is_refused_with_its_location_or_skipped_when_asked() {
     let missing = home.path().join("missing.tsv");
     // A FIFO nobody writes to would never end: it is refused at once, as are devices.
     let fifo = home.path().join("fifo.tsv");
-    let name = std::ffi::CString::new(path_str(&fifo)).expect("no NUL in a temp path");
-    // SAFETY: a valid NUL-terminated path and mode.
-    assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+    mkfifo(&fifo);
     for (path, message) in [
         (path_str(&missing), "missing.tsv does not exist"),
         (path_str(&fifo), "is a FIFO"),

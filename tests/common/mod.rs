@@ -50,6 +50,22 @@ pub fn send(child: &Child, signal: libc::c_int) {
     assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill({pid}, {signal})");
 }
 
+/// Waits until `ready()` holds, at most a minute.
+pub fn wait_until(what: &str, ready: impl Fn() -> bool) {
+    let start = std::time::Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < Duration::from_secs(60), "{what} never happened");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Makes a named pipe at `path`.
+pub fn mkfifo(path: &Path) {
+    let name = std::ffi::CString::new(path_str(path)).expect("no NUL in a temp path");
+    // SAFETY: a valid NUL-terminated path and mode.
+    assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0, "mkfifo {}", path.display());
+}
+
 /// Runs the binary with `args` and empty standard input.
 pub fn run(args: &[&str]) -> Outcome {
     Outcome::of(seq2seq(args))
