@@ -79,11 +79,9 @@ pub fn load_for_training(settings: &PairSettings, seed: u64) -> Result<LoadedPai
     };
     let tokenizing =
         Tokenizing { source_tokens: settings.source_tokens, target_tokens: settings.target_tokens, vocabularies: None };
-    let mut loaded = read_training(&data, &tokenizing, seed)?;
-    let longest = (loaded.training.sources.longest(), loaded.training.targets.longest());
-    let limits = Arc::get_mut(&mut loaded.training)
-        .expect("not shared yet")
-        .limit_lengths(settings.max_source_len, settings.max_target_len);
+    let Read { mut training, held_out, mut notes } = read_training(&data, &tokenizing, seed)?;
+    let longest = (training.sources.longest(), training.targets.longest());
+    let limits = training.limit_lengths(settings.max_source_len, settings.max_target_len);
     for (side, length, flag) in
         [("source", limits.source, "--max-source-len"), ("target", limits.target, "--max-target-len")]
     {
@@ -95,8 +93,8 @@ pub fn load_for_training(settings: &PairSettings, seed: u64) -> Result<LoadedPai
             );
         }
     }
-    loaded.notes.extend(limits.describe());
-    if loaded.training.is_empty() {
+    notes.extend(limits.describe());
+    if training.is_empty() {
         bail!(
             "no training pair of {} fits {}/{} tokens (longest {}/{})",
             settings.files,
@@ -106,8 +104,7 @@ pub fn load_for_training(settings: &PairSettings, seed: u64) -> Result<LoadedPai
             longest.1
         );
     }
-    let training = Arc::clone(&loaded.training);
-    loaded.problem = PairsProblem {
+    let mut problem = PairsProblem {
         source_tokens: settings.source_tokens,
         target_tokens: settings.target_tokens,
         source_vocabulary: training.source_vocabulary.clone(),
@@ -116,11 +113,10 @@ pub fn load_for_training(settings: &PairSettings, seed: u64) -> Result<LoadedPai
         max_target_len: limits.target,
         data: PairData { training_pairs: training.len(), fingerprint: fingerprint(&training), ..data },
     };
-    finish_validation(&mut loaded)?;
-    let validation = Arc::clone(&loaded.validation);
-    loaded.problem.data.held_out_pairs = validation.len();
-    loaded.problem.data.held_out_fingerprint = fingerprint(&validation);
-    Ok(loaded)
+    let validation = validation(&problem, &training, held_out, &mut notes)?;
+    problem.data.held_out_pairs = validation.len();
+    problem.data.held_out_fingerprint = fingerprint(&validation);
+    Ok(LoadedPairs { problem, training: Arc::new(training), validation: Arc::new(validation), notes })
 }
 
 /// A held-out share must leave both parts something.
@@ -145,12 +141,10 @@ pub fn reload(problem: &PairsProblem, seed: u64) -> Result<LoadedPairs> {
         target_tokens: problem.target_tokens,
         vocabularies: Some((&problem.source_vocabulary, &problem.target_vocabulary)),
     };
-    let mut loaded = read_training(&problem.data, &tokenizing, seed)?;
-    loaded.problem = problem.clone();
-    let training = Arc::get_mut(&mut loaded.training).expect("not shared yet");
+    let Read { mut training, held_out, mut notes } = read_training(&problem.data, &tokenizing, seed)?;
     training.limit_lengths(Some(problem.max_source_len), Some(problem.max_target_len));
     let files = problem.data.files()?;
-    if training.len() != problem.data.training_pairs || fingerprint(training) != problem.data.fingerprint {
+    if training.len() != problem.data.training_pairs || fingerprint(&training) != problem.data.fingerprint {
         bail!(
             "{files} changed since the model was trained: it now gives {} training pairs, not the {} trained on \
              (or the same number with other contents)",
@@ -158,9 +152,9 @@ pub fn reload(problem: &PairsProblem, seed: u64) -> Result<LoadedPairs> {
             thousands(problem.data.training_pairs)
         );
     }
-    finish_validation(&mut loaded)?;
-    let validation = &loaded.validation;
-    if validation.len() != problem.data.held_out_pairs || fingerprint(validation) != problem.data.held_out_fingerprint {
+    let validation = validation(problem, &training, held_out, &mut notes)?;
+    if validation.len() != problem.data.held_out_pairs || fingerprint(&validation) != problem.data.held_out_fingerprint
+    {
         let origin = problem.data.valid.as_ref().map_or_else(|| files.to_string(), |valid| valid.display().to_string());
         bail!(
             "{origin} changed since the model was trained: it now gives {} held-out pairs, not the {} scored then \
@@ -169,11 +163,19 @@ pub fn reload(problem: &PairsProblem, seed: u64) -> Result<LoadedPairs> {
             thousands(problem.data.held_out_pairs)
         );
     }
-    Ok(loaded)
+    let problem = problem.clone();
+    Ok(LoadedPairs { problem, training: Arc::new(training), validation: Arc::new(validation), notes })
+}
+
+/// A training file read: its training pairs, the pairs it held out, and what reading found.
+struct Read {
+    training: PairCorpus,
+    held_out: PairCorpus,
+    notes: Vec<String>,
 }
 
 /// Reads `data`'s training file(s), holding out `valid_fraction` when there is no valid file.
-fn read_training(data: &PairData, tokenizing: &Tokenizing<'_>, seed: u64) -> Result<LoadedPairs> {
+fn read_training(data: &PairData, tokenizing: &Tokenizing<'_>, seed: u64) -> Result<Read> {
     let files = data.files()?;
     let hold_out = data.valid.is_none().then_some(HoldOut { fraction: data.valid_fraction, seed });
     let read = read_pairs(&files, tokenizing, data.min_count, hold_out)?;
@@ -182,37 +184,25 @@ fn read_training(data: &PairData, tokenizing: &Tokenizing<'_>, seed: u64) -> Res
     if read.corpus.is_empty() && read.held_out.is_empty() {
         bail!("{files} holds no good pair");
     }
-    let placeholder = PairsProblem {
-        source_tokens: tokenizing.source_tokens,
-        target_tokens: tokenizing.target_tokens,
-        source_vocabulary: read.corpus.source_vocabulary.clone(),
-        target_vocabulary: read.corpus.target_vocabulary.clone(),
-        max_source_len: 1,
-        max_target_len: 1,
-        data: data.clone(),
-    };
-    Ok(LoadedPairs {
-        problem: placeholder,
-        training: Arc::new(read.corpus),
-        validation: Arc::new(read.held_out),
-        notes,
-    })
+    Ok(Read { training: read.corpus, held_out: read.held_out, notes })
 }
 
-/// The held-out pairs: the valid file read with the training vocabularies, or the part split
-/// off; both cut to the model's lengths.
-fn finish_validation(loaded: &mut LoadedPairs) -> Result<()> {
-    let problem = &loaded.problem;
+/// The held-out pairs of `problem`: its valid file read with the training vocabularies, or the
+/// part split off the training file (`held_out`); both cut to the model's lengths.
+fn validation(
+    problem: &PairsProblem,
+    training: &PairCorpus,
+    held_out: PairCorpus,
+    notes: &mut Vec<String>,
+) -> Result<PairCorpus> {
     let data = &problem.data;
     let mut validation = match &data.valid {
-        Some(valid) => {
-            read_for_model(problem, &PairFiles::Tabbed(valid.clone()), data.skip_bad_lines, &mut loaded.notes)?
-        }
-        None => Arc::try_unwrap(std::mem::take(&mut loaded.validation)).unwrap_or_else(|shared| (*shared).clone()),
+        Some(valid) => read_for_model(problem, &PairFiles::Tabbed(valid.clone()), data.skip_bad_lines, notes)?,
+        None => held_out,
     };
     let limits = validation.limit_lengths(Some(problem.max_source_len), Some(problem.max_target_len));
     if let Some(left_out) = limits.describe() {
-        loaded.notes.push(format!("held-out pairs: {left_out}"));
+        notes.push(format!("held-out pairs: {left_out}"));
     }
     if validation.is_empty() {
         bail!(
@@ -221,17 +211,16 @@ fn finish_validation(loaded: &mut LoadedPairs) -> Result<()> {
         );
     }
     if data.valid.is_some() {
-        let shared = loaded.training.overlap(&validation);
+        let shared = training.overlap(&validation);
         if shared > 0 {
-            loaded.notes.push(format!(
+            notes.push(format!(
                 "{} of the {} held-out pairs also occur in the training data",
                 thousands(shared),
                 thousands(validation.len())
             ));
         }
     }
-    loaded.validation = Arc::new(validation);
-    Ok(())
+    Ok(validation)
 }
 
 /// Reads a file of pairs for a trained model: its tokens and vocabularies, nothing held out.
