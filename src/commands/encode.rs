@@ -9,10 +9,9 @@ use clap::ValueEnum;
 use tch::{Device, Tensor};
 
 use crate::data::input::{InputSource, InputSummary, for_each_batch};
-use crate::data::input_tensor;
 use crate::nn::model::Seq2Seq;
 use crate::store::checkpoint::write_atomically;
-use crate::task::{Input, Task};
+use crate::task::{Samples, Task};
 
 /// How the vectors are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -33,9 +32,8 @@ pub struct Encoder<'a> {
 
 impl Encoder<'_> {
     /// The vectors of one batch, `[batch, encoder_units]` on the CPU, also added to `keep`.
-    fn encode_batch(&self, batch: &[Input], keep: &mut Option<&mut KeptVectors>) -> Tensor {
-        let inputs = input_tensor(self.task, batch, self.device);
-        let vectors = self.model.encode(&inputs).to_device(Device::Cpu);
+    fn encode_batch(&self, batch: &Samples<'_>, keep: &mut Option<&mut KeptVectors>) -> Tensor {
+        let vectors = self.model.encode(&batch.input_tensor(self.device)).to_device(Device::Cpu);
         if let Some(keep) = keep {
             keep.add(batch, &vectors);
         }
@@ -128,9 +126,9 @@ pub struct KeptVectors {
 }
 
 impl KeptVectors {
-    fn add(&mut self, batch: &[Input], vectors: &Tensor) {
+    fn add(&mut self, batch: &Samples<'_>, vectors: &Tensor) {
         self.batches.push(vectors.shallow_clone());
-        self.values.extend(batch.iter().map(colour_value));
+        add_colour_values(batch, &mut self.values);
     }
 
     /// All vectors, `[inputs, encoder_units]`, or `None` when there are none.
@@ -144,15 +142,15 @@ impl KeptVectors {
     }
 }
 
-/// What a point of the picture is coloured by: an expression's exact value, a sequence's mean,
-/// a source's length in tokens.
-pub fn colour_value(input: &Input) -> f64 {
-    match input {
-        Input::Expression(expression) => expression.value() as f64,
-        Input::Pair(pair) => pair.source.len() as f64,
-        Input::Sequence(values) => {
-            values.iter().map(|&value| f64::from(value)).sum::<f64>() / values.len().max(1) as f64
-        }
+/// What each point of the picture is coloured by: an expression's exact value, a sequence's
+/// mean, a source's length in tokens.
+fn add_colour_values(samples: &Samples<'_>, values: &mut Vec<f64>) {
+    match samples {
+        Samples::Arithmetic(_, expressions) => values.extend(expressions.iter().map(|e| e.value() as f64)),
+        Samples::Pairs(_, pairs) => values.extend(pairs.iter().map(|pair| pair.source.len() as f64)),
+        Samples::Sequences(_, sequences) => values.extend(
+            sequences.iter().map(|s| s.iter().map(|&value| f64::from(value)).sum::<f64>() / s.len().max(1) as f64),
+        ),
     }
 }
 

@@ -30,7 +30,7 @@ use crate::output::{self, BestEffort, Stdout, print_line};
 use crate::store::checkpoint::{self, SavedConfig, Versions};
 use crate::store::lock::DirLock;
 use crate::store::metrics_log::{METRICS_FILE, MetricsLog, MetricsRow, read_metrics};
-use crate::task::{Input, PairsProblem, SequenceProblem, Task};
+use crate::task::{PairsProblem, Samples, SequenceProblem, Task};
 use crate::train::interrupt::{self, Stopped};
 use crate::train::{self, Position, Progress, Report, TrainConfig, TrainLoop, TrainOutcome};
 use crate::viz::{pca, plot};
@@ -76,7 +76,7 @@ pub fn train(request: &TrainRequest) -> Result<PathBuf> {
     request.training.validate()?;
     let mut training = request.training.clone();
     let (task, data) = match &request.data {
-        None => (request.task.clone(), RunData::generated(&request.task, &training)),
+        None => (request.task.clone(), RunData::generated(&request.task, &training)?),
         Some(DataSettings::Pairs(settings)) => {
             let loaded = load_for_training(settings, training.seed)?;
             loaded.notes.iter().for_each(output::note);
@@ -176,7 +176,7 @@ pub fn resume(request: &ResumeRequest) -> Result<PathBuf> {
         Task::Autoencoder(problem) if problem.data.is_some() => {
             RunData::sequences(&sequences::reload(problem, training.seed)?, training.seed)
         }
-        _ => RunData::generated(task, &training),
+        _ => RunData::generated(task, &training)?,
     };
     let mut optimizer = checkpoint.optimizer;
     run_training(
@@ -212,13 +212,13 @@ impl RunData {
     /// A generated problem's streams: the validation rows score the first
     /// [`VALIDATION_SAMPLES`] of the evaluation stream, the same ones at every row, so that the
     /// curve moves only because the model does; the final figures score fresh samples of it.
-    fn generated(task: &Task, training: &TrainConfig) -> Self {
+    fn generated(task: &Task, training: &TrainConfig) -> Result<Self> {
         let seed = training.seed;
-        Self {
-            training: Arc::new(Generated::new(task, seed, Stream::Training, training.samples)),
-            validation: Arc::new(Generated::new(task, seed, Stream::Evaluation, VALIDATION_SAMPLES)),
-            evaluation: Arc::new(Generated::new(task, seed, Stream::Evaluation, training.evaluation_samples)),
-        }
+        Ok(Self {
+            training: Arc::new(Generated::new(task, seed, Stream::Training, training.samples)?),
+            validation: Arc::new(Generated::new(task, seed, Stream::Evaluation, VALIDATION_SAMPLES)?),
+            evaluation: Arc::new(Generated::new(task, seed, Stream::Evaluation, training.evaluation_samples)?),
+        })
     }
 
     /// The user's pairs: training shuffled every epoch from `seed`; the validation rows score
@@ -427,9 +427,9 @@ fn metrics_row(report: &Report, validation: Option<&evaluate::Metrics>) -> Metri
 }
 
 /// The evaluation stream of `seed`, with samples kept for the per-operator breakdown.
-fn evaluation_stream(task: &Task, seed: u64, samples: usize, device: Device) -> BatchStream {
+fn evaluation_stream(task: &Task, seed: u64, samples: usize, device: Device) -> Result<BatchStream> {
     let batch = evaluation_batch_size(&ModelShape::for_task(task));
-    BatchStream::new(task, seed, Stream::Evaluation, samples, batch, device).keeping_samples()
+    Ok(BatchStream::new(task, seed, Stream::Evaluation, samples, batch, device)?.keeping_samples())
 }
 
 /// The final figures in words: on fresh samples of a generated problem, on the held-out part of
@@ -517,14 +517,14 @@ pub fn evaluate(request: &EvaluateRequest) -> Result<Evaluation> {
         (Task::Arithmetic(problem), Some(_)) => Some(problem),
         (_, _) => None,
     };
-    let data = evaluation_stream(&loaded.config.task, seed, request.samples, device);
+    let data = evaluation_stream(&loaded.config.task, seed, request.samples, device)?;
     let mut tally = match (problem, request.errors) {
         (Some(problem), Some(limit)) => Some(MistakeTally::new(problem, limit)),
         _ => None,
     };
     let evaluation = evaluate::evaluate_observed(&loaded.model, &data, |batch, logits| {
-        if let Some(tally) = tally.as_mut() {
-            tally.add(batch, logits);
+        if let (Some(tally), Samples::Arithmetic(_, expressions)) = (tally.as_mut(), &batch.samples) {
+            tally.add(expressions, &batch.targets, logits);
         }
     });
     let report = tally.map(MistakeTally::finish);
@@ -591,8 +591,8 @@ fn evaluate_pairs(
     let data = BatchStream::of(Arc::new(source), batch, device).keeping_samples();
     let mut mistakes = request.errors.map(|limit| PairMistakes::new(problem, limit));
     let evaluation = evaluate::evaluate_observed(&loaded.model, &data, |batch, logits| {
-        if let Some(mistakes) = mistakes.as_mut() {
-            mistakes.add(batch, logits);
+        if let (Some(mistakes), Samples::Pairs(_, pairs)) = (mistakes.as_mut(), &batch.samples) {
+            mistakes.add(pairs, logits);
         }
     });
     let mistakes = mistakes.map(PairMistakes::finish);
@@ -716,7 +716,7 @@ pub fn predict(request: &PredictRequest) -> Result<()> {
         );
     }
     // Someone typing at a terminal wants each answer as soon as the line is entered.
-    let interactive = request.source == InputSource::Stdin && io::stdin().is_terminal();
+    let interactive = matches!(request.source, InputSource::Stdin) && io::stdin().is_terminal();
     let predictor = Predictor {
         model: &loaded.model,
         task: &loaded.config.task,
@@ -787,7 +787,7 @@ pub fn encode(request: &EncodeRequest) -> Result<()> {
     let task = &loaded.config.task;
     let source = match &request.source {
         Some(source) => source.clone(),
-        None => InputSource::Generated(fresh_samples(task, loaded.config.training.seed, request.samples)?),
+        None => InputSource::Samples(fresh_samples(task, loaded.config.training.seed, request.samples)?),
     };
     let encoder = Encoder { model: &loaded.model, task, device, batch_size: request.batch_size };
     let mut kept = request.plot.as_ref().map(|_| KeptVectors::default());
@@ -820,7 +820,7 @@ pub fn encode(request: &EncodeRequest) -> Result<()> {
 
 /// The first `samples` samples of the evaluation stream of `seed` (a model of pairs: of its
 /// held-out part): inputs the model never trained on.
-fn fresh_samples(task: &Task, seed: u64, samples: usize) -> Result<Vec<Input>> {
+fn fresh_samples(task: &Task, seed: u64, samples: usize) -> Result<Arc<dyn SampleSource>> {
     let source: Arc<dyn SampleSource> = match task {
         Task::Pairs(problem) => {
             let pairs = load::reload(problem, seed)?;
@@ -830,10 +830,9 @@ fn fresh_samples(task: &Task, seed: u64, samples: usize) -> Result<Vec<Input>> {
             let file = sequences::reload(problem, seed)?;
             Arc::new(SequenceSource::new(problem, file.validation, None).first(samples))
         }
-        _ => Arc::new(Generated::new(task, seed, Stream::Evaluation, samples)),
+        _ => Arc::new(Generated::new(task, seed, Stream::Evaluation, samples)?),
     };
-    let stream = BatchStream::of(source, EVALUATION_BATCH_SIZE, Device::Cpu);
-    Ok(stream.keeping_samples().iter().flat_map(|batch| batch.samples).collect())
+    Ok(source)
 }
 
 /// A scatter of the kept vectors' first two principal components, coloured by each input's value.

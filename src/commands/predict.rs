@@ -10,10 +10,9 @@ use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
 use crate::data::input::{InputSource, InputSummary, for_each_batch};
-use crate::data::input_tensor;
 use crate::nn::model::Seq2Seq;
 use crate::task::sequence::format_sequence;
-use crate::task::{Input, PairsProblem, Task};
+use crate::task::{PairsProblem, Samples, Task};
 
 /// Inputs predicted per forward pass unless the user says otherwise.
 pub const DEFAULT_BATCH_SIZE: usize = 1000;
@@ -146,12 +145,11 @@ impl Predictor<'_> {
     }
 
     /// Predicts and prints one batch; returns how many answers were right.
-    fn predict_batch(&self, batch: &[Input], forward: &SharedForward<'_>, out: &mut dyn Write) -> Result<usize> {
-        let inputs = input_tensor(self.task, batch, self.device);
-        let output = forward.forward(&inputs)?;
+    fn predict_batch(&self, batch: &Samples<'_>, forward: &SharedForward<'_>, out: &mut dyn Write) -> Result<usize> {
+        let output = forward.forward(&batch.input_tensor(self.device))?;
         let mut correct = 0;
-        match self.task {
-            Task::Arithmetic(problem) => {
+        match batch {
+            Samples::Arithmetic(problem, expressions) => {
                 let alphabet = problem.alphabet();
                 let predicted = output.argmax(-1, true);
                 let probabilities = if self.verbose {
@@ -165,11 +163,8 @@ impl Predictor<'_> {
                 let flat = Vec::<i64>::try_from(predicted).expect("argmax yields int64 class indices");
                 let output_len = problem.output_len();
                 let format_output = problem.output_formatter();
-                for (index, (input, row)) in batch.iter().zip(flat.chunks(output_len)).enumerate() {
+                for (index, (expression, row)) in expressions.iter().zip(flat.chunks(output_len)).enumerate() {
                     let row_probabilities = probabilities.get(index * output_len..(index + 1) * output_len);
-                    let Input::Expression(expression) = input else {
-                        unreachable!("arithmetic inputs are expressions")
-                    };
                     let predicted = alphabet.decode(row);
                     let value = expression.value();
                     let expected = format_output(value);
@@ -198,11 +193,10 @@ impl Predictor<'_> {
                     }
                 }
             }
-            Task::Pairs(problem) => {
+            Samples::Pairs(problem, pairs) => {
                 let written = output.argmax(-1, false).flatten(0, -1).to_device(Device::Cpu);
                 let written = Vec::<i64>::try_from(written).expect("argmax yields int64 class indices");
-                for (input, row) in batch.iter().zip(written.chunks(problem.output_len())) {
-                    let Input::Pair(pair) = input else { unreachable!("pair inputs are pairs") };
+                for (pair, row) in pairs.iter().zip(written.chunks(problem.output_len())) {
                     let ids = problem.written(row);
                     let prediction = problem.target_text(ids);
                     let expected = pair.expected.as_ref();
@@ -227,11 +221,10 @@ impl Predictor<'_> {
                     }
                 }
             }
-            Task::Autoencoder(problem) => {
+            Samples::Sequences(problem, sequences) => {
                 let flat = Vec::<f32>::try_from(output.flatten(0, -1).to_device(Device::Cpu))
                     .expect("the autoencoder writes float values");
-                for (input, reconstruction) in batch.iter().zip(flat.chunks(problem.length)) {
-                    let Input::Sequence(values) = input else { unreachable!("autoencoder inputs are sequences") };
+                for (values, reconstruction) in sequences.iter().zip(flat.chunks(problem.length)) {
                     if self.json {
                         let max_abs_error =
                             values.iter().zip(reconstruction).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);

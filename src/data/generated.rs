@@ -4,17 +4,25 @@
 
 use std::sync::Mutex;
 
+use anyhow::{Result, bail};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use tch::Device;
 
-use super::{Batch, SampleSource, Stream, input_tensor, mix_seed, target_tensor};
-use crate::task::{Input, Task};
+use super::{Batch, SampleSource, Stream, mix_seed};
+use crate::task::{ArithmeticProblem, Expression, Samples, SequenceProblem, Task};
+
+/// A problem whose samples are drawn from a seed, not read from files.
+enum Drawn {
+    Arithmetic(ArithmeticProblem),
+    Sequences(SequenceProblem),
+}
 
 /// `samples` samples of a generated task, drawn from `seed`'s `stream`.
 pub struct Generated {
     task: Task,
+    problem: Drawn,
     seed: u64,
     stream: Stream,
     samples: usize,
@@ -23,9 +31,14 @@ pub struct Generated {
 }
 
 impl Generated {
-    /// `task` must be one that draws its samples (a generated problem, not a file's).
-    pub fn new(task: &Task, seed: u64, stream: Stream, samples: usize) -> Self {
-        Self { task: task.clone(), seed, stream, samples, order: Mutex::new(None) }
+    /// An error for a task whose samples are read from the user's files.
+    pub fn new(task: &Task, seed: u64, stream: Stream, samples: usize) -> Result<Self> {
+        let problem = match task {
+            Task::Arithmetic(problem) => Drawn::Arithmetic(problem.clone()),
+            Task::Autoencoder(problem) if problem.data.is_none() => Drawn::Sequences(problem.clone()),
+            _ => bail!("{} learns from the user's files: its samples cannot be generated", task.model_kind()),
+        };
+        Ok(Self { task: task.clone(), problem, seed, stream, samples, order: Mutex::new(None) })
     }
 
     /// Which batch of the stream is step `step` of `epoch`: the first epoch takes them in stream
@@ -57,20 +70,34 @@ impl SampleSource for Generated {
         self.samples
     }
 
-    fn batch(&self, epoch: usize, step: usize, batch_size: usize, keep_samples: bool) -> Batch {
+    fn batch(&self, epoch: usize, step: usize, batch_size: usize, keep_samples: bool) -> Batch<'_> {
         let index = self.batch_index(epoch, step, self.samples.div_ceil(batch_size));
         let start = index * batch_size;
         let size = batch_size.min(self.samples.saturating_sub(start));
         let mut rng = StdRng::seed_from_u64(mix_seed(self.seed ^ self.stream.salt()) ^ mix_seed(index as u64));
-        let problem = self.task.problem();
-        let samples: Vec<Input> = (0..size).filter_map(|_| problem.draw(&mut rng)).collect();
-        assert_eq!(samples.len(), size, "Generated::new takes only tasks that draw samples");
-        Batch {
-            inputs: input_tensor(&self.task, &samples, Device::Cpu),
-            targets: target_tensor(&self.task, &samples, Device::Cpu),
-            size,
-            samples: if keep_samples { samples } else { Vec::new() },
+        let mut samples = match &self.problem {
+            Drawn::Arithmetic(problem) => {
+                let draw = |_| {
+                    let mut expression = Expression::default();
+                    problem.draw(&mut rng, &mut expression);
+                    expression
+                };
+                Samples::Arithmetic(problem, (0..size).map(draw).collect())
+            }
+            Drawn::Sequences(problem) => {
+                let draw = |_| {
+                    let mut values = Vec::with_capacity(problem.length);
+                    problem.draw(&mut rng, &mut values);
+                    values
+                };
+                Samples::Sequences(problem, (0..size).map(draw).collect())
+            }
+        };
+        let (inputs, targets) = (samples.input_tensor(Device::Cpu), samples.target_tensor(Device::Cpu));
+        if !keep_samples {
+            samples.clear();
         }
+        Batch { inputs, targets, size, samples }
     }
 }
 
@@ -87,7 +114,7 @@ mod tests {
 
     #[test]
     fn first_epoch_in_order_later_epochs_shuffled_and_reproducible() {
-        let generated = Generated::new(&Task::default(), 1, Stream::Training, 3200);
+        let generated = Generated::new(&Task::default(), 1, Stream::Training, 3200).expect("the reference is drawn");
         assert_eq!((0..5).map(|step| generated.batch_index(0, step, 5)).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
         let second_epoch: Vec<usize> = (0..100).map(|step| generated.batch_index(1, step, 100)).collect();
         assert_eq!(second_epoch, batch_order(100, 1, 1));

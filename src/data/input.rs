@@ -5,22 +5,37 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use tch::Device;
 
 use crate::data::lines::{Line, LineReader, MAX_LINE_BYTES};
+use crate::data::{BatchStream, SampleSource};
 use crate::output::plain_io_message;
 
-use crate::task::{Input, Task};
+use crate::task::{Samples, Task};
 
 /// Where inputs come from.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone)]
 pub enum InputSource {
     Arguments(Vec<String>),
     File(PathBuf),
     Stdin,
-    /// Samples drawn by the program (`encode --plot` without inputs), accepted as they are.
-    Generated(Vec<Input>),
+    /// Samples the program takes itself (`encode --plot` without inputs: fresh samples, or a
+    /// model's held-out pairs), accepted as they are.
+    Samples(Arc<dyn SampleSource>),
+}
+
+impl std::fmt::Debug for InputSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InputSource::Arguments(arguments) => f.debug_tuple("Arguments").field(arguments).finish(),
+            InputSource::File(path) => f.debug_tuple("File").field(path).finish(),
+            InputSource::Stdin => f.write_str("Stdin"),
+            InputSource::Samples(source) => write!(f, "Samples({} of {})", source.len(), source.task().describe()),
+        }
+    }
 }
 
 /// Counts of what happened to the inputs.
@@ -38,9 +53,10 @@ pub fn for_each_batch(
     task: &Task,
     batch_size: usize,
     errors: &mut dyn Write,
-    on_batch: impl FnMut(&[Input]) -> Result<()>,
+    on_batch: impl FnMut(&Samples<'_>) -> Result<()>,
 ) -> Result<InputSummary> {
-    let mut batcher = Batcher { task, batch_size, errors, on_batch, pending: Vec::new(), summary: Default::default() };
+    let pending = Samples::of(task);
+    let mut batcher = Batcher { batch_size, errors, on_batch, pending, summary: Default::default() };
     match source {
         InputSource::Arguments(arguments) => {
             for (number, argument) in arguments.iter().enumerate() {
@@ -62,9 +78,11 @@ pub fn for_each_batch(
             let stdin = File::from(io::stdin().as_fd().try_clone_to_owned().context("cannot read standard input")?);
             read_lines(&stdin, Some(stdin.as_raw_fd()), None, &mut batcher)?;
         }
-        InputSource::Generated(inputs) => {
-            for input in inputs {
-                batcher.accept(input.clone())?;
+        InputSource::Samples(source) => {
+            let stream = BatchStream::of(Arc::clone(source), batch_size, Device::Cpu).keeping_samples();
+            for batch in stream.iter() {
+                (batcher.on_batch)(&batch.samples)?;
+                batcher.summary.accepted += batch.samples.len();
             }
         }
     }
@@ -73,32 +91,29 @@ pub fn for_each_batch(
 
 /// Collects accepted inputs into batches and reports refused ones.
 struct Batcher<'a, F> {
-    task: &'a Task,
     batch_size: usize,
     errors: &'a mut dyn Write,
     on_batch: F,
-    pending: Vec<Input>,
+    pending: Samples<'a>,
     summary: InputSummary,
 }
 
-impl<F: FnMut(&[Input]) -> Result<()>> Batcher<'_, F> {
+impl<F: FnMut(&Samples<'_>) -> Result<()>> Batcher<'_, F> {
     /// One input at `location`; `Err` carries why a line is not text at all.
     fn push(&mut self, location: &str, text: Result<&str, &str>) -> Result<()> {
         let parsed = match text {
-            Ok(text) => self.task.parse_input(text).map_err(|error| (text, error.to_string())),
+            Ok(text) => self.pending.parse_into(text).map_err(|error| (text, error.to_string())),
             Err(reason) => Err(("", reason.to_owned())),
         };
         match parsed {
-            Ok(input) => {
-                if let Input::Pair(pair) = &input {
-                    for (column, token) in &pair.unknown {
-                        writeln!(
-                            self.errors,
-                            "{location}: token {column} ({token:?}) is not in the model's vocabulary; read as <unk>"
-                        )?;
-                    }
+            Ok(unknown) => {
+                for (column, token) in unknown {
+                    writeln!(
+                        self.errors,
+                        "{location}: token {column} ({token:?}) is not in the model's vocabulary; read as <unk>"
+                    )?;
                 }
-                self.accept(input)?
+                self.accepted()?
             }
             Err((text, reason)) => {
                 self.summary.rejected += 1;
@@ -113,9 +128,9 @@ impl<F: FnMut(&[Input]) -> Result<()>> Batcher<'_, F> {
         Ok(())
     }
 
-    fn accept(&mut self, input: Input) -> Result<()> {
+    /// Counts the input just parsed into `pending`, and hands on a full batch.
+    fn accepted(&mut self) -> Result<()> {
         self.summary.accepted += 1;
-        self.pending.push(input);
         if self.pending.len() >= self.batch_size {
             (self.on_batch)(&self.pending)?;
             self.pending.clear();
@@ -141,7 +156,7 @@ impl<F: FnMut(&[Input]) -> Result<()>> Batcher<'_, F> {
 /// Reads `source` line by line as bytes, so that a line of invalid UTF-8 is one bad line. When
 /// the next line is not there yet (a pipe or a person typing), the inputs read so far are
 /// answered first, so that nobody waits for a full batch.
-fn read_lines<F: FnMut(&[Input]) -> Result<()>>(
+fn read_lines<F: FnMut(&Samples<'_>) -> Result<()>>(
     source: impl Read,
     descriptor: Option<RawFd>,
     path: Option<&Path>,
@@ -196,25 +211,25 @@ mod tests {
         })
     }
 
-    /// Runs raw bytes through the line reader as a file would be; returns what came out.
-    fn read(bytes: &[u8], task: &Task, batch_size: usize) -> (InputSummary, Vec<Input>, String) {
+    /// Runs raw bytes through the line reader as a file would be; returns the summary, the size of
+    /// each batch handed on, and the messages.
+    fn read(bytes: &[u8], task: &Task, batch_size: usize) -> (InputSummary, Vec<usize>, String) {
         let mut errors = Vec::new();
-        let mut accepted = Vec::new();
+        let mut batch_sizes = Vec::new();
         let mut batcher = Batcher {
-            task,
             batch_size,
             errors: &mut errors,
-            on_batch: |batch: &[Input]| {
+            on_batch: |batch: &Samples<'_>| {
                 assert!(batch.len() <= batch_size);
-                accepted.extend_from_slice(batch);
+                batch_sizes.push(batch.len());
                 Ok(())
             },
-            pending: Vec::new(),
+            pending: Samples::of(task),
             summary: InputSummary::default(),
         };
         read_lines(bytes, None, Some(Path::new("input.txt")), &mut batcher).expect("reading memory cannot fail");
         let summary = batcher.finish().expect("no write fails");
-        (summary, accepted, String::from_utf8(errors).expect("messages are UTF-8"))
+        (summary, batch_sizes, String::from_utf8(errors).expect("messages are UTF-8"))
     }
 
     proptest! {
@@ -225,10 +240,10 @@ mod tests {
         #[test]
         fn every_line_of_random_bytes_is_accepted_or_refused(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             for task in [calculator(), Task::Autoencoder(SequenceProblem { length: 3, ..Default::default() })] {
-                let (summary, accepted, errors) = read(&bytes, &task, 3);
+                let (summary, batch_sizes, errors) = read(&bytes, &task, 3);
                 let lines = bytes.split_inclusive(|&b| b == b'\n').count();
                 prop_assert_eq!(summary.accepted + summary.rejected, lines);
-                prop_assert_eq!(accepted.len(), summary.accepted);
+                prop_assert_eq!(batch_sizes.iter().sum::<usize>(), summary.accepted);
                 prop_assert_eq!(errors.lines().count(), summary.rejected);
                 prop_assert!(errors.lines().all(|line| line.starts_with("input.txt:")));
             }
@@ -238,9 +253,8 @@ mod tests {
         /// accepted prints back as an expression that parses to the same thing.
         #[test]
         fn accepted_expressions_round_trip(text in "[0-9+*/ -]{0,20}") {
-            let task = calculator();
-            if let Ok(Input::Expression(expression)) = task.parse_input(&text) {
-                let Task::Arithmetic(problem) = &task else { unreachable!() };
+            let Task::Arithmetic(problem) = calculator() else { panic!("the calculator is arithmetic") };
+            if let Ok(expression) = problem.parse_expression(&text) {
                 prop_assert_eq!(problem.parse_expression(&problem.display_input(&expression)), Ok(expression.clone()));
                 let (min, max) = problem.result_range().expect("a valid problem");
                 prop_assert!((min..=max).contains(&expression.value()));
@@ -250,8 +264,9 @@ mod tests {
         /// Arbitrary Unicode, control characters included, in either task's parser.
         #[test]
         fn parsers_never_panic_on_any_string(text in "\\PC*") {
-            let _ = calculator().parse_input(&text);
-            let _ = Task::Autoencoder(SequenceProblem::default()).parse_input(&text);
+            for task in [calculator(), Task::Autoencoder(SequenceProblem::default())] {
+                let _ = Samples::of(&task).parse_into(&text);
+            }
         }
     }
 
@@ -259,9 +274,9 @@ mod tests {
     fn a_one_megabyte_line_is_refused_and_quoted_briefly() {
         let mut bytes = vec![b'1'; 1 << 20];
         bytes.extend_from_slice(b"\n1+2\n\0\n");
-        let (summary, accepted, errors) = read(&bytes, &calculator(), 1000);
+        let (summary, batch_sizes, errors) = read(&bytes, &calculator(), 1000);
         assert_eq!((summary.accepted, summary.rejected), (1, 2));
-        assert_eq!(accepted.len(), 1);
+        assert_eq!(batch_sizes, vec![1]);
         assert!(errors.starts_with("input.txt:1: expression is 1048576 characters long"), "{errors}");
         assert!(errors.lines().next().is_some_and(|line| line.len() < 200), "the long line is abbreviated");
         assert!(errors.contains("input.txt:3: unexpected character '\\0' at column 1"), "{errors}");
@@ -273,11 +288,11 @@ mod tests {
         let mut bytes = vec![b'7'; 3 * MAX_LINE_BYTES];
         bytes.extend_from_slice(b"\n1+2\n");
         bytes.extend(std::iter::repeat_n(b'8', MAX_LINE_BYTES + 5));
-        let (summary, accepted, errors) = read(&bytes, &calculator(), 10);
+        let (summary, batch_sizes, errors) = read(&bytes, &calculator(), 10);
         assert_eq!((summary.accepted, summary.rejected), (1, 2), "{errors}");
         assert!(errors.starts_with("input.txt:1: longer than 1048576 bytes"), "{errors}");
         assert!(errors.contains("input.txt:3: longer than"), "{errors}");
-        assert_eq!(accepted.len(), 1);
+        assert_eq!(batch_sizes, vec![1]);
     }
 
     #[test]
@@ -302,14 +317,13 @@ mod tests {
         let reading = std::thread::spawn(move || {
             let mut errors = Vec::new();
             let mut batcher = Batcher {
-                task: &task,
                 batch_size: 1000,
                 errors: &mut errors,
-                on_batch: |batch: &[Input]| {
+                on_batch: |batch: &Samples<'_>| {
                     batches_tx.send(batch.len()).expect("the test listens");
                     Ok(())
                 },
-                pending: Vec::new(),
+                pending: Samples::of(&task),
                 summary: InputSummary::default(),
             };
             read_lines(&reader, Some(reader.as_raw_fd()), None, &mut batcher).expect("read the pipe");

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use tch::{Device, Tensor};
 
-use crate::task::{ArithmeticProblem, Expression, Input, Task};
+use crate::task::{ArithmeticProblem, Expression, Samples, Task};
 use generated::Generated;
 
 /// Independent streams of samples drawn from one seed.
@@ -31,7 +31,7 @@ impl Stream {
 }
 
 /// One batch on the target device; one-hot encoding happens in the model.
-pub struct Batch {
+pub struct Batch<'t> {
     /// `[size, input_len]`: int64 class indices, or float values.
     pub inputs: Tensor,
     /// `[size, output_len]`: int64 class indices (or [`crate::task::pairs::IGNORED`]), or
@@ -39,8 +39,8 @@ pub struct Batch {
     pub targets: Tensor,
     pub size: usize,
     /// The samples themselves, kept on the host only when the stream was asked to
-    /// (evaluation breaks its figures down by them).
-    pub samples: Vec<Input>,
+    /// (evaluation breaks its figures down by them); otherwise none.
+    pub samples: Samples<'t>,
 }
 
 /// Where samples come from: generated from a seed ([`generated::Generated`], as many as asked
@@ -56,7 +56,7 @@ pub trait SampleSource: Send + Sync {
     }
     /// Batch `index` of pass `epoch` in batches of `batch_size`, as host tensors; with
     /// `keep_samples`, the samples too. Every pass visits every sample once.
-    fn batch(&self, epoch: usize, index: usize, batch_size: usize, keep_samples: bool) -> Batch;
+    fn batch(&self, epoch: usize, index: usize, batch_size: usize, keep_samples: bool) -> Batch<'_>;
 }
 
 /// A source's samples in batches of `batch_size` (the last one may be smaller), on a device.
@@ -77,9 +77,17 @@ pub fn mix_seed(mut x: u64) -> u64 {
 }
 
 impl BatchStream {
-    /// `samples` generated samples of `task` from `seed`'s `stream`.
-    pub fn new(task: &Task, seed: u64, stream: Stream, samples: usize, batch_size: usize, device: Device) -> Self {
-        Self::of(Arc::new(Generated::new(task, seed, stream, samples)), batch_size, device)
+    /// `samples` generated samples of `task` from `seed`'s `stream`; an error for a task
+    /// whose samples are read from files.
+    pub fn new(
+        task: &Task,
+        seed: u64,
+        stream: Stream,
+        samples: usize,
+        batch_size: usize,
+        device: Device,
+    ) -> anyhow::Result<Self> {
+        Ok(Self::of(Arc::new(Generated::new(task, seed, stream, samples)?), batch_size, device))
     }
 
     /// Batches of any source.
@@ -111,80 +119,77 @@ impl BatchStream {
     }
 
     /// Batch `index` of the first pass, in the source's own order.
-    pub fn batch(&self, index: usize) -> Batch {
+    pub fn batch(&self, index: usize) -> Batch<'_> {
         self.batch_of_epoch(0, index)
     }
 
     /// Batch `index` of pass `epoch`, on the device.
-    pub fn batch_of_epoch(&self, epoch: usize, index: usize) -> Batch {
+    pub fn batch_of_epoch(&self, epoch: usize, index: usize) -> Batch<'_> {
         let host = self.source.batch(epoch, index, self.batch_size, self.keep_samples);
         Batch { inputs: to_device(host.inputs, self.device), targets: to_device(host.targets, self.device), ..host }
     }
 
     /// Every batch of the first pass, in order.
-    pub fn iter(&self) -> impl Iterator<Item = Batch> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = Batch<'_>> + '_ {
         (0..self.num_batches()).map(|index| self.batch(index))
     }
 }
 
-/// What the encoder reads for `samples`, `[samples, input_len]` on `device`: the one place
-/// where training data and users' inputs are turned into tensors.
-pub fn input_tensor(task: &Task, samples: &[Input], device: Device) -> Tensor {
-    let host = match task {
-        Task::Arithmetic(problem) => expression_indices(problem, samples, |expression| problem.model_input(expression)),
-        Task::Autoencoder(_) => Tensor::from_slice(&sequence_values(samples)),
-        Task::Pairs(problem) => {
-            let mut ids = Vec::with_capacity(samples.len() * problem.input_len());
-            for sample in samples {
-                let Input::Pair(pair) = sample else { unreachable!("pair samples are pairs") };
-                problem.encode_source(&pair.source, &mut ids);
+impl Samples<'_> {
+    /// What the encoder reads, `[samples, input_len]` on `device`: the one place where training
+    /// data and users' inputs are turned into tensors.
+    pub fn input_tensor(&self, device: Device) -> Tensor {
+        let (host, width) = match self {
+            Samples::Arithmetic(problem, expressions) => {
+                (expression_indices(problem, expressions, |e| problem.model_input(e)), problem.input_len())
             }
-            Tensor::from_slice(&ids)
-        }
-    };
-    to_device(host.view([samples.len() as i64, task.input_len() as i64]), device)
-}
+            Samples::Sequences(problem, sequences) => (Tensor::from_slice(&sequences.concat()), problem.length),
+            Samples::Pairs(problem, pairs) => {
+                let mut ids = Vec::with_capacity(pairs.len() * problem.input_len());
+                for pair in pairs {
+                    problem.encode_source(&pair.source, &mut ids);
+                }
+                (Tensor::from_slice(&ids), problem.input_len())
+            }
+        };
+        to_device(host.view([self.len() as i64, width as i64]), device)
+    }
 
-/// What the decoder should write for `samples`, `[samples, output_len]` on `device`.
-pub fn target_tensor(task: &Task, samples: &[Input], device: Device) -> Tensor {
-    let host = match task {
-        Task::Arithmetic(problem) => {
-            let format_output = problem.output_formatter();
-            expression_indices(problem, samples, |expression| format_output(expression.value()))
-        }
-        // An autoencoder's target is its input.
-        Task::Autoencoder(_) => Tensor::from_slice(&sequence_values(samples)),
-        Task::Pairs(problem) => {
-            let mut ids = Vec::with_capacity(samples.len() * problem.output_len());
-            for sample in samples {
-                let Input::Pair(pair) = sample else { unreachable!("pair samples are pairs") };
-                let expected = pair.expected.as_ref().map_or(&[][..], |(_, ids)| ids.as_slice());
-                problem.encode_target(expected, &mut ids);
+    /// What the decoder should write, `[samples, output_len]` on `device`.
+    pub fn target_tensor(&self, device: Device) -> Tensor {
+        let (host, width) = match self {
+            Samples::Arithmetic(problem, expressions) => {
+                let format_output = problem.output_formatter();
+                let indices = expression_indices(problem, expressions, |e| format_output(e.value()));
+                (indices, problem.output_len())
             }
-            Tensor::from_slice(&ids)
-        }
-    };
-    to_device(host.view([samples.len() as i64, task.output_len() as i64]), device)
+            // An autoencoder's target is its input.
+            Samples::Sequences(problem, sequences) => (Tensor::from_slice(&sequences.concat()), problem.length),
+            Samples::Pairs(problem, pairs) => {
+                let mut ids = Vec::with_capacity(pairs.len() * problem.output_len());
+                for pair in pairs {
+                    let expected = pair.expected.as_ref().map_or(&[][..], |(_, ids)| ids.as_slice());
+                    problem.encode_target(expected, &mut ids);
+                }
+                (Tensor::from_slice(&ids), problem.output_len())
+            }
+        };
+        to_device(host.view([self.len() as i64, width as i64]), device)
+    }
 }
 
 /// The class indices of `text` of each expression, one after the other.
-fn expression_indices(problem: &ArithmeticProblem, samples: &[Input], text: impl Fn(&Expression) -> String) -> Tensor {
+fn expression_indices(
+    problem: &ArithmeticProblem,
+    expressions: &[Expression],
+    text: impl Fn(&Expression) -> String,
+) -> Tensor {
     let alphabet = problem.alphabet();
     let mut indices = Vec::new();
-    for sample in samples {
-        let Input::Expression(expression) = sample else { unreachable!("arithmetic samples are expressions") };
+    for expression in expressions {
         alphabet.encode_into(&text(expression), &mut indices);
     }
     Tensor::from_slice(&indices)
-}
-
-fn sequence_values(samples: &[Input]) -> Vec<f32> {
-    let mut values = Vec::new();
-    for sample in samples {
-        let Input::Sequence(sequence) = sample else { unreachable!("autoencoder samples are sequences") };
-        values.extend_from_slice(sequence);
-    }
-    values
 }
 
 /// Copies host data to `device`; to a GPU through pinned memory, without waiting for the copy.
@@ -202,7 +207,7 @@ mod tests {
     use crate::task::{ArithmeticProblem, SequenceKind, SequenceProblem};
 
     fn stream(seed: u64, kind: Stream) -> BatchStream {
-        BatchStream::new(&Task::default(), seed, kind, 100, 32, Device::Cpu)
+        BatchStream::new(&Task::default(), seed, kind, 100, 32, Device::Cpu).expect("the reference draws samples")
     }
 
     fn rows(batch: &Batch) -> (Vec<i64>, Vec<i64>) {
@@ -241,12 +246,15 @@ mod tests {
             reverse: true,
         };
         let task = Task::Arithmetic(problem.clone());
-        let batch = BatchStream::new(&task, 9, Stream::Training, 64, 64, Device::Cpu).keeping_samples().batch(0);
+        let stream = BatchStream::new(&task, 9, Stream::Training, 64, 64, Device::Cpu).expect("arithmetic is drawn");
+        let stream = stream.keeping_samples();
+        let batch = stream.batch(0);
         let alphabet = problem.alphabet();
         let (input_len, output_len) = (problem.input_len(), problem.output_len());
         let (inputs, targets) = rows(&batch);
-        for ((input, target), sample) in inputs.chunks(input_len).zip(targets.chunks(output_len)).zip(&batch.samples) {
-            let Input::Expression(expression) = sample else { panic!("arithmetic samples are expressions") };
+        let Samples::Arithmetic(_, expressions) = &batch.samples else { panic!("arithmetic samples are expressions") };
+        assert_eq!(expressions.len(), 64);
+        for ((input, target), expression) in inputs.chunks(input_len).zip(targets.chunks(output_len)).zip(expressions) {
             let read: String = alphabet.decode(input);
             let forwards: String = read.trim_start().chars().rev().collect();
             assert_eq!(problem.parse_expression(&forwards).as_ref(), Ok(expression), "reversed, padded first");
@@ -258,7 +266,8 @@ mod tests {
     #[test]
     fn autoencoder_targets_are_the_inputs() {
         let task = Task::Autoencoder(SequenceProblem { sequence: SequenceKind::Random, ..Default::default() });
-        let batch = BatchStream::new(&task, 3, Stream::Training, 10, 10, Device::Cpu).batch(0);
+        let stream = BatchStream::new(&task, 3, Stream::Training, 10, 10, Device::Cpu).expect("ramps are drawn");
+        let batch = stream.batch(0);
         assert_eq!(batch.inputs.size(), vec![10, 9]);
         assert!(batch.inputs.equal(&batch.targets));
         assert_eq!(batch.inputs.kind(), tch::Kind::Float);

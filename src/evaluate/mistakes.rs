@@ -8,9 +8,8 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::data::Batch;
 use crate::task::vocab::Alphabet;
-use crate::task::{ArithmeticProblem, Input};
+use crate::task::{ArithmeticProblem, Expression};
 
 /// One wrong answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,8 +95,8 @@ impl MistakeTally {
         }
     }
 
-    /// Adds one batch (which must keep its samples) and the model's logits for it.
-    pub fn add(&mut self, batch: &Batch, logits: &Tensor) {
+    /// Adds one batch of `expressions`, the `targets` written for them and the model's logits.
+    pub fn add(&mut self, expressions: &[Expression], targets: &Tensor, logits: &Tensor) {
         let output_len = self.output_len;
         let predicted = logits.argmax(-1, true);
         let probabilities = logits.softmax(-1, Kind::Double).gather(-1, &predicted, false).squeeze_dim(-1);
@@ -105,11 +104,10 @@ impl MistakeTally {
             .expect("argmax yields int64 class indices");
         let probabilities = Vec::<f64>::try_from(probabilities.flatten(0, -1).to_device(Device::Cpu))
             .expect("softmax in double precision");
-        let targets = Vec::<i64>::try_from(batch.targets.flatten(0, -1).to_device(Device::Cpu))
+        let targets = Vec::<i64>::try_from(targets.flatten(0, -1).to_device(Device::Cpu))
             .expect("targets are int64 class indices");
-        assert_eq!(batch.samples.len(), batch.size, "the stream keeps its samples");
-        for (index, sample) in batch.samples.iter().enumerate() {
-            let Input::Expression(expression) = sample else { unreachable!("arithmetic samples are expressions") };
+        assert_eq!(targets.len(), expressions.len() * output_len, "a target row per expression");
+        for (index, expression) in expressions.iter().enumerate() {
             let row = index * output_len..(index + 1) * output_len;
             let mut all_right = true;
             for (position, (p, t)) in predicted[row.clone()].iter().zip(&targets[row.clone()]).enumerate() {

@@ -11,7 +11,7 @@ use crate::data::corpus::ErrorRate;
 use crate::data::{Batch, BatchStream};
 use crate::nn::model::Seq2Seq;
 use crate::task::pairs::IGNORED;
-use crate::task::{Features, Input, Operator, PairsProblem, Task};
+use crate::task::{Features, Operator, PairsProblem, Samples, Task};
 
 /// Samples scored after training and by `evaluate` unless the user says otherwise.
 pub const DEFAULT_EVALUATION_SAMPLES: usize = 10_000;
@@ -267,8 +267,8 @@ pub fn evaluate_by(
             }
             let correct = output.argmax(-1, false).eq_tensor(&batch.targets).all_dim(1, false);
             let correct = Vec::<bool>::try_from(correct.to_device(Device::Cpu)).expect("a bool per sample");
-            for (sample, is_correct) in batch.samples.iter().zip(correct) {
-                let Input::Expression(expression) = sample else { continue };
+            let Samples::Arithmetic(_, expressions) = &batch.samples else { continue };
+            for (expression, is_correct) in expressions.iter().zip(correct) {
                 for (tally, &op) in tallies.iter_mut().zip(&operators) {
                     if expression.uses(op) {
                         tally.0 += 1;

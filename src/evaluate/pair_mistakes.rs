@@ -4,8 +4,7 @@
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-use crate::data::Batch;
-use crate::task::{Input, PairsProblem};
+use crate::task::{PairInput, PairsProblem};
 
 /// One wrong target.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -31,15 +30,14 @@ impl<'a> PairMistakes<'a> {
         Self { problem, limit, kept: Vec::new(), wrong: 0 }
     }
 
-    /// Looks at one scored batch (its samples kept).
-    pub fn add(&mut self, batch: &Batch, logits: &Tensor) {
+    /// Looks at one scored batch of `pairs` and the model's logits for it.
+    pub fn add(&mut self, pairs: &[PairInput], logits: &Tensor) {
         let width = self.problem.output_len();
         let probabilities = logits.softmax(-1, Kind::Double);
         let (best, written) = probabilities.max_dim(-1, false);
         let best = Vec::<f64>::try_from(best.flatten(0, -1).to_device(Device::Cpu)).expect("double probabilities");
         let written = Vec::<i64>::try_from(written.flatten(0, -1).to_device(Device::Cpu)).expect("int64 classes");
-        for ((sample, row), chances) in batch.samples.iter().zip(written.chunks(width)).zip(best.chunks(width)) {
-            let Input::Pair(pair) = sample else { continue };
+        for ((pair, row), chances) in pairs.iter().zip(written.chunks(width)).zip(best.chunks(width)) {
             let Some((expected, truth)) = &pair.expected else { continue };
             let written = self.problem.written(row);
             if PairsProblem::is_right(written, truth) {

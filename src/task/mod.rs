@@ -7,17 +7,18 @@
 
 pub mod arithmetic;
 pub mod pairs;
+pub mod samples;
 pub mod sequence;
 pub mod vocab;
 
 use std::fmt;
 
 use anyhow::Result;
-use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 pub use arithmetic::{ArithmeticProblem, Expression, ExpressionError, Operator, Operators, TermCount};
 pub use pairs::{PairError, PairInput, PairsProblem};
+pub use samples::Samples;
 pub use sequence::{SequenceError, SequenceKind, SequenceProblem};
 
 use crate::task::vocab::Alphabet;
@@ -57,14 +58,6 @@ impl Features {
     }
 }
 
-/// A user's input, parsed.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Input {
-    Expression(Expression),
-    Sequence(Vec<f32>),
-    Pair(PairInput),
-}
-
 /// Why a user's input line was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InputError {
@@ -85,8 +78,8 @@ impl fmt::Display for InputError {
 
 impl std::error::Error for InputError {}
 
-/// What every task tells the rest of the program: the shape of its samples, how a user's line
-/// becomes one, and how to say what it is.
+/// What every task tells the rest of the program: the shape of its samples and how to say what
+/// it is. The samples themselves, parsed or drawn, are [`Samples`], which carry their problem.
 pub trait Problem {
     fn validate(&self) -> Result<()>;
     /// What an input step holds.
@@ -97,11 +90,6 @@ pub trait Problem {
     fn input_len(&self) -> usize;
     /// Time steps the decoder writes.
     fn output_len(&self) -> usize;
-    /// Parses one line of user input.
-    fn parse_input(&self, line: &str) -> Result<Input, InputError>;
-    /// Draws one sample from `rng`; `None` for data read from the user's files, which are
-    /// never generated.
-    fn draw(&self, rng: &mut StdRng) -> Option<Input>;
     /// One line saying what the problem is.
     fn describe(&self) -> String;
 }
@@ -121,14 +109,6 @@ impl Problem for ArithmeticProblem {
     }
     fn output_len(&self) -> usize {
         ArithmeticProblem::output_len(self)
-    }
-    fn parse_input(&self, line: &str) -> Result<Input, InputError> {
-        self.parse_expression(line).map(Input::Expression).map_err(InputError::Expression)
-    }
-    fn draw(&self, rng: &mut StdRng) -> Option<Input> {
-        let mut expression = Expression::default();
-        ArithmeticProblem::draw(self, rng, &mut expression);
-        Some(Input::Expression(expression))
     }
     fn describe(&self) -> String {
         ArithmeticProblem::describe(self)
@@ -151,16 +131,6 @@ impl Problem for SequenceProblem {
     fn output_len(&self) -> usize {
         self.length
     }
-    fn parse_input(&self, line: &str) -> Result<Input, InputError> {
-        self.parse_sequence(line).map(Input::Sequence).map_err(InputError::Sequence)
-    }
-    fn draw(&self, rng: &mut StdRng) -> Option<Input> {
-        self.data.is_none().then(|| {
-            let mut values = Vec::with_capacity(self.length);
-            SequenceProblem::draw(self, rng, &mut values);
-            Input::Sequence(values)
-        })
-    }
     fn describe(&self) -> String {
         SequenceProblem::describe(self)
     }
@@ -181,12 +151,6 @@ impl Problem for PairsProblem {
     }
     fn output_len(&self) -> usize {
         PairsProblem::output_len(self)
-    }
-    fn parse_input(&self, line: &str) -> Result<Input, InputError> {
-        self.parse_line(line).map(Input::Pair).map_err(InputError::Pair)
-    }
-    fn draw(&self, _: &mut StdRng) -> Option<Input> {
-        None
     }
     fn describe(&self) -> String {
         PairsProblem::describe(self)
@@ -222,10 +186,6 @@ impl Task {
 
     pub fn output_len(&self) -> usize {
         self.problem().output_len()
-    }
-
-    pub fn parse_input(&self, line: &str) -> Result<Input, InputError> {
-        self.problem().parse_input(line)
     }
 
     pub fn describe(&self) -> String {

@@ -7,7 +7,7 @@ use tch::Tensor;
 
 use super::{PairCorpus, Visits};
 use crate::data::{Batch, SampleSource};
-use crate::task::{Input, PairInput, PairsProblem, Task};
+use crate::task::{PairInput, PairsProblem, Samples, Task};
 
 /// Pairs of a corpus, batched for a model of `task`.
 pub struct PairSource {
@@ -42,7 +42,7 @@ impl SampleSource for PairSource {
         self.visits.len()
     }
 
-    fn batch(&self, epoch: usize, index: usize, batch_size: usize, keep_samples: bool) -> Batch {
+    fn batch(&self, epoch: usize, index: usize, batch_size: usize, keep_samples: bool) -> Batch<'_> {
         let problem = &self.problem;
         let pairs = self.visits.batch(epoch, index, batch_size);
         let size = pairs.len();
@@ -57,19 +57,19 @@ impl SampleSource for PairSource {
                 let as_ids = |ids: &[u32]| ids.iter().map(|&id| i64::from(id)).collect::<Vec<_>>();
                 let text = source_text(problem, source);
                 let expected = (problem.target_text(&as_ids(target)), target.to_vec());
-                samples.push(Input::Pair(PairInput {
+                samples.push(PairInput {
                     text,
                     source: source.to_vec(),
                     expected: Some(expected),
                     unknown: Vec::new(),
-                }));
+                });
             }
         }
         Batch {
             inputs: Tensor::from_slice(&inputs).view([size as i64, problem.input_len() as i64]),
             targets: Tensor::from_slice(&targets).view([size as i64, problem.output_len() as i64]),
             size,
-            samples,
+            samples: Samples::Pairs(problem, samples),
         }
     }
 }

@@ -14,7 +14,7 @@ use super::read::{HoldOut, read_sequences};
 use super::{Visits, thousands};
 use crate::data::{Batch, SampleSource, mix_seed};
 use crate::task::sequence::{SequenceData, SequenceKind, SequenceProblem};
-use crate::task::{Input, Task};
+use crate::task::{Samples, Task};
 
 /// What `train --task autoencoder --data FILE` was asked to read.
 #[derive(Debug, Clone, PartialEq)]
@@ -173,7 +173,9 @@ fn fingerprint(sequences: &Sequences) -> String {
 
 /// Sequences as a [`SampleSource`]: shuffled every epoch when training, in file order when scoring.
 pub struct SequenceSource {
+    /// The task as the rest of the program sees it, and its problem for the samples.
     task: Task,
+    problem: SequenceProblem,
     sequences: Arc<Sequences>,
     visits: Visits,
 }
@@ -181,7 +183,7 @@ pub struct SequenceSource {
 impl SequenceSource {
     pub fn new(problem: &SequenceProblem, sequences: Arc<Sequences>, shuffle: Option<u64>) -> Self {
         let visits = Visits::new(sequences.len(), shuffle);
-        Self { task: Task::Autoencoder(problem.clone()), sequences, visits }
+        Self { task: Task::Autoencoder(problem.clone()), problem: problem.clone(), sequences, visits }
     }
 
     /// Only the first `count` sequences.
@@ -200,7 +202,7 @@ impl SampleSource for SequenceSource {
         self.visits.len()
     }
 
-    fn batch(&self, epoch: usize, index: usize, batch_size: usize, keep_samples: bool) -> Batch {
+    fn batch(&self, epoch: usize, index: usize, batch_size: usize, keep_samples: bool) -> Batch<'_> {
         let indices = self.visits.batch(epoch, index, batch_size);
         let size = indices.len();
         let length = self.sequences.length;
@@ -209,10 +211,15 @@ impl SampleSource for SequenceSource {
         for &index in &indices {
             values.extend_from_slice(self.sequences.get(index));
             if keep_samples {
-                samples.push(Input::Sequence(self.sequences.get(index).to_vec()));
+                samples.push(self.sequences.get(index).to_vec());
             }
         }
         let tensor = Tensor::from_slice(&values).view([size as i64, length as i64]);
-        Batch { inputs: tensor.shallow_clone(), targets: tensor, size, samples }
+        Batch {
+            inputs: tensor.shallow_clone(),
+            targets: tensor,
+            size,
+            samples: Samples::Sequences(&self.problem, samples),
+        }
     }
 }
