@@ -1,11 +1,14 @@
-//! Standard output: the one place that writes to it. A failed write is an error that names
-//! standard output, never a panic; a reader that went away (a closed pipe) ends the command
-//! quietly; and progress output that the work must not depend on goes through [`BestEffort`].
+//! Standard output: the one place that writes to it. Commands return a [`Report`], which
+//! [`render`] writes as text or JSON; what streams (predictions, encodings) goes through
+//! [`Stdout`], and progress that the work must not depend on through [`BestEffort`]. A failed
+//! write is an error that names standard output, never a panic, and a reader that went away (a
+//! closed pipe) ends the command quietly.
 
 use std::fmt;
 use std::io::{self, Write};
 
 use anyhow::Result;
+use serde::Serialize;
 
 /// A write to standard output that failed.
 #[derive(Debug)]
@@ -27,6 +30,18 @@ pub fn print_line(text: impl fmt::Display) -> Result<()> {
 fn write_line(text: impl fmt::Display) -> io::Result<()> {
     let mut out = io::stdout().lock();
     writeln!(out, "{text}").and_then(|()| out.flush())
+}
+
+/// What a command found once its work is done, as data: [`render`] writes it for people as
+/// text, or for programs as one JSON object (its `Serialize` form).
+pub trait Report: Serialize {
+    /// The text for people: one or more lines.
+    fn text(&self) -> String;
+}
+
+/// Writes `report` to standard output: its JSON form when `json`, else its text.
+pub fn render(report: &impl Report, json: bool) -> Result<()> {
+    if json { print_line(serde_json::to_string(report)?) } else { print_line(report.text()) }
 }
 
 /// Standard output for commands that stream many lines (predict, encode, completions): each

@@ -55,6 +55,9 @@ fn small_model_learns_addition_and_records_its_run() {
     assert_eq!(config["trained_on"], "cpu");
     assert_eq!(config["versions"]["seq2seq"], env!("CARGO_PKG_VERSION"));
     assert!(config["training_seconds"].as_f64().is_some_and(|s| s > 0.0), "{config}");
+    // The metrics log's validation rows are part of the loop's time, and not all of it.
+    let validation = config["validation_seconds"].as_f64().expect("validation_seconds");
+    assert!(validation > 0.0 && validation < config["training_seconds"].as_f64().unwrap_or(0.0), "{config}");
 
     let metrics = &config["metrics"];
     let figure = |name: &str| metrics[name].as_f64().unwrap_or_else(|| panic!("metrics.{name} in {metrics}"));
@@ -109,6 +112,7 @@ fn config_without_timing(dir: &Path) -> Value {
     let mut config = read_json(&dir.join("config.json"));
     let object = config.as_object_mut().expect("config.json is an object");
     object.remove("training_seconds");
+    object.remove("validation_seconds");
     let run_id = object.remove("run_id");
     assert!(run_id.as_ref().and_then(Value::as_str).is_some_and(|id| id.len() == 16), "a run id: {run_id:?}");
     config

@@ -434,6 +434,43 @@ fn a_byte_order_mark_is_accepted() {
     assert_eq!(outcome.stdout_lines().len(), 2);
 }
 
+/// The alphabet config.json records decides the class indices: with `1` and `2` swapped in it,
+/// the model reads `2+1+3` as it read `1+2+3`, and its answer comes back with the two swapped.
+#[test]
+fn the_recorded_alphabet_decides_the_class_indices() {
+    let model = path_str(&shared_model().dir);
+    let (_swapped, swapped) = damaged_copy(|dir| edit_config(dir, |config| config["alphabet"] = "0213456789+ ".into()));
+    let swap = |text: &str| -> String {
+        text.chars()
+            .map(|c| match c {
+                '1' => '2',
+                '2' => '1',
+                other => other,
+            })
+            .collect()
+    };
+    // One-digit terms, so that every swapped input is in the model's range too.
+    let inputs = ["1+2+3", "2+2+2", "1+1+9", "5+6+7", "9+8+7", "3+4+1", "2+1+5"];
+    let predictions = |dir: &str, inputs: &[String]| -> Vec<String> {
+        let mut args = vec!["predict", "--model", dir, "--json"];
+        args.extend(inputs.iter().map(String::as_str));
+        let outcome = run(&args);
+        outcome.succeeded();
+        outcome
+            .stdout_lines()
+            .iter()
+            .map(|line| {
+                let answer: serde_json::Value = serde_json::from_str(line).expect("one JSON object per line");
+                answer["prediction"].as_str().expect("a prediction").to_owned()
+            })
+            .collect()
+    };
+    let plain: Vec<String> = inputs.iter().map(|&input| input.to_owned()).collect();
+    let swapped_inputs: Vec<String> = inputs.iter().map(|input| swap(input)).collect();
+    let expected: Vec<String> = predictions(model, &plain).iter().map(|p| swap(p)).collect();
+    assert_eq!(predictions(path_str(&swapped), &swapped_inputs), expected);
+}
+
 #[test]
 fn messages_show_no_rust_internals() {
     let (_edited, edited) = damaged_copy(|dir| edit_config(dir, |config| config["alphabet"] = "0123456789+".into()));
@@ -444,12 +481,20 @@ fn messages_show_no_rust_internals() {
     });
     let home = TempDir::new().expect("temp dir");
     let missing = home.path().join("no-such-file.txt");
+    let (_short, short) = damaged_copy(|dir| edit_config(dir, |config| config["alphabet"] = "012345678+ ".into()));
     let cases = [
         (
             vec!["predict", "--model", path_str(&edited), "1+2+3"],
-            "the alphabet is \"0123456789+\", but the task's is \"0123456789+ \"",
+            "alphabet \"0123456789+\" has no padding symbol (space)",
         ),
-        (vec!["predict", "--model", path_str(&removed), "1+2+3"], "the alphabet is none, but the task's is"),
+        (
+            vec!["predict", "--model", path_str(&removed), "1+2+3"],
+            "it records no alphabet, which an arithmetic model needs",
+        ),
+        (
+            vec!["evaluate", "--model", path_str(&short)],
+            "the alphabet \"012345678+ \" lacks '9', which expressions of +",
+        ),
         (
             vec!["predict", "--model", path_str(&shared_model().dir), "--file", path_str(&missing)],
             "no-such-file.txt: No such file or directory",

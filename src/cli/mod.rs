@@ -11,10 +11,11 @@ use clap_complete::Shell;
 
 use crate::cli::completions::write_completions;
 use crate::commands::encode::EncodeFormat;
+use crate::commands::evaluate::EvaluateRequest;
 use crate::commands::predict::DEFAULT_BATCH_SIZE;
 use crate::commands::{
-    self, DEFAULT_EVALUATION_SAMPLES, DEFAULT_PLOT_SAMPLES, EncodeRequest, EvaluateRequest, PlotRequest,
-    PredictRequest, ResumeRequest, TrainRequest,
+    self, DEFAULT_EVALUATION_SAMPLES, DEFAULT_PLOT_SAMPLES, EncodeRequest, PlotRequest, PredictRequest, ResumeRequest,
+    TrainRequest,
 };
 use crate::data::corpus::TokenKind;
 use crate::data::corpus::load::{DEFAULT_VALID_FRACTION, DataSettings, PairSettings};
@@ -23,7 +24,7 @@ use crate::data::corpus::sequences::SequenceSettings;
 use crate::data::input::InputSource;
 use crate::nn::device::DeviceChoice;
 use crate::nn::model::ModelConfig;
-use crate::output::Stdout;
+use crate::output::{self, Stdout};
 use crate::task::{ArithmeticProblem, Operators, SequenceKind, SequenceProblem, Task, TermCount};
 use crate::train::{LrSchedule, Progress, TrainConfig};
 
@@ -545,6 +546,7 @@ impl TrainArgs {
                     max_terms: terms.max,
                     largest: self.largest.unwrap_or(reference.largest),
                     reverse: self.reverse,
+                    alphabet: None,
                 })
             }
             TaskKind::Autoencoder => {
@@ -570,7 +572,6 @@ impl EvaluateArgs {
             skip_bad_lines: self.files.skip_bad_lines,
             seed: self.seed,
             device: self.device,
-            json: self.json,
             errors: self.errors,
         }
     }
@@ -642,7 +643,10 @@ pub fn run(cli: Cli) -> Result<()> {
             None => commands::train(&args.into_request(threads.unwrap_or(1))?),
         }
         .map(|_| ()),
-        Command::Evaluate(args) => commands::evaluate(&args.into_request()).map(|_| ()),
+        Command::Evaluate(args) => {
+            let json = args.json;
+            output::render(&commands::evaluate::evaluate(&args.into_request())?, json)
+        }
         Command::Predict(args) => {
             // predict shares each batch among that many threads of its own, each running
             // libtorch on one.
@@ -651,7 +655,9 @@ pub fn run(cli: Cli) -> Result<()> {
             commands::predict(&args.into_request(workers))
         }
         Command::Encode(args) => commands::encode(&args.into_request()),
-        Command::Plot(args) => commands::plot(&PlotRequest { model_dir: args.model, out: args.out }).map(|_| ()),
+        Command::Plot(args) => {
+            output::render(&commands::plot(&PlotRequest { model_dir: args.model, out: args.out })?, false)
+        }
         Command::Completions(args) => {
             // Written whole into memory first: clap_complete panics when its writer fails.
             let mut script = Vec::new();
@@ -660,6 +666,6 @@ pub fn run(cli: Cli) -> Result<()> {
             out.write_all(&script).and_then(|()| out.flush())?;
             Ok(())
         }
-        Command::Info => commands::info(),
+        Command::Info => output::render(&commands::info(), false),
     }
 }

@@ -1,11 +1,15 @@
-//! One function per subcommand: each validates its request, does the work, prints the result.
+//! One function per subcommand: each validates its request, does the work and returns what it
+//! found as a [`Report`] for [`crate::output::render`] (predict and encode stream their output).
 
 pub mod encode;
+pub mod evaluate;
 pub mod predict;
 
+use std::cell::Cell;
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::{Result, bail};
 use serde::Serialize;
@@ -15,24 +19,21 @@ use crate::commands::encode::{EncodeFormat, Encoder, KeptVectors};
 use crate::commands::predict::Predictor;
 use crate::data::corpus::batches::PairSource;
 use crate::data::corpus::load::{self, DataSettings, LoadedPairs, load_for_training};
-use crate::data::corpus::read::PairFiles;
 use crate::data::corpus::sequences::{self, LoadedSequences, SequenceSource};
 use crate::data::generated::Generated;
 use crate::data::input::{InputSource, InputSummary};
 use crate::data::{BatchStream, SampleSource, Stream};
-use crate::evaluate::mistakes::{ErrorReport, MistakeTally};
-use crate::evaluate::pair_mistakes::{PairMistake, PairMistakes};
-use crate::evaluate::{self, Evaluation};
-use crate::nn::device::{DeviceChoice, FORCE_AUTOGRAD_VARIABLE, autograd_forced, describe, runtime_report};
+use crate::evaluate::{Evaluation, Metrics, evaluate_by};
+use crate::nn::device::{DeviceChoice, FORCE_AUTOGRAD_VARIABLE, RuntimeInfo, autograd_forced, describe};
 use crate::nn::model::{ModelConfig, ModelShape, Seq2Seq};
 use crate::nn::optim::Adam;
-use crate::output::{self, BestEffort, Stdout, print_line};
+use crate::output::{self, BestEffort, Report, Stdout};
 use crate::store::checkpoint::{self, SavedConfig, Versions};
 use crate::store::lock::DirLock;
 use crate::store::metrics_log::{METRICS_FILE, MetricsLog, MetricsRow, read_metrics};
-use crate::task::{PairsProblem, Samples, SequenceProblem, Task};
+use crate::task::Task;
 use crate::train::interrupt::{self, Stopped};
-use crate::train::{self, Position, Progress, Report, TrainConfig, TrainLoop, TrainOutcome};
+use crate::train::{self, Position, Progress, TrainConfig, TrainLoop, TrainOutcome};
 use crate::viz::{pca, plot};
 
 pub use crate::evaluate::DEFAULT_EVALUATION_SAMPLES;
@@ -127,6 +128,7 @@ pub fn train(request: &TrainRequest) -> Result<PathBuf> {
             vs,
             start: Position::default(),
             seconds_before: 0.0,
+            validation_seconds: Cell::new(0.0),
             device,
             progress: request.progress,
         },
@@ -192,6 +194,7 @@ pub fn resume(request: &ResumeRequest) -> Result<PathBuf> {
             vs: checkpoint.vs,
             start: checkpoint.position,
             seconds_before: checkpoint.config.training_seconds,
+            validation_seconds: Cell::new(checkpoint.config.validation_seconds),
             device,
             progress: request.progress,
         },
@@ -259,6 +262,8 @@ struct Session {
     vs: nn::VarStore,
     start: Position,
     seconds_before: f64,
+    /// Seconds spent scoring validation rows so far, by this run and the ones it resumes.
+    validation_seconds: Cell<f64>,
     device: Device,
     progress: Progress,
 }
@@ -276,6 +281,7 @@ impl Session {
             training: self.training.clone(),
             trained_on: describe(self.device),
             training_seconds: seconds,
+            validation_seconds: self.validation_seconds.get(),
             metrics,
             checkpoint,
             run_id: self.run_id.clone(),
@@ -330,8 +336,11 @@ fn run_training(session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
             last_checkpoint = Some(position.samples_seen(&training));
             Ok(())
         };
-        let mut on_report = |report: &Report, forward: &train::Forward<'_>| {
-            let validation = evaluate::evaluate_by(&session.model, forward, &validation_data, |_, _| {})?.metrics;
+        let mut on_report = |report: &train::Report, forward: &train::Forward<'_>| {
+            let started = Instant::now();
+            let validation = evaluate_by(&session.model, forward, &validation_data, |_, _| {})?.metrics;
+            let seconds = &session.validation_seconds;
+            seconds.set(seconds.get() + started.elapsed().as_secs_f64());
             // A stop signal cuts the validation short: its partial figures are not kept.
             let validation = interrupt::requested().is_none().then_some(validation);
             metrics_log.append(&metrics_row(report, validation.as_ref()))
@@ -392,7 +401,7 @@ fn run_training(session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
     }
     let evaluation_data =
         BatchStream::of(Arc::clone(&session.data.evaluation), evaluation_batch, device).keeping_samples();
-    let evaluation = evaluate::evaluate(&session.model, &evaluation_data);
+    let evaluation = crate::evaluate::evaluate(&session.model, &evaluation_data);
     if let Some(signal) = interrupt::requested() {
         return Err(unscored(signal).into());
     }
@@ -402,7 +411,7 @@ fn run_training(session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
     console.line(format!(
         "Trained in {seconds:.1}s on {}. {}",
         describe(device),
-        describe_evaluation(&session.task, &evaluation)
+        evaluate::describe_evaluation(&session.task, &evaluation)
     ));
     console.line(format!("Saved the model to {}", dir.display()));
     if let Err(error) = console.finish() {
@@ -412,7 +421,7 @@ fn run_training(session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
 }
 
 /// One line of `metrics.csv`: a training report and the validation figures scored with it.
-fn metrics_row(report: &Report, validation: Option<&evaluate::Metrics>) -> MetricsRow {
+fn metrics_row(report: &train::Report, validation: Option<&Metrics>) -> MetricsRow {
     MetricsRow {
         samples_seen: report.samples_seen as u64,
         epoch: report.epoch + 1,
@@ -424,264 +433,6 @@ fn metrics_row(report: &Report, validation: Option<&evaluate::Metrics>) -> Metri
         validation_char_accuracy: validation.and_then(|v| v.char_accuracy),
         validation_sequence_accuracy: validation.and_then(|v| v.sequence_accuracy),
     }
-}
-
-/// The evaluation stream of `seed`, with samples kept for the per-operator breakdown.
-fn evaluation_stream(task: &Task, seed: u64, samples: usize, device: Device) -> Result<BatchStream> {
-    let batch = evaluation_batch_size(&ModelShape::for_task(task));
-    Ok(BatchStream::new(task, seed, Stream::Evaluation, samples, batch, device)?.keeping_samples())
-}
-
-/// The final figures in words: on fresh samples of a generated problem, on the held-out part of
-/// the user's file.
-fn describe_evaluation(task: &Task, evaluation: &Evaluation) -> String {
-    let samples = evaluation.metrics.samples;
-    match task {
-        Task::Pairs(_) => return format!("On {samples} held-out pairs: {}", describe_pairs(evaluation)),
-        Task::Autoencoder(problem) if problem.data.is_some() => {
-            return format!("On {samples} held-out sequences: {}", evaluation.metrics.describe());
-        }
-        _ => {}
-    }
-    let mut text = format!("On {} fresh samples: {}", evaluation.metrics.samples, evaluation.metrics.describe());
-    if !evaluation.by_operator.is_empty() {
-        let parts: Vec<String> = evaluation
-            .by_operator
-            .iter()
-            .map(|o| match o.samples {
-                0 => format!("{} not drawn", o.operator),
-                samples => format!("{} {:.2}% of {samples}", o.operator, 100.0 * o.sequence_accuracy),
-            })
-            .collect();
-        text.push_str(&format!("\nSequence accuracy of expressions using each operator: {}", parts.join(", ")));
-    }
-    text
-}
-
-/// Everything `evaluate` needs.
-#[derive(Debug, Clone)]
-pub struct EvaluateRequest {
-    pub model_dir: PathBuf,
-    pub samples: usize,
-    /// Defaults to the training seed, which reproduces the figures saved in `config.json`.
-    pub seed: Option<u64>,
-    pub device: DeviceChoice,
-    pub json: bool,
-    /// List this many wrong predictions, with accuracy by output position and by answer size.
-    pub errors: Option<usize>,
-    /// Pairs to score a model of pairs on (default: its own held-out part).
-    pub data: Option<PairFiles>,
-    pub skip_bad_lines: bool,
-}
-
-/// What `evaluate --json` prints: the figures, and with `--errors` the [`ErrorReport`]'s keys
-/// (`wrong`, `errors`, `by_position`, `by_size`).
-#[derive(Debug, Serialize)]
-struct EvaluateJson<'a> {
-    #[serde(flatten)]
-    evaluation: &'a Evaluation,
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    mistakes: Option<&'a ErrorReport>,
-}
-
-/// Scores a saved model on fresh samples.
-pub fn evaluate(request: &EvaluateRequest) -> Result<Evaluation> {
-    if !(1..=train::MAX_SAMPLES).contains(&request.samples) {
-        bail!("the number of samples must be between 1 and {}, got {}", train::MAX_SAMPLES, request.samples);
-    }
-    let device = request.device.resolve()?;
-    let loaded = checkpoint::load(&request.model_dir, device)?;
-    if let Task::Pairs(problem) = &loaded.config.task {
-        return evaluate_pairs(request, &loaded, problem, device);
-    }
-    if let Task::Autoencoder(problem) = &loaded.config.task
-        && (request.data.is_some() || problem.data.is_some())
-    {
-        return evaluate_sequences(request, &loaded, problem, device);
-    }
-    if request.data.is_some() {
-        bail!(
-            "--data scores a model of your own pairs or an autoencoder; {} holds {}, scored on fresh samples \
-             without it",
-            request.model_dir.display(),
-            loaded.config.task.model_kind()
-        );
-    }
-    let seed = request.seed.unwrap_or(loaded.config.training.seed);
-    let problem = match (&loaded.config.task, request.errors) {
-        (Task::Autoencoder(_), Some(_)) => bail!(
-            "--errors lists wrong answers of arithmetic models; {} holds an autoencoder, whose errors are \
-             the mean squared and largest absolute error that evaluate prints without it",
-            request.model_dir.display()
-        ),
-        (Task::Arithmetic(problem), Some(_)) => Some(problem),
-        (_, _) => None,
-    };
-    let data = evaluation_stream(&loaded.config.task, seed, request.samples, device)?;
-    let mut tally = match (problem, request.errors) {
-        (Some(problem), Some(limit)) => Some(MistakeTally::new(problem, limit)),
-        _ => None,
-    };
-    let evaluation = evaluate::evaluate_observed(&loaded.model, &data, |batch, logits| {
-        if let (Some(tally), Samples::Arithmetic(_, expressions)) = (tally.as_mut(), &batch.samples) {
-            tally.add(expressions, &batch.targets, logits);
-        }
-    });
-    let report = tally.map(MistakeTally::finish);
-    if request.json {
-        print_line(serde_json::to_string(&EvaluateJson { evaluation: &evaluation, mistakes: report.as_ref() })?)?;
-    } else {
-        print_line(format!(
-            "{} (seed {seed}, {})",
-            describe_evaluation(&loaded.config.task, &evaluation),
-            describe(device)
-        ))?;
-        if let (Some(problem), Some(report)) = (problem, &report) {
-            print_line(report.describe(evaluation.metrics.samples, problem))?;
-        }
-    }
-    Ok(evaluation)
-}
-
-/// What `evaluate --json` prints for a model of pairs.
-#[derive(Debug, Serialize)]
-struct PairEvaluationJson<'a> {
-    samples: usize,
-    loss: f64,
-    token_accuracy: Option<f64>,
-    sequence_accuracy: Option<f64>,
-    token_error_rate: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    wrong: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    errors: Option<&'a [PairMistake]>,
-}
-
-/// Scores a model of pairs on `--data`, or on its own held-out part.
-fn evaluate_pairs(
-    request: &EvaluateRequest,
-    loaded: &checkpoint::LoadedModel,
-    problem: &PairsProblem,
-    device: Device,
-) -> Result<Evaluation> {
-    if request.seed.is_some() {
-        bail!("--seed draws fresh samples of a generated problem; a model of pairs scores the pairs it is given");
-    }
-    let (corpus, origin) = match &request.data {
-        Some(files) => {
-            let mut notes = Vec::new();
-            let mut corpus = load::read_for_model(problem, files, request.skip_bad_lines, &mut notes)?;
-            let limits = corpus.limit_lengths(Some(problem.max_source_len), Some(problem.max_target_len));
-            notes.extend(limits.describe().map(|text| format!("{text}, which this model cannot read or write")));
-            for line in notes {
-                output::note(line);
-            }
-            if corpus.is_empty() {
-                bail!("{files} holds no pair this model can score");
-            }
-            (Arc::new(corpus), files.to_string())
-        }
-        None => {
-            let pairs = load::reload(problem, loaded.config.training.seed)?;
-            (pairs.validation, format!("the held-out part of {}", problem.data.files()?))
-        }
-    };
-    let source = PairSource::new(problem, corpus, None);
-    let batch = evaluation_batch_size(&loaded.model.shape());
-    let data = BatchStream::of(Arc::new(source), batch, device).keeping_samples();
-    let mut mistakes = request.errors.map(|limit| PairMistakes::new(problem, limit));
-    let evaluation = evaluate::evaluate_observed(&loaded.model, &data, |batch, logits| {
-        if let (Some(mistakes), Samples::Pairs(_, pairs)) = (mistakes.as_mut(), &batch.samples) {
-            mistakes.add(pairs, logits);
-        }
-    });
-    let mistakes = mistakes.map(PairMistakes::finish);
-    let metrics = &evaluation.metrics;
-    if request.json {
-        print_line(serde_json::to_string(&PairEvaluationJson {
-            samples: metrics.samples,
-            loss: metrics.loss,
-            token_accuracy: metrics.char_accuracy,
-            sequence_accuracy: metrics.sequence_accuracy,
-            token_error_rate: evaluation.token_error_rate,
-            wrong: mistakes.as_ref().map(|(wrong, _)| *wrong),
-            errors: mistakes.as_ref().map(|(_, kept)| kept.as_slice()),
-        })?)?;
-    } else {
-        print_line(format!(
-            "On {} pairs of {origin}: {} ({})",
-            metrics.samples,
-            describe_pairs(&evaluation),
-            describe(device)
-        ))?;
-        if let Some((wrong, kept)) = &mistakes {
-            let mut text = format!("{wrong} of {} wrong; the most confident:", metrics.samples);
-            for mistake in kept {
-                text.push_str(&format!(
-                    "\n  {}  →  {}  (expected {}, confidence {:.2})",
-                    mistake.input, mistake.prediction, mistake.expected, mistake.confidence
-                ));
-            }
-            print_line(text)?;
-        }
-    }
-    Ok(evaluation)
-}
-
-/// Scores an autoencoder on a file of sequences (`--data`), or on the held-out part of the file
-/// it was trained on.
-fn evaluate_sequences(
-    request: &EvaluateRequest,
-    loaded: &checkpoint::LoadedModel,
-    problem: &SequenceProblem,
-    device: Device,
-) -> Result<Evaluation> {
-    if request.seed.is_some() || request.errors.is_some() {
-        bail!("--seed and --errors do not apply to an autoencoder scored on a file of sequences");
-    }
-    let (held, origin) = match &request.data {
-        Some(PairFiles::Tabbed(path)) => {
-            let mut notes = Vec::new();
-            let held = sequences::read_file(path, Some(problem.length), request.skip_bad_lines, &mut notes)?;
-            notes.iter().for_each(output::note);
-            (Arc::new(held), path.display().to_string())
-        }
-        Some(PairFiles::Aligned { .. }) => {
-            bail!("an autoencoder reads one file of sequences: give it with --data FILE, not --source/--target")
-        }
-        None => {
-            let file = sequences::reload(problem, loaded.config.training.seed)?;
-            let origin = problem.data.as_ref().map_or_else(String::new, |data| data.data.display().to_string());
-            (file.validation, format!("the held-out part of {origin}"))
-        }
-    };
-    let source = SequenceSource::new(problem, held, None);
-    let data = BatchStream::of(Arc::new(source), evaluation_batch_size(&loaded.model.shape()), device);
-    let evaluation = evaluate::evaluate(&loaded.model, &data);
-    if request.json {
-        print_line(serde_json::to_string(&evaluation)?)?;
-    } else {
-        let figures = evaluation.metrics.describe();
-        print_line(format!(
-            "On {} sequences of {origin}: {figures} ({})",
-            evaluation.metrics.samples,
-            describe(device)
-        ))?;
-    }
-    Ok(evaluation)
-}
-
-/// `loss 0.1234, token accuracy 97.10%, sequence accuracy 80.00%, token error rate 4.20%`.
-fn describe_pairs(evaluation: &Evaluation) -> String {
-    let metrics = &evaluation.metrics;
-    let percent = |value: Option<f64>| value.map_or_else(|| "?".to_owned(), |v| format!("{:.2}%", 100.0 * v));
-    format!(
-        "loss {:.4}, token accuracy {}, sequence accuracy {}, token error rate {}",
-        metrics.loss,
-        percent(metrics.char_accuracy),
-        percent(metrics.sequence_accuracy),
-        percent(evaluation.token_error_rate)
-    )
 }
 
 /// Everything `predict` needs.
@@ -859,8 +610,23 @@ pub struct PlotRequest {
     pub out: Option<PathBuf>,
 }
 
-/// Draws the learning curve of a model directory's `metrics.csv`; returns the picture's path.
-pub fn plot(request: &PlotRequest) -> Result<PathBuf> {
+/// What `plot` drew.
+#[derive(Debug, Serialize)]
+pub struct PlotReport {
+    /// Rows of the metrics log drawn.
+    pub reports: usize,
+    pub metrics: PathBuf,
+    pub picture: PathBuf,
+}
+
+impl Report for PlotReport {
+    fn text(&self) -> String {
+        format!("Drew {} reports of {} into {}", self.reports, self.metrics.display(), self.picture.display())
+    }
+}
+
+/// Draws the learning curve of a model directory's `metrics.csv`.
+pub fn plot(request: &PlotRequest) -> Result<PlotReport> {
     let config = checkpoint::read_model_dir_config(&request.model_dir)?;
     let metrics_path = request.model_dir.join(METRICS_FILE);
     if !metrics_path.exists() {
@@ -870,13 +636,18 @@ pub fn plot(request: &PlotRequest) -> Result<PathBuf> {
     let out = request.out.clone().unwrap_or_else(|| request.model_dir.join(LEARNING_CURVE_FILE));
     let title = format!("Learning curve: {}", config.task.describe());
     plot::learning_curve(&rows, &title, &out)?;
-    print_line(format!("Drew {} reports of {} into {}", rows.len(), metrics_path.display(), out.display()))?;
-    Ok(out)
+    Ok(PlotReport { reports: rows.len(), metrics: metrics_path, picture: out })
 }
 
-/// Prints versions, CUDA availability and the device count.
-pub fn info() -> Result<()> {
-    print_line(runtime_report())
+impl Report for RuntimeInfo {
+    fn text(&self) -> String {
+        self.describe()
+    }
+}
+
+/// Versions, CUDA availability, the device count and threads.
+pub fn info() -> RuntimeInfo {
+    RuntimeInfo::now()
 }
 
 #[cfg(test)]

@@ -208,6 +208,7 @@ mod tests {
             max_terms: 4,
             largest: 999,
             reverse: true,
+            alphabet: None,
         })
     }
 

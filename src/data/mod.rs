@@ -244,6 +244,7 @@ mod tests {
             max_terms: 3,
             largest: 20,
             reverse: true,
+            alphabet: None,
         };
         let task = Task::Arithmetic(problem.clone());
         let stream = BatchStream::new(&task, 9, Stream::Training, 64, 64, Device::Cpu).expect("arithmetic is drawn");

@@ -112,22 +112,51 @@ pub fn autograd_forced() -> bool {
     *FORCED.get_or_init(|| std::env::var_os(FORCE_AUTOGRAD_VARIABLE).is_some_and(|value| value == "1"))
 }
 
-/// What `seq2seq info` prints: versions, CUDA availability and the device count (and whether
-/// [`FORCE_AUTOGRAD_VARIABLE`] is set).
-pub fn runtime_report() -> String {
-    let forced = if autograd_forced() {
-        format!("\n{FORCE_AUTOGRAD_VARIABLE}=1: the CPU runs libtorch's lstm op with autograd, as a GPU does")
-    } else {
-        String::new()
-    };
-    format!(
-        "seq2seq {}\nlibtorch {LIBTORCH_VERSION}\ncuda available: {}\ncuda devices: {}\ncudnn available: {}\ncpu threads: {}",
-        env!("CARGO_PKG_VERSION"),
-        if Cuda::is_available() { "yes" } else { "no" },
-        Cuda::device_count(),
-        if Cuda::cudnn_is_available() { "yes" } else { "no" },
-        tch::get_num_threads(),
-    ) + &forced
+/// What `seq2seq info` reports: versions, CUDA availability, the device count, threads, and
+/// whether [`FORCE_AUTOGRAD_VARIABLE`] is set.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RuntimeInfo {
+    pub seq2seq: &'static str,
+    pub libtorch: &'static str,
+    pub cuda_available: bool,
+    pub cuda_devices: i64,
+    pub cudnn_available: bool,
+    pub cpu_threads: i32,
+    /// The CPU runs libtorch's lstm op with autograd, as a GPU does ([`FORCE_AUTOGRAD_VARIABLE`]).
+    pub autograd_forced: bool,
+}
+
+impl RuntimeInfo {
+    pub fn now() -> Self {
+        Self {
+            seq2seq: env!("CARGO_PKG_VERSION"),
+            libtorch: LIBTORCH_VERSION,
+            cuda_available: Cuda::is_available(),
+            cuda_devices: Cuda::device_count(),
+            cudnn_available: Cuda::cudnn_is_available(),
+            cpu_threads: tch::get_num_threads(),
+            autograd_forced: autograd_forced(),
+        }
+    }
+
+    /// One `name: value` line each, as `seq2seq info` prints them.
+    pub fn describe(&self) -> String {
+        let yes_no = |flag: bool| if flag { "yes" } else { "no" };
+        let forced = if self.autograd_forced {
+            format!("\n{FORCE_AUTOGRAD_VARIABLE}=1: the CPU runs libtorch's lstm op with autograd, as a GPU does")
+        } else {
+            String::new()
+        };
+        format!(
+            "seq2seq {}\nlibtorch {}\ncuda available: {}\ncuda devices: {}\ncudnn available: {}\ncpu threads: {}",
+            self.seq2seq,
+            self.libtorch,
+            yes_no(self.cuda_available),
+            self.cuda_devices,
+            yes_no(self.cudnn_available),
+            self.cpu_threads,
+        ) + &forced
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use crate::nn::optim::Adam;
 use crate::store::files::{self, check_safetensors, read_text};
 use crate::store::lock::{DirLock, lock_dir};
 use crate::task::Task;
+use crate::task::vocab::Alphabet;
 use crate::train::{Position, TrainConfig};
 
 pub use crate::store::files::write_atomically;
@@ -48,8 +49,8 @@ pub const FORMAT_VERSION: u32 = 2;
 pub struct SavedConfig {
     pub format_version: u32,
     pub task: Task,
-    /// Symbols in class-index order, for character tasks (recorded for readers; it follows
-    /// from the task).
+    /// Symbols in class-index order, for arithmetic: the source of truth for its class
+    /// indices once saved (a model of pairs keeps its vocabularies in the task).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alphabet: Option<String>,
     pub input_len: usize,
@@ -58,6 +59,10 @@ pub struct SavedConfig {
     pub training: TrainConfig,
     pub trained_on: String,
     pub training_seconds: f64,
+    /// Of `training_seconds`, the time spent scoring the validation rows of `metrics.csv`
+    /// (0 in directories written before it was recorded).
+    #[serde(default)]
+    pub validation_seconds: f64,
     /// Scores on fresh samples after training (evaluation stream of `training.seed`); a
     /// checkpoint has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -430,9 +435,23 @@ pub fn read_model_dir_config(dir: &Path) -> Result<SavedConfig> {
         bail!("{} is not a directory: --model takes the directory that `train` wrote", dir.display());
     }
     let config_path = dir.join(CONFIG_FILE);
-    let config = read_config(&config_path)?;
-    check_consistent(&config).with_context(|| format!("{} is inconsistent", config_path.display()))?;
+    let mut config = read_config(&config_path)?;
+    adopt_alphabet(&mut config)
+        .and_then(|()| check_consistent(&config))
+        .with_context(|| format!("{} is inconsistent", config_path.display()))?;
     Ok(config)
+}
+
+/// Hands the alphabet that `config.json` records to an arithmetic task, whose class indices it
+/// then decides; the task's validation checks that it holds every symbol the problem needs.
+fn adopt_alphabet(config: &mut SavedConfig) -> Result<()> {
+    match (&mut config.task, &config.alphabet) {
+        (Task::Arithmetic(problem), Some(symbols)) => problem.alphabet = Some(Alphabet::from_symbols(symbols)?),
+        (Task::Arithmetic(_), None) => bail!("it records no alphabet, which an arithmetic model needs"),
+        (task, Some(_)) => bail!("it records an alphabet, which {} does not have", task.model_kind()),
+        (_, None) => {}
+    }
+    Ok(())
 }
 
 fn read_config(path: &Path) -> Result<SavedConfig> {
@@ -470,20 +489,12 @@ fn upgrade_from_version_1(value: &mut serde_json::Value) {
     object.insert("format_version".to_owned(), FORMAT_VERSION.into());
 }
 
-/// The config's parts must agree: alphabet and lengths follow from the task.
+/// The config's parts must agree: the lengths follow from the task.
 fn check_consistent(config: &SavedConfig) -> Result<()> {
     config.task.validate()?;
     config.model.validate()?;
     config.training.validate()?;
     config.model.check_memory(&config.shape(), None)?;
-    let alphabet = config.task.alphabet().map(|a| a.as_string());
-    if config.alphabet != alphabet {
-        let show = |alphabet: &Option<String>| match alphabet {
-            Some(symbols) => format!("\"{symbols}\""),
-            None => "none".to_owned(),
-        };
-        bail!("the alphabet is {}, but the task's is {}", show(&config.alphabet), show(&alphabet));
-    }
     let (input_len, output_len) = (config.task.input_len(), config.task.output_len());
     if (config.input_len, config.output_len) != (input_len, output_len) {
         bail!(

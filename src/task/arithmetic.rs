@@ -141,12 +141,24 @@ pub struct ArithmeticProblem {
     /// The encoder reads each expression backwards (Sutskever et al., 2014); users still
     /// type and see it forwards.
     pub reverse: bool,
+    /// The symbols in class-index order that a saved model's `config.json` records (its
+    /// top-level `alphabet`), which are then the source of truth; `None` for a new problem,
+    /// whose alphabet follows from its operators ([`ArithmeticProblem::own_alphabet`]).
+    #[serde(skip)]
+    pub alphabet: Option<Alphabet>,
 }
 
 impl Default for ArithmeticProblem {
     /// The reference problem: three terms, each 1..=10, added (`10+10+10` is the longest input).
     fn default() -> Self {
-        Self { operators: Operators(vec![Operator::Add]), min_terms: 3, max_terms: 3, largest: 10, reverse: false }
+        Self {
+            operators: Operators(vec![Operator::Add]),
+            min_terms: 3,
+            max_terms: 3,
+            largest: 10,
+            reverse: false,
+            alphabet: None,
+        }
     }
 }
 
@@ -241,12 +253,27 @@ impl ArithmeticProblem {
                 self.operators
             );
         }
+        if let Some(stored) = &self.alphabet
+            && let Some(missing) = self.own_alphabet().symbols().find(|&symbol| stored.index_of(symbol).is_none())
+        {
+            bail!(
+                "the alphabet \"{}\" lacks {missing:?}, which expressions of {} read or write",
+                stored.as_string(),
+                self.operators
+            );
+        }
         Ok(())
     }
 
-    /// The characters this problem reads and writes: digits, its operators, the padding space.
-    /// For the reference problem this is the reference's `0123456789+ `.
+    /// The symbols and their class indices: the saved model's when it has one, else
+    /// [`ArithmeticProblem::own_alphabet`].
     pub fn alphabet(&self) -> Alphabet {
+        self.alphabet.clone().unwrap_or_else(|| self.own_alphabet())
+    }
+
+    /// The characters this problem reads and writes: digits, its operators, the padding space,
+    /// in that order. For the reference problem this is the reference's `0123456789+ `.
+    pub fn own_alphabet(&self) -> Alphabet {
         let symbols: String = ('0'..='9').chain(self.operators.iter().map(Operator::symbol)).chain([PAD]).collect();
         Alphabet::from_symbols(&symbols).expect("digits, distinct operators and the pad are distinct")
     }
@@ -533,6 +560,7 @@ mod tests {
             max_terms: terms.max,
             largest,
             reverse: false,
+            alphabet: None,
         }
     }
 

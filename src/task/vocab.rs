@@ -36,6 +36,11 @@ impl Alphabet {
         self.symbols.iter().collect()
     }
 
+    /// The symbols in index order.
+    pub fn symbols(&self) -> impl Iterator<Item = char> + '_ {
+        self.symbols.iter().copied()
+    }
+
     /// Number of symbols: the one-hot width and the number of output classes.
     pub fn len(&self) -> usize {
         self.symbols.len()
