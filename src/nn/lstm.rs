@@ -424,7 +424,7 @@ impl Layer {
 ///
 /// # Safety
 /// Nothing may write to the tensor's memory while the slice is alive.
-unsafe fn floats<T: Element>(tensor: &Tensor) -> &[T] {
+pub(crate) unsafe fn floats<T: Element>(tensor: &Tensor) -> &[T] {
     check_layout::<T>(tensor);
     // SAFETY: the tensor owns `numel` contiguous `T`s at `data_ptr`; the caller keeps writers away.
     unsafe { std::slice::from_raw_parts(tensor.data_ptr() as *const T, tensor.numel()) }
@@ -435,7 +435,7 @@ unsafe fn floats<T: Element>(tensor: &Tensor) -> &[T] {
 /// # Safety
 /// No other reference to the tensor's memory may be alive while the slice is.
 #[allow(clippy::mut_from_ref)]
-unsafe fn floats_mut(tensor: &Tensor) -> &mut [f32] {
+pub(crate) unsafe fn floats_mut(tensor: &Tensor) -> &mut [f32] {
     check_layout::<f32>(tensor);
     // SAFETY: as in `floats`, and the caller guarantees exclusive access.
     unsafe { std::slice::from_raw_parts_mut(tensor.data_ptr() as *mut f32, tensor.numel()) }

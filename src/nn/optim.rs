@@ -2,14 +2,19 @@
 //! continues bit for bit. (tch's `nn::Adam` wraps libtorch's C++ optimiser and hides its state.)
 //!
 //! The update is `torch.optim.Adam`'s default on the CPU (the single-tensor path: betas
-//! 0.9/0.999, eps 1e-8, no weight decay, no amsgrad), op for op, so its rounding is PyTorch's.
+//! 0.9/0.999, eps 1e-8, no weight decay, no amsgrad), with PyTorch's rounding: on a GPU op for
+//! op, and for float32 on the CPU in one pass over the elements ([`fused`]) that rounds as
+//! those ops' kernels do, bit for bit.
 
 use std::collections::BTreeMap;
 
 use anyhow::{Result, bail};
 use tch::{Device, Kind, Tensor, nn};
 
-use crate::nn::device::dtype_name;
+use crate::nn::device::{autograd_forced, dtype_name};
+use crate::nn::lstm::{floats, floats_mut};
+
+mod fused;
 
 const BETA1: f64 = 0.9;
 const BETA2: f64 = 0.999;
@@ -148,8 +153,50 @@ impl Adam {
 
     /// One Adam update from the gradients written into the [`Adam::gradient_slot`]s.
     pub fn step_from_buffer(&mut self) {
+        self.step(self.runs_fused());
+    }
+
+    /// One update, in one pass ([`Adam::step_fused`]) or by libtorch's ops.
+    fn step(&mut self, fused: bool) {
         let (bias_correction2_sqrt, step_size) = self.next_step();
-        tch::no_grad(|| self.step_flat(bias_correction2_sqrt, step_size));
+        if fused {
+            self.step_fused(bias_correction2_sqrt, step_size);
+        } else {
+            tch::no_grad(|| self.step_flat(bias_correction2_sqrt, step_size));
+        }
+    }
+
+    /// Whether steps run as one pass in Rust ([`fused`]): float32 on the CPU, as the
+    /// hand-written LSTM passes. A GPU, and the CPU under [`crate::nn::device::FORCE_AUTOGRAD_VARIABLE`]
+    /// (which stands in for one in the tests), run libtorch's ops.
+    fn runs_fused(&self) -> bool {
+        let on_cpu = |tensor: &Tensor| tensor.device() == Device::Cpu && tensor.kind() == Kind::Float;
+        !autograd_forced()
+            && on_cpu(&self.flat.grad)
+            && self.parameters.iter().all(|p| on_cpu(&p.variable) && p.variable.is_contiguous())
+    }
+
+    /// [`Adam::step_flat`] in two passes over the elements ([`fused`]) around libtorch's `sqrt`.
+    fn step_fused(&mut self, bias_correction2_sqrt: f64, step_size: f64) {
+        let constants = fused::Constants::new(bias_correction2_sqrt, step_size);
+        {
+            // SAFETY: the flat buffers are contiguous float32 CPU tensors that this optimiser
+            // owns alone; no other reference to them is alive here.
+            let (exp_avg, exp_avg_sq, grad) = unsafe {
+                (floats_mut(&self.flat.exp_avg), floats_mut(&self.flat.exp_avg_sq), floats::<f32>(&self.flat.grad))
+            };
+            fused::moments(exp_avg, exp_avg_sq, grad, &constants);
+        }
+        let _ = self.flat.exp_avg_sq.sqrt_out(&self.flat.denom);
+        // SAFETY: as above; `sqrt_out` has finished writing `denom`.
+        let (exp_avg, denom) = unsafe { (floats::<f32>(&self.flat.exp_avg), floats::<f32>(&self.flat.denom)) };
+        for parameter in &self.parameters {
+            let range = parameter.start as usize..parameter.start as usize + parameter.variable.numel();
+            // SAFETY: `runs_fused` checked that the variable is a contiguous float32 CPU tensor;
+            // nothing else reads or writes it during the step.
+            let weights = unsafe { floats_mut(&parameter.variable) };
+            fused::weights(weights, &exp_avg[range.clone()], &denom[range], &constants);
+        }
     }
 
     /// Counts a step; returns its `(sqrt of the second bias correction, step size)`, which
@@ -346,6 +393,58 @@ mod tests {
         // The weights moved: the comparison is not between two untouched models.
         let (untouched_vs, _) = model(1);
         assert!(!reference["encoder.weight_ih_l0"].equal(&weights(&untouched_vs)["encoder.weight_ih_l0"]));
+    }
+
+    /// Two optimisers over equal variables whose lengths leave every kind of remainder at the
+    /// end of the flat buffer, fed the same gradients: one pass in Rust and libtorch's ops agree
+    /// to the last bit, in the weights and in both moments.
+    #[test]
+    fn the_fused_pass_rounds_as_libtorchs_ops() {
+        const STEPS: usize = 25;
+        let build = || {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let root = vs.root();
+            for (name, shape) in [("a", vec![300i64, 91]), ("b", vec![75]), ("c", vec![13, 3]), ("d", vec![5])] {
+                let _ = root.var(name, &shape, nn::Init::Uniform { lo: -0.5, up: 0.5 });
+            }
+            vs
+        };
+        let (fused_vs, ops_vs) = (build(), build());
+        tch::no_grad(|| {
+            for (name, mut variable) in ops_vs.variables() {
+                variable.copy_(&fused_vs.variables()[&name]);
+            }
+        });
+        let (mut fused, mut ops) = (Adam::new(&fused_vs, 0.003), Adam::new(&ops_vs, 0.003));
+        let total = fused.gradient_buffer().numel();
+        assert_ne!(total % 16, 0, "some elements take libtorch's scalar remainder");
+        let mut rng = StdRng::seed_from_u64(9);
+        for step in 0..STEPS {
+            // Gradients of very different sizes, as a training run's first and later steps see.
+            let scale = [1.0f32, 1e-3, 30.0, 1e-6][step % 4];
+            let values: Vec<f32> = (0..total).map(|_| scale * rng.random_range(-1.0f32..1.0)).collect();
+            fused.gradient_buffer().copy_(&Tensor::from_slice(&values));
+            ops.gradient_buffer().copy_(&Tensor::from_slice(&values));
+            fused.step(true);
+            ops.step(false);
+        }
+        // The positions whose bits differ, as few as there are.
+        let differing = |a: &Tensor, b: &Tensor| -> Vec<usize> {
+            let floats = |t: &Tensor| Vec::<f32>::try_from(t.flatten(0, -1)).expect("float32 values");
+            floats(a)
+                .iter()
+                .zip(floats(b))
+                .enumerate()
+                .filter(|(_, (x, y))| x.to_bits() != y.to_bits())
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let first = |positions: Vec<usize>| (positions.len(), positions.into_iter().take(8).collect::<Vec<_>>());
+        assert_eq!(first(differing(&fused.flat.exp_avg, &ops.flat.exp_avg)), (0, vec![]), "first moments");
+        assert_eq!(first(differing(&fused.flat.exp_avg_sq, &ops.flat.exp_avg_sq)), (0, vec![]), "second moments");
+        for (name, variable) in fused_vs.variables() {
+            assert_eq!(first(differing(&variable, &ops_vs.variables()[&name])), (0, vec![]), "weights of {name}");
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use anyhow::{Result, anyhow};
 use tch::{Kind, Tensor};
 
 use crate::data::mix_seed;
-use crate::nn::lstm::Masks;
+use crate::nn::lstm::{Masks, floats, floats_mut};
 use crate::nn::model::{Gradients, Seq2Seq};
 use crate::nn::optim::Adam;
 use crate::task::pairs::IGNORED;
@@ -35,6 +35,18 @@ fn receive<T>(receiver: &Receiver<T>) -> Result<T, RecvError> {
             Err(TryRecvError::Empty) => return receiver.recv(),
         }
     }
+}
+
+/// `buffer *= weight`, rounded as libtorch's `mul_` by a scalar.
+fn scale(buffer: &mut [f32], weight: f32) {
+    buffer.iter_mut().for_each(|x| *x *= weight);
+}
+
+/// `buffer += gradient * weight`, rounded as libtorch's `mul` then `add_`: the product, then the
+/// sum (Rust never fuses the two into one rounding).
+fn add_scaled(buffer: &mut [f32], gradient: &[f32], weight: f32) {
+    assert_eq!(buffer.len(), gradient.len(), "gradient buffers share one layout");
+    buffer.iter_mut().zip(gradient).for_each(|(x, &g)| *x += g * weight);
 }
 
 /// Fewer rows than this per share are not worth a thread.
@@ -159,14 +171,19 @@ impl<'a> SharedStep<'a> {
         let weight = |share: usize| counted[share] / total;
         let mut outputs = vec![own_output];
         let mut loss = own_loss * weight(0);
+        // SAFETY: shares exist only for the hand-written passes, so the optimiser's gradient
+        // buffer is a contiguous float32 CPU tensor; nothing else touches it during the step.
+        let buffer = unsafe { floats_mut(&self.buffer) };
+        scale(buffer, weight(0) as f32);
         tch::no_grad(|| -> Result<()> {
-            let _ = self.buffer.g_mul_scalar_(weight(0));
             for (share, helper) in helpers.iter().enumerate() {
                 let share = share + 1;
                 let (output, share_loss) =
                     receive(&helper.results).map_err(|_| anyhow!("a training thread stopped"))?;
                 let share_loss = share_loss.ok_or_else(|| anyhow!("a training thread answered out of turn"))?;
-                let _ = self.buffer.g_add_(&(&helper.gradient * weight(share)));
+                // SAFETY: laid out as the buffer; the helper wrote it before its result came,
+                // and writes it again only after the next share is sent.
+                add_scaled(buffer, unsafe { floats::<f32>(&helper.gradient) }, weight(share) as f32);
                 loss += share_loss * weight(share);
                 outputs.push(output);
             }
