@@ -8,7 +8,10 @@ use anyhow::{Context, Result};
 use clap::ValueEnum;
 use tch::{Device, Tensor};
 
+use std::sync::Arc;
+
 use crate::data::input::{InputSource, InputSummary, for_each_batch};
+use crate::data::{BatchStream, SampleSource};
 use crate::nn::model::Seq2Seq;
 use crate::store::checkpoint::write_atomically;
 use crate::task::{Samples, Task};
@@ -22,6 +25,14 @@ pub enum EncodeFormat {
     Npy,
 }
 
+/// What `encode` encodes: users' lines, or samples the program takes itself (`encode --plot`
+/// without inputs: fresh samples, or a model's held-out pairs), accepted as they are.
+#[derive(Clone)]
+pub enum Inputs {
+    Lines(InputSource),
+    Samples(Arc<dyn SampleSource>),
+}
+
 /// Encodes every input of a source with one model.
 pub struct Encoder<'a> {
     pub model: &'a Seq2Seq,
@@ -31,6 +42,30 @@ pub struct Encoder<'a> {
 }
 
 impl Encoder<'_> {
+    /// Calls `on_batch` with up to a batch of accepted inputs at a time, in order; a bad line
+    /// costs a message on `errors`.
+    fn for_each_batch(
+        &self,
+        inputs: &Inputs,
+        errors: &mut dyn Write,
+        mut on_batch: impl FnMut(&Samples<'_>) -> Result<()>,
+    ) -> Result<InputSummary> {
+        match inputs {
+            Inputs::Lines(source) => {
+                for_each_batch(source, self.task, self.batch_size, errors, |batch| on_batch(batch))
+            }
+            Inputs::Samples(source) => {
+                let stream = BatchStream::of(Arc::clone(source), self.batch_size, Device::Cpu).keeping_samples();
+                let mut summary = InputSummary::default();
+                for batch in stream.iter() {
+                    on_batch(&batch.samples)?;
+                    summary.accepted += batch.samples.len();
+                }
+                Ok(summary)
+            }
+        }
+    }
+
     /// The vectors of one batch, `[batch, encoder_units]` on the CPU, also added to `keep`.
     fn encode_batch(&self, batch: &Samples<'_>, keep: &mut Option<&mut KeptVectors>) -> Tensor {
         let vectors = self.model.encode(&batch.input_tensor(self.device)).to_device(Device::Cpu);
@@ -41,14 +76,9 @@ impl Encoder<'_> {
     }
 
     /// Encodes every good input into `keep` only, writing no vectors.
-    pub fn collect(
-        &self,
-        source: &InputSource,
-        errors: &mut dyn Write,
-        keep: &mut KeptVectors,
-    ) -> Result<InputSummary> {
+    pub fn collect(&self, inputs: &Inputs, errors: &mut dyn Write, keep: &mut KeptVectors) -> Result<InputSummary> {
         let mut keep = Some(keep);
-        for_each_batch(source, self.task, self.batch_size, errors, |batch| {
+        self.for_each_batch(inputs, errors, |batch| {
             // The vectors are in `keep` now; nothing else needs them.
             let _ = self.encode_batch(batch, &mut keep);
             Ok(())
@@ -58,12 +88,12 @@ impl Encoder<'_> {
     /// Writes one CSV row per good input to `out` (keeping the vectors in `keep` when given).
     pub fn write_csv(
         &self,
-        source: &InputSource,
+        inputs: &Inputs,
         out: &mut dyn Write,
         errors: &mut dyn Write,
         mut keep: Option<&mut KeptVectors>,
     ) -> Result<InputSummary> {
-        for_each_batch(source, self.task, self.batch_size, errors, |batch| {
+        self.for_each_batch(inputs, errors, |batch| {
             let vectors = self.encode_batch(batch, &mut keep);
             let units = vectors.size()[1] as usize;
             let flat = Vec::<f32>::try_from(vectors.flatten(0, -1)).expect("the encoding is float32");
@@ -80,7 +110,7 @@ impl Encoder<'_> {
     /// `keep` when given).
     pub fn write_npy(
         &self,
-        source: &InputSource,
+        inputs: &Inputs,
         path: &Path,
         errors: &mut dyn Write,
         mut keep: Option<&mut KeptVectors>,
@@ -98,7 +128,7 @@ impl Encoder<'_> {
             // The row count is known only at the end: reserve a fixed-size header, fill it in last.
             file.write_all(&npy_header(0, units))?;
             let mut rows = 0usize;
-            summary = for_each_batch(source, self.task, self.batch_size, errors, |batch| {
+            summary = self.for_each_batch(inputs, errors, |batch| {
                 let vectors = self.encode_batch(batch, &mut keep);
                 let flat = Vec::<f32>::try_from(vectors.flatten(0, -1)).expect("the encoding is float32");
                 for value in flat {

@@ -15,8 +15,8 @@ use anyhow::{Result, bail};
 use serde::Serialize;
 use tch::{Device, nn};
 
-use crate::commands::encode::{EncodeFormat, Encoder, KeptVectors};
-use crate::commands::predict::Predictor;
+use crate::commands::encode::{EncodeFormat, Encoder, Inputs, KeptVectors};
+use crate::commands::predict::{AnswerStyle, Predictor};
 use crate::data::corpus::batches::PairSource;
 use crate::data::corpus::load::{self, DataSettings, LoadedPairs, load_for_training};
 use crate::data::corpus::sequences::{self, LoadedSequences, SequenceSource};
@@ -467,14 +467,13 @@ pub fn predict(request: &PredictRequest) -> Result<()> {
         );
     }
     // Someone typing at a terminal wants each answer as soon as the line is entered.
-    let interactive = matches!(request.source, InputSource::Stdin) && io::stdin().is_terminal();
+    let interactive = request.source == InputSource::Stdin && io::stdin().is_terminal();
     let predictor = Predictor {
         model: &loaded.model,
         task: &loaded.config.task,
         device,
         batch_size: if interactive { 1 } else { batch_size },
-        json: request.json,
-        verbose: request.verbose,
+        style: AnswerStyle { json: request.json, verbose: request.verbose },
         workers: request.workers,
     };
     let mut out = BufWriter::new(Stdout::lock());
@@ -536,28 +535,28 @@ pub fn encode(request: &EncodeRequest) -> Result<()> {
     let device = request.device.resolve()?;
     let loaded = checkpoint::load(&request.model_dir, device)?;
     let task = &loaded.config.task;
-    let source = match &request.source {
-        Some(source) => source.clone(),
-        None => InputSource::Samples(fresh_samples(task, loaded.config.training.seed, request.samples)?),
+    let inputs = match &request.source {
+        Some(source) => Inputs::Lines(source.clone()),
+        None => Inputs::Samples(fresh_samples(task, loaded.config.training.seed, request.samples)?),
     };
     let encoder = Encoder { model: &loaded.model, task, device, batch_size: request.batch_size };
     let mut kept = request.plot.as_ref().map(|_| KeptVectors::default());
     let summary = match (&request.out, request.format, &mut kept) {
-        (Some(path), EncodeFormat::Npy, keep) => encoder.write_npy(&source, path, &mut io::stderr(), keep.as_mut())?,
+        (Some(path), EncodeFormat::Npy, keep) => encoder.write_npy(&inputs, path, &mut io::stderr(), keep.as_mut())?,
         (Some(path), EncodeFormat::Csv, keep) => {
             let mut summary = InputSummary::default();
             checkpoint::write_atomically(path, |temporary| {
                 let mut file = BufWriter::new(std::fs::File::create(temporary)?);
-                summary = encoder.write_csv(&source, &mut file, &mut io::stderr(), keep.as_mut())?;
+                summary = encoder.write_csv(&inputs, &mut file, &mut io::stderr(), keep.as_mut())?;
                 file.flush()?;
                 Ok(())
             })?;
             summary
         }
-        (None, _, Some(keep)) => encoder.collect(&source, &mut io::stderr(), keep)?,
+        (None, _, Some(keep)) => encoder.collect(&inputs, &mut io::stderr(), keep)?,
         (None, _, None) => {
             let mut out = BufWriter::new(Stdout::lock());
-            let summary = encoder.write_csv(&source, &mut out, &mut io::stderr(), None)?;
+            let summary = encoder.write_csv(&inputs, &mut out, &mut io::stderr(), None)?;
             out.flush()?;
             summary
         }

@@ -5,37 +5,20 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use tch::Device;
 
 use crate::data::lines::{Line, LineReader, MAX_LINE_BYTES};
-use crate::data::{BatchStream, SampleSource};
 use crate::output::plain_io_message;
 
 use crate::task::{Samples, Task};
 
-/// Where inputs come from.
-#[derive(Clone)]
+/// Where users' inputs come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InputSource {
     Arguments(Vec<String>),
     File(PathBuf),
     Stdin,
-    /// Samples the program takes itself (`encode --plot` without inputs: fresh samples, or a
-    /// model's held-out pairs), accepted as they are.
-    Samples(Arc<dyn SampleSource>),
-}
-
-impl std::fmt::Debug for InputSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            InputSource::Arguments(arguments) => f.debug_tuple("Arguments").field(arguments).finish(),
-            InputSource::File(path) => f.debug_tuple("File").field(path).finish(),
-            InputSource::Stdin => f.write_str("Stdin"),
-            InputSource::Samples(source) => write!(f, "Samples({} of {})", source.len(), source.task().describe()),
-        }
-    }
 }
 
 /// Counts of what happened to the inputs.
@@ -48,12 +31,12 @@ pub struct InputSummary {
 /// Parses every input of `source` for `task` and calls `on_batch` with up to `batch_size`
 /// accepted inputs at a time, in input order. Each bad input costs one line on `errors`
 /// (`LOCATION: reason: "text"`) and does not stop the others. Memory stays bounded by one batch.
-pub fn for_each_batch(
+pub fn for_each_batch<'t>(
     source: &InputSource,
-    task: &Task,
+    task: &'t Task,
     batch_size: usize,
     errors: &mut dyn Write,
-    on_batch: impl FnMut(&Samples<'_>) -> Result<()>,
+    on_batch: impl FnMut(&Samples<'t>) -> Result<()>,
 ) -> Result<InputSummary> {
     let pending = Samples::of(task);
     let mut batcher = Batcher { batch_size, errors, on_batch, pending, summary: Default::default() };
@@ -78,27 +61,20 @@ pub fn for_each_batch(
             let stdin = File::from(io::stdin().as_fd().try_clone_to_owned().context("cannot read standard input")?);
             read_lines(&stdin, Some(stdin.as_raw_fd()), None, &mut batcher)?;
         }
-        InputSource::Samples(source) => {
-            let stream = BatchStream::of(Arc::clone(source), batch_size, Device::Cpu).keeping_samples();
-            for batch in stream.iter() {
-                (batcher.on_batch)(&batch.samples)?;
-                batcher.summary.accepted += batch.samples.len();
-            }
-        }
     }
     batcher.finish()
 }
 
 /// Collects accepted inputs into batches and reports refused ones.
-struct Batcher<'a, F> {
+struct Batcher<'a, 't, F> {
     batch_size: usize,
     errors: &'a mut dyn Write,
     on_batch: F,
-    pending: Samples<'a>,
+    pending: Samples<'t>,
     summary: InputSummary,
 }
 
-impl<F: FnMut(&Samples<'_>) -> Result<()>> Batcher<'_, F> {
+impl<'t, F: FnMut(&Samples<'t>) -> Result<()>> Batcher<'_, 't, F> {
     /// One input at `location`; `Err` carries why a line is not text at all.
     fn push(&mut self, location: &str, text: Result<&str, &str>) -> Result<()> {
         let parsed = match text {
@@ -156,11 +132,11 @@ impl<F: FnMut(&Samples<'_>) -> Result<()>> Batcher<'_, F> {
 /// Reads `source` line by line as bytes, so that a line of invalid UTF-8 is one bad line. When
 /// the next line is not there yet (a pipe or a person typing), the inputs read so far are
 /// answered first, so that nobody waits for a full batch.
-fn read_lines<F: FnMut(&Samples<'_>) -> Result<()>>(
+fn read_lines<'t, F: FnMut(&Samples<'t>) -> Result<()>>(
     source: impl Read,
     descriptor: Option<RawFd>,
     path: Option<&Path>,
-    batcher: &mut Batcher<'_, F>,
+    batcher: &mut Batcher<'_, 't, F>,
 ) -> Result<()> {
     let mut reader = LineReader::new(source, descriptor);
     let cannot_read = |error: io::Error| match path {

@@ -39,6 +39,15 @@ impl<'t> Samples<'t> {
         self.len() == 0
     }
 
+    /// A copy of the samples in `range`.
+    pub fn range(&self, range: std::ops::Range<usize>) -> Self {
+        match self {
+            Samples::Arithmetic(problem, expressions) => Samples::Arithmetic(problem, expressions[range].to_vec()),
+            Samples::Sequences(problem, sequences) => Samples::Sequences(problem, sequences[range].to_vec()),
+            Samples::Pairs(problem, pairs) => Samples::Pairs(problem, pairs[range].to_vec()),
+        }
+    }
+
     /// Forgets the samples, keeping the problem (and the memory, for the next batch).
     pub fn clear(&mut self) {
         match self {
