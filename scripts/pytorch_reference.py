@@ -248,8 +248,9 @@ def load_model(path):
     if path.is_dir():
         config = json.loads((path / "config.json").read_text())
         task = config["task"]  # config.json format 2
-        if task["kind"] != "arithmetic" or task["operators"] != "+" or task["min_terms"] != task["max_terms"]:
-            sys.exit(f"{path}: this reference handles fixed-length addition only, not {task}")
+        if (task["kind"] != "arithmetic" or task["operators"] != "+" or task["min_terms"] != task["max_terms"]
+                or task.get("reverse") or task.get("reverse_output")):
+            sys.exit(f"{path}: this reference handles fixed-length addition, read and written forwards, only, not {task}")
         n_terms, largest = task["max_terms"], task["largest"]
         state = read_safetensors(path / "model.safetensors")
         units = (config["model"]["encoder_units"], config["model"]["decoder_units"])

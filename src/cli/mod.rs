@@ -206,6 +206,10 @@ pub struct TrainArgs {
     /// The encoder reads each expression reversed (Sutskever et al., 2014).
     #[arg(long, help_heading = "Arithmetic")]
     pub reverse: bool,
+    /// The decoder writes each answer reversed, least significant digit first, so that carries
+    /// flow in writing order; answers are still shown forwards.
+    #[arg(long, help_heading = "Arithmetic")]
+    pub reverse_output: bool,
     /// Values per sequence. [default: 9]
     #[arg(long, help_heading = "Autoencoder")]
     pub length: Option<usize>,
@@ -288,7 +292,7 @@ pub struct TrainArgs {
     /// uninterrupted run would reach (on the CPU). Takes its settings from the checkpoint.
     #[arg(long, value_name = "DIR", help_heading = "Checkpoints", conflicts_with_all = [
         "task", "data", "source", "target", "valid", "valid_fraction", "min_count", "max_source_len",
-        "max_target_len", "source_tokens", "target_tokens", "skip_bad_lines", "ops", "terms", "largest", "reverse", "length", "sequence", "low", "high", "encoder_units",
+        "max_target_len", "source_tokens", "target_tokens", "skip_bad_lines", "ops", "terms", "largest", "reverse", "reverse_output", "length", "sequence", "low", "high", "encoder_units",
         "decoder_units", "encoder_layers", "decoder_layers", "dropout", "samples", "batch_size", "epochs",
         "learning_rate", "seed", "out", "overwrite", "lr_schedule", "warmup", "final_learning_rate",
     ])]
@@ -515,6 +519,7 @@ impl TrainArgs {
             ("--terms", self.terms.is_some()),
             ("--largest", self.largest.is_some()),
             ("--reverse", self.reverse),
+            ("--reverse-output", self.reverse_output),
         ];
         let autoencoder_flags = [
             ("--length", self.length.is_some()),
@@ -529,9 +534,9 @@ impl TrainArgs {
                 bail!("{flag} describes a generated problem; it does not apply to your own pairs");
             }
         }
-        let (foreign, task_name) = match kind {
-            TaskKind::Arithmetic => (autoencoder_flags, "arithmetic"),
-            TaskKind::Autoencoder => (arithmetic_flags, "autoencoder"),
+        let (foreign, task_name): (&[(&str, bool)], _) = match kind {
+            TaskKind::Arithmetic => (&autoencoder_flags, "arithmetic"),
+            TaskKind::Autoencoder => (&arithmetic_flags, "autoencoder"),
         };
         if let Some((flag, _)) = foreign.iter().find(|(_, given)| *given) {
             bail!("{flag} does not apply to --task {task_name}");
@@ -546,6 +551,7 @@ impl TrainArgs {
                     max_terms: terms.max,
                     largest: self.largest.unwrap_or(reference.largest),
                     reverse: self.reverse,
+                    reverse_output: self.reverse_output,
                     alphabet: None,
                 })
             }

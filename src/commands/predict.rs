@@ -207,8 +207,10 @@ fn write_answers(batch: &Samples<'_>, output: &Tensor, style: AnswerStyle, out: 
             let output_len = problem.output_len();
             let format_output = problem.output_formatter();
             for (index, (expression, row)) in expressions.iter().zip(flat.chunks(output_len)).enumerate() {
-                let row_probabilities = probabilities.get(index * output_len..(index + 1) * output_len);
-                let predicted = alphabet.decode(row);
+                // In reading order, as the answer is shown.
+                let row_probabilities =
+                    probabilities.get(index * output_len..(index + 1) * output_len).map(|p| problem.as_read_order(p));
+                let predicted = problem.as_read(alphabet.decode(row));
                 let value = expression.value();
                 let expected = format_output(value);
                 let is_correct = predicted == expected;
@@ -219,12 +221,12 @@ fn write_answers(batch: &Samples<'_>, output: &Tensor, style: AnswerStyle, out: 
                         prediction: predicted.trim(),
                         expected: value,
                         correct: is_correct,
-                        probabilities: row_probabilities,
+                        probabilities: row_probabilities.as_deref(),
                     };
                     writeln!(out, "{}", serde_json::to_string(&answer)?)?;
                 } else {
                     write!(out, "{} = {predicted} (expect {expected})", problem.display_input(expression))?;
-                    if let Some(row_probabilities) = row_probabilities {
+                    if let Some(row_probabilities) = &row_probabilities {
                         let shown: Vec<String> = predicted
                             .chars()
                             .zip(row_probabilities)

@@ -184,6 +184,7 @@ mod tests {
             max_terms: 4,
             largest: 999,
             reverse: true,
+            reverse_output: false,
             alphabet: None,
         })
     }

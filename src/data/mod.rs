@@ -159,8 +159,8 @@ impl Samples<'_> {
     pub fn target_tensor(&self, device: Device) -> Tensor {
         let (host, width) = match self {
             Samples::Arithmetic(problem, expressions) => {
-                let format_output = problem.output_formatter();
-                let indices = expression_indices(problem, expressions, |e| format_output(e.value()));
+                let written = problem.target_formatter();
+                let indices = expression_indices(problem, expressions, |e| written(e.value()));
                 (indices, problem.output_len())
             }
             // An autoencoder's target is its input.
@@ -244,6 +244,7 @@ mod tests {
             max_terms: 3,
             largest: 20,
             reverse: true,
+            reverse_output: false,
             alphabet: None,
         };
         let task = Task::Arithmetic(problem.clone());
@@ -260,7 +261,7 @@ mod tests {
             let forwards: String = read.trim_start().chars().rev().collect();
             assert_eq!(problem.parse_expression(&forwards).as_ref(), Ok(expression), "reversed, padded first");
             assert!(read.starts_with(' ') || read.trim().len() == input_len);
-            assert_eq!(alphabet.decode(target), problem.format_output(expression.value()));
+            assert_eq!(problem.as_read(alphabet.decode(target)), problem.format_output(expression.value()));
         }
     }
 

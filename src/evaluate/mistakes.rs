@@ -66,6 +66,8 @@ pub struct ErrorReport {
 
 /// Gathers an [`ErrorReport`] batch by batch, from the outputs `evaluate` computes anyway.
 pub struct MistakeTally {
+    /// For the order answers are written in.
+    problem: ArithmeticProblem,
     alphabet: Alphabet,
     output_len: usize,
     limit: usize,
@@ -83,6 +85,7 @@ impl MistakeTally {
     /// with the number of distinct wrong inputs.
     pub fn new(problem: &ArithmeticProblem, limit: usize) -> Self {
         Self {
+            problem: problem.clone(),
             alphabet: problem.alphabet(),
             output_len: problem.output_len(),
             limit,
@@ -136,7 +139,7 @@ impl MistakeTally {
             self.index_of.insert(input.clone(), self.mistakes.len());
             self.mistakes.push(Mistake {
                 input,
-                prediction: self.alphabet.decode(&predicted[row.clone()]).trim().to_owned(),
+                prediction: self.problem.as_read(self.alphabet.decode(&predicted[row.clone()])).trim().to_owned(),
                 expected: value,
                 count: 1,
                 confidence: probabilities[row].iter().product(),
@@ -146,7 +149,9 @@ impl MistakeTally {
 
     /// The report over every batch added.
     pub fn finish(self) -> ErrorReport {
-        let MistakeTally { limit, correct_at, samples, mut sizes, mut mistakes, wrong, .. } = self;
+        let MistakeTally { problem, limit, correct_at, samples, mut sizes, mut mistakes, wrong, .. } = self;
+        // Positions count from the left of the answer as read, whichever way it was written.
+        let correct_at = problem.as_read_order(&correct_at);
         let distinct_wrong = mistakes.len();
         keep_most_confident(&mut mistakes, limit);
         // Negative values first, largest magnitude first: the number line from left to right.

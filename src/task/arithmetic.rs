@@ -141,6 +141,11 @@ pub struct ArithmeticProblem {
     /// The encoder reads each expression backwards (Sutskever et al., 2014); users still
     /// type and see it forwards.
     pub reverse: bool,
+    /// The decoder writes each answer backwards, least significant digit first, so that carries
+    /// flow in writing order; users still see answers forwards. Recorded only when set, so a
+    /// forwards model's `config.json` is what it was before the option existed.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub reverse_output: bool,
     /// The symbols in class-index order that a saved model's `config.json` records (its
     /// top-level `alphabet`), which are then the source of truth; `None` for a new problem,
     /// whose alphabet follows from its operators ([`ArithmeticProblem::own_alphabet`]).
@@ -157,6 +162,7 @@ impl Default for ArithmeticProblem {
             max_terms: 3,
             largest: 10,
             reverse: false,
+            reverse_output: false,
             alphabet: None,
         }
     }
@@ -413,6 +419,26 @@ impl ArithmeticProblem {
         move |value| left_pad(&value.to_string(), output_len)
     }
 
+    /// What the decoder writes for a value: [`ArithmeticProblem::format_output`], backwards with
+    /// [`ArithmeticProblem::reverse_output`].
+    pub fn target_formatter(&self) -> impl Fn(i128) -> String + use<> {
+        let (format_output, reverse) = (self.output_formatter(), self.reverse_output);
+        move |value| {
+            let text = format_output(value);
+            if reverse { text.chars().rev().collect() } else { text }
+        }
+    }
+
+    /// An answer as the decoder wrote it, put in reading order (forwards).
+    pub fn as_read(&self, written: String) -> String {
+        if self.reverse_output { written.chars().rev().collect() } else { written }
+    }
+
+    /// Per-character values of an answer in writing order, put in reading order.
+    pub fn as_read_order<T: Copy>(&self, written: &[T]) -> Vec<T> {
+        if self.reverse_output { written.iter().rev().copied().collect() } else { written.to_vec() }
+    }
+
     /// Parses a user's expression such as `3+10` or ` 9*10-9`, checking that this model could
     /// have been trained on it.
     pub fn parse_expression(&self, line: &str) -> Result<Expression, ExpressionError> {
@@ -482,11 +508,20 @@ impl ArithmeticProblem {
             "{terms} terms, each 1..={}, joined by {}{}; inputs of {} characters, outputs of {}",
             self.largest,
             self.operators,
-            if self.reverse { ", read reversed" } else { "" },
+            match (self.reverse, self.reverse_output) {
+                (false, false) => "",
+                (true, false) => ", read reversed",
+                (false, true) => ", answers written reversed",
+                (true, true) => ", read and answers written reversed",
+            },
             self.input_len(),
             self.output_len()
         )
     }
+}
+
+fn is_false(flag: &bool) -> bool {
+    !flag
 }
 
 fn left_pad(text: &str, width: usize) -> String {
@@ -560,6 +595,7 @@ mod tests {
             max_terms: terms.max,
             largest,
             reverse: false,
+            reverse_output: false,
             alphabet: None,
         }
     }
@@ -684,6 +720,16 @@ mod tests {
 
     #[test]
     fn reversal_reads_backwards_after_the_padding() {
+        let backwards = ArithmeticProblem { reverse_output: true, ..problem("+-", "2", 99) };
+        assert_eq!(backwards.format_output(-98), "-98");
+        assert_eq!(backwards.target_formatter()(-98), "89-");
+        assert_eq!(backwards.target_formatter()(7), "7  ");
+        assert_eq!(backwards.as_read("7  ".to_owned()), "  7");
+        assert_eq!(backwards.as_read_order(&[1, 2, 3]), vec![3, 2, 1]);
+        assert!(backwards.describe().contains("answers written reversed"), "{}", backwards.describe());
+        let forwards = problem("+-", "2", 99);
+        assert_eq!(forwards.target_formatter()(-98), "-98");
+        assert_eq!(forwards.as_read("7  ".to_owned()), "7  ");
         let reversed = ArithmeticProblem { reverse: true, ..problem("+-", "2", 99) };
         let e = expression("12-3", &reversed);
         assert_eq!(reversed.display_input(&e), " 12-3");
