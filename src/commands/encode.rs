@@ -3,12 +3,11 @@
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
 use tch::{Device, Tensor};
-
-use std::sync::Arc;
 
 use crate::data::input::{InputSource, InputSummary, for_each_batch};
 use crate::data::{BatchStream, SampleSource};

@@ -125,20 +125,15 @@ impl<'t> SharedAnswers<'t> {
         Self { helpers }
     }
 
-    /// Answers `batch` with `model` and the helpers; returns how many answers were right.
-    fn answer(
-        &self,
-        model: &Seq2Seq,
-        batch: &Samples<'t>,
-        predictor: &Predictor<'_>,
-        out: &mut dyn Write,
-    ) -> Result<usize> {
+    /// Answers `batch` with the predictor's model and the helpers; returns how many answers were
+    /// right.
+    fn answer(&self, batch: &Samples<'t>, predictor: &Predictor<'_>, out: &mut dyn Write) -> Result<usize> {
         let shares = share_ranges(batch.len(), self.helpers.len() + 1);
         let helpers = &self.helpers[..shares.len() - 1];
         for ((rows_in, _), range) in helpers.iter().zip(&shares[1..]) {
             rows_in.send(batch.range(range.clone())).map_err(|_| anyhow!("a prediction thread stopped"))?;
         }
-        let (device, style) = (predictor.device, predictor.style);
+        let (model, device, style) = (predictor.model, predictor.device, predictor.style);
         let (text, mut correct) = match helpers {
             [] => answer(model, batch, device, style)?,
             _ => answer(model, &batch.range(shares[0].clone()), device, style)?,
@@ -170,7 +165,7 @@ impl Predictor<'_> {
         let inputs = thread::scope(|scope| {
             let shared = SharedAnswers::start(scope, self, helpers);
             for_each_batch(source, self.task, self.batch_size, errors, |batch| {
-                correct += shared.answer(self.model, batch, self, out)?;
+                correct += shared.answer(batch, self, out)?;
                 out.flush()?;
                 Ok(())
             })

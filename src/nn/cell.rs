@@ -75,7 +75,7 @@ pub fn backward(step: Backward<'_>) {
 /// AVX2 and FMA: eight lanes instead of SSE2's four. Both builds compile the same source, and
 /// Rust never contracts `a * b + c` into a fused multiply-add, so they round identically.
 #[cfg(target_arch = "x86_64")]
-fn wide_vectors() -> bool {
+pub(crate) fn wide_vectors() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 

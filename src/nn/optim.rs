@@ -80,6 +80,9 @@ struct Parameter {
 pub struct Adam {
     parameters: Vec<Parameter>,
     flat: Buffers,
+    /// Whether steps run as passes in Rust ([`fused`]) rather than libtorch's ops; fixed by the
+    /// variables' device and dtype when the optimiser is built.
+    fused: bool,
     learning_rate: f64,
     steps: u64,
 }
@@ -114,7 +117,9 @@ impl Adam {
                 Parameter { name, start, variable, buffers }
             })
             .collect();
-        Adam { parameters, flat, learning_rate, steps: 0 }
+        let mut adam = Adam { parameters, flat, learning_rate, steps: 0, fused: false };
+        adam.fused = adam.can_run_fused();
+        adam
     }
 
     /// The slice of the gradient buffer that belongs to `variable` (shaped like it), where
@@ -153,7 +158,7 @@ impl Adam {
 
     /// One Adam update from the gradients written into the [`Adam::gradient_slot`]s.
     pub fn step_from_buffer(&mut self) {
-        self.step(self.runs_fused());
+        self.step(self.fused);
     }
 
     /// One update, in one pass ([`Adam::step_fused`]) or by libtorch's ops.
@@ -169,7 +174,7 @@ impl Adam {
     /// Whether steps run as one pass in Rust ([`fused`]): float32 on the CPU, as the
     /// hand-written LSTM passes. A GPU, and the CPU under [`crate::nn::device::FORCE_AUTOGRAD_VARIABLE`]
     /// (which stands in for one in the tests), run libtorch's ops.
-    fn runs_fused(&self) -> bool {
+    fn can_run_fused(&self) -> bool {
         let on_cpu = |tensor: &Tensor| tensor.device() == Device::Cpu && tensor.kind() == Kind::Float;
         !autograd_forced()
             && on_cpu(&self.flat.grad)
@@ -192,7 +197,7 @@ impl Adam {
         let (exp_avg, denom) = unsafe { (floats::<f32>(&self.flat.exp_avg), floats::<f32>(&self.flat.denom)) };
         for parameter in &self.parameters {
             let range = parameter.start as usize..parameter.start as usize + parameter.variable.numel();
-            // SAFETY: `runs_fused` checked that the variable is a contiguous float32 CPU tensor;
+            // SAFETY: `can_run_fused` checked that the variable is a contiguous float32 CPU tensor;
             // nothing else reads or writes it during the step.
             let weights = unsafe { floats_mut(&parameter.variable) };
             fused::weights(weights, &exp_avg[range.clone()], &denom[range], &constants);

@@ -9,6 +9,8 @@
 //! value in six), so that one op stays libtorch's.
 
 use super::{BETA1, BETA2, EPS};
+#[cfg(target_arch = "x86_64")]
+use crate::nn::cell::wide_vectors;
 
 /// The step's scalars, rounded to float32 as libtorch rounds a `Scalar` for a float32 op.
 pub struct Constants {
@@ -33,13 +35,6 @@ impl Constants {
     }
 }
 
-/// Whether the processor runs the passes eight lanes wide, with `mul_add` one instruction (the
-/// rounding is the same either way).
-#[cfg(target_arch = "x86_64")]
-fn wide_vectors() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-}
-
 /// The moments from the gradient: `exp_avg.lerp_(grad, 1 - beta1)`, then
 /// `exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)`.
 pub fn moments(exp_avg: &mut [f32], exp_avg_sq: &mut [f32], grad: &[f32], constants: &Constants) {
@@ -51,6 +46,8 @@ pub fn moments(exp_avg: &mut [f32], exp_avg_sq: &mut [f32], grad: &[f32], consta
     moments_portable(exp_avg, exp_avg_sq, grad, constants)
 }
 
+/// With AVX2 and FMA the loop runs eight lanes wide and `mul_add` is one instruction; the
+/// rounding is the same either way.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn moments_avx2(exp_avg: &mut [f32], exp_avg_sq: &mut [f32], grad: &[f32], constants: &Constants) {
