@@ -23,7 +23,7 @@ use crate::data::corpus::read::PairFiles;
 use crate::data::corpus::sequences::SequenceSettings;
 use crate::data::input::InputSource;
 use crate::nn::device::DeviceChoice;
-use crate::nn::model::ModelConfig;
+use crate::nn::model::{DecoderKind, ModelConfig};
 use crate::output::{self, Stdout};
 use crate::task::{ArithmeticProblem, Operators, SequenceKind, SequenceProblem, Task, TermCount};
 use crate::train::{LrSchedule, Progress, TrainConfig};
@@ -237,6 +237,14 @@ pub struct TrainArgs {
     /// Dropout between stacked LSTM layers while training (off in evaluation and prediction).
     #[arg(long, default_value_t = ModelConfig::default().dropout, help_heading = "Model")]
     pub dropout: f64,
+    /// What the decoder reads at each step: repeat, the reference's encoding at every step;
+    /// feedback, its previous token, from the encoder's final state; attention, feedback plus
+    /// attention over every encoder step.
+    #[arg(long, value_enum, default_value_t = DecoderKind::Repeat, value_name = "KIND", help_heading = "Model")]
+    pub decoder: DecoderKind,
+    /// A second encoder reads each input backwards; the decoder sees both.
+    #[arg(long, help_heading = "Model")]
+    pub bidirectional: bool,
     /// Generated training samples per epoch (with your own data, an epoch is every training
     /// pair). [default: 75000]
     #[arg(long)]
@@ -293,7 +301,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR", help_heading = "Checkpoints", conflicts_with_all = [
         "task", "data", "source", "target", "valid", "valid_fraction", "min_count", "max_source_len",
         "max_target_len", "source_tokens", "target_tokens", "skip_bad_lines", "ops", "terms", "largest", "reverse", "reverse_output", "length", "sequence", "low", "high", "encoder_units",
-        "decoder_units", "encoder_layers", "decoder_layers", "dropout", "samples", "batch_size", "epochs",
+        "decoder_units", "encoder_layers", "decoder_layers", "dropout", "decoder", "bidirectional", "samples", "batch_size", "epochs",
         "learning_rate", "seed", "out", "overwrite", "lr_schedule", "warmup", "final_learning_rate",
     ])]
     pub resume: Option<PathBuf>,
@@ -348,6 +356,14 @@ pub struct PredictArgs {
     /// with --json: a "probabilities" list).
     #[arg(long, short)]
     pub verbose: bool,
+    /// Search N answers wide for the most probable one, ranked by log-probability per token
+    /// (feedback and attention decoders). [default: 1, greedy]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub beam: Option<u16>,
+    /// Also print the K best answers of the beam with their log-probabilities (with --json: an
+    /// "n_best" list); the beam is at least K wide.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub n_best: Option<u16>,
 }
 
 /// Where `predict` and `encode` read their inputs.
@@ -428,6 +444,8 @@ impl TrainArgs {
                 encoder_layers: self.encoder_layers,
                 decoder_layers: self.decoder_layers,
                 dropout: self.dropout,
+                decoder: self.decoder,
+                bidirectional: self.bidirectional,
             },
             training: TrainConfig {
                 samples: self.samples.unwrap_or(TrainConfig::default().samples),
@@ -592,6 +610,8 @@ impl PredictArgs {
             device: self.device,
             json: self.json,
             verbose: self.verbose,
+            beam: self.beam.map(usize::from),
+            n_best: self.n_best.map(usize::from),
             workers,
         }
     }

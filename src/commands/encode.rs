@@ -120,7 +120,7 @@ impl Encoder<'_> {
                 path.display()
             );
         }
-        let units = self.model.encoder_units();
+        let units = self.model.encoding_width();
         let mut summary = InputSummary::default();
         write_atomically(path, |temporary| {
             let mut file = BufWriter::new(File::create(temporary)?);

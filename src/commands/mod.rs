@@ -16,7 +16,7 @@ use serde::Serialize;
 use tch::{Device, nn};
 
 use crate::commands::encode::{EncodeFormat, Encoder, Inputs, KeptVectors};
-use crate::commands::predict::{AnswerStyle, Predictor};
+use crate::commands::predict::{AnswerStyle, Decoding, Predictor};
 use crate::data::corpus::batches::PairSource;
 use crate::data::corpus::load::{self, DataSettings, LoadedPairs, load_for_training};
 use crate::data::corpus::sequences::{self, LoadedSequences, SequenceSource};
@@ -303,7 +303,7 @@ fn run_training(session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
             0 => String::new(),
             seen => format!(", resuming after {seen}"),
         };
-        let how = if session.model.runs_by_hand() && training.threads > 1 {
+        let how = if session.model.shares_batches() && training.threads > 1 {
             format!(", each batch shared among {} threads", training.threads)
         } else if !session.model.runs_by_hand() && autograd_forced() {
             format!(" by libtorch's lstm op with autograd ({FORCE_AUTOGRAD_VARIABLE}=1)")
@@ -446,6 +446,10 @@ pub struct PredictRequest {
     pub json: bool,
     /// Show the probability of each output character (arithmetic).
     pub verbose: bool,
+    /// Beam width (`None`: greedy, unless `n_best` asks for more).
+    pub beam: Option<usize>,
+    /// How many of the beam's answers to print.
+    pub n_best: Option<usize>,
     /// CPU threads, each predicting a share of every batch.
     pub workers: usize,
 }
@@ -466,6 +470,7 @@ pub fn predict(request: &PredictRequest) -> Result<()> {
             loaded.config.task.model_kind()
         );
     }
+    let decoding = Decoding::choose(request.beam, request.n_best, &loaded.model)?;
     // Someone typing at a terminal wants each answer as soon as the line is entered.
     let interactive = request.source == InputSource::Stdin && io::stdin().is_terminal();
     let predictor = Predictor {
@@ -473,7 +478,7 @@ pub fn predict(request: &PredictRequest) -> Result<()> {
         task: &loaded.config.task,
         device,
         batch_size: if interactive { 1 } else { batch_size },
-        style: AnswerStyle { json: request.json, verbose: request.verbose },
+        style: AnswerStyle { json: request.json, verbose: request.verbose, decoding },
         workers: request.workers,
     };
     let mut out = BufWriter::new(Stdout::lock());

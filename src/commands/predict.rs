@@ -6,14 +6,15 @@ use std::ops::Range;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::{self, Scope};
 
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
 use serde::Serialize;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind};
 
 use crate::data::input::{InputSource, InputSummary, for_each_batch};
+use crate::nn::feedback::Hypothesis;
 use crate::nn::model::Seq2Seq;
 use crate::task::sequence::format_sequence;
-use crate::task::{PairsProblem, Samples, Task};
+use crate::task::{Features, PairsProblem, Samples, Task};
 
 /// Inputs predicted per forward pass unless the user says otherwise.
 pub const DEFAULT_BATCH_SIZE: usize = 1000;
@@ -37,6 +38,15 @@ struct JsonAnswer<'a> {
     /// With `--verbose`: the probability of each written character, padding included.
     #[serde(skip_serializing_if = "Option::is_none")]
     probabilities: Option<&'a [f64]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    n_best: Option<Vec<JsonHypothesis>>,
+}
+
+/// One of the beam's best answers, as `--json --n-best` lists them.
+#[derive(Debug, Serialize)]
+struct JsonHypothesis {
+    prediction: String,
+    log_prob: f64,
 }
 
 /// One answered source of a model of pairs, as `--json` prints it.
@@ -48,6 +58,8 @@ struct JsonTranslation<'a> {
     expected: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     correct: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    n_best: Option<Vec<JsonHypothesis>>,
 }
 
 /// One reconstructed sequence, as `--json` prints it.
@@ -70,12 +82,50 @@ pub struct Predictor<'a> {
     pub workers: usize,
 }
 
-/// How answers are written.
+/// How answers are chosen and written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AnswerStyle {
     pub json: bool,
     /// Arithmetic: also show the probability the model gave each character it wrote.
     pub verbose: bool,
+    pub decoding: Decoding,
+}
+
+/// How answers are chosen: the most probable token at each step, or from a beam.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Decoding {
+    /// Hypotheses kept at each step; below 2, greedy.
+    pub beam: usize,
+    /// How many of the beam's answers to list after each answer; `None` lists none.
+    pub n_best: Option<usize>,
+}
+
+impl Decoding {
+    /// The decoding that `--beam` and `--n-best` ask of `model`.
+    pub fn choose(beam: Option<usize>, n_best: Option<usize>, model: &Seq2Seq) -> Result<Self> {
+        if let (Some(beam), Some(n_best)) = (beam, n_best)
+            && n_best > beam
+        {
+            bail!("--n-best {n_best} asks for more answers than --beam {beam} keeps");
+        }
+        let decoding = Decoding { beam: beam.unwrap_or(1).max(n_best.unwrap_or(1)), n_best };
+        if decoding.searches() && !model.searches_beams() {
+            let why = match model.shape().output {
+                Features::Value => "a model of values writes no tokens to choose among".to_owned(),
+                Features::Classes(_) => format!(
+                    "this model's decoder is {}, whose steps do not read each other, so its greedy answer is \
+                     already the most probable (train with --decoder feedback or attention)",
+                    model.config().decoder.name()
+                ),
+            };
+            bail!("--beam and --n-best search among a decoder's answers; {why}");
+        }
+        Ok(decoding)
+    }
+
+    fn searches(&self) -> bool {
+        self.beam > 1 || self.n_best.is_some()
+    }
 }
 
 /// Fewer rows than this per worker are not worth a thread.
@@ -176,31 +226,90 @@ impl Predictor<'_> {
 
 /// Runs `model` on `samples` and writes their answers; returns the text and how many were right.
 fn answer(model: &Seq2Seq, samples: &Samples<'_>, device: Device, style: AnswerStyle) -> Answered {
-    let output = model.forward(&samples.input_tensor(device));
+    let written = Written::by(model, samples, device, style);
     let mut out = Vec::new();
-    let correct = write_answers(samples, &output, style, &mut out)?;
+    let correct = write_answers(samples, &written, style, &mut out)?;
     Ok((out, correct))
 }
 
-/// Writes the answer of each sample from the model's `output` for them; returns how many were
+/// What the model wrote for a batch, on the host: values for the autoencoder's sequences,
+/// class ids for the other samples.
+#[derive(Default)]
+struct Written {
+    /// Class ids `[rows · output_len]`.
+    ids: Vec<i64>,
+    /// With `--verbose`, the probability of each id.
+    probabilities: Vec<f64>,
+    /// With `--n-best`, the beam's best answers to each row.
+    n_best: Vec<Vec<Hypothesis>>,
+    /// Values `[rows · output_len]`.
+    values: Vec<f32>,
+}
+
+impl Written {
+    fn by(model: &Seq2Seq, samples: &Samples<'_>, device: Device, style: AnswerStyle) -> Written {
+        let Decoding { beam, n_best } = style.decoding;
+        let inputs = &samples.input_tensor(device);
+        if let Samples::Sequences(..) = samples {
+            let output = model.forward(inputs).flatten(0, -1).to_device(Device::Cpu);
+            let values = Vec::<f32>::try_from(output).expect("the autoencoder writes float values");
+            return Written { values, ..Written::default() };
+        }
+        if style.decoding.searches() {
+            let mut answers = model.beam(inputs, beam).expect("Decoding::choose checked that the model searches");
+            let best = || answers.iter().map(|hypotheses| &hypotheses[0]);
+            let ids = best().flat_map(|best| best.ids.iter().copied()).collect();
+            let probabilities = match style.verbose {
+                true => best().flat_map(|best| best.token_log_probs.iter().map(|p| p.exp())).collect(),
+                false => Vec::new(),
+            };
+            answers.iter_mut().for_each(|hypotheses| hypotheses.truncate(n_best.unwrap_or(0)));
+            return Written { ids, probabilities, n_best: answers, values: Vec::new() };
+        }
+        let output = model.forward(inputs);
+        let predicted = output.argmax(-1, true);
+        let probabilities = if style.verbose {
+            let chosen = output.softmax(-1, Kind::Double).gather(-1, &predicted, false);
+            Vec::<f64>::try_from(chosen.flatten(0, -1).to_device(Device::Cpu)).expect("softmax in double precision")
+        } else {
+            Vec::new()
+        };
+        let predicted = predicted.flatten(0, -1).to_device(Device::Cpu);
+        let ids = Vec::<i64>::try_from(predicted).expect("argmax yields int64 class indices");
+        Written { ids, probabilities, ..Written::default() }
+    }
+}
+
+/// The beam's answers to one row with their log-probabilities, each as `text` shows it.
+fn listed(hypotheses: Option<&Vec<Hypothesis>>, text: impl Fn(&[i64]) -> String) -> Option<Vec<JsonHypothesis>> {
+    hypotheses.filter(|h| !h.is_empty()).map(|hypotheses| {
+        hypotheses
+            .iter()
+            .map(|hypothesis| JsonHypothesis { prediction: text(&hypothesis.ids), log_prob: hypothesis.log_prob })
+            .collect()
+    })
+}
+
+/// The text lines that list a row's best answers, after its answer.
+fn write_listed(listed: &[JsonHypothesis], out: &mut dyn Write) -> Result<()> {
+    for (rank, hypothesis) in listed.iter().enumerate() {
+        writeln!(out, "  {}. {}  (log p {:.4})", rank + 1, hypothesis.prediction, hypothesis.log_prob)?;
+    }
+    Ok(())
+}
+
+/// Writes the answer of each sample from what the model wrote for them; returns how many were
 /// right.
-fn write_answers(batch: &Samples<'_>, output: &Tensor, style: AnswerStyle, out: &mut dyn Write) -> Result<usize> {
-    let AnswerStyle { json, verbose } = style;
+fn write_answers(batch: &Samples<'_>, written: &Written, style: AnswerStyle, out: &mut dyn Write) -> Result<usize> {
+    let AnswerStyle { json, .. } = style;
     let mut correct = 0;
     match batch {
         Samples::Arithmetic(problem, expressions) => {
+            let Written { ids: flat, probabilities, n_best, .. } = written;
             let alphabet = problem.alphabet();
-            let predicted = output.argmax(-1, true);
-            let probabilities = if verbose {
-                let chosen = output.softmax(-1, Kind::Double).gather(-1, &predicted, false);
-                Vec::<f64>::try_from(chosen.flatten(0, -1).to_device(Device::Cpu)).expect("softmax in double precision")
-            } else {
-                Vec::new()
-            };
-            let predicted = predicted.flatten(0, -1).to_device(Device::Cpu);
-            let flat = Vec::<i64>::try_from(predicted).expect("argmax yields int64 class indices");
             let output_len = problem.output_len();
             let format_output = problem.output_formatter();
+            let shown = |ids: &[i64]| problem.as_read(alphabet.decode(ids)).trim().to_owned();
             for (index, (expression, row)) in expressions.iter().zip(flat.chunks(output_len)).enumerate() {
                 // In reading order, as the answer is shown.
                 let row_probabilities =
@@ -210,6 +319,7 @@ fn write_answers(batch: &Samples<'_>, output: &Tensor, style: AnswerStyle, out: 
                 let expected = format_output(value);
                 let is_correct = predicted == expected;
                 correct += usize::from(is_correct);
+                let listed = listed(n_best.get(index), shown);
                 if json {
                     let answer = JsonAnswer {
                         input: &expression.to_string(),
@@ -217,6 +327,7 @@ fn write_answers(batch: &Samples<'_>, output: &Tensor, style: AnswerStyle, out: 
                         expected: value,
                         correct: is_correct,
                         probabilities: row_probabilities.as_deref(),
+                        n_best: listed,
                     };
                     writeln!(out, "{}", serde_json::to_string(&answer)?)?;
                 } else {
@@ -230,24 +341,27 @@ fn write_answers(batch: &Samples<'_>, output: &Tensor, style: AnswerStyle, out: 
                         write!(out, "  [{}]", shown.join(", "))?;
                     }
                     writeln!(out)?;
+                    write_listed(listed.as_deref().unwrap_or_default(), out)?;
                 }
             }
         }
         Samples::Pairs(problem, pairs) => {
-            let written = output.argmax(-1, false).flatten(0, -1).to_device(Device::Cpu);
-            let written = Vec::<i64>::try_from(written).expect("argmax yields int64 class indices");
-            for (pair, row) in pairs.iter().zip(written.chunks(problem.output_len())) {
+            let Written { ids: written, n_best, .. } = written;
+            let shown = |ids: &[i64]| problem.target_text(problem.written(ids));
+            for (index, (pair, row)) in pairs.iter().zip(written.chunks(problem.output_len())).enumerate() {
                 let ids = problem.written(row);
                 let prediction = problem.target_text(ids);
                 let expected = pair.expected.as_ref();
                 let is_correct = expected.map(|(_, truth)| PairsProblem::is_right(ids, truth));
                 correct += usize::from(is_correct == Some(true));
+                let listed = listed(n_best.get(index), shown);
                 if json {
                     let answer = JsonTranslation {
                         input: &pair.text,
                         prediction: &prediction,
                         expected: expected.map(|(text, _)| text.as_str()),
                         correct: is_correct,
+                        n_best: listed,
                     };
                     writeln!(out, "{}", serde_json::to_string(&answer)?)?;
                 } else {
@@ -258,12 +372,12 @@ fn write_answers(batch: &Samples<'_>, output: &Tensor, style: AnswerStyle, out: 
                         }
                         _ => writeln!(out, "{}\t{prediction}", pair.text)?,
                     }
+                    write_listed(listed.as_deref().unwrap_or_default(), out)?;
                 }
             }
         }
         Samples::Sequences(problem, sequences) => {
-            let flat = Vec::<f32>::try_from(output.flatten(0, -1).to_device(Device::Cpu))
-                .expect("the autoencoder writes float values");
+            let flat = &written.values;
             for (values, reconstruction) in sequences.iter().zip(flat.chunks(problem.length)) {
                 if json {
                     let max_abs_error =

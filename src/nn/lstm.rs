@@ -139,6 +139,20 @@ pub fn with_global_generator<R>(seed: u64, draw: impl FnOnce() -> R) -> R {
     draw()
 }
 
+/// Every layer's hidden and cell state, `[layers, batch, hidden]` each (libtorch's `h_n`, `c_n`).
+#[derive(Debug)]
+pub struct State {
+    pub h: Tensor,
+    pub c: Tensor,
+}
+
+impl State {
+    /// The rows of `index` (beam search's reordering of hypotheses).
+    pub fn select(&self, index: &Tensor) -> State {
+        State { h: self.h.index_select(1, index), c: self.c.index_select(1, index) }
+    }
+}
+
 /// A stacked LSTM with Keras's initialisation and dropout between layers (as `nn.LSTM`'s).
 #[derive(Debug)]
 pub struct Lstm {
@@ -210,10 +224,27 @@ impl Lstm {
     pub fn forward_with_lstm_op(&self, input: &Tensor, train: bool) -> (Tensor, Tensor) {
         let layers = self.layers.len() as i64;
         let zeros = Tensor::zeros([layers, input.size()[0], self.hidden], (input.kind(), input.device()));
+        let (output, state) = self.run_with_lstm_op(input, &State { h: zeros.shallow_clone(), c: zeros }, train);
+        (output, state.h.get(layers - 1))
+    }
+
+    /// [`Lstm::forward_with_lstm_op`] from `state` (every layer's): every step's output of the
+    /// top layer, and the state after the last step.
+    pub fn run_with_lstm_op(&self, input: &Tensor, state: &State, train: bool) -> (Tensor, State) {
         let weights: Vec<&Tensor> =
             self.layers.iter().flat_map(|layer| [&layer.w_ih, &layer.w_hh, &layer.b_ih, &layer.b_hh]).collect();
-        let (output, h_n, _) = input.lstm(&[&zeros, &zeros], &weights, true, layers, self.dropout, train, false, true);
-        (output, h_n.get(layers - 1))
+        let layers = self.layers.len() as i64;
+        let (output, h, c) =
+            input.lstm(&[&state.h, &state.c], &weights, true, layers, self.dropout, train, false, true);
+        (output, State { h, c })
+    }
+
+    pub fn layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub fn hidden(&self) -> i64 {
+        self.hidden
     }
 
     /// Runs the stack from a zero state, on float32 CPU tensors. With `masks` (training),

@@ -4,6 +4,7 @@
 
 pub mod cell;
 pub mod device;
+pub mod feedback;
 pub mod lstm;
 pub mod model;
 pub mod optim;

@@ -1,6 +1,7 @@
 //! The encoder-decoder LSTM of the reference: LSTM → RepeatVector → LSTM → TimeDistributed(Dense).
-//! The same network serves both tasks; only the ends differ (one-hot and softmax for characters,
-//! one value per step for the autoencoder).
+//! The same network serves every task; only the ends differ (one-hot and softmax for symbols,
+//! one value per step for the autoencoder). Beside the reference's decoder, two read what they
+//! wrote ([`crate::nn::feedback`]), and the encoder may read both ways.
 
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
@@ -8,8 +9,9 @@ use tch::nn::{self, Init};
 use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::nn::device::autograd_forced;
+use crate::nn::feedback::{Encoded, Feedback, Hypothesis, Parts, reading_backwards};
 pub use crate::nn::lstm::with_global_generator;
-use crate::nn::lstm::{LayerGradients, Lstm, Masks, OutputGradient, StepInputs, Tape};
+use crate::nn::lstm::{LayerGradients, Lstm, Masks, OutputGradient, State, StepInputs, Tape};
 use crate::task::pairs::IGNORED;
 use crate::task::{Features, Task};
 
@@ -22,11 +24,52 @@ pub struct ModelConfig {
     pub decoder_layers: usize,
     /// Dropout between stacked LSTM layers while training; off in evaluation and prediction.
     pub dropout: f64,
+    /// What the decoder reads at each step. Recorded only when it is not the reference's.
+    #[serde(default, skip_serializing_if = "DecoderKind::is_repeat")]
+    pub decoder: DecoderKind,
+    /// A second encoder stack reads each input backwards; the encoding is both stacks' states.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bidirectional: bool,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self { encoder_units: 75, decoder_units: 50, encoder_layers: 1, decoder_layers: 1, dropout: 0.0 }
+        Self {
+            encoder_units: 75,
+            decoder_units: 50,
+            encoder_layers: 1,
+            decoder_layers: 1,
+            dropout: 0.0,
+            decoder: DecoderKind::Repeat,
+            bidirectional: false,
+        }
+    }
+}
+
+/// What the decoder reads at each step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DecoderKind {
+    /// The reference's: the encoding, the same at every step (RepeatVector).
+    #[default]
+    Repeat,
+    /// Its previous token, starting from the encoder's final state (Sutskever et al., 2014).
+    Feedback,
+    /// Feedback, plus attention over every encoder output (Luong et al., 2015).
+    Attention,
+}
+
+impl DecoderKind {
+    fn is_repeat(&self) -> bool {
+        *self == DecoderKind::Repeat
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DecoderKind::Repeat => "repeat",
+            DecoderKind::Feedback => "feedback",
+            DecoderKind::Attention => "attention",
+        }
     }
 }
 
@@ -49,7 +92,8 @@ impl ModelConfig {
     }
 
     /// Trainable numbers of this architecture for `shape`: each LSTM layer's input and
-    /// recurrent weights and its trained bias, then the output layer.
+    /// recurrent weights and its trained bias, a feedback decoder's bridge and attention, then
+    /// the output layer.
     pub fn parameter_count(&self, shape: &ModelShape) -> u128 {
         let lstm = |input: usize, units: usize, layers: usize| -> u128 {
             let (input, units) = (input as u128, units as u128);
@@ -57,9 +101,29 @@ impl ModelConfig {
             first + (layers as u128).saturating_sub(1) * 4 * units * (2 * units + 1)
         };
         let width = shape.output.width() as u128;
-        lstm(shape.input.width(), self.encoder_units, self.encoder_layers)
-            + lstm(self.encoder_units, self.decoder_units, self.decoder_layers)
+        let directions = if self.bidirectional { 2 } else { 1 };
+        let (bridge, attention) = match self.decoder {
+            DecoderKind::Repeat => (0, 0),
+            kind => Feedback::parameter_counts(self.memory_width(), self.decoder_units, kind == DecoderKind::Attention),
+        };
+        directions * lstm(shape.input.width(), self.encoder_units, self.encoder_layers)
+            + lstm(self.decoder_input_width(shape), self.decoder_units, self.decoder_layers)
+            + bridge
+            + attention
             + (self.decoder_units as u128 + 1) * width
+    }
+
+    /// Width of each encoder output: both stacks' when the encoder reads both ways.
+    pub fn memory_width(&self) -> usize {
+        self.encoder_units * if self.bidirectional { 2 } else { 1 }
+    }
+
+    /// What the decoder's first layer reads at each step.
+    fn decoder_input_width(&self, shape: &ModelShape) -> usize {
+        match self.decoder {
+            DecoderKind::Repeat => self.memory_width(),
+            kind => Feedback::decoder_input_width(shape.output, self.decoder_units, kind == DecoderKind::Attention),
+        }
     }
 
     /// Refuses a model that would not fit in this machine's memory before any tensor is made:
@@ -129,6 +193,11 @@ pub struct ModelShape {
     /// Whether some target steps are [`IGNORED`] (the steps after a target's end marker): the
     /// loss then averages over the others. Off for the built-in problems, whose every step counts.
     pub padded_targets: bool,
+    /// The class that pads inputs on the left, if any: attention leaves it out, and a backward
+    /// encoder reads it first.
+    pub input_padding: Option<i64>,
+    /// The class that ends an answer, if any: a beam's hypothesis stops there.
+    pub end_marker: Option<i64>,
 }
 
 /// The reference's shape (12 symbols, 8 steps in, 2 out), for tests across the crate.
@@ -144,12 +213,22 @@ impl ModelShape {
             input_len: problem.input_len(),
             output_len: problem.output_len(),
             padded_targets: matches!(task, Task::Pairs(_)),
+            input_padding: problem.input_padding(),
+            end_marker: problem.end_marker(),
         }
     }
 
     /// The same features in and out, every step counted: the shape of the built-in problems.
     pub const fn uniform(features: Features, input_len: usize, output_len: usize) -> Self {
-        Self { input: features, output: features, input_len, output_len, padded_targets: false }
+        Self {
+            input: features,
+            output: features,
+            input_len,
+            output_len,
+            padded_targets: false,
+            input_padding: None,
+            end_marker: None,
+        }
     }
 }
 
@@ -174,26 +253,34 @@ struct Pass {
     values: Tensor,
 }
 
-/// The reference's encoder-decoder.
+/// The reference's encoder-decoder, or one of its variants.
 #[derive(Debug)]
 pub struct Seq2Seq {
     encoder: Lstm,
+    /// With `bidirectional`: the stack that reads each input backwards (after its padding).
+    encoder_reverse: Option<Lstm>,
     decoder: Lstm,
     output: nn::Linear,
+    /// A feedback or attention decoder's own parts; `None` for the reference's.
+    feedback: Option<Feedback>,
     config: ModelConfig,
     shape: ModelShape,
 }
 
 impl Seq2Seq {
-    /// Creates the variables under `vs` (`encoder.*`, `decoder.*`, `output.*`), drawing the
-    /// initial weights from libtorch's global generator (seed it with `tch::manual_seed`).
+    /// Creates the variables under `vs` (`encoder.*`, `decoder.*`, `output.*`; a variant's also
+    /// `encoder_reverse.*`, `bridge.*`, `attention.*`), drawing the initial weights from
+    /// libtorch's global generator (seed it with `tch::manual_seed`).
     pub fn new(vs: &nn::Path, config: &ModelConfig, shape: ModelShape) -> Self {
         let width = shape.output.width();
-        let encoder =
-            Lstm::new(vs / "encoder", shape.input.width(), config.encoder_units, config.encoder_layers, config.dropout);
+        let encoder_stack = |name: &str| {
+            Lstm::new(vs / name, shape.input.width(), config.encoder_units, config.encoder_layers, config.dropout)
+        };
+        let encoder = encoder_stack("encoder");
+        let encoder_reverse = config.bidirectional.then(|| encoder_stack("encoder_reverse"));
         let decoder = Lstm::new(
             vs / "decoder",
-            config.encoder_units,
+            config.decoder_input_width(&shape),
             config.decoder_units,
             config.decoder_layers,
             config.dropout,
@@ -209,7 +296,18 @@ impl Seq2Seq {
                 bias: true,
             },
         );
-        Self { encoder, decoder, output, config: config.clone(), shape }
+        let feedback = (config.decoder != DecoderKind::Repeat).then(|| {
+            let attention = config.decoder == DecoderKind::Attention;
+            Feedback::new(
+                vs,
+                config.memory_width(),
+                config.decoder_units,
+                config.decoder_layers,
+                shape.output,
+                attention,
+            )
+        });
+        Self { encoder, encoder_reverse, decoder, output, feedback, config: config.clone(), shape }
     }
 
     /// Like [`Seq2Seq::new`], with the initial weights drawn from `seed`. A lock keeps other
@@ -223,11 +321,13 @@ impl Seq2Seq {
     pub fn replica(&self) -> Seq2Seq {
         Seq2Seq {
             encoder: self.encoder.replica(),
+            encoder_reverse: self.encoder_reverse.as_ref().map(Lstm::replica),
             decoder: self.decoder.replica(),
             output: nn::Linear {
                 ws: self.output.ws.shallow_clone(),
                 bs: self.output.bs.as_ref().map(Tensor::shallow_clone),
             },
+            feedback: self.feedback.as_ref().map(Feedback::replica),
             config: self.config.clone(),
             shape: self.shape,
         }
@@ -241,12 +341,12 @@ impl Seq2Seq {
         &self.config
     }
 
-    /// Length of the fixed-size encoding.
-    pub fn encoder_units(&self) -> usize {
-        self.config.encoder_units
+    /// Length of the fixed-size encoding (both stacks' when the encoder reads both ways).
+    pub fn encoding_width(&self) -> usize {
+        self.config.memory_width()
     }
 
-    /// The fixed-length encoding `[batch, encoder_units]` of inputs `[batch, input_len]` (class
+    /// The fixed-length encoding `[batch, encoding_width]` of inputs `[batch, input_len]` (class
     /// indices or values): the last encoder layer's final hidden state.
     pub fn encode(&self, inputs: &Tensor) -> Tensor {
         tch::no_grad(|| match self.runs_by_hand() {
@@ -255,13 +355,38 @@ impl Seq2Seq {
         })
     }
 
-    /// For inputs `[batch, input_len]`: logits `[batch, output_len, classes]` for a character task,
-    /// values `[batch, output_len]` for the autoencoder. Dropout is off.
+    /// For inputs `[batch, input_len]`: logits `[batch, output_len, classes]` for a task of
+    /// symbols, values `[batch, output_len]` for the autoencoder. Dropout is off; a feedback
+    /// decoder reads its own most probable previous token (greedy decoding).
     pub fn forward(&self, inputs: &Tensor) -> Tensor {
-        tch::no_grad(|| match self.runs_by_hand() {
-            true => self.batch_major(&self.run(inputs, None).values),
-            false => self.forward_with_lstm_op(inputs, false),
+        tch::no_grad(|| match (&self.feedback, self.runs_by_hand()) {
+            (Some(feedback), _) => {
+                let encoded = self.encode_all(inputs, false);
+                feedback.greedy(&self.parts(), &encoded, self.shape.output_len as i64)
+            }
+            (None, true) => self.batch_major(&self.run(inputs, None).values),
+            (None, false) => self.forward_with_lstm_op(inputs, false),
         })
+    }
+
+    /// The `beam` most probable answers to each input, best first (see [`Feedback::beam`]);
+    /// `None` for the reference's decoder, whose steps do not depend on each other (its greedy
+    /// answer is already the most probable), or a task of values.
+    pub fn beam(&self, inputs: &Tensor, beam: usize) -> Option<Vec<Vec<Hypothesis>>> {
+        let feedback = self.feedback.as_ref().filter(|_| matches!(self.shape.output, Features::Classes(_)))?;
+        Some(tch::no_grad(|| {
+            let encoded = self.encode_all(inputs, false);
+            feedback.beam(&self.parts(), &encoded, self.shape.output_len as i64, beam, self.shape.end_marker)
+        }))
+    }
+
+    /// Whether [`Seq2Seq::beam`] has answers to search.
+    pub fn searches_beams(&self) -> bool {
+        self.feedback.is_some() && matches!(self.shape.output, Features::Classes(_))
+    }
+
+    fn parts(&self) -> Parts<'_> {
+        Parts { decoder: &self.decoder, output: &self.output }
     }
 
     /// One training step's forward and backward passes (dropout on): writes the gradient of
@@ -281,7 +406,13 @@ impl Seq2Seq {
         masks: Masks,
     ) -> (Tensor, Tensor) {
         if !self.runs_by_hand() {
-            return self.forward_backward_with_autograd(inputs, targets, gradients);
+            return match masks {
+                // Another thread's share: its dropout masks come from its own seed.
+                Masks::Seeded(seed) if self.config.dropout > 0.0 => {
+                    with_global_generator(seed, || self.forward_backward_with_autograd(inputs, targets, gradients))
+                }
+                _ => self.forward_backward_with_autograd(inputs, targets, gradients),
+            };
         }
         // Autograd would only record what the backward pass below does by hand.
         tch::no_grad(|| self.forward_backward_by_hand(inputs, targets, gradients, masks))
@@ -292,7 +423,22 @@ impl Seq2Seq {
     /// [`crate::nn::device::FORCE_AUTOGRAD_VARIABLE`] is set. Elsewhere (on a GPU, cuDNN) libtorch's `lstm` op
     /// runs it, and autograd computes the gradients.
     pub fn runs_by_hand(&self) -> bool {
-        self.output.ws.device() == Device::Cpu && self.output.ws.kind() == Kind::Float && !autograd_forced()
+        self.is_reference_architecture() && self.on_cpu_in_float32() && !autograd_forced()
+    }
+
+    /// Whether training shares each batch's rows among threads: the hand-written passes, and on
+    /// the CPU in float32 also the variants, which libtorch's ops run under autograd.
+    pub fn shares_batches(&self) -> bool {
+        self.runs_by_hand() || (self.on_cpu_in_float32() && !self.is_reference_architecture())
+    }
+
+    /// The reference's one-way encoder and repeat decoder, which the hand-written passes run.
+    fn is_reference_architecture(&self) -> bool {
+        self.feedback.is_none() && self.encoder_reverse.is_none()
+    }
+
+    fn on_cpu_in_float32(&self) -> bool {
+        self.output.ws.device() == Device::Cpu && self.output.ws.kind() == Kind::Float
     }
 
     fn forward_backward_by_hand(
@@ -349,7 +495,13 @@ impl Seq2Seq {
         targets: &Tensor,
         gradients: &mut Gradients,
     ) -> (Tensor, Tensor) {
-        let output = self.forward_with_lstm_op(inputs, true);
+        let output = match &self.feedback {
+            Some(feedback) => {
+                let encoded = self.encode_all(inputs, true);
+                feedback.teacher_forced(&self.parts(), &encoded, targets, true)
+            }
+            None => self.forward_with_lstm_op(inputs, true),
+        };
         let loss = self.loss(&output, targets);
         let variables: Vec<&Tensor> = gradients.slots.iter().map(|(variable, _)| variable).collect();
         let grads = Tensor::run_backward(&[&loss], &variables, false, false);
@@ -370,8 +522,11 @@ impl Seq2Seq {
                 .collect()
         };
         let bias = self.output.bs.as_ref().expect("the output layer has a bias");
-        let mut variables: Vec<&Tensor> = self.encoder.trainable().chain(self.decoder.trainable()).flatten().collect();
+        let mut variables: Vec<&Tensor> = self.encoder.trainable().flatten().collect();
+        variables.extend(self.encoder_reverse.iter().flat_map(Lstm::trainable).flatten());
+        variables.extend(self.decoder.trainable().flatten());
         variables.extend([&self.output.ws, bias]);
+        variables.extend(self.feedback.iter().flat_map(Feedback::trainable));
         Gradients {
             encoder: layers(&self.encoder),
             decoder: layers(&self.decoder),
@@ -383,11 +538,41 @@ impl Seq2Seq {
 
     /// [`Seq2Seq::encode`] by libtorch's `lstm` op, differentiable by autograd.
     fn encode_with_lstm_op(&self, inputs: &Tensor, train: bool) -> Tensor {
+        let layers = self.config.encoder_layers as i64;
+        self.encode_all(inputs, train).state.h.get(layers - 1)
+    }
+
+    /// Everything the encoder makes of `inputs` by libtorch's `lstm` op: its outputs, its final
+    /// state and where the inputs are padding. A backward stack reads each input's tokens in
+    /// reverse after the padding (as `pack_padded_sequence` would have it read them); its
+    /// outputs are put back in reading order.
+    fn encode_all(&self, inputs: &Tensor, train: bool) -> Encoded {
+        let kind = self.output.ws.kind();
         let steps = match self.shape.input {
-            Features::Classes(n) => inputs.one_hot(n as i64).to_kind(self.output.ws.kind()),
+            Features::Classes(n) => inputs.one_hot(n as i64).to_kind(kind),
             Features::Value => inputs.unsqueeze(-1),
         };
-        self.encoder.forward_with_lstm_op(&steps, train).1
+        let padding = self.shape.input_padding.map(|pad| inputs.eq(pad));
+        let zero_state = |stack: &Lstm| {
+            let zeros =
+                Tensor::zeros([stack.layers() as i64, inputs.size()[0], stack.hidden()], (kind, inputs.device()));
+            State { h: zeros.shallow_clone(), c: zeros }
+        };
+        let (outputs, state) = self.encoder.run_with_lstm_op(&steps, &zero_state(&self.encoder), train);
+        let Some(reverse) = &self.encoder_reverse else { return Encoded { outputs, state, padding } };
+        let [batch, length] = inputs.size()[..] else { unreachable!("inputs are [batch, steps]") };
+        let order = reading_backwards(padding.as_ref(), batch, length, inputs.device()).unsqueeze(-1);
+        let backwards = steps.gather(1, &order.expand([batch, length, steps.size()[2]], false), false);
+        let (reversed, reverse_state) = reverse.run_with_lstm_op(&backwards, &zero_state(reverse), train);
+        let reversed = reversed.gather(1, &order.expand([batch, length, reverse.hidden()], false), false);
+        Encoded {
+            outputs: Tensor::cat(&[outputs, reversed], 2),
+            state: State {
+                h: Tensor::cat(&[state.h, reverse_state.h], 2),
+                c: Tensor::cat(&[state.c, reverse_state.c], 2),
+            },
+            padding,
+        }
     }
 
     /// [`Seq2Seq::forward`] by libtorch's `lstm` op, differentiable by autograd: how a GPU runs
@@ -457,7 +642,9 @@ impl Seq2Seq {
     /// Trainable parameters, the number Keras's summary calls "Total params".
     pub fn parameter_count(&self) -> i64 {
         let output = self.output.ws.numel() as i64 + self.output.bs.as_ref().map_or(0, |b| b.numel() as i64);
-        self.encoder.parameter_count() + self.decoder.parameter_count() + output
+        let reverse = self.encoder_reverse.as_ref().map_or(0, Lstm::parameter_count);
+        let feedback: i64 = self.feedback.iter().flat_map(Feedback::trainable).map(|t| t.numel() as i64).sum();
+        self.encoder.parameter_count() + reverse + self.decoder.parameter_count() + feedback + output
     }
 
     /// A table like Keras's `model.summary()`: every layer, its output shape, its parameters.
@@ -484,10 +671,34 @@ impl Seq2Seq {
                 }
             }
         };
-        stack(&mut rows, "encoder", &self.encoder, input_len, enc, false);
-        rows.push(("repeat (RepeatVector)".to_owned(), format!("(None, {output_len}, {enc})"), 0));
-        stack(&mut rows, "decoder", &self.decoder, output_len, dec, true);
+        // A feedback decoder attends to every encoder step, and a repeat one reads the last.
+        let encoder_sequence = self.feedback.as_ref().is_some_and(Feedback::attends);
+        stack(&mut rows, "encoder", &self.encoder, input_len, enc, encoder_sequence);
+        if let Some(reverse) = &self.encoder_reverse {
+            stack(&mut rows, "encoder_reverse", reverse, input_len, enc, encoder_sequence);
+        }
+        let memory = self.config.memory_width();
         let width = features.width();
+        let (bridge, attention) = match self.config.decoder {
+            DecoderKind::Repeat => {
+                rows.push(("repeat (RepeatVector)".to_owned(), format!("(None, {output_len}, {memory})"), 0));
+                (0, 0)
+            }
+            kind => Feedback::parameter_counts(memory, dec, kind == DecoderKind::Attention),
+        };
+        if self.feedback.is_some() {
+            rows.push(("bridge (Dense h, c)".to_owned(), format!("(None, {dec})"), bridge as i64));
+            let token = format!("(None, {output_len}, {})", width + 1);
+            rows.push(("previous token (one-hot + start)".to_owned(), token, 0));
+        }
+        stack(&mut rows, "decoder", &self.decoder, output_len, dec, true);
+        if attention > 0 {
+            rows.push((
+                "attention (Luong general, fed)".to_owned(),
+                format!("(None, {output_len}, {dec})"),
+                attention as i64,
+            ));
+        }
         let output_shape = format!("(None, {output_len}, {width})");
         rows.push(("output (TimeDistributed(Dense))".to_owned(), output_shape, (dec * width + width) as i64));
         let rule = "_".repeat(72);
@@ -534,7 +745,14 @@ mod tests {
         for shape in shapes {
             for config in [
                 ModelConfig::default(),
-                ModelConfig { encoder_units: 7, decoder_units: 5, encoder_layers: 3, decoder_layers: 2, dropout: 0.1 },
+                ModelConfig {
+                    encoder_units: 7,
+                    decoder_units: 5,
+                    encoder_layers: 3,
+                    decoder_layers: 2,
+                    dropout: 0.1,
+                    ..Default::default()
+                },
             ] {
                 let vs = nn::VarStore::new(Device::Cpu);
                 let model = Seq2Seq::new_seeded(&vs.root(), &config, shape, 1);
@@ -551,7 +769,7 @@ mod tests {
             decoder_units: MAX_UNITS,
             encoder_layers: MAX_LAYERS,
             decoder_layers: MAX_LAYERS,
-            dropout: 0.0,
+            ..Default::default()
         };
         huge.validate().expect("within each limit");
         let error = huge.check_memory(&shape, Some(32)).expect_err("far beyond any machine's memory").to_string();
@@ -655,7 +873,14 @@ mod tests {
     }
 
     fn stacked() -> ModelConfig {
-        ModelConfig { encoder_units: 20, decoder_units: 16, encoder_layers: 2, decoder_layers: 3, dropout: 0.0 }
+        ModelConfig {
+            encoder_units: 20,
+            decoder_units: 16,
+            encoder_layers: 2,
+            decoder_layers: 3,
+            dropout: 0.0,
+            ..Default::default()
+        }
     }
 
     /// A model of pairs: other widths in and out, and the steps after each target's end left
@@ -668,6 +893,8 @@ mod tests {
             input_len: 5,
             output_len: 4,
             padded_targets: true,
+            input_padding: Some(0),
+            end_marker: Some(0),
         };
         assert_matches_autograd(ModelConfig::default(), pairs);
         assert_matches_autograd(stacked(), pairs);

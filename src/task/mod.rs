@@ -21,6 +21,7 @@ pub use pairs::{PairError, PairInput, PairsProblem};
 pub use samples::Samples;
 pub use sequence::{SequenceError, SequenceKind, SequenceProblem};
 
+use crate::data::corpus::vocabulary::PAD_ID;
 use crate::task::vocab::Alphabet;
 
 /// The problem a model is trained on, as `config.json` records it under `task`.
@@ -92,6 +93,14 @@ pub trait Problem {
     fn output_len(&self) -> usize;
     /// One line saying what the problem is.
     fn describe(&self) -> String;
+    /// The class that pads inputs (on the left), if inputs are padded.
+    fn input_padding(&self) -> Option<i64> {
+        None
+    }
+    /// The class that ends an answer, if answers end before the last step.
+    fn end_marker(&self) -> Option<i64> {
+        None
+    }
 }
 
 impl Problem for ArithmeticProblem {
@@ -112,6 +121,9 @@ impl Problem for ArithmeticProblem {
     }
     fn describe(&self) -> String {
         ArithmeticProblem::describe(self)
+    }
+    fn input_padding(&self) -> Option<i64> {
+        self.alphabet().index_of(vocab::PAD)
     }
 }
 
@@ -154,6 +166,12 @@ impl Problem for PairsProblem {
     }
     fn describe(&self) -> String {
         PairsProblem::describe(self)
+    }
+    fn input_padding(&self) -> Option<i64> {
+        Some(i64::from(PAD_ID))
+    }
+    fn end_marker(&self) -> Option<i64> {
+        Some(i64::from(PAD_ID))
     }
 }
 

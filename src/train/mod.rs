@@ -276,8 +276,8 @@ pub struct TrainLoop<'a> {
 
 /// Fits `model` to the batches of `data` with `optimizer`, from `run.start` to the end.
 pub fn train(model: &Seq2Seq, optimizer: &mut Adam, data: &BatchStream, run: TrainLoop<'_>) -> Result<TrainOutcome> {
-    // Only the hand-written passes share batches; libtorch's op (a GPU's) takes a batch whole.
-    let threads = if model.runs_by_hand() { run.config.threads } else { 1 };
+    // Only the CPU shares batches; a GPU takes a batch whole.
+    let threads = if model.shares_batches() { run.config.threads } else { 1 };
     thread::scope(|scope| {
         let mut shared = SharedStep::start(scope, model, optimizer, threads);
         if threads > 1 {

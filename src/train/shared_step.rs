@@ -171,7 +171,7 @@ impl<'a> SharedStep<'a> {
         let weight = |share: usize| counted[share] / total;
         let mut outputs = vec![own_output];
         let mut loss = own_loss * weight(0);
-        // SAFETY: shares exist only for the hand-written passes, so the optimiser's gradient
+        // SAFETY: shares exist only for float32 on the CPU (`shares_batches`), so the optimiser's gradient
         // buffer is a contiguous float32 CPU tensor; nothing else touches it during the step.
         let buffer = unsafe { floats_mut(&self.buffer) };
         scale(buffer, weight(0) as f32);
@@ -240,7 +240,14 @@ mod tests {
     }
 
     fn stacked_with_dropout() -> ModelConfig {
-        ModelConfig { encoder_units: 20, decoder_units: 16, encoder_layers: 2, decoder_layers: 2, dropout: 0.3 }
+        ModelConfig {
+            encoder_units: 20,
+            decoder_units: 16,
+            encoder_layers: 2,
+            decoder_layers: 2,
+            dropout: 0.3,
+            ..Default::default()
+        }
     }
 
     /// The weights after Adam steps on `batches`, each step's gradient from a [`SharedStep`] of

@@ -1,0 +1,451 @@
+//! Decoders that read what they wrote. The encoder's final state starts the decoder, which reads
+//! its previous token at every step (Sutskever et al., 2014), optionally attending over every
+//! encoder output (Luong et al., 2015: the "general" score with input feeding).
+//!
+//! Training feeds the target's previous token (teacher forcing); prediction feeds the decoder's
+//! own, chosen greedily ([`Feedback::greedy`]) or from a beam ([`Feedback::beam`]). These run on
+//! libtorch's ops under autograd, on the CPU and on a GPU alike.
+//!
+//! The previous token is read one-hot, with one more column for the start token: the decoder's
+//! `weight_ih_l0` holds the token embedding folded into its input weights (a value task reads the
+//! value and a start flag).
+
+use tch::nn::{self, Init, Module};
+use tch::{Kind, Tensor};
+
+use crate::nn::lstm::{Lstm, State};
+use crate::task::Features;
+
+/// What the encoder hands a feedback decoder (batch first).
+#[derive(Debug)]
+pub struct Encoded {
+    /// Every step's output of the top encoder layer(s), `[batch, input_len, memory]`.
+    pub outputs: Tensor,
+    /// Every encoder layer's final state, `[layers, batch, memory]` each.
+    pub state: State,
+    /// Where the input is padding, `[batch, input_len]`, when the task pads its inputs.
+    pub padding: Option<Tensor>,
+}
+
+impl Encoded {
+    /// The rows of `index` (a beam's copies of each input).
+    fn select(&self, index: &Tensor) -> Encoded {
+        Encoded {
+            outputs: self.outputs.index_select(0, index),
+            state: self.state.select(index),
+            padding: self.padding.as_ref().map(|padding| padding.index_select(0, index)),
+        }
+    }
+}
+
+/// The decoder's LSTM and output layer, which the model owns for every kind of decoder.
+pub struct Parts<'a> {
+    pub decoder: &'a Lstm,
+    pub output: &'a nn::Linear,
+}
+
+/// The parts a feedback decoder adds to the reference's: the bridge from the encoder's state to
+/// the decoder's, and optionally attention.
+#[derive(Debug)]
+pub struct Feedback {
+    /// `h = tanh(W h_enc + b)` for every decoder layer, from the encoder layer level with it
+    /// counted from the top (the lowest encoder layer again, when the decoder has more).
+    bridge_h: nn::Linear,
+    /// `c = W c_enc + b`, likewise.
+    bridge_c: nn::Linear,
+    attention: Option<Attention>,
+    output: Features,
+    decoder_layers: i64,
+    units: i64,
+}
+
+/// Luong's "general" attention with input feeding.
+#[derive(Debug)]
+struct Attention {
+    /// `W_a` of the score `h_tᵀ W_a h̄_s`: `[decoder_units, memory]` (`nn.Linear(memory, units, bias=False)`).
+    score: Tensor,
+    /// `W_c` of `h̃_t = tanh(W_c [c_t; h_t])`: `[decoder_units, memory + decoder_units]`.
+    combine: Tensor,
+}
+
+/// The encoder's outputs as attention reads them at every step.
+struct Memory<'a> {
+    outputs: &'a Tensor,
+    /// `h̄_s W_aᵀ`, `[batch, input_len, units]`: the score's product with the memory, made once.
+    keys: Tensor,
+    padding: Option<&'a Tensor>,
+}
+
+/// One of the beam's answers to an input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hypothesis {
+    /// Every written step's class id (after an end marker, the end marker again).
+    pub ids: Vec<i64>,
+    /// The log-probability of each written step, given the steps before it.
+    pub token_log_probs: Vec<f64>,
+    /// Their sum up to and including the end marker: the hypothesis's log-probability.
+    pub log_prob: f64,
+    /// `log_prob` per written token, the end marker included: what the beam ranks by.
+    pub score: f64,
+}
+
+/// Glorot-uniform, as the output layer and Keras's kernels start.
+fn glorot(fan_in: i64, fan_out: i64) -> Init {
+    let limit = (6.0 / (fan_in + fan_out) as f64).sqrt();
+    Init::Uniform { lo: -limit, up: limit }
+}
+
+impl Feedback {
+    /// Width of what the decoder reads at each step: the previous token (one column more than
+    /// the output's, for the start token) and, with attention, the previous attentional state.
+    pub fn decoder_input_width(output: Features, units: usize, attention: bool) -> usize {
+        output.width() + 1 + if attention { units } else { 0 }
+    }
+
+    /// Creates `bridge.{h,c}` and, with attention, `attention.{score,combine}` under `vs`.
+    pub fn new(
+        vs: &nn::Path,
+        memory: usize,
+        units: usize,
+        decoder_layers: usize,
+        output: Features,
+        attention: bool,
+    ) -> Self {
+        let (memory, units_i) = (memory as i64, units as i64);
+        let bridge = |name: &str| {
+            let config =
+                nn::LinearConfig { ws_init: glorot(memory, units_i), bs_init: Some(Init::Const(0.0)), bias: true };
+            nn::linear(vs / "bridge" / name, memory, units_i, config)
+        };
+        let (bridge_h, bridge_c) = (bridge("h"), bridge("c"));
+        let attention = attention.then(|| {
+            let path = vs / "attention";
+            Attention {
+                score: (&path / "score").var("weight", &[units_i, memory], glorot(memory, units_i)),
+                combine: (&path / "combine").var(
+                    "weight",
+                    &[units_i, memory + units_i],
+                    glorot(memory + units_i, units_i),
+                ),
+            }
+        });
+        Self { bridge_h, bridge_c, attention, output, decoder_layers: decoder_layers as i64, units: units_i }
+    }
+
+    /// Another handle on the same weights (see [`crate::nn::model::Seq2Seq::replica`]).
+    pub fn replica(&self) -> Feedback {
+        let linear =
+            |l: &nn::Linear| nn::Linear { ws: l.ws.shallow_clone(), bs: l.bs.as_ref().map(Tensor::shallow_clone) };
+        Feedback {
+            bridge_h: linear(&self.bridge_h),
+            bridge_c: linear(&self.bridge_c),
+            attention: self
+                .attention
+                .as_ref()
+                .map(|a| Attention { score: a.score.shallow_clone(), combine: a.combine.shallow_clone() }),
+            output: self.output,
+            decoder_layers: self.decoder_layers,
+            units: self.units,
+        }
+    }
+
+    /// The trainable tensors this adds, in the order they were made.
+    pub fn trainable(&self) -> Vec<&Tensor> {
+        let mut variables = Vec::new();
+        for bridge in [&self.bridge_h, &self.bridge_c] {
+            variables.push(&bridge.ws);
+            variables.extend(bridge.bs.as_ref());
+        }
+        if let Some(attention) = &self.attention {
+            variables.extend([&attention.score, &attention.combine]);
+        }
+        variables
+    }
+
+    /// Trainable numbers of the bridge and of the attention, apart.
+    pub fn parameter_counts(memory: usize, units: usize, attention: bool) -> (u128, u128) {
+        let (memory, units) = (memory as u128, units as u128);
+        let bridge = 2 * (memory * units + units);
+        (bridge, if attention { units * memory + units * (memory + units) } else { 0 })
+    }
+
+    pub fn attends(&self) -> bool {
+        self.attention.is_some()
+    }
+
+    /// Decoder outputs `[batch, output_len, width]` for `targets` `[batch, output_len]` (class
+    /// ids, or values), each step reading the target's previous token (teacher forcing).
+    pub fn teacher_forced(&self, parts: &Parts, encoded: &Encoded, targets: &Tensor, train: bool) -> Tensor {
+        let steps = targets.size()[1];
+        let kind = parts.output.ws.kind();
+        let previous = self.teacher_inputs(targets, kind);
+        if self.attention.is_none() {
+            // Every input is known: one op over all steps.
+            let (outputs, _) = parts.decoder.run_with_lstm_op(&previous, &self.start(encoded), train);
+            return self.shaped(parts.output.forward(&outputs));
+        }
+        self.shaped(
+            self.unroll(parts, encoded, steps, train, previous.narrow(1, 0, 1), |t, _| previous.narrow(1, t + 1, 1)),
+        )
+    }
+
+    /// Decoder outputs `[batch, steps, width]` from the start token, each step reading the
+    /// decoder's own most probable previous token (a value task, its previous value).
+    pub fn greedy(&self, parts: &Parts, encoded: &Encoded, steps: i64) -> Tensor {
+        let batch = encoded.outputs.size()[0];
+        let first = self.start_input(batch, &parts.output.ws);
+        let output = self.unroll(parts, encoded, steps, false, first, |_, values| match self.output {
+            Features::Classes(_) => self.written_input(&values.argmax(-1, false), &parts.output.ws),
+            Features::Value => self.written_input(&values.squeeze_dim(-1), &parts.output.ws),
+        });
+        self.shaped(output)
+    }
+
+    /// The `beam` most probable answers to each input by beam search, best first by their
+    /// log-probability per written token (OpenNMT-py's `avg` length penalty). A hypothesis ends
+    /// at `end` (a class id), after which it keeps its score; without one, every answer is
+    /// `steps` long. For class outputs only.
+    pub fn beam(
+        &self,
+        parts: &Parts,
+        encoded: &Encoded,
+        steps: i64,
+        beam: usize,
+        end: Option<i64>,
+    ) -> Vec<Vec<Hypothesis>> {
+        let Features::Classes(classes) = self.output else { unreachable!("a beam is searched over classes") };
+        let (batch, beam, classes) = (encoded.outputs.size()[0], beam as i64, classes as i64);
+        let device = encoded.outputs.device();
+        let rows = batch * beam;
+        let copies = Tensor::arange(batch, (Kind::Int64, device)).repeat_interleave_self_int(beam, None, None);
+        let encoded = encoded.select(&copies);
+        let memory = self.attention.as_ref().map(|attention| attention.memory(&encoded));
+        let mut state = self.start(&encoded);
+        let mut fed = Tensor::zeros([rows, self.units], (parts.output.ws.kind(), device));
+        let mut input = self.start_input(rows, &parts.output.ws);
+        // Only the first copy of each input starts, so that the first step's choices differ.
+        let scores = Tensor::full([batch, beam], f64::NEG_INFINITY, (Kind::Double, device));
+        let _ = scores.narrow(1, 0, 1).fill_(0.0);
+        let mut scores = scores.view([rows]);
+        let mut finished = Tensor::zeros([rows], (Kind::Bool, device));
+        let mut lengths = Tensor::zeros([rows], (Kind::Double, device));
+        let mut ids = Tensor::zeros([rows, 0], (Kind::Int64, device));
+        let mut token_log_probs = Tensor::zeros([rows, 0], (Kind::Double, device));
+        let first_rows = Tensor::arange(batch, (Kind::Int64, device)).unsqueeze(1) * beam;
+        for _ in 0..steps {
+            let (top, next_state, next_fed) = self.step(parts, memory.as_ref(), &input, &state, &fed, false);
+            let mut log_probs = parts.output.forward(&top).log_softmax(-1, Kind::Double);
+            if let Some(end) = end {
+                // A finished hypothesis can only write the end marker again, at no cost.
+                let carried = Tensor::full([1, classes], f64::NEG_INFINITY, (Kind::Double, device));
+                let _ = carried.narrow(1, end, 1).fill_(0.0);
+                log_probs = log_probs.where_self(&finished.logical_not().unsqueeze(1), &carried);
+            }
+            let candidates = (scores.unsqueeze(1) + &log_probs).view([batch, beam * classes]);
+            let (best, index) = candidates.topk(beam, -1, true, true);
+            let origin = (&first_rows + index.floor_divide_scalar(classes)).view([rows]);
+            let token = index.remainder(classes).view([rows]);
+            let chosen = log_probs.index_select(0, &origin).gather(1, &token.unsqueeze(1), false);
+            state = next_state.select(&origin);
+            fed = next_fed.index_select(0, &origin);
+            finished = finished.index_select(0, &origin);
+            lengths = lengths.index_select(0, &origin) + finished.logical_not().to_kind(Kind::Double);
+            if let Some(end) = end {
+                finished = finished.logical_or(&token.eq(end));
+            }
+            ids = Tensor::cat(&[ids.index_select(0, &origin), token.unsqueeze(1)], 1);
+            token_log_probs = Tensor::cat(&[token_log_probs.index_select(0, &origin), chosen], 1);
+            scores = best.view([rows]);
+            input = self.written_input(&token, &parts.output.ws);
+        }
+        let normalised = &scores / lengths.clamp_min(1.0);
+        let host = |t: &Tensor, kind| t.to_kind(kind).to_device(tch::Device::Cpu).contiguous();
+        let ids = Vec::<i64>::try_from(host(&ids, Kind::Int64).view([-1])).expect("int64 ids");
+        let token_log_probs =
+            Vec::<f64>::try_from(host(&token_log_probs, Kind::Double).view([-1])).expect("double log-probabilities");
+        let scores = Vec::<f64>::try_from(host(&scores, Kind::Double)).expect("double scores");
+        let normalised = Vec::<f64>::try_from(host(&normalised, Kind::Double)).expect("double scores");
+        let steps = steps as usize;
+        let mut answers: Vec<Vec<Hypothesis>> = Vec::with_capacity(batch as usize);
+        for input in 0..batch as usize {
+            let mut hypotheses: Vec<Hypothesis> = (0..beam as usize)
+                .map(|k| input * beam as usize + k)
+                .filter(|&row| scores[row].is_finite())
+                .map(|row| Hypothesis {
+                    ids: ids[row * steps..(row + 1) * steps].to_vec(),
+                    token_log_probs: token_log_probs[row * steps..(row + 1) * steps].to_vec(),
+                    log_prob: scores[row],
+                    score: normalised[row],
+                })
+                .collect();
+            hypotheses.sort_by(|a, b| b.score.total_cmp(&a.score));
+            answers.push(hypotheses);
+        }
+        answers
+    }
+
+    /// Runs `steps` decoder steps from `first`: after step `t`, `next(t, outputs)` gives what
+    /// step `t + 1` reads. Returns the output layer's `[batch, steps, width]`.
+    fn unroll(
+        &self,
+        parts: &Parts,
+        encoded: &Encoded,
+        steps: i64,
+        train: bool,
+        first: Tensor,
+        mut next: impl FnMut(i64, &Tensor) -> Tensor,
+    ) -> Tensor {
+        let memory = self.attention.as_ref().map(|attention| attention.memory(encoded));
+        let mut state = self.start(encoded);
+        let batch = encoded.outputs.size()[0];
+        let mut fed = Tensor::zeros([batch, self.units], (parts.output.ws.kind(), parts.output.ws.device()));
+        let mut input = first;
+        let mut outputs = Vec::with_capacity(steps as usize);
+        for t in 0..steps {
+            let (top, next_state, next_fed) = self.step(parts, memory.as_ref(), &input, &state, &fed, train);
+            (state, fed) = (next_state, next_fed);
+            let output = parts.output.forward(&top);
+            if t + 1 < steps {
+                input = next(t, &output);
+            }
+            outputs.push(output);
+        }
+        Tensor::stack(&outputs, 1)
+    }
+
+    /// One decoder step on `input` `[batch, 1, token width]`: what the output layer reads
+    /// `[batch, units]` (with attention, the attentional state `h̃_t`), the new state, and what
+    /// the next step is fed besides its token (`h̃_t`; unused without attention).
+    fn step(
+        &self,
+        parts: &Parts,
+        memory: Option<&Memory>,
+        input: &Tensor,
+        state: &State,
+        fed: &Tensor,
+        train: bool,
+    ) -> (Tensor, State, Tensor) {
+        match (&self.attention, memory) {
+            (Some(attention), Some(memory)) => {
+                let input = Tensor::cat(&[input, &fed.unsqueeze(1)], -1);
+                let (output, state) = parts.decoder.run_with_lstm_op(&input, state, train);
+                let attentional = attention.attend(memory, &output.squeeze_dim(1));
+                (attentional.shallow_clone(), state, attentional)
+            }
+            _ => {
+                let (output, state) = parts.decoder.run_with_lstm_op(input, state, train);
+                (output.squeeze_dim(1), state, fed.shallow_clone())
+            }
+        }
+    }
+
+    /// The decoder's first state from the encoder's, through the bridge.
+    fn start(&self, encoded: &Encoded) -> State {
+        let encoder_layers = encoded.state.h.size()[0];
+        let from_top = |layer: i64| (self.decoder_layers - 1 - layer).min(encoder_layers - 1);
+        let index: Vec<i64> = (0..self.decoder_layers).map(|layer| encoder_layers - 1 - from_top(layer)).collect();
+        let index = Tensor::from_slice(&index).to_device(encoded.outputs.device());
+        State {
+            h: self.bridge_h.forward(&encoded.state.h.index_select(0, &index)).tanh().contiguous(),
+            c: self.bridge_c.forward(&encoded.state.c.index_select(0, &index)).contiguous(),
+        }
+    }
+
+    /// What each step reads under teacher forcing, `[batch, steps, token width]`: the start
+    /// token, then the target's previous steps (an ignored step reads as class 0: whatever it
+    /// reads, its loss and the later steps' are ignored too).
+    fn teacher_inputs(&self, targets: &Tensor, kind: Kind) -> Tensor {
+        let [batch, steps] = targets.size()[..] else { unreachable!("targets are [batch, steps]") };
+        let device = targets.device();
+        let before = targets.narrow(1, 0, steps - 1);
+        match self.output {
+            Features::Classes(classes) => {
+                let start = Tensor::full([batch, 1], classes as i64, (Kind::Int64, device));
+                Tensor::cat(&[start, before.clamp_min(0)], 1).one_hot(classes as i64 + 1).to_kind(kind)
+            }
+            Features::Value => {
+                let values = Tensor::cat(&[Tensor::zeros([batch, 1], (kind, device)), before.to_kind(kind)], 1);
+                let flags = Tensor::zeros([batch, steps], (kind, device));
+                let _ = flags.narrow(1, 0, 1).fill_(1.0);
+                Tensor::stack(&[values, flags], -1)
+            }
+        }
+    }
+
+    /// The start token for `batch` rows, `[batch, 1, token width]`, like `like`'s kind and device.
+    fn start_input(&self, batch: i64, like: &Tensor) -> Tensor {
+        let width = self.output.width() as i64 + 1;
+        let input = Tensor::zeros([batch, 1, width], (like.kind(), like.device()));
+        let _ = input.narrow(2, width - 1, 1).fill_(1.0);
+        input
+    }
+
+    /// What the next step reads after writing `written` `[batch]` (class ids, or values).
+    fn written_input(&self, written: &Tensor, like: &Tensor) -> Tensor {
+        match self.output {
+            Features::Classes(classes) => written.one_hot(classes as i64 + 1).to_kind(like.kind()).unsqueeze(1),
+            Features::Value => {
+                let flag = written.zeros_like();
+                Tensor::stack(&[written.shallow_clone(), flag], -1).unsqueeze(1)
+            }
+        }
+    }
+
+    /// `[batch, steps, width]` as the model's outputs are shaped: values lose their last axis.
+    fn shaped(&self, output: Tensor) -> Tensor {
+        match self.output {
+            Features::Classes(_) => output,
+            Features::Value => output.squeeze_dim(-1),
+        }
+    }
+}
+
+impl Attention {
+    fn memory<'a>(&self, encoded: &'a Encoded) -> Memory<'a> {
+        Memory {
+            outputs: &encoded.outputs,
+            keys: encoded.outputs.matmul(&self.score.tr()),
+            padding: encoded.padding.as_ref(),
+        }
+    }
+
+    /// `h̃_t = tanh(W_c [c_t; h_t])`, where the context `c_t` weighs the memory by the softmax
+    /// of the scores over the input's steps, padding left out.
+    fn attend(&self, memory: &Memory, top: &Tensor) -> Tensor {
+        let scores = memory.keys.bmm(&top.unsqueeze(2)).squeeze_dim(2);
+        let scores = match memory.padding {
+            Some(padding) => scores.masked_fill(padding, f64::NEG_INFINITY),
+            None => scores,
+        };
+        let weights = scores.softmax(-1, scores.kind());
+        let context = weights.unsqueeze(1).bmm(memory.outputs).squeeze_dim(1);
+        Tensor::cat(&[&context, top], 1).matmul(&self.combine.tr()).tanh()
+    }
+}
+
+/// For each row of `padding` `[batch, steps]` (left padding): the steps in the order that reads
+/// the row's tokens backwards after its padding, `[batch, steps]`. It is its own inverse, so it
+/// also puts a backward pass's outputs back in reading order.
+pub fn reading_backwards(padding: Option<&Tensor>, batch: i64, steps: i64, device: tch::Device) -> Tensor {
+    let step = Tensor::arange(steps, (Kind::Int64, device)).unsqueeze(0).expand([batch, steps], false);
+    let pads = match padding {
+        Some(padding) => padding.sum_dim_intlist(1, true, Kind::Int64),
+        None => Tensor::zeros([batch, 1], (Kind::Int64, device)),
+    };
+    let backwards = &pads + (steps - 1) - &step;
+    step.where_self(&step.lt_tensor(&pads), &backwards).contiguous()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reading_backwards_keeps_the_padding_first() {
+        let padding =
+            Tensor::from_slice(&[true, true, false, false, false, false, false, false, false, false]).view([2, 5]);
+        let order = reading_backwards(Some(&padding), 2, 5, tch::Device::Cpu);
+        let order = Vec::<i64>::try_from(order.view([-1])).expect("int64");
+        assert_eq!(order, [0, 1, 4, 3, 2, 4, 3, 2, 1, 0]);
+    }
+}
