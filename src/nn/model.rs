@@ -745,6 +745,9 @@ mod tests {
         for shape in shapes {
             for config in [
                 ModelConfig::default(),
+                variant(DecoderKind::Feedback, false),
+                ModelConfig { encoder_layers: 3, decoder_layers: 2, ..variant(DecoderKind::Attention, true) },
+                ModelConfig { encoder_layers: 1, decoder_layers: 2, ..variant(DecoderKind::Repeat, true) },
                 ModelConfig {
                     encoder_units: 7,
                     decoder_units: 5,
@@ -1087,6 +1090,187 @@ mod tests {
         assert!(ModelConfig { encoder_units: 0, ..Default::default() }.validate().is_err());
         assert!(ModelConfig { dropout: 1.0, ..Default::default() }.validate().is_err());
         assert!(ModelConfig::default().validate().is_ok());
+    }
+
+    fn variant(decoder: DecoderKind, bidirectional: bool) -> ModelConfig {
+        ModelConfig { encoder_units: 12, decoder_units: 10, decoder, bidirectional, ..Default::default() }
+    }
+
+    /// A small padded task of symbols: 6 classes, inputs left-padded with class 0, answers of 4
+    /// steps that may end at class 0.
+    const PADDED: ModelShape = ModelShape {
+        input: Features::Classes(6),
+        output: Features::Classes(6),
+        input_len: 5,
+        output_len: 4,
+        padded_targets: true,
+        input_padding: Some(0),
+        end_marker: Some(0),
+    };
+
+    fn padded_inputs() -> Tensor {
+        Tensor::from_slice(&[0i64, 0, 3, 1, 2, 5, 4, 3, 2, 1, 0, 0, 0, 2, 2]).view([3, 5])
+    }
+
+    /// Greedy decoding feeds back the most probable token; teacher forcing on those very
+    /// tokens must then give the same outputs (one op over all steps without attention, a
+    /// loop of steps with it). The same for values.
+    #[test]
+    fn greedy_decoding_is_teacher_forcing_on_its_own_answers() {
+        for (decoder, bidirectional) in
+            [(DecoderKind::Feedback, false), (DecoderKind::Attention, false), (DecoderKind::Attention, true)]
+        {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let config = ModelConfig { decoder_layers: 2, encoder_layers: 2, ..variant(decoder, bidirectional) };
+            let model = Seq2Seq::new_seeded(&vs.root(), &config, PADDED, 5);
+            let inputs = padded_inputs();
+            let greedy = model.forward(&inputs);
+            let answers = greedy.argmax(-1, false);
+            let feedback = model.feedback.as_ref().expect("a feedback decoder");
+            let forced = tch::no_grad(|| {
+                feedback.teacher_forced(&model.parts(), &model.encode_all(&inputs, false), &answers, false)
+            });
+            assert!(greedy.allclose(&forced, 1e-5, 1e-6, false), "{decoder:?} {bidirectional}");
+
+            let values = ModelShape::uniform(Features::Value, 4, 3);
+            let model = Seq2Seq::new_seeded(&(&vs.root() / "values"), &config, values, 5);
+            let inputs = Tensor::from_slice(&[0.1f32, 0.5, -0.3, 0.9, 0.2, 0.2, 0.7, -1.0]).view([2, 4]);
+            let greedy = model.forward(&inputs);
+            let feedback = model.feedback.as_ref().expect("a feedback decoder");
+            let forced = tch::no_grad(|| {
+                feedback.teacher_forced(&model.parts(), &model.encode_all(&inputs, false), &greedy, false)
+            });
+            assert_eq!(greedy.size(), [2, 3]);
+            assert!(greedy.allclose(&forced, 1e-5, 1e-6, false), "values, {decoder:?}");
+        }
+    }
+
+    /// The sum of the log-probabilities of `ids` `[steps]` for row `row` of `inputs`, by
+    /// teacher forcing, up to and including the first end marker (if `end`).
+    fn log_prob_of(model: &Seq2Seq, inputs: &Tensor, row: i64, ids: &[i64], end: Option<i64>) -> f64 {
+        let feedback = model.feedback.as_ref().expect("a feedback decoder");
+        let input = inputs.narrow(0, row, 1);
+        let targets = Tensor::from_slice(ids).view([1, -1]);
+        let logits =
+            tch::no_grad(|| feedback.teacher_forced(&model.parts(), &model.encode_all(&input, false), &targets, false));
+        let log_probs = Vec::<f64>::try_from(
+            logits.log_softmax(-1, Kind::Double).gather(-1, &targets.unsqueeze(-1), false).view([-1]),
+        )
+        .expect("double");
+        let written = ids.iter().position(|&id| Some(id) == end).map_or(ids.len(), |at| at + 1);
+        log_probs[..written].iter().sum()
+    }
+
+    /// A beam as wide as every answer of 3 classes and 3 steps holds all 27, ranked as their
+    /// own log-probabilities rank them; a beam of one is greedy decoding.
+    #[test]
+    fn a_beam_as_wide_as_every_answer_ranks_them_all_and_a_beam_of_one_is_greedy() {
+        let shape = ModelShape { input_len: 4, output_len: 3, ..ModelShape::uniform(Features::Classes(3), 4, 3) };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Seq2Seq::new_seeded(&vs.root(), &variant(DecoderKind::Attention, false), shape, 9);
+        let inputs = Tensor::from_slice(&[0i64, 1, 2, 1, 2, 2, 0, 1]).view([2, 4]);
+        let answers = model.beam(&inputs, 27).expect("the model searches");
+        for (row, hypotheses) in answers.iter().enumerate() {
+            assert_eq!(hypotheses.len(), 27);
+            let mut expected: Vec<(f64, Vec<i64>)> = (0..27i64)
+                .map(|n| {
+                    let ids = vec![n / 9, n / 3 % 3, n % 3];
+                    (log_prob_of(&model, &inputs, row as i64, &ids, None), ids)
+                })
+                .collect();
+            expected.sort_by(|a, b| b.0.total_cmp(&a.0));
+            for (hypothesis, (log_prob, ids)) in hypotheses.iter().zip(&expected) {
+                assert_eq!(&hypothesis.ids, ids);
+                assert!((hypothesis.log_prob - log_prob).abs() < 1e-5, "{} vs {log_prob}", hypothesis.log_prob);
+                assert!((hypothesis.score - log_prob / 3.0).abs() < 1e-5);
+                let sum: f64 = hypothesis.token_log_probs.iter().sum();
+                assert!((sum - hypothesis.log_prob).abs() < 1e-9);
+            }
+        }
+        let greedy = model.forward(&inputs).argmax(-1, false);
+        let one = model.beam(&inputs, 1).expect("the model searches");
+        for (row, hypotheses) in one.iter().enumerate() {
+            assert_eq!(hypotheses[0].ids, Vec::<i64>::try_from(greedy.get(row as i64)).expect("ids"));
+        }
+    }
+
+    /// With an end marker, a hypothesis stops there: it writes the marker again to the last
+    /// step, its log-probability counts its steps up to the marker, and the beam ranks by that
+    /// per written token.
+    #[test]
+    fn beam_hypotheses_end_at_the_end_marker_and_are_ranked_per_token() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Seq2Seq::new_seeded(&vs.root(), &variant(DecoderKind::Feedback, true), PADDED, 3);
+        let inputs = padded_inputs();
+        let answers = model.beam(&inputs, 6).expect("the model searches");
+        assert_eq!(answers.len(), 3);
+        let mut ended = 0;
+        for (row, hypotheses) in answers.iter().enumerate() {
+            assert_eq!(hypotheses.len(), 6);
+            for hypothesis in hypotheses {
+                let end = hypothesis.ids.iter().position(|&id| id == 0);
+                if let Some(end) = end {
+                    ended += 1;
+                    assert!(hypothesis.ids[end..].iter().all(|&id| id == 0), "{:?}", hypothesis.ids);
+                }
+                let length = end.map_or(4, |at| at + 1) as f64;
+                let expected = log_prob_of(&model, &inputs, row as i64, &hypothesis.ids, Some(0));
+                assert!((hypothesis.log_prob - expected).abs() < 1e-5, "{} vs {expected}", hypothesis.log_prob);
+                assert!((hypothesis.score - expected / length).abs() < 1e-5);
+            }
+            assert!(hypotheses.windows(2).all(|pair| pair[0].score >= pair[1].score));
+        }
+        assert!(ended > 0, "some hypothesis of an untrained model of 6 classes ends early");
+    }
+
+    /// Every trainable tensor of a variant gets a gradient, so Adam trains all of them.
+    #[test]
+    fn every_part_of_a_variant_gets_a_gradient() {
+        for config in [variant(DecoderKind::Attention, true), variant(DecoderKind::Feedback, false)] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let model = Seq2Seq::new_seeded(&vs.root(), &config, PADDED, 2);
+            let targets = Tensor::from_slice(&[1i64, 2, 0, IGNORED, 3, 0, IGNORED, IGNORED, 5, 4, 3, 0]).view([3, 4]);
+            let (_, loss, grads) = by_hand(&vs, &model, &(padded_inputs(), targets));
+            assert!(loss.double_value(&[]) > 0.0);
+            assert_eq!(grads.len(), vs.trainable_variables().len());
+            for (name, grad) in &grads {
+                assert!(grad.abs().sum(Kind::Double).double_value(&[]) > 0.0, "{name} has no gradient");
+            }
+            let names: Vec<&String> = grads.keys().collect();
+            for part in ["bridge.h.weight", "bridge.c.bias", "decoder.weight_ih_l0", "output.weight"] {
+                assert!(names.iter().any(|name| *name == part), "{part} missing from {names:?}");
+            }
+            assert_eq!(
+                names.iter().any(|name| name.starts_with("attention.")),
+                config.decoder == DecoderKind::Attention
+            );
+            assert_eq!(names.iter().any(|name| name.starts_with("encoder_reverse.")), config.bidirectional);
+        }
+    }
+
+    /// Attention gives padded input steps no weight: changing the memory there changes nothing,
+    /// and changing it at a token does.
+    #[test]
+    fn attention_leaves_the_padding_out() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Seq2Seq::new_seeded(&vs.root(), &variant(DecoderKind::Attention, false), PADDED, 4);
+        let feedback = model.feedback.as_ref().expect("a feedback decoder");
+        let inputs = padded_inputs();
+        let decode = |encoded: &Encoded| tch::no_grad(|| feedback.greedy(&model.parts(), encoded, 4));
+        let encoded = tch::no_grad(|| model.encode_all(&inputs, false));
+        let plain = decode(&encoded);
+        let shifted = |step: i64| {
+            let outputs = encoded.outputs.copy();
+            let _ = outputs.narrow(1, step, 1).g_add_scalar_(3.0);
+            let state = State { h: encoded.state.h.copy(), c: encoded.state.c.copy() };
+            Encoded { outputs, state, padding: encoded.padding.as_ref().map(Tensor::copy) }
+        };
+        // Step 0 is padding in every row but the second; compare the other rows.
+        let rows = Tensor::from_slice(&[0i64, 2]);
+        let at_padding = decode(&shifted(0));
+        assert!(at_padding.index_select(0, &rows).equal(&plain.index_select(0, &rows)));
+        assert!(!at_padding.get(1).equal(&plain.get(1)), "the second row's step 0 is a token");
+        assert!(!decode(&shifted(4)).equal(&plain));
     }
 
     #[test]

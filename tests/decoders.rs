@@ -1,0 +1,256 @@
+//! The decoders that read what they wrote, through the real binary: training with feedback and
+//! attention (and a bidirectional encoder), beam search and n-best lists, everything the
+//! reference's decoder does (checkpoints, Ctrl-C and resume bit for bit, determinism across
+//! threads, evaluate, encode, plot), and the errors of asking a decoder for what it cannot do.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::*;
+use tempfile::TempDir;
+
+/// A small attention model with every variant switched on: two threads, two layers with
+/// dropout (so that the shares' masks must come from their seeds), a backward encoder and
+/// answers written backwards.
+const ATTENTION_RUN: &[&str] = &[
+    "train",
+    "--quiet",
+    "--decoder",
+    "attention",
+    "--bidirectional",
+    "--reverse-output",
+    "--encoder-units",
+    "24",
+    "--decoder-units",
+    "20",
+    "--encoder-layers",
+    "2",
+    "--decoder-layers",
+    "2",
+    "--dropout",
+    "0.1",
+    "--samples",
+    "9600",
+    "--eval-samples",
+    "500",
+    "--seed",
+    "4",
+];
+
+fn attention_run(threads: &str, dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["--threads", threads].iter().map(|s| s.to_string()).collect();
+    args.extend(ATTENTION_RUN.iter().map(|s| s.to_string()));
+    args.extend(["--out".to_owned(), path_str(dir).to_owned()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn weights(dir: &Path) -> Vec<u8> {
+    fs::read(dir.join("model.safetensors")).expect("model.safetensors")
+}
+
+#[test]
+fn an_attention_model_trains_deterministically_and_resumes_bit_for_bit() {
+    let home = TempDir::new().expect("temp dir");
+    let first = home.path().join("first");
+    let args = attention_run("2", &first, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run(&args).succeeded();
+    let again = home.path().join("again");
+    let args = attention_run("2", &again, &[]);
+    run(&args.iter().map(String::as_str).collect::<Vec<_>>()).succeeded();
+    assert!(weights(&first) == weights(&again), "the same seed and threads give the same weights");
+
+    let config = read_json(&first.join("config.json"));
+    assert_eq!(config["model"]["decoder"], "attention");
+    assert_eq!(config["model"]["bidirectional"], true);
+
+    let interrupted = home.path().join("interrupted");
+    let args = attention_run("2", &interrupted, &["--checkpoint-every", "1600"]);
+    let child = spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    wait_until("the first checkpoint", || interrupted.join("training_state.safetensors").exists());
+    send(&child, libc::SIGINT);
+    let output = child.wait_with_output().expect("the run ends");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // A short run may finish before the signal arrives; either way the weights must agree.
+    if output.status.code() == Some(130) {
+        assert!(stderr.contains("train --resume"), "{stderr}");
+        run(&["--threads", "2", "train", "--quiet", "--resume", path_str(&interrupted)]).succeeded();
+    } else {
+        assert_eq!(output.status.code(), Some(0), "{stderr}");
+    }
+    assert!(weights(&interrupted) == weights(&first), "resumed weights differ from an uninterrupted run's");
+}
+
+#[test]
+fn beam_search_lists_the_best_answers_with_their_log_probabilities() {
+    let home = TempDir::new().expect("temp dir");
+    let dir = home.path().join("attention");
+    let args = attention_run("1", &dir, &[]);
+    run(&args.iter().map(String::as_str).collect::<Vec<_>>()).succeeded();
+    let model = path_str(&dir);
+
+    let greedy = run(&["predict", "--model", model, "1+2+3", "10+9+8"]);
+    greedy.succeeded();
+    assert_eq!(greedy.stdout_lines().len(), 2);
+
+    let listed = run(&["predict", "--model", model, "--beam", "4", "--n-best", "3", "1+2+3", "10+9+8"]);
+    listed.succeeded();
+    let lines = listed.stdout_lines();
+    assert_eq!(lines.len(), 2 * 4, "each answer, then its 3 best: {lines:?}");
+    for answer in lines.chunks(4) {
+        let shown = answer[0].split(" = ").nth(1).and_then(|rest| rest.split(" (expect").next()).expect("an answer");
+        let mut last = 0.0;
+        for (rank, line) in answer[1..].iter().enumerate() {
+            let (head, log_p) = line.rsplit_once("  (log p ").expect("a log-probability");
+            assert!(head.starts_with(&format!("  {}. ", rank + 1)), "{line}");
+            let log_p: f64 = log_p.trim_end_matches(')').parse().expect("a number");
+            assert!(log_p <= 0.0 && (rank == 0 || log_p <= last + 1e-9), "{answer:?}");
+            last = log_p;
+            if rank == 0 {
+                assert_eq!(head.trim_start_matches("  1. "), shown.trim(), "the best listed is the answer");
+            }
+        }
+    }
+
+    let json = run(&["predict", "--model", model, "--json", "--n-best", "2", "--verbose", "5+5+5"]);
+    json.succeeded();
+    let records = json_lines(&json.stdout);
+    assert_eq!(records.len(), 1);
+    let n_best = records[0]["n_best"].as_array().expect("an n_best list");
+    assert_eq!(n_best.len(), 2);
+    assert_eq!(n_best[0]["prediction"], records[0]["prediction"]);
+    assert!(n_best.iter().all(|h| h["log_prob"].as_f64().is_some_and(|p| p <= 0.0)), "{n_best:?}");
+    let probabilities = records[0]["probabilities"].as_array().expect("probabilities");
+    assert_eq!(probabilities.len(), 2, "one per written character");
+
+    // What works for the reference's decoder works here too.
+    let evaluation = run(&["evaluate", "--model", model, "--samples", "300", "--errors", "2"]);
+    evaluation.succeeded();
+    assert!(evaluation.stdout.contains("sequence accuracy"), "{}", evaluation.stdout);
+    let vectors = run(&["encode", "--model", model, "1+2+3"]);
+    vectors.succeeded();
+    assert_eq!(vectors.stdout.trim().split(',').count(), 48, "both encoder stacks' 24 units");
+    run(&["plot", "--model", model]).succeeded();
+    assert!(dir.join("learning_curve.png").exists());
+
+    // What a decoder cannot do is refused with the reason.
+    run(&["predict", "--model", model, "--beam", "2", "--n-best", "3", "1+2+3"])
+        .failed()
+        .stderr_has(&["--n-best 3 asks for more answers than --beam 2 keeps"]);
+    run(&["predict", "--model", model, "--beam", "0", "1+2+3"]).failed_usage();
+    let reference = &shared_model().dir;
+    run(&["predict", "--model", path_str(reference), "--beam", "3", "1+2+3"])
+        .failed()
+        .stderr_has(&["decoder is repeat", "--decoder feedback or attention"]);
+    run(&["train", "--resume", model, "--decoder", "feedback"]).failed_usage();
+
+    // A directory whose config.json no longer matches its weights names what is wrong.
+    let damaged = home.path().join("damaged");
+    copy_dir(&dir, &damaged);
+    edit_config(&damaged, |config| config["model"]["decoder"] = "feedback".into());
+    run(&["predict", "--model", path_str(&damaged), "1+2+3"]).failed().stderr_has(&[
+        "model.safetensors",
+        "attention.",
+        "does not have",
+    ]);
+    edit_config(&damaged, |config| config["model"]["decoder"] = "sideways".into());
+    run(&["predict", "--model", path_str(&damaged), "1+2+3"]).failed().stderr_has(&["unknown variant `sideways`"]);
+}
+
+/// `count` words of 2 to 6 letters from a..h and their reversals, seeded.
+fn reversal_pairs(count: usize, seed: u64) -> String {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = |bound: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % bound
+    };
+    (0..count)
+        .map(|_| {
+            let length = 2 + next(5) as usize;
+            let word: String = (0..length).map(|_| (b'a' + next(8) as u8) as char).collect();
+            let reversed: String = word.chars().rev().collect();
+            format!("{word}\t{reversed}\n")
+        })
+        .collect()
+}
+
+/// On pairs, attention reads the source where it needs it: the same short budget that leaves
+/// the reference's decoder far from reversing words teaches attention to reverse them.
+#[test]
+fn on_pairs_attention_learns_what_the_repeat_decoder_has_not_yet() {
+    let home = TempDir::new().expect("temp dir");
+    let data = home.path().join("reverse.tsv");
+    fs::write(&data, reversal_pairs(3000, 2)).expect("write pairs");
+    let accuracy = |decoder: &str| {
+        let dir = home.path().join(decoder);
+        run(&[
+            "--threads",
+            "2",
+            "train",
+            "--quiet",
+            "--data",
+            path_str(&data),
+            "--decoder",
+            decoder,
+            "--encoder-units",
+            "32",
+            "--decoder-units",
+            "32",
+            "--epochs",
+            "3",
+            "--learning-rate",
+            "0.01",
+            "--out",
+            path_str(&dir),
+        ])
+        .succeeded();
+        let evaluation = run(&["evaluate", "--model", path_str(&dir), "--json"]);
+        evaluation.succeeded();
+        let figures: serde_json::Value = serde_json::from_str(evaluation.stdout.trim()).expect("one JSON object");
+        (dir, figures["sequence_accuracy"].as_f64().expect("accuracy"))
+    };
+    let (_, repeat) = accuracy("repeat");
+    let (dir, attention) = accuracy("attention");
+    assert!(attention >= 0.9, "attention reverses short words after 3 epochs: {attention}");
+    assert!(attention > repeat + 0.2, "attention {attention} against repeat {repeat}");
+
+    // Beam answers end at the end marker, as greedy ones do.
+    let answers = run(&["predict", "--model", path_str(&dir), "--beam", "3", "--n-best", "2", "abcd", "hgfe\tefgh"]);
+    answers.succeeded();
+    let lines = answers.stdout_lines();
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    assert_eq!(lines[0], "abcd\tdcba");
+    assert!(lines[1].starts_with("  1. dcba  (log p "), "{lines:?}");
+    assert_eq!(lines[3], "hgfe\tefgh\t(expect efgh: right)");
+}
+
+#[test]
+fn a_feedback_autoencoder_reads_its_previous_value() {
+    let home = TempDir::new().expect("temp dir");
+    let dir = home.path().join("autoencoder");
+    run(&[
+        "train",
+        "--quiet",
+        "--task",
+        "autoencoder",
+        "--decoder",
+        "feedback",
+        "--samples",
+        "3200",
+        "--out",
+        path_str(&dir),
+    ])
+    .succeeded();
+    let answer = run(&["predict", "--model", path_str(&dir), "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"]);
+    answer.succeeded();
+    assert_eq!(answer.stdout.trim().split(',').count(), 9, "{}", answer.stdout);
+    run(&["evaluate", "--model", path_str(&dir), "--samples", "200"]).succeeded();
+    run(&["predict", "--model", path_str(&dir), "--beam", "2", "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"])
+        .failed()
+        .stderr_has(&["a model of values writes no tokens"]);
+}
