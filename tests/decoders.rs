@@ -160,32 +160,13 @@ fn beam_search_lists_the_best_answers_with_their_log_probabilities() {
     run(&["predict", "--model", path_str(&damaged), "1+2+3"]).failed().stderr_has(&["unknown variant `sideways`"]);
 }
 
-/// `count` words of 2 to 6 letters from a..h and their reversals, seeded.
-fn reversal_pairs(count: usize, seed: u64) -> String {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut next = |bound: u64| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state % bound
-    };
-    (0..count)
-        .map(|_| {
-            let length = 2 + next(5) as usize;
-            let word: String = (0..length).map(|_| (b'a' + next(8) as u8) as char).collect();
-            let reversed: String = word.chars().rev().collect();
-            format!("{word}\t{reversed}\n")
-        })
-        .collect()
-}
-
 /// On pairs, attention reads the source where it needs it: the same short budget that leaves
 /// the reference's decoder far from reversing words teaches attention to reverse them.
 #[test]
 fn on_pairs_attention_learns_what_the_repeat_decoder_has_not_yet() {
     let home = TempDir::new().expect("temp dir");
     let data = home.path().join("reverse.tsv");
-    fs::write(&data, reversal_pairs(3000, 2)).expect("write pairs");
+    write_pairs(&data, &reversal_pairs(3000, 2));
     let accuracy = |decoder: &str| {
         let dir = home.path().join(decoder);
         run(&[

@@ -312,3 +312,27 @@ pub fn parse_text_line(line: &str, input_len: usize, output_len: usize) -> TextP
     assert!(prediction.chars().all(|c| ALPHABET.contains(c)), "prediction outside the alphabet: {line:?}");
     TextPrediction { input: input.expect("checked above"), prediction, expected: expected.expect("checked above") }
 }
+
+/// `count` words of 2 to 6 letters from a..h and their reversals, seeded: the same file every run.
+pub fn reversal_pairs(count: usize, seed: u64) -> Vec<(String, String)> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = |bound: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % bound
+    };
+    (0..count)
+        .map(|_| {
+            let length = 2 + next(5) as usize;
+            let word: String = (0..length).map(|_| (b'a' + next(8) as u8) as char).collect();
+            let reversed = word.chars().rev().collect();
+            (word, reversed)
+        })
+        .collect()
+}
+
+pub fn write_pairs(path: &Path, pairs: &[(String, String)]) {
+    let text: String = pairs.iter().map(|(source, target)| format!("{source}\t{target}\n")).collect();
+    fs::write(path, text).expect("write pairs");
+}
