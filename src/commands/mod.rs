@@ -462,7 +462,7 @@ pub fn predict(request: &PredictRequest) -> Result<()> {
     }
     let device = request.device.resolve()?;
     let loaded = checkpoint::load(&request.model_dir, device)?;
-    let batch_size = request.batch_size.unwrap_or_else(|| evaluation_batch_size(&loaded.model.shape()));
+
     if request.verbose && !matches!(loaded.config.task, Task::Arithmetic(_)) {
         bail!(
             "--verbose shows the probability of each output character of an arithmetic model; {} holds {}",
@@ -471,6 +471,9 @@ pub fn predict(request: &PredictRequest) -> Result<()> {
         );
     }
     let decoding = Decoding::choose(request.beam, request.n_best, &loaded.model)?;
+    // A beam holds `beam` hypotheses of every input, each with its scores over the vocabulary.
+    let batch_size =
+        request.batch_size.unwrap_or_else(|| (evaluation_batch_size(&loaded.model.shape()) / decoding.beam).max(1));
     // Someone typing at a terminal wants each answer as soon as the line is entered.
     let interactive = request.source == InputSource::Stdin && io::stdin().is_terminal();
     let predictor = Predictor {
