@@ -29,7 +29,6 @@ SCRIPT_START = time.perf_counter()
 import argparse
 import json
 import random
-import struct
 import sys
 import warnings
 from pathlib import Path
@@ -39,11 +38,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pytorch_reference import read_safetensors  # the same weights file, read the same way
+
 PAD, UNK, IGNORED = 0, 1, -100
 
 
 def load_config(model_dir):
-    config = json.loads((Path(model_dir) / "config.json").read_text())
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        sys.exit(f"pytorch_attention.py: {path} does not exist: --model takes a seq2seq model directory")
+    config = json.loads(path.read_text())
     task, model = config["task"], config["model"]
     if task["kind"] != "pairs" or model.get("decoder") != "attention" or model.get("bidirectional"):
         sys.exit(f"pytorch_attention.py: {model_dir} is not a one-way attention model of pairs")
@@ -156,22 +160,6 @@ class Attention(nn.Module):
         # Ties keep the beam's order, as a stable sort does.
         choice = torch.tensor([max(range(width), key=lambda k: (row[k].item(), -k)) for row in normalised])
         return written.view(batch, width, steps)[torch.arange(batch), choice]
-
-
-def read_safetensors(path):
-    data = Path(path).read_bytes()
-    (length,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + length])
-    body = memoryview(data)[8 + length:]
-    tensors = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info["dtype"] != "F32":
-            sys.exit(f"pytorch_attention.py: {name} is {info['dtype']}, not F32")
-        start, end = info["data_offsets"]
-        tensors[name] = torch.frombuffer(bytearray(body[start:end]), dtype=torch.float32).view(info["shape"])
-    return tensors
 
 
 def build(config):

@@ -251,6 +251,9 @@ def load_model(path):
         if (task["kind"] != "arithmetic" or task["operators"] != "+" or task["min_terms"] != task["max_terms"]
                 or task.get("reverse") or task.get("reverse_output")):
             sys.exit(f"{path}: this reference handles fixed-length addition, read and written forwards, only, not {task}")
+        if config["model"].get("decoder", "repeat") != "repeat" or config["model"].get("bidirectional"):
+            sys.exit(f"{path}: this reference is the repeat decoder and a one-way encoder "
+                     "(scripts/pytorch_attention.py is the attention decoder)")
         n_terms, largest = task["max_terms"], task["largest"]
         state = read_safetensors(path / "model.safetensors")
         units = (config["model"]["encoder_units"], config["model"]["decoder_units"])

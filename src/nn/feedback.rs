@@ -219,9 +219,7 @@ impl Feedback {
         let rows = batch * beam;
         let copies = Tensor::arange(batch, (Kind::Int64, device)).repeat_interleave_self_int(beam, None, None);
         let encoded = encoded.select(&copies);
-        let memory = self.attention.as_ref().map(|attention| attention.memory(&encoded));
-        let mut state = self.start(&encoded);
-        let mut fed = Tensor::zeros([rows, self.units], (parts.output.ws.kind(), device));
+        let (memory, mut state, mut fed) = self.begin(&encoded, &parts.output.ws);
         let mut input = self.start_input(rows, &parts.output.ws);
         // Only the first copy of each input starts, so that the first step's choices differ.
         let scores = Tensor::full([batch, beam], f64::NEG_INFINITY, (Kind::Double, device));
@@ -232,14 +230,17 @@ impl Feedback {
         let mut ids = Tensor::zeros([rows, 0], (Kind::Int64, device));
         let mut token_log_probs = Tensor::zeros([rows, 0], (Kind::Double, device));
         let first_rows = Tensor::arange(batch, (Kind::Int64, device)).unsqueeze(1) * beam;
+        // A finished hypothesis can only write the end marker again, at no cost.
+        let carried = end.map(|end| {
+            let carried = Tensor::full([1, classes], f64::NEG_INFINITY, (Kind::Double, device));
+            let _ = carried.narrow(1, end, 1).fill_(0.0);
+            carried
+        });
         for _ in 0..steps {
             let (top, next_state, next_fed) = self.step(parts, memory.as_ref(), &input, &state, &fed, false);
             let mut log_probs = parts.output.forward(&top).log_softmax(-1, Kind::Double);
-            if let Some(end) = end {
-                // A finished hypothesis can only write the end marker again, at no cost.
-                let carried = Tensor::full([1, classes], f64::NEG_INFINITY, (Kind::Double, device));
-                let _ = carried.narrow(1, end, 1).fill_(0.0);
-                log_probs = log_probs.where_self(&finished.logical_not().unsqueeze(1), &carried);
+            if let Some(carried) = &carried {
+                log_probs = log_probs.where_self(&finished.logical_not().unsqueeze(1), carried);
             }
             let candidates = (scores.unsqueeze(1) + &log_probs).view([batch, beam * classes]);
             let (best, index) = candidates.topk(beam, -1, true, true);
@@ -295,10 +296,7 @@ impl Feedback {
         first: Tensor,
         mut next: impl FnMut(i64, &Tensor) -> Tensor,
     ) -> Tensor {
-        let memory = self.attention.as_ref().map(|attention| attention.memory(encoded));
-        let mut state = self.start(encoded);
-        let batch = encoded.outputs.size()[0];
-        let mut fed = Tensor::zeros([batch, self.units], (parts.output.ws.kind(), parts.output.ws.device()));
+        let (memory, mut state, mut fed) = self.begin(encoded, &parts.output.ws);
         let mut input = first;
         let mut outputs = Vec::with_capacity(steps as usize);
         for t in 0..steps {
@@ -337,6 +335,15 @@ impl Feedback {
                 (output.squeeze_dim(1), state, fed.shallow_clone())
             }
         }
+    }
+
+    /// What decoding starts from: attention's memory (with attention), the decoder's first state
+    /// and a zero attentional state `h~_0` for the first step to be fed, like `like`'s kind.
+    fn begin<'a>(&self, encoded: &'a Encoded, like: &Tensor) -> (Option<Memory<'a>>, State, Tensor) {
+        let memory = self.attention.as_ref().map(|attention| attention.memory(encoded));
+        let batch = encoded.outputs.size()[0];
+        let fed = Tensor::zeros([batch, self.units], (like.kind(), like.device()));
+        (memory, self.start(encoded), fed)
     }
 
     /// The decoder's first state from the encoder's, through the bridge.

@@ -222,10 +222,15 @@ impl Lstm {
     /// the model where the hand-written passes do not (anything but float32 on the CPU), and
     /// the tests compare those with it.
     pub fn forward_with_lstm_op(&self, input: &Tensor, train: bool) -> (Tensor, Tensor) {
-        let layers = self.layers.len() as i64;
-        let zeros = Tensor::zeros([layers, input.size()[0], self.hidden], (input.kind(), input.device()));
-        let (output, state) = self.run_with_lstm_op(input, &State { h: zeros.shallow_clone(), c: zeros }, train);
-        (output, state.h.get(layers - 1))
+        let (output, state) = self.run_with_lstm_op(input, &self.zero_state(input), train);
+        (output, state.h.get(self.layers.len() as i64 - 1))
+    }
+
+    /// The zero state of every layer for the batch of `input` (batch first), of its kind and device.
+    pub fn zero_state(&self, input: &Tensor) -> State {
+        let zeros =
+            Tensor::zeros([self.layers.len() as i64, input.size()[0], self.hidden], (input.kind(), input.device()));
+        State { h: zeros.shallow_clone(), c: zeros }
     }
 
     /// [`Lstm::forward_with_lstm_op`] from `state` (every layer's): every step's output of the
@@ -237,10 +242,6 @@ impl Lstm {
         let (output, h, c) =
             input.lstm(&[&state.h, &state.c], &weights, true, layers, self.dropout, train, false, true);
         (output, State { h, c })
-    }
-
-    pub fn layers(&self) -> usize {
-        self.layers.len()
     }
 
     pub fn hidden(&self) -> i64 {

@@ -553,17 +553,12 @@ impl Seq2Seq {
             Features::Value => inputs.unsqueeze(-1),
         };
         let padding = self.shape.input_padding.map(|pad| inputs.eq(pad));
-        let zero_state = |stack: &Lstm| {
-            let zeros =
-                Tensor::zeros([stack.layers() as i64, inputs.size()[0], stack.hidden()], (kind, inputs.device()));
-            State { h: zeros.shallow_clone(), c: zeros }
-        };
-        let (outputs, state) = self.encoder.run_with_lstm_op(&steps, &zero_state(&self.encoder), train);
+        let (outputs, state) = self.encoder.run_with_lstm_op(&steps, &self.encoder.zero_state(&steps), train);
         let Some(reverse) = &self.encoder_reverse else { return Encoded { outputs, state, padding } };
         let [batch, length] = inputs.size()[..] else { unreachable!("inputs are [batch, steps]") };
         let order = reading_backwards(padding.as_ref(), batch, length, inputs.device()).unsqueeze(-1);
         let backwards = steps.gather(1, &order.expand([batch, length, steps.size()[2]], false), false);
-        let (reversed, reverse_state) = reverse.run_with_lstm_op(&backwards, &zero_state(reverse), train);
+        let (reversed, reverse_state) = reverse.run_with_lstm_op(&backwards, &reverse.zero_state(&backwards), train);
         let reversed = reversed.gather(1, &order.expand([batch, length, reverse.hidden()], false), false);
         Encoded {
             outputs: Tensor::cat(&[outputs, reversed], 2),
