@@ -130,6 +130,9 @@ fn beam_search_lists_the_best_answers_with_their_log_probabilities() {
     let evaluation = run(&["evaluate", "--model", model, "--samples", "300", "--errors", "2"]);
     evaluation.succeeded();
     assert!(evaluation.stdout.contains("sequence accuracy"), "{}", evaluation.stdout);
+    let searched = run(&["evaluate", "--model", model, "--samples", "300", "--errors", "2", "--beam", "3"]);
+    searched.succeeded();
+    assert!(searched.stdout.contains("beam 3)") && searched.stdout.contains("most confident"), "{}", searched.stdout);
     let vectors = run(&["encode", "--model", model, "1+2+3"]);
     vectors.succeeded();
     assert_eq!(vectors.stdout.trim().split(',').count(), 48, "both encoder stacks' 24 units");
@@ -145,6 +148,7 @@ fn beam_search_lists_the_best_answers_with_their_log_probabilities() {
     run(&["predict", "--model", path_str(reference), "--beam", "3", "1+2+3"])
         .failed()
         .stderr_has(&["decoder is repeat", "--decoder feedback or attention"]);
+    run(&["evaluate", "--model", path_str(reference), "--beam", "3"]).failed().stderr_has(&["--beam searches"]);
     run(&["train", "--resume", model, "--decoder", "feedback"]).failed_usage();
 
     // A directory whose config.json no longer matches its weights names what is wrong.
@@ -167,8 +171,7 @@ fn on_pairs_attention_learns_what_the_repeat_decoder_has_not_yet() {
     let home = TempDir::new().expect("temp dir");
     let data = home.path().join("reverse.tsv");
     write_pairs(&data, &reversal_pairs(3000, 2));
-    let accuracy = |decoder: &str| {
-        let dir = home.path().join(decoder);
+    let train = |dir: &Path, decoder: &str, units: &str, epochs: &str| {
         run(&[
             "--threads",
             "2",
@@ -179,17 +182,21 @@ fn on_pairs_attention_learns_what_the_repeat_decoder_has_not_yet() {
             "--decoder",
             decoder,
             "--encoder-units",
-            "32",
+            units,
             "--decoder-units",
-            "32",
+            units,
             "--epochs",
-            "3",
+            epochs,
             "--learning-rate",
             "0.01",
             "--out",
-            path_str(&dir),
+            path_str(dir),
         ])
         .succeeded();
+    };
+    let accuracy = |decoder: &str| {
+        let dir = home.path().join(decoder);
+        train(&dir, decoder, "32", "3");
         let evaluation = run(&["evaluate", "--model", path_str(&dir), "--json"]);
         evaluation.succeeded();
         let figures: serde_json::Value = serde_json::from_str(evaluation.stdout.trim()).expect("one JSON object");
@@ -208,6 +215,56 @@ fn on_pairs_attention_learns_what_the_repeat_decoder_has_not_yet() {
     assert_eq!(lines[0], "abcd\tdcba");
     assert!(lines[1].starts_with("  1. dcba  (log p "), "{lines:?}");
     assert_eq!(lines[3], "hgfe\tefgh\t(expect efgh: right)");
+
+    // evaluate --beam scores the answers predict --beam writes: the same pairs are wrong (of a
+    // model trained too little to be always right).
+    let fresh = home.path().join("fresh.tsv");
+    write_pairs(&fresh, &reversal_pairs(400, 9));
+    let dir = home.path().join("early");
+    train(&dir, "attention", "16", "1");
+    let scored = |beam: &str| {
+        let evaluation = run(&[
+            "evaluate",
+            "--model",
+            path_str(&dir),
+            "--data",
+            path_str(&fresh),
+            "--beam",
+            beam,
+            "--errors",
+            "1000",
+            "--json",
+        ]);
+        evaluation.succeeded();
+        serde_json::from_str::<serde_json::Value>(evaluation.stdout.trim()).expect("one JSON object")
+    };
+    let plain = run(&["evaluate", "--model", path_str(&dir), "--data", path_str(&fresh), "--errors", "1000", "--json"]);
+    plain.succeeded();
+    assert_eq!(scored("1"), serde_json::from_str::<serde_json::Value>(plain.stdout.trim()).expect("JSON"));
+    let searched = scored("3");
+    let predicted = run(&["predict", "--model", path_str(&dir), "--beam", "3", "--file", path_str(&fresh)]);
+    predicted.succeeded();
+    let wrong: Vec<String> = predicted
+        .stdout_lines()
+        .iter()
+        .filter(|line| line.ends_with(": wrong)"))
+        .map(|line| line.split('\t').take(2).collect::<Vec<_>>().join("\t"))
+        .collect();
+    assert_eq!(searched["samples"], 400);
+    assert_eq!(searched["wrong"].as_u64(), Some(wrong.len() as u64), "{searched}");
+    let accuracy = searched["sequence_accuracy"].as_f64().expect("accuracy");
+    assert!((accuracy - (1.0 - wrong.len() as f64 / 400.0)).abs() < 1e-12, "{accuracy}");
+    let mut listed: Vec<String> = searched["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| format!("{}\t{}", e["input"].as_str().unwrap_or(""), e["prediction"].as_str().unwrap_or("")))
+        .collect();
+    assert!(wrong.len() > 20, "enough mistakes to compare: {}", wrong.len());
+    let mut wrong = wrong;
+    listed.sort();
+    wrong.sort();
+    assert_eq!(listed, wrong, "the beam's wrong answers, as predict writes them");
 }
 
 #[test]

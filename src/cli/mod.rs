@@ -332,6 +332,10 @@ pub struct EvaluateArgs {
     /// output position and by the true value's number of digits).
     #[arg(long, value_name = "N")]
     pub errors: Option<usize>,
+    /// Score the best answer of a beam N wide, ranked by log-probability per token (feedback
+    /// and attention decoders); the loss stays the greedy answer's. [default: 1, greedy]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub beam: Option<u16>,
 }
 
 #[derive(Debug, Args)]
@@ -597,6 +601,7 @@ impl EvaluateArgs {
             seed: self.seed,
             device: self.device,
             errors: self.errors,
+            beam: self.beam.map_or(1, usize::from),
         }
     }
 }

@@ -9,6 +9,7 @@ use serde::{Serialize, Serializer};
 use tch::Device;
 
 use super::evaluation_batch_size;
+use super::predict::Decoding;
 use crate::data::corpus::batches::PairSource;
 use crate::data::corpus::load;
 use crate::data::corpus::read::PairFiles;
@@ -16,7 +17,7 @@ use crate::data::corpus::sequences::{self, SequenceSource};
 use crate::data::{BatchStream, Stream};
 use crate::evaluate::mistakes::{ErrorReport, MistakeTally};
 use crate::evaluate::pair_mistakes::{PairMistake, PairMistakes};
-use crate::evaluate::{self, Evaluation};
+use crate::evaluate::{self, Choice, Evaluation};
 use crate::nn::device::{DeviceChoice, describe};
 use crate::nn::model::ModelShape;
 use crate::output::{self, Report};
@@ -34,6 +35,8 @@ pub struct EvaluateRequest {
     pub device: DeviceChoice,
     /// List this many wrong predictions, with accuracy by output position and by answer size.
     pub errors: Option<usize>,
+    /// Score the best answer of a beam this wide (1: greedy) for models whose decoder searches.
+    pub beam: usize,
     /// Pairs to score a model of pairs on (default: its own held-out part).
     pub data: Option<PairFiles>,
     pub skip_bad_lines: bool,
@@ -140,6 +143,7 @@ pub fn evaluate(request: &EvaluateRequest) -> Result<EvaluateReport> {
     }
     let device = request.device.resolve()?;
     let loaded = checkpoint::load(&request.model_dir, device)?;
+    Decoding::choose(Some(request.beam), None, &loaded.model)?;
     if let Task::Pairs(problem) = &loaded.config.task {
         return evaluate_pairs(request, &loaded, problem, device);
     }
@@ -168,15 +172,16 @@ pub fn evaluate(request: &EvaluateRequest) -> Result<EvaluateReport> {
             task.model_kind()
         ),
     };
-    let batch = evaluation_batch_size(&ModelShape::for_task(task));
+    let (batch, choice) = batches(&ModelShape::for_task(task), request.beam);
     let data = BatchStream::new(task, seed, Stream::Evaluation, request.samples, batch, device)?.keeping_samples();
-    let evaluation = evaluate::evaluate_observed(&loaded.model, &data, |batch, logits| {
+    let evaluation = evaluate::evaluate_observed(&loaded.model, &data, choice, |batch, answers| {
         if let (Some(tally), Samples::Arithmetic(_, expressions)) = (tally.as_mut(), &batch.samples) {
-            tally.add(expressions, &batch.targets, logits);
+            tally.add(expressions, &batch.targets, answers);
         }
-    });
+    })?;
     let mistakes = tally.map(MistakeTally::finish);
-    Ok(EvaluateReport::Fresh { task: task.clone(), seed, device: describe(device), evaluation, mistakes })
+    let device = decoded_on(device, request.beam);
+    Ok(EvaluateReport::Fresh { task: task.clone(), seed, device, evaluation, mistakes })
 }
 
 /// Scores a model of pairs on `--data`, or on its own held-out part.
@@ -209,16 +214,16 @@ fn evaluate_pairs(
         }
     };
     let source = PairSource::new(problem, corpus, None);
-    let batch = evaluation_batch_size(&loaded.model.shape());
+    let (batch, choice) = batches(&loaded.model.shape(), request.beam);
     let data = BatchStream::of(Arc::new(source), batch, device).keeping_samples();
     let mut mistakes = request.errors.map(|limit| PairMistakes::new(problem, limit));
-    let evaluation = evaluate::evaluate_observed(&loaded.model, &data, |batch, logits| {
+    let evaluation = evaluate::evaluate_observed(&loaded.model, &data, choice, |batch, answers| {
         if let (Some(mistakes), Samples::Pairs(_, pairs)) = (mistakes.as_mut(), &batch.samples) {
-            mistakes.add(pairs, logits);
+            mistakes.add(pairs, answers);
         }
-    });
+    })?;
     let mistakes = mistakes.map(PairMistakes::finish);
-    Ok(EvaluateReport::Pairs { origin, device: describe(device), evaluation, mistakes })
+    Ok(EvaluateReport::Pairs { origin, device: decoded_on(device, request.beam), evaluation, mistakes })
 }
 
 /// Scores an autoencoder on a file of sequences (`--data`), or on the held-out part of the file
@@ -252,6 +257,26 @@ fn evaluate_sequences(
     let data = BatchStream::of(Arc::new(source), evaluation_batch_size(&loaded.model.shape()), device);
     let evaluation = evaluate::evaluate(&loaded.model, &data);
     Ok(EvaluateReport::Sequences { origin, device: describe(device), evaluation })
+}
+
+/// Where the answers were made, and how when not greedily: `the CPU, beam 5`.
+fn decoded_on(device: Device, beam: usize) -> String {
+    match beam {
+        1 => describe(device),
+        _ => format!("{}, beam {beam}", describe(device)),
+    }
+}
+
+/// Rows per batch, the same with or without a beam (so that the greedy loss is the same figure),
+/// and the answers to score: a beam holds `beam` hypotheses of every input, so it searches
+/// `beam` times fewer rows at a time, as `predict --beam` does by default.
+fn batches(shape: &ModelShape, beam: usize) -> (usize, Choice) {
+    let batch = evaluation_batch_size(shape);
+    let choice = match beam {
+        1 => Choice::Greedy,
+        width => Choice::Beam { width, rows: (batch / width).max(1) },
+    };
+    (batch, choice)
 }
 
 /// The final figures in words: on fresh samples of a generated problem, on the held-out part of

@@ -23,7 +23,7 @@ use crate::data::corpus::sequences::{self, LoadedSequences, SequenceSource};
 use crate::data::generated::Generated;
 use crate::data::input::{InputSource, InputSummary};
 use crate::data::{BatchStream, SampleSource, Stream};
-use crate::evaluate::{Evaluation, Metrics, evaluate_by};
+use crate::evaluate::{Answers, Evaluation, Metrics, evaluate_by};
 use crate::nn::device::{DeviceChoice, FORCE_AUTOGRAD_VARIABLE, RuntimeInfo, autograd_forced, describe};
 use crate::nn::model::{ModelConfig, ModelShape, Seq2Seq};
 use crate::nn::optim::Adam;
@@ -338,7 +338,9 @@ fn run_training(session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
         };
         let mut on_report = |report: &train::Report, forward: &train::Forward<'_>| {
             let started = Instant::now();
-            let validation = evaluate_by(&session.model, forward, &validation_data, |_, _| {})?.metrics;
+            let features = session.model.shape().output;
+            let answer = |inputs: &tch::Tensor| Ok(Answers::greedy(forward(inputs)?, features));
+            let validation = evaluate_by(&session.model, &answer, &validation_data, |_, _| {})?.metrics;
             let seconds = &session.validation_seconds;
             seconds.set(seconds.get() + started.elapsed().as_secs_f64());
             // A stop signal cuts the validation short: its partial figures are not kept.

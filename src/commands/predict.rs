@@ -118,7 +118,8 @@ impl Decoding {
                     model.config().decoder.name()
                 ),
             };
-            bail!("--beam and --n-best search among a decoder's answers; {why}");
+            let flags = if n_best.is_some() { "--beam and --n-best search" } else { "--beam searches" };
+            bail!("{flags} among a decoder's answers; {why}");
         }
         Ok(decoding)
     }

@@ -6,7 +6,9 @@ use std::cmp::Reverse;
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
+
+use crate::evaluate::Answers;
 
 use crate::task::vocab::Alphabet;
 use crate::task::{ArithmeticProblem, Expression};
@@ -98,13 +100,13 @@ impl MistakeTally {
         }
     }
 
-    /// Adds one batch of `expressions`, the `targets` written for them and the model's logits.
-    pub fn add(&mut self, expressions: &[Expression], targets: &Tensor, logits: &Tensor) {
+    /// Adds one batch of `expressions`, the `targets` written for them and the model's answers.
+    pub fn add(&mut self, expressions: &[Expression], targets: &Tensor, answers: &Answers) {
         let output_len = self.output_len;
-        let predicted = logits.argmax(-1, true);
-        let probabilities = logits.softmax(-1, Kind::Double).gather(-1, &predicted, false).squeeze_dim(-1);
-        let predicted = Vec::<i64>::try_from(predicted.flatten(0, -1).to_device(Device::Cpu))
-            .expect("argmax yields int64 class indices");
+        let probabilities = answers.probabilities();
+        let written = answers.written.as_ref().expect("an arithmetic model writes characters");
+        let predicted =
+            Vec::<i64>::try_from(written.flatten(0, -1).to_device(Device::Cpu)).expect("int64 class indices");
         let probabilities = Vec::<f64>::try_from(probabilities.flatten(0, -1).to_device(Device::Cpu))
             .expect("softmax in double precision");
         let targets = Vec::<i64>::try_from(targets.flatten(0, -1).to_device(Device::Cpu))

@@ -119,16 +119,25 @@ impl MetricSums {
 
     /// Adds one batch: the model's `output`, the `targets` and the batch's mean `loss`.
     pub fn add(&mut self, output: &Tensor, targets: &Tensor, loss: &Tensor, batch_size: usize) {
-        tch::no_grad(|| {
-            match self.features {
-                Features::Classes(_) => {
-                    self.pending_predictions.push(output.argmax(-1, false));
-                    self.pending_targets.push(targets.shallow_clone());
-                }
-                Features::Value => self.pending_predictions.push((output - targets).abs().max()),
+        match self.features {
+            Features::Classes(_) => self.add_written(&output.argmax(-1, false), targets, loss, batch_size),
+            Features::Value => {
+                let largest = tch::no_grad(|| (output - targets).abs().max());
+                self.add_pending(largest, loss, batch_size);
             }
-            self.pending_losses.push(loss.detach() * batch_size as f64);
-        });
+        }
+    }
+
+    /// Adds one batch of a class task by the ids written for it (`[batch, steps]`: the output's
+    /// argmax, or a beam's best answer), the `targets` and the batch's mean `loss`.
+    pub fn add_written(&mut self, written: &Tensor, targets: &Tensor, loss: &Tensor, batch_size: usize) {
+        self.pending_targets.push(targets.shallow_clone());
+        self.add_pending(written.shallow_clone(), loss, batch_size);
+    }
+
+    fn add_pending(&mut self, prediction: Tensor, loss: &Tensor, batch_size: usize) {
+        self.pending_predictions.push(prediction);
+        self.pending_losses.push(tch::no_grad(|| loss.detach() * batch_size as f64));
         self.samples += batch_size;
         self.batches += 1;
         if self.pending_losses.len() >= FOLD_EVERY {
@@ -216,24 +225,100 @@ pub struct Evaluation {
     pub token_error_rate: Option<f64>,
 }
 
+/// A batch as the model answered it: the output its loss is computed on and, for a task of
+/// classes, the ids written (the output's argmax, or the best answer of a beam).
+pub struct Answers {
+    /// The model's output `[batch, steps, width]`.
+    pub output: Tensor,
+    /// Class ids `[batch, steps]`; `None` for values.
+    pub written: Option<Tensor>,
+    /// A beam's probability of each written id given the ones before it, `[batch, steps]`
+    /// (double); `None` where they are the output's own.
+    searched: Option<Tensor>,
+}
+
+impl Answers {
+    /// The greedy answers in `output`: its most probable class at every step.
+    pub fn greedy(output: Tensor, features: Features) -> Answers {
+        let written = matches!(features, Features::Classes(_)).then(|| output.argmax(-1, false));
+        Answers { output, written, searched: None }
+    }
+
+    /// The best answer of a beam `width` wide to each row of `inputs` (for models that search
+    /// beams), searched `rows` inputs at a time, with the greedy decode's output for the loss,
+    /// so that the loss is the same figure as without a beam.
+    pub fn beam(model: &Seq2Seq, inputs: &Tensor, width: usize, rows: usize) -> Option<Answers> {
+        let mut answers = Vec::new();
+        for part in inputs.split(rows.max(1) as i64, 0) {
+            answers.extend(model.beam(&part, width)?);
+        }
+        let output = model.forward(inputs);
+        let best = || answers.iter().map(|hypotheses| &hypotheses[0]);
+        let (rows, steps) = (answers.len() as i64, model.shape().output_len as i64);
+        let ids: Vec<i64> = best().flat_map(|best| best.ids.iter().copied()).collect();
+        let chances: Vec<f64> = best().flat_map(|best| best.token_log_probs.iter().map(|p| p.exp())).collect();
+        let device = output.device();
+        Some(Answers {
+            written: Some(Tensor::from_slice(&ids).view([rows, steps]).to_device(device)),
+            searched: Some(Tensor::from_slice(&chances).view([rows, steps]).to_device(device)),
+            output,
+        })
+    }
+
+    /// The probability the model gave each written id, `[batch, steps]` in double precision.
+    pub fn probabilities(&self) -> Tensor {
+        if let Some(searched) = &self.searched {
+            return searched.shallow_clone();
+        }
+        let written = self.written.as_ref().expect("probabilities of written classes").unsqueeze(-1);
+        self.output.softmax(-1, Kind::Double).gather(-1, &written, false).squeeze_dim(-1)
+    }
+
+    /// The written ids, for a task of classes.
+    fn ids(&self) -> &Tensor {
+        self.written.as_ref().expect("a task of classes writes ids")
+    }
+}
+
+/// Which answers are scored.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Choice {
+    /// The most probable class at every step.
+    Greedy,
+    /// The best answer of a beam `width` wide, searched `rows` inputs at a time.
+    Beam { width: usize, rows: usize },
+}
+
 /// Scores `model` on every batch of `data`, without gradients and with dropout off.
 pub fn evaluate(model: &Seq2Seq, data: &BatchStream) -> Evaluation {
-    evaluate_observed(model, data, |_, _| {})
+    evaluate_observed(model, data, Choice::Greedy, |_, _| {}).expect("a plain forward pass cannot fail")
 }
 
-/// [`evaluate`], handing each batch and the model's output for it to `observe` as well, so that
-/// further analyses need no second pass over the samples.
-pub fn evaluate_observed(model: &Seq2Seq, data: &BatchStream, observe: impl FnMut(&Batch, &Tensor)) -> Evaluation {
-    evaluate_by(model, &|inputs| Ok(model.forward(inputs)), data, observe).expect("a plain forward pass cannot fail")
+/// [`evaluate`] of the answers `choice` picks, handing each batch and the model's answers to it
+/// to `observe` as well, so that further analyses need no second pass.
+pub fn evaluate_observed(
+    model: &Seq2Seq,
+    data: &BatchStream,
+    choice: Choice,
+    observe: impl FnMut(&Batch, &Answers),
+) -> anyhow::Result<Evaluation> {
+    let features = model.shape().output;
+    let answer = |inputs: &Tensor| match choice {
+        Choice::Greedy => Ok(Answers::greedy(model.forward(inputs), features)),
+        Choice::Beam { width, rows } => {
+            Answers::beam(model, inputs, width, rows).ok_or_else(|| anyhow::anyhow!("this model searches no beam"))
+        }
+    };
+    evaluate_by(model, &answer, data, observe)
 }
 
-/// [`evaluate_observed`] with the model's outputs from `forward` (a pass shared among threads,
+/// [`evaluate_observed`] with the model's answers from `answer` (a pass shared among threads,
 /// say), which may fail.
 pub fn evaluate_by(
     model: &Seq2Seq,
-    forward: &dyn Fn(&Tensor) -> anyhow::Result<Tensor>,
+    answer: &dyn Fn(&Tensor) -> anyhow::Result<Answers>,
     data: &BatchStream,
-    mut observe: impl FnMut(&Batch, &Tensor),
+    mut observe: impl FnMut(&Batch, &Answers),
 ) -> anyhow::Result<Evaluation> {
     let shape = model.shape();
     let mut sums = MetricSums::new(data.device(), shape.output);
@@ -255,17 +340,20 @@ pub fn evaluate_by(
             if crate::train::interrupt::requested().is_some() {
                 break;
             }
-            let output = forward(&batch.inputs)?;
-            let loss = model.loss(&output, &batch.targets);
-            sums.add(&output, &batch.targets, &loss, batch.size);
-            observe(&batch, &output);
+            let answers = answer(&batch.inputs)?;
+            let loss = model.loss(&answers.output, &batch.targets);
+            match &answers.written {
+                Some(written) => sums.add_written(written, &batch.targets, &loss, batch.size),
+                None => sums.add(&answers.output, &batch.targets, &loss, batch.size),
+            }
+            observe(&batch, &answers);
             if let Some(problem) = pairs {
-                add_edits(problem, &output, &batch.targets, &mut errors);
+                add_edits(problem, answers.ids(), &batch.targets, &mut errors);
             }
             if operators.is_empty() {
                 continue;
             }
-            let correct = output.argmax(-1, false).eq_tensor(&batch.targets).all_dim(1, false);
+            let correct = answers.ids().eq_tensor(&batch.targets).all_dim(1, false);
             let correct = Vec::<bool>::try_from(correct.to_device(Device::Cpu)).expect("a bool per sample");
             let Samples::Arithmetic(_, expressions) = &batch.samples else { continue };
             for (expression, is_correct) in expressions.iter().zip(correct) {
@@ -293,10 +381,9 @@ pub fn evaluate_by(
 }
 
 /// The edits of each written target (up to its end marker) from the true one.
-fn add_edits(problem: &PairsProblem, output: &Tensor, targets: &Tensor, errors: &mut ErrorRate) {
+fn add_edits(problem: &PairsProblem, written: &Tensor, targets: &Tensor, errors: &mut ErrorRate) {
     let width = problem.output_len();
-    let written = Vec::<i64>::try_from(output.argmax(-1, false).flatten(0, -1).to_device(Device::Cpu))
-        .expect("argmax yields int64 class indices");
+    let written = Vec::<i64>::try_from(written.flatten(0, -1).to_device(Device::Cpu)).expect("int64 class ids");
     let truth = Vec::<i64>::try_from(targets.flatten(0, -1).to_device(Device::Cpu)).expect("int64 targets");
     let ids = |row: &[i64]| row.iter().map(|&id| id as u32).collect::<Vec<u32>>();
     for (written, truth) in written.chunks(width).zip(truth.chunks(width)) {

@@ -2,7 +2,9 @@
 //! mistakes, each with the source, what the model wrote and the true target.
 
 use serde::Serialize;
-use tch::{Device, Kind, Tensor};
+use tch::Device;
+
+use crate::evaluate::Answers;
 
 use crate::task::{PairInput, PairsProblem};
 
@@ -30,11 +32,11 @@ impl<'a> PairMistakes<'a> {
         Self { problem, limit, kept: Vec::new(), wrong: 0 }
     }
 
-    /// Looks at one scored batch of `pairs` and the model's logits for it.
-    pub fn add(&mut self, pairs: &[PairInput], logits: &Tensor) {
+    /// Looks at one scored batch of `pairs` and the model's answers to it.
+    pub fn add(&mut self, pairs: &[PairInput], answers: &Answers) {
         let width = self.problem.output_len();
-        let probabilities = logits.softmax(-1, Kind::Double);
-        let (best, written) = probabilities.max_dim(-1, false);
+        let best = answers.probabilities();
+        let written = answers.written.as_ref().expect("a model of pairs writes tokens");
         let best = Vec::<f64>::try_from(best.flatten(0, -1).to_device(Device::Cpu)).expect("double probabilities");
         let written = Vec::<i64>::try_from(written.flatten(0, -1).to_device(Device::Cpu)).expect("int64 classes");
         for ((pair, row), chances) in pairs.iter().zip(written.chunks(width)).zip(best.chunks(width)) {
