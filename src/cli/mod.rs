@@ -266,6 +266,10 @@ pub struct TrainArgs {
     /// Where a decaying --lr-schedule ends.
     #[arg(long, value_name = "LR", default_value_t = TrainConfig::default().final_learning_rate)]
     pub final_learning_rate: f64,
+    /// Arithmetic: samples over which the terms grow from one digit to as many as --largest
+    /// has (a quarter of them drawn from the whole range throughout); then the whole range.
+    #[arg(long, value_name = "N", default_value_t = TrainConfig::default().curriculum)]
+    pub curriculum: usize,
     /// Seeds the initial weights and every generated sample (with your own data: the held-out
     /// split and each epoch's order).
     #[arg(long, default_value_t = TrainConfig::default().seed)]
@@ -302,7 +306,7 @@ pub struct TrainArgs {
         "task", "data", "source", "target", "valid", "valid_fraction", "min_count", "max_source_len",
         "max_target_len", "source_tokens", "target_tokens", "skip_bad_lines", "ops", "terms", "largest", "reverse", "reverse_output", "length", "sequence", "low", "high", "encoder_units",
         "decoder_units", "encoder_layers", "decoder_layers", "dropout", "decoder", "bidirectional", "samples", "batch_size", "epochs",
-        "learning_rate", "seed", "out", "overwrite", "lr_schedule", "warmup", "final_learning_rate",
+        "learning_rate", "seed", "out", "overwrite", "lr_schedule", "warmup", "final_learning_rate", "curriculum",
     ])]
     pub resume: Option<PathBuf>,
 }
@@ -464,6 +468,7 @@ impl TrainArgs {
                 warmup: self.warmup,
                 final_learning_rate: self.final_learning_rate,
                 threads,
+                curriculum: self.curriculum,
             },
             device: self.device,
             out: self.out,

@@ -75,6 +75,10 @@ pub fn train(request: &TrainRequest) -> Result<PathBuf> {
     let TrainRequest { model: model_config, .. } = request;
     model_config.validate()?;
     request.training.validate()?;
+    if request.training.curriculum > 0 && (request.data.is_some() || !matches!(request.task, Task::Arithmetic(_))) {
+        let kind = if request.data.is_some() { "a model of your own data" } else { request.task.model_kind() };
+        bail!("--curriculum grows the terms of a generated arithmetic problem; this run trains {kind}");
+    }
     let mut training = request.training.clone();
     let (task, data) = match &request.data {
         None => (request.task.clone(), RunData::generated(&request.task, &training)?),
@@ -218,7 +222,9 @@ impl RunData {
     fn generated(task: &Task, training: &TrainConfig) -> Result<Self> {
         let seed = training.seed;
         Ok(Self {
-            training: Arc::new(Generated::new(task, seed, Stream::Training, training.samples)?),
+            training: Arc::new(
+                Generated::new(task, seed, Stream::Training, training.samples)?.with_curriculum(training.curriculum),
+            ),
             validation: Arc::new(Generated::new(task, seed, Stream::Evaluation, VALIDATION_SAMPLES)?),
             evaluation: Arc::new(Generated::new(task, seed, Stream::Evaluation, training.evaluation_samples)?),
         })

@@ -26,6 +26,9 @@ pub struct Generated {
     seed: u64,
     stream: Stream,
     samples: usize,
+    /// Samples of the stream over which arithmetic terms grow from one digit to all of them
+    /// (see [`Generated::with_curriculum`]); 0: none.
+    curriculum: usize,
     /// The batch order of the last epoch asked for, drawn once per epoch.
     order: Mutex<Option<(usize, usize, Vec<usize>)>>,
 }
@@ -38,7 +41,26 @@ impl Generated {
             Task::Autoencoder(problem) if problem.data.is_none() => Drawn::Sequences(problem.clone()),
             _ => bail!("{} learns from the user's files: its samples cannot be generated", task.model_kind()),
         };
-        Ok(Self { task: task.clone(), problem, seed, stream, samples, order: Mutex::new(None) })
+        Ok(Self { task: task.clone(), problem, seed, stream, samples, curriculum: 0, order: Mutex::new(None) })
+    }
+
+    /// The same stream with a curriculum over its first `samples` samples: a batch starting at
+    /// sample `s` draws terms of at most `1 + s·D/samples` digits (of the `D` that the largest
+    /// term has), a quarter of them from the whole range (see
+    /// [`ArithmeticProblem::draw_up_to`]); after them, the whole range. A function of the
+    /// batch's place in the stream, so that a resumed run draws the same samples.
+    pub fn with_curriculum(self, samples: usize) -> Self {
+        Self { curriculum: samples, ..self }
+    }
+
+    /// Most digits of a term in the batch that starts at sample `start`.
+    fn digits_at(&self, problem: &ArithmeticProblem, start: usize) -> u32 {
+        let digits = problem.term_digits();
+        if start >= self.curriculum {
+            return digits;
+        }
+        let grown = (start as u128 * u128::from(digits) / self.curriculum as u128) as u32;
+        (1 + grown).min(digits)
     }
 
     /// Which batch of the stream is step `step` of `epoch`: the first epoch takes them in stream
@@ -77,9 +99,10 @@ impl SampleSource for Generated {
         let mut rng = StdRng::seed_from_u64(mix_seed(self.seed ^ self.stream.salt()) ^ mix_seed(index as u64));
         let mut samples = match &self.problem {
             Drawn::Arithmetic(problem) => {
+                let digits = self.digits_at(problem, start);
                 let draw = |_| {
                     let mut expression = Expression::default();
-                    problem.draw(&mut rng, &mut expression);
+                    problem.draw_up_to(&mut rng, &mut expression, digits);
                     expression
                 };
                 Samples::Arithmetic(problem, (0..size).map(draw).collect())
@@ -111,6 +134,43 @@ fn batch_order(num_batches: usize, seed: u64, epoch: usize) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::SampleSource;
+    use crate::task::Operators;
+
+    fn terms(source: &Generated, step: usize) -> Vec<u64> {
+        let batch = source.batch(0, step, 100, true);
+        let Samples::Arithmetic(_, expressions) = &batch.samples else { panic!("arithmetic samples") };
+        expressions.iter().flat_map(|e| e.terms.clone()).collect()
+    }
+
+    #[test]
+    fn a_curriculum_grows_the_terms_then_draws_as_without_one() {
+        let problem = ArithmeticProblem {
+            operators: "+*".parse::<Operators>().expect("operators"),
+            min_terms: 2,
+            max_terms: 2,
+            largest: 999,
+            ..ArithmeticProblem::default()
+        };
+        let task = Task::Arithmetic(problem);
+        let plain = Generated::new(&task, 7, Stream::Training, 9000).expect("drawn");
+        let taught = Generated::new(&task, 7, Stream::Training, 9000).expect("drawn").with_curriculum(3000);
+        // Batches of 100 from sample 0 (one digit), 1000 (two) and 2000 (three: the whole range).
+        for (step, digits) in [(0, 1), (10, 2), (20, 3)] {
+            let drawn = terms(&taught, step);
+            let short = drawn.iter().filter(|&&t| t < 10u64.pow(digits)).count();
+            if digits < 3 {
+                // Three quarters at most `digits` long, a quarter from 1..=999, which are mostly longer.
+                assert!(short > drawn.len() * 7 / 10, "{digits} digits: {short} of {}", drawn.len());
+                assert_ne!(drawn, terms(&plain, step));
+            }
+            assert!(drawn.iter().any(|&t| t >= 100), "the whole range is never absent: {drawn:?}");
+            assert_eq!(drawn, terms(&taught, step), "a pure function of the batch's place");
+        }
+        for step in [20, 30, 89] {
+            assert_eq!(terms(&taught, step), terms(&plain, step), "after the curriculum, the plain stream");
+        }
+    }
 
     #[test]
     fn first_epoch_in_order_later_epochs_shuffled_and_reproducible() {

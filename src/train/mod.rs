@@ -54,6 +54,14 @@ pub struct TrainConfig {
     /// CPU threads sharing each batch's rows (the weights depend on it; see [`crate::train::shared_step`]).
     #[serde(default = "one_thread")]
     pub threads: usize,
+    /// Samples over which a generated arithmetic problem's terms grow from one digit to all of
+    /// them (see [`crate::data::generated::Generated::with_curriculum`]); 0: none, the reference.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub curriculum: usize,
+}
+
+fn is_zero(samples: &usize) -> bool {
+    *samples == 0
 }
 
 /// The learning rate's course over a run, after the warm-up.
@@ -92,6 +100,7 @@ impl Default for TrainConfig {
             warmup: 0,
             final_learning_rate: 0.0,
             threads: 1,
+            curriculum: 0,
         }
     }
 }
@@ -151,6 +160,14 @@ impl TrainConfig {
         }
         if self.lr_schedule == LrSchedule::Constant && self.final_learning_rate != 0.0 {
             bail!("a final learning rate needs a decaying schedule (--lr-schedule linear or cosine)");
+        }
+        if self.curriculum > self.samples {
+            bail!(
+                "--curriculum {} is longer than an epoch's {} samples: each epoch draws the same samples, so the \
+                 terms would never reach their whole range",
+                self.curriculum,
+                self.samples
+            );
         }
         if !(1..=MAX_THREADS).contains(&self.threads) {
             bail!("--threads must be between 1 and {MAX_THREADS}, got {}", self.threads);
