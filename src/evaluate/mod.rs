@@ -436,6 +436,19 @@ mod tests {
     }
 
     #[test]
+    fn greedy_answers_write_the_most_probable_class_with_its_probability() {
+        let logits = Tensor::from_slice(&[0.0f32, 2.0, 0.0, 1.0, 0.0, 0.0]).view([1, 2, 3]);
+        let answers = Answers::greedy(logits, Features::Classes(3));
+        let written = Vec::<i64>::try_from(answers.written.as_ref().expect("ids").view([-1])).expect("int64");
+        assert_eq!(written, [1, 0]);
+        let chances = Vec::<f64>::try_from(answers.probabilities().view([-1])).expect("double");
+        let (e, two) = (std::f64::consts::E, (2.0f64).exp());
+        assert!((chances[0] - two / (two + 2.0)).abs() < 1e-6, "{chances:?}");
+        assert!((chances[1] - e / (e + 2.0)).abs() < 1e-6, "{chances:?}");
+        assert!(Answers::greedy(Tensor::zeros([1, 2], (Kind::Float, Device::Cpu)), Features::Value).written.is_none());
+    }
+
+    #[test]
     fn tracks_the_largest_error_of_values() {
         let mut sums = MetricSums::new(Device::Cpu, Features::Value);
         let targets = Tensor::from_slice(&[0.1f32, 0.2, 0.3]).view([1, 3]);
