@@ -470,7 +470,6 @@ pub fn predict(request: &PredictRequest) -> Result<()> {
     }
     let device = request.device.resolve()?;
     let loaded = checkpoint::load(&request.model_dir, device)?;
-
     if request.verbose && !matches!(loaded.config.task, Task::Arithmetic(_)) {
         bail!(
             "--verbose shows the probability of each output character of an arithmetic model; {} holds {}",

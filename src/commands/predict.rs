@@ -258,12 +258,10 @@ impl Written {
         }
         if style.decoding.searches() {
             let mut answers = model.beam(inputs, beam).expect("Decoding::choose checked that the model searches");
-            let best = || answers.iter().map(|hypotheses| &hypotheses[0]);
-            let ids = best().flat_map(|best| best.ids.iter().copied()).collect();
-            let probabilities = match style.verbose {
-                true => best().flat_map(|best| best.token_log_probs.iter().map(|p| p.exp())).collect(),
-                false => Vec::new(),
-            };
+            let (ids, mut probabilities) = Hypothesis::best_of(&answers);
+            if !style.verbose {
+                probabilities.clear();
+            }
             answers.iter_mut().for_each(|hypotheses| hypotheses.truncate(n_best.unwrap_or(0)));
             return Written { ids, probabilities, n_best: answers, values: Vec::new() };
         }

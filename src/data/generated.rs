@@ -53,14 +53,15 @@ impl Generated {
         Self { curriculum: samples, ..self }
     }
 
-    /// Most digits of a term in the batch that starts at sample `start`.
-    fn digits_at(&self, problem: &ArithmeticProblem, start: usize) -> u32 {
-        let digits = problem.term_digits();
+    /// Most digits of a term in the batch that starts at sample `start`: `None` once the
+    /// curriculum has grown them to the whole range (or without one).
+    fn digits_at(&self, problem: &ArithmeticProblem, start: usize) -> Option<u32> {
         if start >= self.curriculum {
-            return digits;
+            return None;
         }
-        let grown = (start as u128 * u128::from(digits) / self.curriculum as u128) as u32;
-        (1 + grown).min(digits)
+        let digits = problem.term_digits();
+        let grown = 1 + (start as u128 * u128::from(digits) / self.curriculum as u128) as u32;
+        (grown < digits).then_some(grown)
     }
 
     /// Which batch of the stream is step `step` of `epoch`: the first epoch takes them in stream

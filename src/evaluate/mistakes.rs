@@ -104,9 +104,8 @@ impl MistakeTally {
     pub fn add(&mut self, expressions: &[Expression], targets: &Tensor, answers: &Answers) {
         let output_len = self.output_len;
         let probabilities = answers.probabilities();
-        let written = answers.written.as_ref().expect("an arithmetic model writes characters");
         let predicted =
-            Vec::<i64>::try_from(written.flatten(0, -1).to_device(Device::Cpu)).expect("int64 class indices");
+            Vec::<i64>::try_from(answers.ids().flatten(0, -1).to_device(Device::Cpu)).expect("int64 class indices");
         let probabilities = Vec::<f64>::try_from(probabilities.flatten(0, -1).to_device(Device::Cpu))
             .expect("softmax in double precision");
         let targets = Vec::<i64>::try_from(targets.flatten(0, -1).to_device(Device::Cpu))

@@ -9,6 +9,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::data::corpus::ErrorRate;
 use crate::data::{Batch, BatchStream};
+use crate::nn::feedback::Hypothesis;
 use crate::nn::model::Seq2Seq;
 use crate::task::pairs::IGNORED;
 use crate::task::{Features, Operator, PairsProblem, Samples, Task};
@@ -253,10 +254,8 @@ impl Answers {
             answers.extend(model.beam(&part, width)?);
         }
         let output = model.forward(inputs);
-        let best = || answers.iter().map(|hypotheses| &hypotheses[0]);
         let (rows, steps) = (answers.len() as i64, model.shape().output_len as i64);
-        let ids: Vec<i64> = best().flat_map(|best| best.ids.iter().copied()).collect();
-        let chances: Vec<f64> = best().flat_map(|best| best.token_log_probs.iter().map(|p| p.exp())).collect();
+        let (ids, chances) = Hypothesis::best_of(&answers);
         let device = output.device();
         Some(Answers {
             written: Some(Tensor::from_slice(&ids).view([rows, steps]).to_device(device)),
@@ -270,12 +269,12 @@ impl Answers {
         if let Some(searched) = &self.searched {
             return searched.shallow_clone();
         }
-        let written = self.written.as_ref().expect("probabilities of written classes").unsqueeze(-1);
+        let written = self.ids().unsqueeze(-1);
         self.output.softmax(-1, Kind::Double).gather(-1, &written, false).squeeze_dim(-1)
     }
 
     /// The written ids, for a task of classes.
-    fn ids(&self) -> &Tensor {
+    pub fn ids(&self) -> &Tensor {
         self.written.as_ref().expect("a task of classes writes ids")
     }
 }

@@ -36,9 +36,8 @@ impl<'a> PairMistakes<'a> {
     pub fn add(&mut self, pairs: &[PairInput], answers: &Answers) {
         let width = self.problem.output_len();
         let best = answers.probabilities();
-        let written = answers.written.as_ref().expect("a model of pairs writes tokens");
         let best = Vec::<f64>::try_from(best.flatten(0, -1).to_device(Device::Cpu)).expect("double probabilities");
-        let written = Vec::<i64>::try_from(written.flatten(0, -1).to_device(Device::Cpu)).expect("int64 classes");
+        let written = Vec::<i64>::try_from(answers.ids().flatten(0, -1).to_device(Device::Cpu)).expect("int64 classes");
         for ((pair, row), chances) in pairs.iter().zip(written.chunks(width)).zip(best.chunks(width)) {
             let Some((expected, truth)) = &pair.expected else { continue };
             let written = self.problem.written(row);

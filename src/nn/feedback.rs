@@ -89,6 +89,17 @@ pub struct Hypothesis {
     pub score: f64,
 }
 
+impl Hypothesis {
+    /// The best hypothesis of each input's beam, laid end to end: every written step's class id
+    /// and the probability it was given after the steps before it.
+    pub fn best_of(answers: &[Vec<Hypothesis>]) -> (Vec<i64>, Vec<f64>) {
+        let best = || answers.iter().map(|hypotheses| &hypotheses[0]);
+        let ids = best().flat_map(|best| best.ids.iter().copied()).collect();
+        let probabilities = best().flat_map(|best| best.token_log_probs.iter().map(|p| p.exp())).collect();
+        (ids, probabilities)
+    }
+}
+
 /// Glorot-uniform, as the output layer and Keras's kernels start.
 fn glorot(fan_in: i64, fan_out: i64) -> Init {
     let limit = (6.0 / (fan_in + fan_out) as f64).sqrt();

@@ -374,7 +374,7 @@ impl ArithmeticProblem {
 
     /// Draws one expression into `expression` (its vectors are reused).
     pub fn draw<R: Rng + ?Sized>(&self, rng: &mut R, expression: &mut Expression) {
-        self.draw_up_to(rng, expression, self.term_digits());
+        self.draw_up_to(rng, expression, None);
     }
 
     /// Digits of the largest term.
@@ -382,11 +382,11 @@ impl ArithmeticProblem {
         decimal_digits(u128::from(self.largest)) as u32
     }
 
-    /// [`ArithmeticProblem::draw`] with terms of at most `digits` digits, but for a quarter of
-    /// them drawn from the whole range (the "mixed" curriculum of Zaremba & Sutskever, 2014,
-    /// under which the hardest cases are never absent). With `digits` at least
-    /// [`ArithmeticProblem::term_digits`], exactly what `draw` draws.
-    pub fn draw_up_to<R: Rng + ?Sized>(&self, rng: &mut R, expression: &mut Expression, digits: u32) {
+    /// [`ArithmeticProblem::draw`] with terms of at most `digits` digits (fewer than
+    /// [`ArithmeticProblem::term_digits`]), but for a quarter of them drawn from the whole range
+    /// (the "mixed" curriculum of Zaremba & Sutskever, 2014, under which the hardest cases are
+    /// never absent). With `None`, exactly what `draw` draws.
+    pub fn draw_up_to<R: Rng + ?Sized>(&self, rng: &mut R, expression: &mut Expression, digits: Option<u32>) {
         // Nothing is drawn for a fixed choice, so the reference problem's samples are exactly
         // those of a generator that knows only addition.
         let n_terms = if self.min_terms == self.max_terms {
@@ -395,11 +395,10 @@ impl ArithmeticProblem {
             rng.random_range(self.min_terms..=self.max_terms)
         };
         expression.terms.clear();
-        let whole = digits >= self.term_digits();
         expression.terms.extend((0..n_terms).map(|_| {
-            if whole || rng.random_range(0..4) == 0 {
+            let Some(digits) = digits.filter(|_| rng.random_range(0..4) != 0) else {
                 return rng.random_range(1..=self.largest);
-            }
+            };
             let length = rng.random_range(1..=digits.max(1));
             let low = 10u64.pow(length - 1);
             rng.random_range(low..=low.saturating_mul(10).saturating_sub(1).min(self.largest))
