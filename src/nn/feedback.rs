@@ -16,6 +16,9 @@ use tch::{Kind, Tensor};
 use crate::nn::lstm::{Lstm, State};
 use crate::task::Features;
 
+mod teacher;
+pub use teacher::{DecoderGradients, DecoderTape, FeedbackGradients};
+
 /// What the encoder hands a feedback decoder (batch first).
 #[derive(Debug)]
 pub struct Encoded {
@@ -359,13 +362,28 @@ impl Feedback {
 
     /// The decoder's first state from the encoder's, through the bridge.
     fn start(&self, encoded: &Encoded) -> State {
-        let encoder_layers = encoded.state.h.size()[0];
+        self.bridge(&self.bridged(encoded))
+    }
+
+    /// The encoder layer each decoder layer starts from: level with it counted from the top,
+    /// the lowest encoder layer again when the decoder has more.
+    fn bridged_layers(&self, encoder_layers: i64, device: tch::Device) -> Tensor {
         let from_top = |layer: i64| (self.decoder_layers - 1 - layer).min(encoder_layers - 1);
         let index: Vec<i64> = (0..self.decoder_layers).map(|layer| encoder_layers - 1 - from_top(layer)).collect();
-        let index = Tensor::from_slice(&index).to_device(encoded.outputs.device());
+        Tensor::from_slice(&index).to_device(device)
+    }
+
+    /// The encoder's final state of the layer each decoder layer starts from, `[decoder layers, batch, memory]`.
+    fn bridged(&self, encoded: &Encoded) -> State {
+        let index = self.bridged_layers(encoded.state.h.size()[0], encoded.outputs.device());
+        State { h: encoded.state.h.index_select(0, &index), c: encoded.state.c.index_select(0, &index) }
+    }
+
+    /// `h = tanh(W h_enc + b)`, `c = W c_enc + b` of [`Feedback::bridged`]'s states.
+    fn bridge(&self, bridged: &State) -> State {
         State {
-            h: self.bridge_h.forward(&encoded.state.h.index_select(0, &index)).tanh().contiguous(),
-            c: self.bridge_c.forward(&encoded.state.c.index_select(0, &index)).contiguous(),
+            h: self.bridge_h.forward(&bridged.h).tanh().contiguous(),
+            c: self.bridge_c.forward(&bridged.c).contiguous(),
         }
     }
 
@@ -430,6 +448,11 @@ impl Attention {
     /// `h̃_t = tanh(W_c [c_t; h_t])`, where the context `c_t` weighs the memory by the softmax
     /// of the scores over the input's steps, padding left out.
     fn attend(&self, memory: &Memory, top: &Tensor) -> Tensor {
+        self.attend_keeping(memory, top).attentional
+    }
+
+    /// [`Attention::attend`], keeping what its backward pass reads.
+    fn attend_keeping(&self, memory: &Memory, top: &Tensor) -> Attended {
         let scores = memory.keys.bmm(&top.unsqueeze(2)).squeeze_dim(2);
         let scores = match memory.padding {
             Some(padding) => scores.masked_fill(padding, f64::NEG_INFINITY),
@@ -437,8 +460,20 @@ impl Attention {
         };
         let weights = scores.softmax(-1, scores.kind());
         let context = weights.unsqueeze(1).bmm(memory.outputs).squeeze_dim(1);
-        Tensor::cat(&[&context, top], 1).matmul(&self.combine.tr()).tanh()
+        let joined = Tensor::cat(&[&context, top], 1);
+        let attentional = joined.matmul(&self.combine.tr()).tanh();
+        Attended { weights, joined, attentional }
     }
+}
+
+/// One step of attention, `[batch, ...]` each.
+struct Attended {
+    /// The softmax of the scores over the input's steps.
+    weights: Tensor,
+    /// `[c_t; h_t]`: the context and the decoder's output.
+    joined: Tensor,
+    /// `h̃_t`.
+    attentional: Tensor,
 }
 
 /// For each row of `padding` `[batch, steps]` (left padding): the steps in the order that reads

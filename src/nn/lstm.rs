@@ -26,11 +26,11 @@ use crate::nn::cell;
 /// One layer's parameters, named and laid out as in PyTorch's `nn.LSTM`: gates stacked as
 /// input, forget, cell, output (Keras's order too).
 #[derive(Debug)]
-struct Layer {
+pub(crate) struct Layer {
     /// `[4·hidden, inputs]`.
-    w_ih: Tensor,
+    pub(crate) w_ih: Tensor,
     /// `[4·hidden, hidden]`.
-    w_hh: Tensor,
+    pub(crate) w_hh: Tensor,
     b_ih: Tensor,
     /// Keras keeps one bias per layer, libtorch two: this one is a frozen zero buffer, so that
     /// the trainable parameters match the reference and the names load into `nn.LSTM`.
@@ -69,6 +69,8 @@ impl StepInputs {
 /// The gradient arriving at the top layer's outputs.
 #[derive(Clone, Copy)]
 pub enum OutputGradient<'a> {
+    /// No output was used, only the final states (whose gradients come apart).
+    StateOnly,
     /// Only the last step's hidden state was used (an encoder): `[batch, hidden]`.
     Last(&'a Tensor),
     /// Every step's hidden state was used: `[time, batch, hidden]`.
@@ -117,6 +119,14 @@ impl Tape {
     pub fn last_output(&self) -> Tensor {
         self.outputs().get(-1)
     }
+
+    /// Every layer's state after the last step.
+    pub fn final_state(&self) -> State {
+        let last = |buffer: fn(&LayerTape) -> &Tensor| {
+            Tensor::stack(&self.layers.iter().map(|layer| buffer(layer).get(-1)).collect::<Vec<_>>(), 0)
+        };
+        State { h: last(|layer| &layer.hidden), c: last(|layer| &layer.cell) }
+    }
 }
 
 /// Where a training pass's dropout masks come from.
@@ -128,6 +138,20 @@ pub enum Masks {
     /// [`with_global_generator`]'s lock: threads drawing side by side get the same masks whatever
     /// their timing.
     Seeded(u64),
+}
+
+impl Masks {
+    /// The dropout mask for `like` of the `stream`th masked input (an LSTM layer's index),
+    /// or `None` without dropout.
+    pub(crate) fn draw(self, like: &Tensor, p: f64, stream: u64) -> Option<Tensor> {
+        match self {
+            _ if p == 0.0 => None,
+            Masks::Global => Some(dropout_mask(like, p)),
+            Masks::Seeded(seed) => {
+                Some(with_global_generator(mix_seed(seed ^ mix_seed(stream)), || dropout_mask(like, p)))
+            }
+        }
+    }
 }
 
 /// Runs `draw` with libtorch's global generator seeded with `seed`, holding a lock so that no
@@ -248,6 +272,15 @@ impl Lstm {
         self.hidden
     }
 
+    /// The layers, bottom first, for passes written elsewhere (a decoder's steps).
+    pub(crate) fn layers(&self) -> &[Layer] {
+        &self.layers
+    }
+
+    pub(crate) fn dropout(&self) -> f64 {
+        self.dropout
+    }
+
     /// Runs the stack from a zero state, on float32 CPU tensors. With `masks` (training),
     /// dropout (if any) masks each upper layer's input, drawn from there.
     pub fn forward(&self, mut input: StepInputs, masks: Option<Masks>) -> Tape {
@@ -256,15 +289,7 @@ impl Lstm {
         let mut tapes: Vec<LayerTape> = Vec::with_capacity(self.layers.len());
         for (index, layer) in self.layers.iter().enumerate() {
             let tape = layer.forward(input, mask, steps);
-            mask = match masks.filter(|_| self.dropout > 0.0) {
-                None => None,
-                Some(Masks::Global) => Some(dropout_mask(&tape.hidden, self.dropout)),
-                Some(Masks::Seeded(seed)) => {
-                    Some(with_global_generator(mix_seed(seed ^ mix_seed(index as u64)), || {
-                        dropout_mask(&tape.hidden, self.dropout)
-                    }))
-                }
-            };
+            mask = masks.and_then(|masks| masks.draw(&tape.hidden, self.dropout, index as u64));
             input = StepInputs::Dense(match &mask {
                 Some(mask) => &tape.hidden * mask,
                 None => tape.hidden.shallow_clone(),
@@ -278,10 +303,13 @@ impl Lstm {
     /// into `gradients` (bottom first). With `input_gradient`, returns the gradient of the
     /// stack's input when that is dense or repeated features (`[time, batch, features]` or
     /// `[batch, features]`); a class input has none.
+    ///
+    /// With `final_state`, the gradient also reaching every layer's state after the last step.
     pub fn backward(
         &self,
         tape: &Tape,
         output: OutputGradient<'_>,
+        final_state: Option<&State>,
         gradients: &mut [LayerGradients],
         input_gradient: bool,
     ) -> Option<Tensor> {
@@ -289,7 +317,8 @@ impl Lstm {
         for (index, (layer, layer_tape)) in self.layers.iter().zip(&tape.layers).enumerate().rev() {
             let output = upper.as_ref().map_or(output, OutputGradient::Every);
             let needed = index > 0 || input_gradient;
-            let input_gradient = layer.backward(layer_tape, output, &mut gradients[index], self.hidden, needed);
+            let last = final_state.map(|state| (state.h.get(index as i64), state.c.get(index as i64)));
+            let input_gradient = layer.backward(layer_tape, output, last, &mut gradients[index], self.hidden, needed);
             upper = match (input_gradient, &layer_tape.mask) {
                 (Some(gradient), Some(mask)) => Some(gradient * mask),
                 (gradient, _) => gradient,
@@ -300,17 +329,22 @@ impl Lstm {
 }
 
 /// Inverted dropout's mask for `like`: 0 with probability `p`, else `1 / (1 - p)`.
-fn dropout_mask(like: &Tensor, p: f64) -> Tensor {
+pub(crate) fn dropout_mask(like: &Tensor, p: f64) -> Tensor {
     let mut mask = Tensor::empty_like(like);
     let _ = mask.bernoulli_float_(1.0 - p);
     mask / (1.0 - p)
 }
 
 impl Layer {
+    /// The gates' bias: libtorch's two added (the second is the frozen zero).
+    pub(crate) fn bias(&self) -> Tensor {
+        &self.b_ih + &self.b_hh
+    }
+
     /// `steps` time steps from a zero state.
     fn forward(&self, input: StepInputs, mask: Option<Tensor>, steps: i64) -> LayerTape {
         let hidden = self.w_hh.size()[1];
-        let bias = &self.b_ih + &self.b_hh;
+        let bias = self.bias();
         let w_ih_t = self.w_ih.transpose(0, 1);
         // The input's share of the gate pre-activations, bias included, in the cheapest form.
         let share = match &input {
@@ -380,12 +414,14 @@ impl Layer {
         (gates, [cell, tanh_cell, outputs])
     }
 
-    /// Back-propagation through time. Writes the parameter gradients into `gradients`; returns
-    /// the gradient of a dense or repeated input if `input_gradient`.
+    /// Back-propagation through time, from the gradient reaching the outputs and, with `last`,
+    /// the final hidden and cell state. Writes the parameter gradients into `gradients`;
+    /// returns the gradient of a dense or repeated input if `input_gradient`.
     fn backward(
         &self,
         tape: &LayerTape,
         output: OutputGradient<'_>,
+        last: Option<(Tensor, Tensor)>,
         gradients: &mut LayerGradients,
         hidden: i64,
         input_gradient: bool,
@@ -393,11 +429,17 @@ impl Layer {
         let steps = tape.gates.size()[0];
         let d_gates = Tensor::empty_like(&tape.gates);
         // The gradient reaching h_t (from above and from step t + 1) and c_t (from step t + 1).
-        let mut d_h = match output {
-            OutputGradient::Last(last) => last.contiguous(),
-            OutputGradient::Every(every) => every.get(steps - 1).contiguous(),
+        let from_output = match output {
+            OutputGradient::StateOnly => None,
+            OutputGradient::Last(last) => Some(last.shallow_clone()),
+            OutputGradient::Every(every) => Some(every.get(steps - 1)),
         };
-        let d_c = d_h.zeros_like();
+        let (mut d_h, d_c) = match (from_output, last) {
+            (Some(d_h), None) => (d_h.contiguous(), d_h.zeros_like()),
+            (Some(d_h), Some((h, c))) => (d_h + h, c.copy()),
+            (None, Some((h, c))) => (h.copy(), c.copy()),
+            (None, None) => unreachable!("a layer's backward pass starts from some gradient"),
+        };
         for t in (0..steps).rev() {
             let d_gates_t = d_gates.get(t);
             // SAFETY: contiguous float32 CPU buffers: `d_gates` and `d_c` are written, the
@@ -415,7 +457,7 @@ impl Layer {
             }
             if t > 0 {
                 d_h = match output {
-                    OutputGradient::Last(_) => d_gates_t.mm(&self.w_hh),
+                    OutputGradient::Last(_) | OutputGradient::StateOnly => d_gates_t.mm(&self.w_hh),
                     OutputGradient::Every(every) => every.get(t - 1).addmm(&d_gates_t, &self.w_hh),
                 };
             }
@@ -477,7 +519,7 @@ pub(crate) unsafe fn floats_mut(tensor: &Tensor) -> &mut [f32] {
 ///
 /// # Safety
 /// As [`floats`], for the step's memory.
-unsafe fn step<T: Element>(buffer: &Tensor, t: i64) -> &[T] {
+pub(crate) unsafe fn step<T: Element>(buffer: &Tensor, t: i64) -> &[T] {
     let (start, length) = step_range::<T>(buffer, t);
     // SAFETY: the step lies within the buffer; the caller keeps writers away.
     unsafe { std::slice::from_raw_parts((buffer.data_ptr() as *const T).add(start), length) }
@@ -488,7 +530,7 @@ unsafe fn step<T: Element>(buffer: &Tensor, t: i64) -> &[T] {
 /// # Safety
 /// As [`floats_mut`], for the step's memory.
 #[allow(clippy::mut_from_ref)]
-unsafe fn step_mut(buffer: &Tensor, t: i64) -> &mut [f32] {
+pub(crate) unsafe fn step_mut(buffer: &Tensor, t: i64) -> &mut [f32] {
     let (start, length) = step_range::<f32>(buffer, t);
     // SAFETY: the step lies within the buffer; the caller guarantees exclusive access to it.
     unsafe { std::slice::from_raw_parts_mut((buffer.data_ptr() as *mut f32).add(start), length) }
