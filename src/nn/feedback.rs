@@ -5,7 +5,7 @@
 //! Training feeds the target's previous token (teacher forcing); prediction feeds the decoder's
 //! own, chosen greedily ([`Feedback::greedy`]) or from a beam ([`Feedback::beam`]). These run on
 //! libtorch's ops under autograd, on the CPU and on a GPU alike; on the CPU in float32, training
-//! runs the hand-written passes of [`teacher`] instead.
+//! runs the hand-written passes of `feedback/teacher.rs` instead.
 //!
 //! The previous token is read one-hot, with one more column for the start token: the decoder's
 //! `weight_ih_l0` holds the token embedding folded into its input weights (a value task reads the
