@@ -396,10 +396,7 @@ impl Feedback {
         let device = targets.device();
         let before = targets.narrow(1, 0, steps - 1);
         match self.output {
-            Features::Classes(classes) => {
-                let start = Tensor::full([batch, 1], classes as i64, (Kind::Int64, device));
-                Tensor::cat(&[start, before.clamp_min(0)], 1).one_hot(classes as i64 + 1).to_kind(kind)
-            }
+            Features::Classes(classes) => teacher_ids(targets, classes).one_hot(classes as i64 + 1).to_kind(kind),
             Features::Value => {
                 let values = Tensor::cat(&[Tensor::zeros([batch, 1], (kind, device)), before.to_kind(kind)], 1);
                 let flags = Tensor::zeros([batch, steps], (kind, device));
@@ -475,6 +472,14 @@ struct Attended {
     joined: Tensor,
     /// `h̃_t`.
     attentional: Tensor,
+}
+
+/// The class id each step reads under teacher forcing, `[batch, steps]`: the start token (one
+/// past the `classes`), then the target's previous steps, an ignored step as class 0.
+fn teacher_ids(targets: &Tensor, classes: usize) -> Tensor {
+    let [batch, steps] = targets.size()[..] else { unreachable!("targets are [batch, steps]") };
+    let start = Tensor::full([batch, 1], classes as i64, (Kind::Int64, targets.device()));
+    Tensor::cat(&[start, targets.narrow(1, 0, steps - 1).clamp_min(0)], 1)
 }
 
 /// For each row of `padding` `[batch, steps]` (left padding): the steps in the order that reads

@@ -433,12 +433,11 @@ impl Seq2Seq {
         self.is_reference_architecture() && self.on_cpu_in_float32() && !autograd_forced()
     }
 
-    /// Whether training runs hand-written passes: [`Seq2Seq::runs_by_hand`]'s, and a feedback
-    /// decoder's teacher-forced pass ([`crate::nn::feedback`]) after a one-way encoder, on the
-    /// same conditions. Prediction runs libtorch's ops for these.
+    /// Whether training runs hand-written passes: on [`Seq2Seq::runs_by_hand`]'s conditions,
+    /// every decoder after a one-way encoder (a feedback decoder's teacher-forced pass is in
+    /// [`crate::nn::feedback`]; its prediction runs libtorch's ops).
     pub fn trains_by_hand(&self) -> bool {
-        let one_way_feedback = self.feedback.is_some() && self.encoder_reverse.is_none();
-        self.runs_by_hand() || (one_way_feedback && self.on_cpu_in_float32() && !autograd_forced())
+        self.encoder_reverse.is_none() && self.on_cpu_in_float32() && !autograd_forced()
     }
 
     /// Whether training shares each batch's rows among threads: the hand-written passes, and on

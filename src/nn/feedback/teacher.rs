@@ -13,7 +13,7 @@
 
 use tch::{Kind, Tensor};
 
-use super::{Encoded, Feedback, Parts};
+use super::{Encoded, Feedback, Parts, teacher_ids};
 use crate::nn::cell;
 use crate::nn::lstm::{LayerGradients, Masks, State, floats, floats_mut, step, step_mut};
 use crate::task::Features;
@@ -344,12 +344,7 @@ impl Feedback {
     /// reads as class 0: whatever it reads, its loss and the later steps' are ignored too).
     fn teacher_tokens(&self, targets: &Tensor) -> Tokens {
         match self.output {
-            Features::Classes(classes) => {
-                let [batch, steps] = targets.size()[..] else { unreachable!("targets are [batch, steps]") };
-                let start = Tensor::full([batch, 1], classes as i64, (Kind::Int64, targets.device()));
-                let before = targets.narrow(1, 0, steps - 1).clamp_min(0);
-                Tokens::Classes(Tensor::cat(&[start, before], 1).transpose(0, 1).contiguous())
-            }
+            Features::Classes(classes) => Tokens::Classes(teacher_ids(targets, classes).transpose(0, 1).contiguous()),
             Features::Value => Tokens::Values(self.teacher_inputs(targets, Kind::Float).transpose(0, 1).contiguous()),
         }
     }
