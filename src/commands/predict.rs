@@ -265,6 +265,10 @@ impl Written {
             answers.iter_mut().for_each(|hypotheses| hypotheses.truncate(n_best.unwrap_or(0)));
             return Written { ids, probabilities, n_best: answers, values: Vec::new() };
         }
+        if let Some(ids) = model.greedy_until_end(inputs) {
+            let ids = Vec::<i64>::try_from(ids.flatten(0, -1).to_device(Device::Cpu)).expect("int64 class ids");
+            return Written { ids, ..Written::default() };
+        }
         let output = model.forward(inputs);
         let predicted = output.argmax(-1, true);
         let probabilities = if style.verbose {

@@ -73,11 +73,22 @@ struct Attention {
 }
 
 /// The encoder's outputs as attention reads them at every step.
-struct Memory<'a> {
-    outputs: &'a Tensor,
+struct Memory {
+    outputs: Tensor,
     /// `h̄_s W_aᵀ`, `[batch, input_len, units]`: the score's product with the memory, made once.
     keys: Tensor,
-    padding: Option<&'a Tensor>,
+    padding: Option<Tensor>,
+}
+
+impl Memory {
+    /// The rows of `index` (the answers still being written).
+    fn select(&self, index: &Tensor) -> Memory {
+        Memory {
+            outputs: self.outputs.index_select(0, index),
+            keys: self.keys.index_select(0, index),
+            padding: self.padding.as_ref().map(|padding| padding.index_select(0, index)),
+        }
+    }
 }
 
 /// One of the beam's answers to an input.
@@ -214,6 +225,42 @@ impl Feedback {
             Features::Value => self.written_input(&values.squeeze_dim(-1), &parts.output.ws),
         });
         self.shaped(output)
+    }
+
+    /// The greedy answers' class ids `[batch, steps]`, as [`Feedback::greedy`]'s argmax writes
+    /// them up to each row's first `end`; a row that has written `end` leaves the batch, so
+    /// that the later steps cost only the rows still writing, and its remaining steps hold
+    /// `end`. For class outputs only.
+    pub fn greedy_until_end(&self, parts: &Parts, encoded: &Encoded, steps: i64, end: i64) -> Tensor {
+        let batch = encoded.outputs.size()[0];
+        let device = encoded.outputs.device();
+        let ids = Tensor::full([batch, steps], end, (Kind::Int64, device));
+        let (mut memory, mut state, mut fed) = self.begin(encoded, &parts.output.ws);
+        let mut input = self.start_input(batch, &parts.output.ws);
+        // The batch row of each row still writing.
+        let mut writing = Tensor::arange(batch, (Kind::Int64, device));
+        for t in 0..steps {
+            let (top, next_state, next_fed) = self.step(parts, memory.as_ref(), &input, &state, &fed, false);
+            (state, fed) = (next_state, next_fed);
+            let token = parts.output.forward(&top).argmax(-1, false);
+            let _ = ids.narrow(1, t, 1).index_copy_(0, &writing, &token.unsqueeze(1));
+            let going = token.ne(end);
+            let still = i64::try_from(going.sum(Kind::Int64)).expect("a count");
+            if still == 0 {
+                break;
+            }
+            if still < token.size()[0] {
+                let kept = going.nonzero().squeeze_dim(1);
+                writing = writing.index_select(0, &kept);
+                memory = memory.map(|memory| memory.select(&kept));
+                state = state.select(&kept);
+                fed = fed.index_select(0, &kept);
+                input = self.written_input(&token.index_select(0, &kept), &parts.output.ws);
+            } else {
+                input = self.written_input(&token, &parts.output.ws);
+            }
+        }
+        ids
     }
 
     /// The `beam` most probable answers to each input by beam search, best first by their
@@ -354,7 +401,7 @@ impl Feedback {
 
     /// What decoding starts from: attention's memory (with attention), the decoder's first state
     /// and a zero attentional state `h~_0` for the first step to be fed, like `like`'s kind.
-    fn begin<'a>(&self, encoded: &'a Encoded, like: &Tensor) -> (Option<Memory<'a>>, State, Tensor) {
+    fn begin(&self, encoded: &Encoded, like: &Tensor) -> (Option<Memory>, State, Tensor) {
         let memory = self.attention.as_ref().map(|attention| attention.memory(encoded));
         let batch = encoded.outputs.size()[0];
         let fed = Tensor::zeros([batch, self.units], (like.kind(), like.device()));
@@ -435,11 +482,11 @@ impl Feedback {
 }
 
 impl Attention {
-    fn memory<'a>(&self, encoded: &'a Encoded) -> Memory<'a> {
+    fn memory(&self, encoded: &Encoded) -> Memory {
         Memory {
-            outputs: &encoded.outputs,
+            outputs: encoded.outputs.shallow_clone(),
             keys: encoded.outputs.matmul(&self.score.tr()),
-            padding: encoded.padding.as_ref(),
+            padding: encoded.padding.as_ref().map(Tensor::shallow_clone),
         }
     }
 
@@ -452,12 +499,12 @@ impl Attention {
     /// [`Attention::attend`], keeping what its backward pass reads.
     fn attend_keeping(&self, memory: &Memory, top: &Tensor) -> Attended {
         let scores = memory.keys.bmm(&top.unsqueeze(2)).squeeze_dim(2);
-        let scores = match memory.padding {
+        let scores = match &memory.padding {
             Some(padding) => scores.masked_fill(padding, f64::NEG_INFINITY),
             None => scores,
         };
         let weights = scores.softmax(-1, scores.kind());
-        let context = weights.unsqueeze(1).bmm(memory.outputs).squeeze_dim(1);
+        let context = weights.unsqueeze(1).bmm(&memory.outputs).squeeze_dim(1);
         let joined = Tensor::cat(&[&context, top], 1);
         let attentional = joined.matmul(&self.combine.tr()).tanh();
         Attended { weights, joined, attentional }

@@ -373,6 +373,18 @@ impl Seq2Seq {
         })
     }
 
+    /// The greedy answers' class ids `[batch, output_len]`, each row decoded only until it
+    /// writes the end marker (see [`Feedback::greedy_until_end`]): for a feedback decoder on a
+    /// task with an end marker; `None` otherwise, where [`Seq2Seq::forward`]'s argmax is the
+    /// answer.
+    pub fn greedy_until_end(&self, inputs: &Tensor) -> Option<Tensor> {
+        let (feedback, end) = self.feedback.as_ref().zip(self.shape.end_marker)?;
+        Some(tch::no_grad(|| {
+            let encoded = self.encode_all(inputs, false);
+            feedback.greedy_until_end(&self.parts(), &encoded, self.shape.output_len as i64, end)
+        }))
+    }
+
     /// The `beam` most probable answers to each input, best first (see [`Feedback::beam`]);
     /// `None` for the reference's decoder, whose steps do not depend on each other (its greedy
     /// answer is already the most probable), or a task of values.
@@ -1305,6 +1317,40 @@ mod tests {
             assert!(hypotheses.windows(2).all(|pair| pair[0].score >= pair[1].score));
         }
         assert!(ended > 0, "some hypothesis of an untrained model of 6 classes ends early");
+    }
+
+    /// Decoding until the end marker, rows leaving the batch as they finish, writes what the
+    /// whole batch's greedy decode writes up to each row's end marker, then only the marker.
+    #[test]
+    fn greedy_until_end_writes_the_greedy_answers_up_to_their_end() {
+        tch::manual_seed(7);
+        let inputs = Tensor::cat(
+            &[
+                Tensor::randint(6, [40, 4], (Kind::Int64, Device::Cpu)),
+                Tensor::randint_low(1, 6, [40, 1], (Kind::Int64, Device::Cpu)),
+            ],
+            1,
+        );
+        let (mut early, mut late) = (0, 0);
+        for (decoder, seed) in [(DecoderKind::Feedback, 3), (DecoderKind::Attention, 4), (DecoderKind::Attention, 5)] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let model = Seq2Seq::new_seeded(&vs.root(), &variant(decoder, false), PADDED, seed);
+            let whole = Vec::<i64>::try_from(model.forward(&inputs).argmax(-1, false).flatten(0, -1)).expect("ids");
+            let until_end = model.greedy_until_end(&inputs).expect("a feedback decoder with an end marker");
+            assert_eq!(until_end.size(), [40, 4]);
+            let until_end = Vec::<i64>::try_from(until_end.flatten(0, -1)).expect("ids");
+            for (whole, until_end) in whole.chunks(4).zip(until_end.chunks(4)) {
+                let end = whole.iter().position(|&id| id == 0).map_or(4, |at| at + 1);
+                assert_eq!(whole[..end], until_end[..end], "{decoder:?}");
+                assert!(until_end[end..].iter().all(|&id| id == 0), "{decoder:?} {until_end:?}");
+                early += usize::from(end < 4);
+                late += usize::from(end == 4);
+            }
+        }
+        assert!(early > 0 && late > 0, "rows that end early ({early}) and rows that write every step ({late})");
+        let vs = nn::VarStore::new(Device::Cpu);
+        let repeat = Seq2Seq::new_seeded(&vs.root(), &variant(DecoderKind::Repeat, false), PADDED, 3);
+        assert!(repeat.greedy_until_end(&inputs).is_none(), "the reference's decoder writes every step at once");
     }
 
     /// Every trainable tensor of a variant gets a gradient, so Adam trains all of them.
