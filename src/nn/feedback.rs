@@ -3,7 +3,8 @@
 //! encoder output (Luong et al., 2015: the "general" score with input feeding).
 //!
 //! Training feeds the target's previous token (teacher forcing); prediction feeds the decoder's
-//! own, chosen greedily ([`Feedback::greedy`]) or from a beam ([`Feedback::beam`]). These run on
+//! own, chosen greedily ([`Feedback::greedy`]; [`Feedback::greedy_until_end`] when only the
+//! answers are wanted) or from a beam ([`Feedback::beam`]). These run on
 //! libtorch's ops under autograd, on the CPU and on a GPU alike; on the CPU in float32, training
 //! runs the hand-written passes of `feedback/teacher.rs` instead.
 //!

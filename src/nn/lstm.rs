@@ -283,13 +283,19 @@ impl Lstm {
 
     /// Runs the stack from a zero state, on float32 CPU tensors. With `masks` (training),
     /// dropout (if any) masks each upper layer's input, drawn from there.
-    pub fn forward(&self, mut input: StepInputs, masks: Option<Masks>) -> Tape {
+    pub fn forward(&self, input: StepInputs, masks: Option<Masks>) -> Tape {
+        self.forward_with_mask_streams(input, masks, 0)
+    }
+
+    /// [`Lstm::forward`], layer `l`'s dropout mask drawn as stream `first_stream + l` (another
+    /// stack's masks from other streams than the encoder's).
+    pub fn forward_with_mask_streams(&self, mut input: StepInputs, masks: Option<Masks>, first_stream: u64) -> Tape {
         let steps = input.steps();
         let mut mask = None;
         let mut tapes: Vec<LayerTape> = Vec::with_capacity(self.layers.len());
         for (index, layer) in self.layers.iter().enumerate() {
             let tape = layer.forward(input, mask, steps);
-            mask = masks.and_then(|masks| masks.draw(&tape.hidden, self.dropout, index as u64));
+            mask = masks.and_then(|masks| masks.draw(&tape.hidden, self.dropout, first_stream + index as u64));
             input = StepInputs::Dense(match &mask {
                 Some(mask) => &tape.hidden * mask,
                 None => tape.hidden.shallow_clone(),

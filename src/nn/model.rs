@@ -238,6 +238,8 @@ impl ModelShape {
 #[derive(Debug)]
 pub struct Gradients {
     encoder: Vec<LayerGradients>,
+    /// A bidirectional encoder's backward stack.
+    encoder_reverse: Vec<LayerGradients>,
     decoder: Vec<LayerGradients>,
     output_weight: Tensor,
     output_bias: Tensor,
@@ -246,6 +248,23 @@ pub struct Gradients {
     /// Every trainable variable with its slot, for autograd's gradients.
     slots: Vec<(Tensor, Tensor)>,
 }
+
+/// The encoder's hand-written forward pass, kept for the backward pass.
+struct EncoderTapes {
+    forward: Tape,
+    reverse: Option<ReverseTape>,
+}
+
+/// A bidirectional encoder's backward stack, run on each input read backwards after its padding.
+struct ReverseTape {
+    tape: Tape,
+    /// [`reading_backwards`]'s order, `[batch, input_len, units]`.
+    order: Tensor,
+}
+
+/// The backward stack's dropout masks are streams `REVERSE_MASKS + l`, apart from the forward
+/// stack's `l`.
+const REVERSE_MASKS: u64 = 2 << 32;
 
 /// A forward pass, time-major, kept for the backward pass.
 struct Pass {
@@ -445,11 +464,12 @@ impl Seq2Seq {
         self.is_reference_architecture() && self.on_cpu_in_float32() && !autograd_forced()
     }
 
-    /// Whether training runs hand-written passes: on [`Seq2Seq::runs_by_hand`]'s conditions,
-    /// every decoder after a one-way encoder (a feedback decoder's teacher-forced pass is in
-    /// [`crate::nn::feedback`]; its prediction runs libtorch's ops).
+    /// Whether training runs hand-written passes: in float32 on the CPU unless autograd is
+    /// forced, every model but the reference's decoder after a bidirectional encoder (a
+    /// feedback decoder's teacher-forced pass is in [`crate::nn::feedback`]; its prediction
+    /// runs libtorch's ops).
     pub fn trains_by_hand(&self) -> bool {
-        self.encoder_reverse.is_none() && self.on_cpu_in_float32() && !autograd_forced()
+        (self.feedback.is_some() || self.encoder_reverse.is_none()) && self.on_cpu_in_float32() && !autograd_forced()
     }
 
     /// Whether training shares each batch's rows among threads: the hand-written passes, and on
@@ -487,7 +507,8 @@ impl Seq2Seq {
         (self.batch_major(&pass.values), loss)
     }
 
-    /// The hand-written passes of a feedback decoder after a one-way encoder.
+    /// The hand-written passes of a feedback decoder after its encoder (one-way or
+    /// bidirectional).
     fn forward_backward_feedback_by_hand(
         &self,
         feedback: &Feedback,
@@ -496,12 +517,7 @@ impl Seq2Seq {
         gradients: &mut Gradients,
         masks: Masks,
     ) -> (Tensor, Tensor) {
-        let encoder = self.run_encoder(inputs, Some(masks));
-        let encoded = Encoded {
-            outputs: encoder.outputs().transpose(0, 1).contiguous(),
-            state: encoder.final_state(),
-            padding: self.shape.input_padding.map(|pad| inputs.eq(pad)),
-        };
+        let (encoder, encoded) = self.encode_by_hand(inputs, masks);
         let parts = self.parts();
         let tape = feedback.teacher_forced_by_hand(&parts, &encoded, targets, masks);
         let (loss, d_values) = self.loss_and_gradient(&tape.values, targets);
@@ -512,10 +528,65 @@ impl Seq2Seq {
             own: gradients.feedback.as_ref().expect("a feedback model's gradients have its slots"),
         };
         let (d_outputs, d_state) = feedback.backward_by_hand(&parts, &tape, &encoded, &d_values, slots);
-        let d_outputs = d_outputs.map(|d| d.transpose(0, 1).contiguous());
-        let output = d_outputs.as_ref().map_or(OutputGradient::StateOnly, OutputGradient::Every);
-        self.encoder.backward(&encoder, output, Some(&d_state), &mut gradients.encoder, false);
+        self.encoder_backward_by_hand(&encoder, d_outputs.as_ref(), &d_state, gradients);
         (self.batch_major(&tape.values), loss)
+    }
+
+    /// The encoder's hand-written forward pass, for a feedback decoder: its tapes, and what it
+    /// hands the decoder as [`Seq2Seq::encode_all`] does (a backward stack reads each input's
+    /// tokens in reverse after the padding; its outputs are put back in reading order).
+    fn encode_by_hand(&self, inputs: &Tensor, masks: Masks) -> (EncoderTapes, Encoded) {
+        let padding = self.shape.input_padding.map(|pad| inputs.eq(pad));
+        let forward = self.run_stack(&self.encoder, inputs, Some(masks), 0);
+        let mut outputs = forward.outputs().transpose(0, 1);
+        let mut state = forward.final_state();
+        let reverse = self.encoder_reverse.as_ref().map(|stack| {
+            let [batch, length] = inputs.size()[..] else { unreachable!("inputs are [batch, steps]") };
+            let order = reading_backwards(padding.as_ref(), batch, length, inputs.device());
+            let tape = self.run_stack(stack, &inputs.gather(1, &order, false), Some(masks), REVERSE_MASKS);
+            let order = order.unsqueeze(-1).expand([batch, length, stack.hidden()], false);
+            let reversed = tape.outputs().transpose(0, 1).gather(1, &order, false);
+            let reverse_state = tape.final_state();
+            outputs = Tensor::cat(&[&outputs, &reversed], 2);
+            state = State {
+                h: Tensor::cat(&[state.h.shallow_clone(), reverse_state.h], 2),
+                c: Tensor::cat(&[state.c.shallow_clone(), reverse_state.c], 2),
+            };
+            ReverseTape { tape, order }
+        });
+        let encoded = Encoded { outputs: outputs.contiguous(), state, padding };
+        (EncoderTapes { forward, reverse }, encoded)
+    }
+
+    /// Back-propagates the gradients of [`Seq2Seq::encode_by_hand`]'s outputs (`None` when
+    /// only its final state was read) and final state through its stacks.
+    fn encoder_backward_by_hand(
+        &self,
+        tapes: &EncoderTapes,
+        d_outputs: Option<&Tensor>,
+        d_state: &State,
+        gradients: &mut Gradients,
+    ) {
+        let units = self.config.encoder_units as i64;
+        // Each stack's share of the last axis, the forward stack's first.
+        let share = |tensor: &Tensor, first: i64| tensor.narrow(-1, first, units).contiguous();
+        let shares = |first: i64| {
+            let state = State { h: share(&d_state.h, first), c: share(&d_state.c, first) };
+            (d_outputs.map(|d| share(d, first)), state)
+        };
+        let backward = |stack: &Lstm, tape: &Tape, d_outputs: Option<Tensor>, d_state: &State, slots| {
+            let d_outputs = d_outputs.map(|d| d.transpose(0, 1).contiguous());
+            let output = d_outputs.as_ref().map_or(OutputGradient::StateOnly, OutputGradient::Every);
+            stack.backward(tape, output, Some(d_state), slots, false);
+        };
+        let (d_forward, d_forward_state) = shares(0);
+        backward(&self.encoder, &tapes.forward, d_forward, &d_forward_state, &mut gradients.encoder);
+        if let (Some(stack), Some(reverse)) = (&self.encoder_reverse, &tapes.reverse) {
+            let (d_reversed, d_reverse_state) = shares(units);
+            // The order is its own inverse: gathering by it again puts the gradient in reading order.
+            let d_reversed = d_reversed.map(|d| d.gather(1, &reverse.order, false));
+            backward(stack, &reverse.tape, d_reversed, &d_reverse_state, &mut gradients.encoder_reverse);
+        }
     }
 
     /// [`Seq2Seq::loss`] of the output layer's time-major `values` `[output_len · batch, width]`
@@ -592,6 +663,7 @@ impl Seq2Seq {
         variables.extend(self.feedback.iter().flat_map(Feedback::trainable));
         Gradients {
             encoder: layers(&self.encoder),
+            encoder_reverse: self.encoder_reverse.as_ref().map(layers).unwrap_or_default(),
             decoder: layers(&self.decoder),
             output_weight: slot(&self.output.ws),
             output_bias: slot(bias),
@@ -653,12 +725,18 @@ impl Seq2Seq {
     }
 
     fn run_encoder(&self, inputs: &Tensor, masks: Option<Masks>) -> Tape {
+        self.run_stack(&self.encoder, inputs, masks, 0)
+    }
+
+    /// An encoder stack's hand-written forward pass over `inputs` `[batch, input_len]`, its
+    /// dropout masks from streams `first_stream` on.
+    fn run_stack(&self, stack: &Lstm, inputs: &Tensor, masks: Option<Masks>, first_stream: u64) -> Tape {
         let time_major = inputs.transpose(0, 1).contiguous();
         let steps = match self.shape.input {
             Features::Classes(classes) => StepInputs::Classes { indices: time_major, classes: classes as i64 },
             Features::Value => StepInputs::Dense(time_major.unsqueeze(-1)),
         };
-        self.encoder.forward(steps, masks)
+        stack.forward_with_mask_streams(steps, masks, first_stream)
     }
 
     /// The whole network, time-major.
@@ -983,16 +1061,19 @@ mod tests {
         assert_matches_autograd(stacked(), one_step);
     }
 
-    /// A feedback decoder's teacher-forced pass by hand, after the hand-written encoder: with
-    /// and without attention, padded pairs, values, one step, and stacks where the decoder has
-    /// more layers than the encoder (the bridge reads one encoder layer twice) and fewer.
+    /// A feedback decoder's teacher-forced pass by hand, after the hand-written encoder (one-way
+    /// and bidirectional): with and without attention, padded pairs, values, one step, and
+    /// stacks where the decoder has more layers than the encoder (the bridge reads one encoder
+    /// layer twice) and fewer.
     #[test]
     fn hand_written_feedback_passes_match_autograd() {
         let pairs = ModelShape { input: Features::Classes(7), output: Features::Classes(11), ..PADDED };
         let values = ModelShape::uniform(Features::Value, 6, 5);
         let one_step = ModelShape::uniform(Features::Classes(5), 3, 1);
-        for decoder in [DecoderKind::Feedback, DecoderKind::Attention] {
-            let one = variant(decoder, false);
+        for (decoder, bidirectional) in
+            [DecoderKind::Feedback, DecoderKind::Attention].into_iter().flat_map(|d| [(d, false), (d, true)])
+        {
+            let one = variant(decoder, bidirectional);
             let taller = ModelConfig { encoder_layers: 2, decoder_layers: 3, ..one.clone() };
             let shorter = ModelConfig { encoder_layers: 3, decoder_layers: 2, ..one.clone() };
             for config in [one, taller, shorter] {
@@ -1031,16 +1112,17 @@ mod tests {
     /// With dropout, libtorch's op draws other masks, so the gradient is checked against the
     /// loss itself: a central difference along a random unit direction, with the same masks
     /// drawn each time. In float32 the two agree to 0.15% here; leaving the masks out of the
-    /// backward pass, for one, puts them 16% apart (the attention decoder's alone, 8%).
+    /// backward pass, for one, puts them 16% apart (the attention decoder's alone, 8%; a
+    /// bidirectional encoder's backward stack's alone, 1.5%).
     #[test]
     fn gradients_with_dropout_match_finite_differences() {
-        let decoders = [DecoderKind::Repeat, DecoderKind::Attention];
-        for (features, decoder) in
+        let decoders = [(DecoderKind::Repeat, false), (DecoderKind::Attention, false), (DecoderKind::Attention, true)];
+        for (features, (decoder, bidirectional)) in
             [Features::Classes(12), Features::Value].into_iter().flat_map(|f| decoders.map(|d| (f, d)))
         {
             let shape = ModelShape::uniform(features, 5, 3);
             let vs = nn::VarStore::new(Device::Cpu);
-            let config = ModelConfig { dropout: 0.4, decoder, ..stacked() };
+            let config = ModelConfig { dropout: 0.4, decoder, bidirectional, ..stacked() };
             let model = Seq2Seq::new_seeded(&vs.root(), &config, shape, 2);
             assert!(model.trains_by_hand());
             let batch = random_batch(shape, Kind::Float, 3);

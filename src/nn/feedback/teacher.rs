@@ -19,7 +19,7 @@ use crate::nn::lstm::{LayerGradients, Masks, State, floats, floats_mut, step, st
 use crate::task::Features;
 
 /// Decoder layer `l`'s dropout masks are stream `DECODER_MASKS + l`, apart from the encoder's
-/// (whose streams are its layer indices).
+/// (whose streams are its layer indices, a backward stack's `REVERSE_MASKS + l`).
 const DECODER_MASKS: u64 = 1 << 32;
 
 /// The passes' buffers: float32 on the CPU.
