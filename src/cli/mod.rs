@@ -1,4 +1,8 @@
 //! The command line: clap definitions, turned into plain requests at the door.
+//!
+//! The argument structs' doc comments are clap's help texts, written for the terminal
+//! (`source<TAB>target`, `${fpath[1]}`), not as rustdoc markup.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
 
 pub mod completions;
 

@@ -47,7 +47,7 @@ impl Generated {
     /// The same stream with a curriculum over its first `samples` samples: a batch starting at
     /// sample `s` draws terms of at most `1 + s·D/samples` digits (of the `D` that the largest
     /// term has), a quarter of them from the whole range (see
-    /// [`ArithmeticProblem::draw_up_to`]); after them, the whole range. A function of the
+    /// `ArithmeticProblem::draw_up_to`); after them, the whole range. A function of the
     /// batch's place in the stream, so that a resumed run draws the same samples.
     pub fn with_curriculum(self, samples: usize) -> Self {
         Self { curriculum: samples, ..self }

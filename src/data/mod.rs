@@ -34,7 +34,7 @@ impl Stream {
 pub struct Batch<'t> {
     /// `[size, input_len]`: int64 class indices, or float values.
     pub inputs: Tensor,
-    /// `[size, output_len]`: int64 class indices (or [`crate::task::pairs::IGNORED`]), or
+    /// `[size, output_len]`: int64 class indices (or `IGNORED`), or
     /// float values.
     pub targets: Tensor,
     pub size: usize,

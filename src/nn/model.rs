@@ -192,7 +192,7 @@ pub struct ModelShape {
     pub output: Features,
     pub input_len: usize,
     pub output_len: usize,
-    /// Whether some target steps are [`IGNORED`] (the steps after a target's end marker): the
+    /// Whether some target steps are `IGNORED` (the steps after a target's end marker): the
     /// loss then averages over the others. Off for the built-in problems, whose every step counts.
     pub padded_targets: bool,
     /// The class that pads inputs on the left, if any: attention leaves it out, and a backward

@@ -3,7 +3,7 @@
 //!
 //! The update is `torch.optim.Adam`'s default on the CPU (the single-tensor path: betas
 //! 0.9/0.999, eps 1e-8, no weight decay, no amsgrad), with PyTorch's rounding: on a GPU op for
-//! op, and for float32 on the CPU in one pass over the elements ([`fused`]) that rounds as
+//! op, and for float32 on the CPU in one pass over the elements (`fused`) that rounds as
 //! those ops' kernels do, bit for bit.
 
 use std::collections::BTreeMap;

@@ -126,7 +126,7 @@ impl<'a> SharedStep<'a> {
     }
 
     /// How a batch of `rows` is split: as evenly as possible, the first shares one row longer,
-    /// no share under [`MIN_ROWS_PER_SHARE`] rows (unless there is only one), at most `threads`.
+    /// no share under `MIN_ROWS_PER_SHARE` rows (unless there is only one), at most `threads`.
     pub fn share_sizes(rows: i64, threads: usize) -> Vec<i64> {
         let shares = (rows / MIN_ROWS_PER_SHARE).clamp(1, threads.max(1) as i64);
         (0..shares).map(|share| rows / shares + i64::from(share < rows % shares)).collect()
