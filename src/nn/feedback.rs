@@ -92,6 +92,68 @@ impl Memory {
     }
 }
 
+/// A beam's hypotheses, a row each: their class ids and token log-probabilities `[rows,
+/// steps so far]`, log-probabilities and written lengths `[rows]` (double).
+struct Searched {
+    ids: Tensor,
+    token_log_probs: Tensor,
+    scores: Tensor,
+    lengths: Tensor,
+}
+
+impl Searched {
+    fn select(&self, rows: &Tensor) -> Searched {
+        Searched {
+            ids: self.ids.index_select(0, rows),
+            token_log_probs: self.token_log_probs.index_select(0, rows),
+            scores: self.scores.index_select(0, rows),
+            lengths: self.lengths.index_select(0, rows),
+        }
+    }
+
+    /// Writes `from`'s rows (its steps so far) into rows `rows` of this full-length record.
+    fn store(&self, rows: &Tensor, from: &Searched) {
+        let written = from.ids.size()[1];
+        let _ = self.ids.narrow(1, 0, written).index_copy_(0, rows, &from.ids);
+        let _ = self.token_log_probs.narrow(1, 0, written).index_copy_(0, rows, &from.token_log_probs);
+        let _ = self.scores.shallow_clone().index_copy_(0, rows, &from.scores);
+        let _ = self.lengths.shallow_clone().index_copy_(0, rows, &from.lengths);
+    }
+
+    /// Each input's hypotheses that have a score, best first by their score per written token.
+    fn hypotheses(&self, batch: usize, beam: usize, steps: usize) -> Vec<Vec<Hypothesis>> {
+        let normalised = &self.scores / self.lengths.clamp_min(1.0);
+        let host = |t: &Tensor, kind| t.to_kind(kind).to_device(tch::Device::Cpu).contiguous();
+        let ids = Vec::<i64>::try_from(host(&self.ids, Kind::Int64).view([-1])).expect("int64 ids");
+        let token_log_probs = Vec::<f64>::try_from(host(&self.token_log_probs, Kind::Double).view([-1]))
+            .expect("double log-probabilities");
+        let scores = Vec::<f64>::try_from(host(&self.scores, Kind::Double)).expect("double scores");
+        let normalised = Vec::<f64>::try_from(host(&normalised, Kind::Double)).expect("double scores");
+        let mut answers: Vec<Vec<Hypothesis>> = Vec::with_capacity(batch);
+        for input in 0..batch {
+            let mut hypotheses: Vec<Hypothesis> = (0..beam)
+                .map(|k| input * beam + k)
+                .filter(|&row| scores[row].is_finite())
+                .map(|row| Hypothesis {
+                    ids: ids[row * steps..(row + 1) * steps].to_vec(),
+                    token_log_probs: token_log_probs[row * steps..(row + 1) * steps].to_vec(),
+                    log_prob: scores[row],
+                    score: normalised[row],
+                })
+                .collect();
+            hypotheses.sort_by(|a, b| b.score.total_cmp(&a.score));
+            answers.push(hypotheses);
+        }
+        answers
+    }
+}
+
+/// The rows of a beam `beam` wide that belong to `inputs`, in order.
+fn rows_of(inputs: &Tensor, beam: i64) -> Tensor {
+    let within = Tensor::arange(beam, (Kind::Int64, inputs.device())).unsqueeze(0);
+    (inputs.unsqueeze(1) * beam + within).view([-1])
+}
+
 /// One of the beam's answers to an input.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hypothesis {
@@ -267,7 +329,10 @@ impl Feedback {
     /// The `beam` most probable answers to each input by beam search, best first by their
     /// log-probability per written token (OpenNMT-py's `avg` length penalty). A hypothesis ends
     /// at `end` (a class id), after which it keeps its score; without one, every answer is
-    /// `steps` long. For class outputs only.
+    /// `steps` long. With `drop_ended`, an input whose every hypothesis has ended leaves the
+    /// search, whose later steps then cost only the inputs still searched; without, every input
+    /// is searched to the last step (the tests' oracle: an ended input's hypotheses only write
+    /// the end marker again, at no cost). For class outputs only.
     pub fn beam(
         &self,
         parts: &Parts,
@@ -275,6 +340,7 @@ impl Feedback {
         steps: i64,
         beam: usize,
         end: Option<i64>,
+        drop_ended: bool,
     ) -> Vec<Vec<Hypothesis>> {
         let Features::Classes(classes) = self.output else { unreachable!("a beam is searched over classes") };
         let (batch, beam, classes) = (encoded.outputs.size()[0], beam as i64, classes as i64);
@@ -282,70 +348,83 @@ impl Feedback {
         let rows = batch * beam;
         let copies = Tensor::arange(batch, (Kind::Int64, device)).repeat_interleave_self_int(beam, None, None);
         let encoded = encoded.select(&copies);
-        let (memory, mut state, mut fed) = self.begin(&encoded, &parts.output.ws);
+        let (mut memory, mut state, mut fed) = self.begin(&encoded, &parts.output.ws);
         let mut input = self.start_input(rows, &parts.output.ws);
         // Only the first copy of each input starts, so that the first step's choices differ.
         let scores = Tensor::full([batch, beam], f64::NEG_INFINITY, (Kind::Double, device));
         let _ = scores.narrow(1, 0, 1).fill_(0.0);
-        let mut scores = scores.view([rows]);
+        let mut searched = Searched {
+            ids: Tensor::zeros([rows, 0], (Kind::Int64, device)),
+            token_log_probs: Tensor::zeros([rows, 0], (Kind::Double, device)),
+            scores: scores.view([rows]),
+            lengths: Tensor::zeros([rows], (Kind::Double, device)),
+        };
         let mut finished = Tensor::zeros([rows], (Kind::Bool, device));
-        let mut lengths = Tensor::zeros([rows], (Kind::Double, device));
-        let mut ids = Tensor::zeros([rows, 0], (Kind::Int64, device));
-        let mut token_log_probs = Tensor::zeros([rows, 0], (Kind::Double, device));
-        let first_rows = Tensor::arange(batch, (Kind::Int64, device)).unsqueeze(1) * beam;
+        // Every input's hypotheses, filled in as the input leaves the search.
+        let ended = Searched {
+            ids: Tensor::full([rows, steps], end.unwrap_or(0), (Kind::Int64, device)),
+            token_log_probs: Tensor::zeros([rows, steps], (Kind::Double, device)),
+            scores: Tensor::zeros([rows], (Kind::Double, device)),
+            lengths: Tensor::zeros([rows], (Kind::Double, device)),
+        };
+        // The inputs still searched, by their index in the batch.
+        let mut inputs = Tensor::arange(batch, (Kind::Int64, device));
         // A finished hypothesis can only write the end marker again, at no cost.
         let carried = end.map(|end| {
             let carried = Tensor::full([1, classes], f64::NEG_INFINITY, (Kind::Double, device));
             let _ = carried.narrow(1, end, 1).fill_(0.0);
             carried
         });
-        for _ in 0..steps {
+        for t in 0..steps {
+            let searching = inputs.size()[0];
             let (top, next_state, next_fed) = self.step(parts, memory.as_ref(), &input, &state, &fed, false);
             let mut log_probs = parts.output.forward(&top).log_softmax(-1, Kind::Double);
             if let Some(carried) = &carried {
                 log_probs = log_probs.where_self(&finished.logical_not().unsqueeze(1), carried);
             }
-            let candidates = (scores.unsqueeze(1) + &log_probs).view([batch, beam * classes]);
+            let candidates = (searched.scores.unsqueeze(1) + &log_probs).view([searching, beam * classes]);
             let (best, index) = candidates.topk(beam, -1, true, true);
-            let origin = (&first_rows + index.floor_divide_scalar(classes)).view([rows]);
-            let token = index.remainder(classes).view([rows]);
+            let first_rows = Tensor::arange(searching, (Kind::Int64, device)).unsqueeze(1) * beam;
+            let origin = (&first_rows + index.floor_divide_scalar(classes)).view([-1]);
+            let mut token = index.remainder(classes).view([-1]);
             let chosen = log_probs.index_select(0, &origin).gather(1, &token.unsqueeze(1), false);
             state = next_state.select(&origin);
             fed = next_fed.index_select(0, &origin);
             finished = finished.index_select(0, &origin);
-            lengths = lengths.index_select(0, &origin) + finished.logical_not().to_kind(Kind::Double);
+            searched = Searched {
+                lengths: searched.lengths.index_select(0, &origin) + finished.logical_not().to_kind(Kind::Double),
+                ids: Tensor::cat(&[searched.ids.index_select(0, &origin), token.unsqueeze(1)], 1),
+                token_log_probs: Tensor::cat(&[searched.token_log_probs.index_select(0, &origin), chosen], 1),
+                scores: best.view([-1]),
+            };
             if let Some(end) = end {
                 finished = finished.logical_or(&token.eq(end));
             }
-            ids = Tensor::cat(&[ids.index_select(0, &origin), token.unsqueeze(1)], 1);
-            token_log_probs = Tensor::cat(&[token_log_probs.index_select(0, &origin), chosen], 1);
-            scores = best.view([rows]);
+            let done = finished.view([searching, beam]).all_dim(1, false);
+            let leaving = i64::try_from(done.sum(Kind::Int64)).expect("a count");
+            if drop_ended && leaving > 0 && t + 1 < steps {
+                let left = done.nonzero().squeeze_dim(1);
+                ended.store(&rows_of(&inputs.index_select(0, &left), beam), &searched.select(&rows_of(&left, beam)));
+                if leaving == searching {
+                    inputs = inputs.narrow(0, 0, 0);
+                    break;
+                }
+                let kept_inputs = done.logical_not().nonzero().squeeze_dim(1);
+                let kept = rows_of(&kept_inputs, beam);
+                inputs = inputs.index_select(0, &kept_inputs);
+                memory = memory.map(|memory| memory.select(&kept));
+                state = state.select(&kept);
+                fed = fed.index_select(0, &kept);
+                finished = finished.index_select(0, &kept);
+                searched = searched.select(&kept);
+                token = token.index_select(0, &kept);
+            }
             input = self.written_input(&token, &parts.output.ws);
         }
-        let normalised = &scores / lengths.clamp_min(1.0);
-        let host = |t: &Tensor, kind| t.to_kind(kind).to_device(tch::Device::Cpu).contiguous();
-        let ids = Vec::<i64>::try_from(host(&ids, Kind::Int64).view([-1])).expect("int64 ids");
-        let token_log_probs =
-            Vec::<f64>::try_from(host(&token_log_probs, Kind::Double).view([-1])).expect("double log-probabilities");
-        let scores = Vec::<f64>::try_from(host(&scores, Kind::Double)).expect("double scores");
-        let normalised = Vec::<f64>::try_from(host(&normalised, Kind::Double)).expect("double scores");
-        let steps = steps as usize;
-        let mut answers: Vec<Vec<Hypothesis>> = Vec::with_capacity(batch as usize);
-        for input in 0..batch as usize {
-            let mut hypotheses: Vec<Hypothesis> = (0..beam as usize)
-                .map(|k| input * beam as usize + k)
-                .filter(|&row| scores[row].is_finite())
-                .map(|row| Hypothesis {
-                    ids: ids[row * steps..(row + 1) * steps].to_vec(),
-                    token_log_probs: token_log_probs[row * steps..(row + 1) * steps].to_vec(),
-                    log_prob: scores[row],
-                    score: normalised[row],
-                })
-                .collect();
-            hypotheses.sort_by(|a, b| b.score.total_cmp(&a.score));
-            answers.push(hypotheses);
+        if inputs.size()[0] > 0 {
+            ended.store(&rows_of(&inputs, beam), &searched);
         }
-        answers
+        ended.hypotheses(batch as usize, beam as usize, steps as usize)
     }
 
     /// Runs `steps` decoder steps from `first`: after step `t`, `next(t, outputs)` gives what

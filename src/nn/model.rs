@@ -411,7 +411,7 @@ impl Seq2Seq {
         let feedback = self.feedback.as_ref().filter(|_| matches!(self.shape.output, Features::Classes(_)))?;
         Some(tch::no_grad(|| {
             let encoded = self.encode_all(inputs, false);
-            feedback.beam(&self.parts(), &encoded, self.shape.output_len as i64, beam, self.shape.end_marker)
+            feedback.beam(&self.parts(), &encoded, self.shape.output_len as i64, beam, self.shape.end_marker, true)
         }))
     }
 
@@ -1401,18 +1401,60 @@ mod tests {
         assert!(ended > 0, "some hypothesis of an untrained model of 6 classes ends early");
     }
 
+    /// `rows` random inputs of [`PADDED`]'s 6 classes, the last step never padding (class 0).
+    fn random_padded_inputs(rows: i64) -> Tensor {
+        with_global_generator(7, || {
+            Tensor::cat(
+                &[
+                    Tensor::randint(6, [rows, 4], (Kind::Int64, Device::Cpu)),
+                    Tensor::randint_low(1, 6, [rows, 1], (Kind::Int64, Device::Cpu)),
+                ],
+                1,
+            )
+        })
+    }
+
+    /// An input leaves the beam search once all its hypotheses have ended: the answers are
+    /// those of searching every input to the last step, their log-probabilities and scores too
+    /// but for float32's rounding.
+    #[test]
+    fn inputs_whose_hypotheses_all_ended_leave_the_search_unchanged() {
+        let shape = ModelShape { output_len: 8, ..PADDED };
+        let inputs = random_padded_inputs(40);
+        let mut left_early = 0;
+        for (decoder, seed) in [(DecoderKind::Feedback, 3), (DecoderKind::Attention, 4)] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let model = Seq2Seq::new_seeded(&vs.root(), &variant(decoder, false), shape, seed);
+            let feedback = model.feedback.as_ref().expect("a feedback decoder");
+            let search = |drop_ended| {
+                tch::no_grad(|| {
+                    let encoded = model.encode_all(&inputs, false);
+                    feedback.beam(&model.parts(), &encoded, 8, 3, Some(0), drop_ended)
+                })
+            };
+            let (dropping, plain) = (search(true), search(false));
+            assert_eq!(dropping.len(), 40);
+            for (dropping, plain) in dropping.iter().zip(&plain) {
+                assert_eq!(dropping.len(), plain.len());
+                for (a, b) in dropping.iter().zip(plain) {
+                    assert_eq!(a.ids, b.ids, "{decoder:?}");
+                    // Fewer rows round the float32 products differently, in the 8th digit.
+                    let close = |x: f64, y: f64| (x - y).abs() < 1e-6;
+                    assert!(a.token_log_probs.iter().zip(&b.token_log_probs).all(|(&x, &y)| close(x, y)));
+                    assert!(close(a.log_prob, b.log_prob) && close(a.score, b.score), "{a:?} vs {b:?}");
+                }
+                // Every hypothesis ended before the last step: the input left the search early.
+                left_early += usize::from(plain.iter().all(|h| h.ids[..7].contains(&0)));
+            }
+        }
+        assert!(left_early > 0 && left_early < 80, "inputs that left early: {left_early} of 80");
+    }
+
     /// Decoding until the end marker, rows leaving the batch as they finish, writes what the
     /// whole batch's greedy decode writes up to each row's end marker, then only the marker.
     #[test]
     fn greedy_until_end_writes_the_greedy_answers_up_to_their_end() {
-        tch::manual_seed(7);
-        let inputs = Tensor::cat(
-            &[
-                Tensor::randint(6, [40, 4], (Kind::Int64, Device::Cpu)),
-                Tensor::randint_low(1, 6, [40, 1], (Kind::Int64, Device::Cpu)),
-            ],
-            1,
-        );
+        let inputs = random_padded_inputs(40);
         let (mut early, mut late) = (0, 0);
         for (decoder, seed) in [(DecoderKind::Feedback, 3), (DecoderKind::Attention, 4), (DecoderKind::Attention, 5)] {
             let vs = nn::VarStore::new(Device::Cpu);
