@@ -112,11 +112,28 @@ class Attention(nn.Module):
         return torch.stack(logits, 1)
 
     @torch.no_grad()
-    def greedy(self, source, steps):
+    def greedy(self, source, steps, drop_ended=False):
+        """With `drop_ended`, a row that has written the end marker (id 0) leaves the batch, as
+        seq2seq's `predict` does; its later steps read as end markers."""
         memory, keys, padding, state = self.encode(source)
         batch = source.shape[0]
         previous = torch.full((batch,), self.targets, dtype=torch.long)
         fed = memory.new_zeros(batch, self.decoder.hidden_size)
+        if drop_ended:
+            written = torch.full((batch, steps), PAD, dtype=torch.long)
+            rows = torch.arange(batch)
+            for t in range(steps):
+                logits, fed, state = self.step(previous, fed, state, memory, keys, padding)
+                previous = logits.argmax(-1)
+                written[rows, t] = previous
+                going = previous.ne(PAD).nonzero().squeeze(1)
+                if len(going) == 0:
+                    break
+                if len(going) < len(rows):
+                    rows, previous, fed = rows[going], previous[going], fed[going]
+                    state = (state[0][:, going], state[1][:, going])
+                    memory, keys, padding = memory[going], keys[going], padding[going]
+            return written
         written = []
         for _ in range(steps):
             logits, fed, state = self.step(previous, fed, state, memory, keys, padding)
@@ -229,7 +246,8 @@ def predict(args):
     for first in range(0, len(lines), args.batch_size):
         batch = lines[first:first + args.batch_size]
         source = torch.tensor([encode_source(source_vocabulary, task["source_tokens"], s, in_len) for s in batch])
-        written = model.greedy(source, out_len) if args.beam <= 1 else model.beam(source, out_len, args.beam)
+        written = (model.greedy(source, out_len, args.drop_ended) if args.beam <= 1
+                   else model.beam(source, out_len, args.beam))
         for text, row in zip(batch, written.tolist()):
             end = row.index(PAD) if PAD in row else len(row)
             out.write(f"{text}\t{joiner.join(targets[i] for i in row[:end])}\n")
@@ -256,6 +274,8 @@ def main():
     p.add_argument("--file", required=True)
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--beam", type=int, default=1)
+    p.add_argument("--drop-ended", action="store_true",
+                   help="greedy: rows that have written the end marker leave the batch (not what the bench runs)")
     p.add_argument("--output")
     p.add_argument("--threads", type=int)
     args = parser.parse_args()

@@ -61,8 +61,10 @@ impl Metrics {
             return *self;
         }
         let (now, before) = (self.samples as f64, earlier.samples as f64);
-        let mean_of_new = |total: f64, previous: f64| (total * now - previous * before) / (now - before);
-        let both = |total: Option<f64>, previous: Option<f64>| Some(mean_of_new(total?, previous?));
+        // The difference of two rounded products can fall an ulp below the figures' least
+        // (one right answer in 3,325,056, then none in the next 174,944: -6e-22).
+        let mean_of_new = |total: f64, previous: f64| ((total * now - previous * before) / (now - before)).max(0.0);
+        let both = |total: Option<f64>, previous: Option<f64>| Some(mean_of_new(total?, previous?).min(1.0));
         Metrics {
             loss: mean_of_new(self.loss, earlier.loss),
             char_accuracy: both(self.char_accuracy, earlier.char_accuracy),
@@ -432,6 +434,10 @@ mod tests {
         assert!((new.char_accuracy.unwrap() - 0.7).abs() < 1e-12, "{new:?}");
         assert!((new.sequence_accuracy.unwrap() - 0.55).abs() < 1e-12, "{new:?}");
         assert_eq!(now.since(&Metrics::default()), now, "nothing earlier: all of it");
+        // No rate falls below zero by rounding: one right answer, then none.
+        let earlier = Metrics { samples: 3_325_056, sequence_accuracy: Some(1.0 / 3_325_056.0), ..earlier };
+        let now = Metrics { samples: 3_500_000, sequence_accuracy: Some(1.0 / 3_500_000.0), ..earlier };
+        assert_eq!(now.since(&earlier).sequence_accuracy, Some(0.0));
     }
 
     #[test]

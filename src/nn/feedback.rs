@@ -400,9 +400,10 @@ impl Feedback {
             if let Some(end) = end {
                 finished = finished.logical_or(&token.eq(end));
             }
-            let done = finished.view([searching, beam]).all_dim(1, false);
-            let leaving = i64::try_from(done.sum(Kind::Int64)).expect("a count");
-            if drop_ended && leaving > 0 && t + 1 < steps {
+            let done = (drop_ended && end.is_some() && t + 1 < steps)
+                .then(|| finished.view([searching, beam]).all_dim(1, false));
+            let leaving = done.as_ref().map_or(0, |done| i64::try_from(done.sum(Kind::Int64)).expect("a count"));
+            if let Some(done) = done.filter(|_| leaving > 0) {
                 let left = done.nonzero().squeeze_dim(1);
                 ended.store(&rows_of(&inputs.index_select(0, &left), beam), &searched.select(&rows_of(&left, beam)));
                 if leaving == searching {
