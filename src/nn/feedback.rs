@@ -33,6 +33,21 @@ pub struct Encoded {
 }
 
 impl Encoded {
+    /// A bidirectional encoder's: each stack's outputs `[batch, input_len, units]` (the
+    /// backward stack's put back in reading order) and final state, side by side, the forward
+    /// stack's first.
+    pub fn of_both_directions(forward: (Tensor, State), backward: (Tensor, State), padding: Option<Tensor>) -> Encoded {
+        let ((outputs, state), (reversed, reverse_state)) = (forward, backward);
+        Encoded {
+            outputs: Tensor::cat(&[outputs, reversed], 2),
+            state: State {
+                h: Tensor::cat(&[state.h, reverse_state.h], 2),
+                c: Tensor::cat(&[state.c, reverse_state.c], 2),
+            },
+            padding,
+        }
+    }
+
     /// The rows of `index` (a beam's copies of each input).
     fn select(&self, index: &Tensor) -> Encoded {
         Encoded {

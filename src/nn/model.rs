@@ -538,24 +538,18 @@ impl Seq2Seq {
     fn encode_by_hand(&self, inputs: &Tensor, masks: Masks) -> (EncoderTapes, Encoded) {
         let padding = self.shape.input_padding.map(|pad| inputs.eq(pad));
         let forward = self.run_stack(&self.encoder, inputs, Some(masks), 0);
-        let mut outputs = forward.outputs().transpose(0, 1);
-        let mut state = forward.final_state();
-        let reverse = self.encoder_reverse.as_ref().map(|stack| {
-            let [batch, length] = inputs.size()[..] else { unreachable!("inputs are [batch, steps]") };
-            let order = reading_backwards(padding.as_ref(), batch, length, inputs.device());
-            let tape = self.run_stack(stack, &inputs.gather(1, &order, false), Some(masks), REVERSE_MASKS);
-            let order = order.unsqueeze(-1).expand([batch, length, stack.hidden()], false);
-            let reversed = tape.outputs().transpose(0, 1).gather(1, &order, false);
-            let reverse_state = tape.final_state();
-            outputs = Tensor::cat(&[&outputs, &reversed], 2);
-            state = State {
-                h: Tensor::cat(&[state.h.shallow_clone(), reverse_state.h], 2),
-                c: Tensor::cat(&[state.c.shallow_clone(), reverse_state.c], 2),
-            };
-            ReverseTape { tape, order }
-        });
-        let encoded = Encoded { outputs: outputs.contiguous(), state, padding };
-        (EncoderTapes { forward, reverse }, encoded)
+        let (outputs, state) = (forward.outputs().transpose(0, 1), forward.final_state());
+        let Some(stack) = &self.encoder_reverse else {
+            let encoded = Encoded { outputs: outputs.contiguous(), state, padding };
+            return (EncoderTapes { forward, reverse: None }, encoded);
+        };
+        let [batch, length] = inputs.size()[..] else { unreachable!("inputs are [batch, steps]") };
+        let order = reading_backwards(padding.as_ref(), batch, length, inputs.device());
+        let tape = self.run_stack(stack, &inputs.gather(1, &order, false), Some(masks), REVERSE_MASKS);
+        let order = order.unsqueeze(-1).expand([batch, length, stack.hidden()], false);
+        let reversed = tape.outputs().transpose(0, 1).gather(1, &order, false);
+        let encoded = Encoded::of_both_directions((outputs, state), (reversed, tape.final_state()), padding);
+        (EncoderTapes { forward, reverse: Some(ReverseTape { tape, order }) }, encoded)
     }
 
     /// Back-propagates the gradients of [`Seq2Seq::encode_by_hand`]'s outputs (`None` when
@@ -696,14 +690,7 @@ impl Seq2Seq {
         let backwards = steps.gather(1, &order.expand([batch, length, steps.size()[2]], false), false);
         let (reversed, reverse_state) = reverse.run_with_lstm_op(&backwards, &reverse.zero_state(&backwards), train);
         let reversed = reversed.gather(1, &order.expand([batch, length, reverse.hidden()], false), false);
-        Encoded {
-            outputs: Tensor::cat(&[outputs, reversed], 2),
-            state: State {
-                h: Tensor::cat(&[state.h, reverse_state.h], 2),
-                c: Tensor::cat(&[state.c, reverse_state.c], 2),
-            },
-            padding,
-        }
+        Encoded::of_both_directions((outputs, state), (reversed, reverse_state), padding)
     }
 
     /// [`Seq2Seq::forward`] by libtorch's `lstm` op, differentiable by autograd: how a GPU runs
