@@ -623,6 +623,10 @@ fn train_rejects_invalid_values_with_a_clear_error() {
         (&["--task", "autoencoder", "--curriculum", "10"], "this run trains an autoencoder"),
         // Before the files are read: they are not looked at.
         (&["--data", "no-such-pairs.tsv", "--curriculum", "10"], "this run trains a model of your own data"),
+        (&["--op-weights", "*=4"], "--op-weights weighs '*', which --ops + does not draw"),
+        (&["--ops", "+-", "--op-weights", "-=2,/=3"], "--op-weights weighs '/', which --ops +- does not draw"),
+        (&["--task", "autoencoder", "--op-weights", "+=2"], "this run trains an autoencoder"),
+        (&["--data", "no-such-pairs.tsv", "--op-weights", "+=2"], "this run trains a model of your own data"),
     ];
     for (bad, reason) in cases {
         assert_train_refuses(bad, reason).failed();
@@ -637,6 +641,8 @@ fn train_rejects_values_that_do_not_parse() {
         (&["--largest", "18446744073709551616"], "invalid value '18446744073709551616'"),
         (&["--device", "gpu"], "unknown device \"gpu\": use auto, cpu, cuda or cuda:N"),
         (&["--device", "cuda:x"], "unknown device \"cuda:x\""),
+        (&["--op-weights", "*=0"], "\"0\" (the weight of '*') is not a whole number from 1 to 1000"),
+        (&["--op-weights", "^=2"], "\"^\" (in \"^=2\") is not an operator"),
     ];
     for (bad, reason) in cases {
         assert_train_refuses(bad, reason).failed_usage();

@@ -29,7 +29,7 @@ use crate::data::input::InputSource;
 use crate::nn::device::DeviceChoice;
 use crate::nn::model::{DecoderKind, ModelConfig};
 use crate::output::{self, Stdout};
-use crate::task::{ArithmeticProblem, Operators, SequenceKind, SequenceProblem, Task, TermCount};
+use crate::task::{ArithmeticProblem, OperatorWeights, Operators, SequenceKind, SequenceProblem, Task, TermCount};
 use crate::train::{LrSchedule, Progress, TrainConfig};
 
 /// Most CPU threads: far more than these models use, few enough to start in a moment.
@@ -274,6 +274,12 @@ pub struct TrainArgs {
     /// has (a quarter of them drawn from the whole range throughout); then the whole range.
     #[arg(long, value_name = "N", default_value_t = TrainConfig::default().curriculum)]
     pub curriculum: usize,
+    /// Arithmetic: how often training draws each operator, as OP=WEIGHT items (e.g. `*=4,/=2`:
+    /// `*` four times and `/` twice as often as an operator left unnamed, which weighs 1).
+    /// Evaluation still draws them uniformly. [default: all alike]
+    // A value may start with `-` (`-=3`), which is the operator here, not a flag.
+    #[arg(long, value_name = "OP=W,...", allow_hyphen_values = true)]
+    pub op_weights: Option<OperatorWeights>,
     /// Seeds the initial weights and every generated sample (with your own data: the held-out
     /// split and each epoch's order).
     #[arg(long, default_value_t = TrainConfig::default().seed)]
@@ -310,7 +316,7 @@ pub struct TrainArgs {
         "task", "data", "source", "target", "valid", "valid_fraction", "min_count", "max_source_len",
         "max_target_len", "source_tokens", "target_tokens", "skip_bad_lines", "ops", "terms", "largest", "reverse", "reverse_output", "length", "sequence", "low", "high", "encoder_units",
         "decoder_units", "encoder_layers", "decoder_layers", "dropout", "decoder", "bidirectional", "samples", "batch_size", "epochs",
-        "learning_rate", "seed", "out", "overwrite", "lr_schedule", "warmup", "final_learning_rate", "curriculum",
+        "learning_rate", "seed", "out", "overwrite", "lr_schedule", "warmup", "final_learning_rate", "curriculum", "op_weights",
     ])]
     pub resume: Option<PathBuf>,
 }
@@ -473,6 +479,7 @@ impl TrainArgs {
                 final_learning_rate: self.final_learning_rate,
                 threads,
                 curriculum: self.curriculum,
+                operator_weights: self.op_weights,
             },
             device: self.device,
             out: self.out,

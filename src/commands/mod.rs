@@ -70,15 +70,34 @@ pub struct TrainRequest {
     pub progress: Progress,
 }
 
+/// `--curriculum` and `--op-weights` shape a generated arithmetic problem's samples: on any
+/// other run they are errors rather than ignored, as are weights of operators not drawn.
+fn refuse_arithmetic_settings_elsewhere(request: &TrainRequest) -> Result<()> {
+    let problem = match (&request.task, &request.data) {
+        (Task::Arithmetic(problem), None) => Some(problem),
+        _ => None,
+    };
+    let kind = || if request.data.is_some() { "a model of your own data" } else { request.task.model_kind() };
+    if request.training.curriculum > 0 && problem.is_none() {
+        bail!("--curriculum grows the terms of a generated arithmetic problem; this run trains {}", kind());
+    }
+    if let Some(weights) = &request.training.operator_weights {
+        let Some(problem) = problem else {
+            bail!("--op-weights weighs the operators of a generated arithmetic problem; this run trains {}", kind());
+        };
+        if let Some(op) = weights.weighted().find(|&op| !problem.operators.contains(op)) {
+            bail!("--op-weights weighs {:?}, which --ops {} does not draw", op.symbol(), problem.operators);
+        }
+    }
+    Ok(())
+}
+
 /// Trains a model, scores it on fresh samples and saves it; returns its directory.
 pub fn train(request: &TrainRequest) -> Result<PathBuf> {
     let TrainRequest { model: model_config, .. } = request;
     model_config.validate()?;
     request.training.validate()?;
-    if request.training.curriculum > 0 && (request.data.is_some() || !matches!(request.task, Task::Arithmetic(_))) {
-        let kind = if request.data.is_some() { "a model of your own data" } else { request.task.model_kind() };
-        bail!("--curriculum grows the terms of a generated arithmetic problem; this run trains {kind}");
-    }
+    refuse_arithmetic_settings_elsewhere(request)?;
     let mut training = request.training.clone();
     let (task, data) = match &request.data {
         None => (request.task.clone(), RunData::generated(&request.task, &training)?),
@@ -223,7 +242,9 @@ impl RunData {
         let seed = training.seed;
         Ok(Self {
             training: Arc::new(
-                Generated::new(task, seed, Stream::Training, training.samples)?.with_curriculum(training.curriculum),
+                Generated::new(task, seed, Stream::Training, training.samples)?
+                    .with_curriculum(training.curriculum)
+                    .with_operator_weights(training.operator_weights),
             ),
             validation: Arc::new(Generated::new(task, seed, Stream::Evaluation, VALIDATION_SAMPLES)?),
             evaluation: Arc::new(Generated::new(task, seed, Stream::Evaluation, training.evaluation_samples)?),

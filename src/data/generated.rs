@@ -11,7 +11,7 @@ use rand::seq::SliceRandom;
 use tch::Device;
 
 use super::{Batch, SampleSource, Stream, mix_seed};
-use crate::task::{ArithmeticProblem, Expression, Samples, SequenceProblem, Task};
+use crate::task::{ArithmeticProblem, Expression, OperatorWeights, Samples, SequenceProblem, Task};
 
 /// A problem whose samples are drawn from a seed, not read from files.
 enum Drawn {
@@ -29,6 +29,8 @@ pub struct Generated {
     /// Samples of the stream over which arithmetic terms grow from one digit to all of them
     /// (see [`Generated::with_curriculum`]); 0: none.
     curriculum: usize,
+    /// How often each operator is drawn (see [`Generated::with_operator_weights`]); `None`: uniformly.
+    operator_weights: Option<OperatorWeights>,
     /// The batch order of the last epoch asked for, drawn once per epoch.
     order: Mutex<Option<(usize, usize, Vec<usize>)>>,
 }
@@ -41,16 +43,31 @@ impl Generated {
             Task::Autoencoder(problem) if problem.data.is_none() => Drawn::Sequences(problem.clone()),
             _ => bail!("{} learns from the user's files: its samples cannot be generated", task.model_kind()),
         };
-        Ok(Self { task: task.clone(), problem, seed, stream, samples, curriculum: 0, order: Mutex::new(None) })
+        Ok(Self {
+            task: task.clone(),
+            problem,
+            seed,
+            stream,
+            samples,
+            curriculum: 0,
+            operator_weights: None,
+            order: Mutex::new(None),
+        })
     }
 
     /// The same stream with a curriculum over its first `samples` samples: a batch starting at
     /// sample `s` draws terms of at most `1 + s·D/samples` digits (of the `D` that the largest
     /// term has), a quarter of them from the whole range (see
-    /// `ArithmeticProblem::draw_up_to`); after them, the whole range. A function of the
+    /// `ArithmeticProblem::draw_shaped`); after them, the whole range. A function of the
     /// batch's place in the stream, so that a resumed run draws the same samples.
     pub fn with_curriculum(self, samples: usize) -> Self {
         Self { curriculum: samples, ..self }
+    }
+
+    /// The same stream with arithmetic operators drawn as often as their weights say, for a
+    /// training stream that shows hard operators more (evaluation streams stay uniform).
+    pub fn with_operator_weights(self, weights: Option<OperatorWeights>) -> Self {
+        Self { operator_weights: weights, ..self }
     }
 
     /// Most digits of a term in the batch that starts at sample `start`: `None` once the
@@ -103,7 +120,7 @@ impl SampleSource for Generated {
                 let digits = self.digits_at(problem, start);
                 let draw = |_| {
                     let mut expression = Expression::default();
-                    problem.draw_up_to(&mut rng, &mut expression, digits);
+                    problem.draw_shaped(&mut rng, &mut expression, digits, self.operator_weights.as_ref());
                     expression
                 };
                 Samples::Arithmetic(problem, (0..size).map(draw).collect())
@@ -136,7 +153,18 @@ fn batch_order(num_batches: usize, seed: u64, epoch: usize) -> Vec<usize> {
 mod tests {
     use super::*;
     use crate::data::SampleSource;
-    use crate::task::Operators;
+    use crate::task::{Operator, Operators};
+
+    /// Two terms up to 999 joined by `+` or `*`.
+    fn sums_and_products() -> Task {
+        Task::Arithmetic(ArithmeticProblem {
+            operators: "+*".parse::<Operators>().expect("operators"),
+            min_terms: 2,
+            max_terms: 2,
+            largest: 999,
+            ..ArithmeticProblem::default()
+        })
+    }
 
     fn terms(source: &Generated, step: usize) -> Vec<u64> {
         let batch = source.batch(0, step, 100, true);
@@ -146,14 +174,7 @@ mod tests {
 
     #[test]
     fn a_curriculum_grows_the_terms_then_draws_as_without_one() {
-        let problem = ArithmeticProblem {
-            operators: "+*".parse::<Operators>().expect("operators"),
-            min_terms: 2,
-            max_terms: 2,
-            largest: 999,
-            ..ArithmeticProblem::default()
-        };
-        let task = Task::Arithmetic(problem);
+        let task = sums_and_products();
         let plain = Generated::new(&task, 7, Stream::Training, 9000).expect("drawn");
         let taught = Generated::new(&task, 7, Stream::Training, 9000).expect("drawn").with_curriculum(3000);
         // Batches of 100 from sample 0 (one digit), 1000 (two) and 2000 (three: the whole range).
@@ -171,6 +192,28 @@ mod tests {
         for step in [20, 30, 89] {
             assert_eq!(terms(&taught, step), terms(&plain, step), "after the curriculum, the plain stream");
         }
+    }
+
+    #[test]
+    fn operator_weights_shape_the_stream_and_redraw_the_same_batch() {
+        let task = sums_and_products();
+        let operators = |source: &Generated, step: usize| {
+            let batch = source.batch(0, step, 1000, true);
+            let Samples::Arithmetic(_, expressions) = &batch.samples else { panic!("arithmetic samples") };
+            expressions.iter().map(|e| e.operators[0]).collect::<Vec<_>>()
+        };
+        let stream = || Generated::new(&task, 7, Stream::Training, 9000).expect("drawn");
+        let weights = "*=9".parse().ok();
+        let weighted = stream().with_operator_weights(weights);
+        let drawn = operators(&weighted, 3);
+        let products = drawn.iter().filter(|&&op| op == Operator::Multiply).count();
+        assert!((850..=950).contains(&products), "nine in ten of 1,000 multiply: {products}");
+        assert_eq!(
+            drawn,
+            operators(&stream().with_operator_weights(weights), 3),
+            "a pure function of the batch's place"
+        );
+        assert_eq!(operators(&stream().with_operator_weights(None), 3), operators(&stream(), 3));
     }
 
     #[test]

@@ -99,6 +99,91 @@ impl<'de> Deserialize<'de> for Operators {
     }
 }
 
+/// How often each operator is drawn while training: `*=4,/=2` draws `*` four times and `/`
+/// twice as often as an operator left unnamed (weight 1). Hard operators learn faster when
+/// they are seen more; the problem, and what evaluation draws, stay uniform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OperatorWeights([u32; 4]);
+
+impl OperatorWeights {
+    /// Largest weight: a thousand to one is already an operator left out in all but name.
+    pub const MAX: u32 = 1000;
+
+    pub fn weight(&self, op: Operator) -> u32 {
+        self.0[op as usize]
+    }
+
+    /// The operators given a weight other than 1.
+    pub fn weighted(&self) -> impl Iterator<Item = Operator> + '_ {
+        Operator::ALL.into_iter().filter(|&op| self.weight(op) != 1)
+    }
+
+    /// One of `choices` (non-empty), each as likely as its weight.
+    fn choose<R: Rng + ?Sized>(&self, rng: &mut R, choices: &[Operator]) -> Operator {
+        let total: u32 = choices.iter().map(|&op| self.weight(op)).sum();
+        let mut drawn = rng.random_range(0..total);
+        for &op in choices {
+            match drawn.checked_sub(self.weight(op)) {
+                Some(rest) => drawn = rest,
+                None => return op,
+            }
+        }
+        unreachable!("a draw below the total weight falls on an operator")
+    }
+}
+
+impl FromStr for OperatorWeights {
+    type Err = String;
+
+    /// `OP=N` items separated by commas, each operator at most once, N in 1..=1000.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut weights = [1; 4];
+        let mut named = Vec::new();
+        for item in text.split(',') {
+            let Some((symbol, weight)) = item.split_once('=') else {
+                return Err(format!("{item:?} is not OP=WEIGHT (e.g. *=4,/=2)"));
+            };
+            let op = match symbol.trim().chars().collect::<Vec<_>>()[..] {
+                [symbol] => Operator::from_symbol(symbol),
+                _ => None,
+            };
+            let Some(op) = op else {
+                return Err(format!("{:?} (in {item:?}) is not an operator; choose from + - * /", symbol.trim()));
+            };
+            if named.contains(&op) {
+                return Err(format!("operator {:?} is weighted twice", op.symbol()));
+            }
+            let weight = weight.trim();
+            let weight = weight.parse::<u32>().ok().filter(|w| (1..=Self::MAX).contains(w)).ok_or_else(|| {
+                format!("{weight:?} (the weight of {:?}) is not a whole number from 1 to {}", op.symbol(), Self::MAX)
+            })?;
+            named.push(op);
+            weights[op as usize] = weight;
+        }
+        Ok(Self(weights))
+    }
+}
+
+impl fmt::Display for OperatorWeights {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let items: Vec<String> =
+            Operator::ALL.iter().map(|&op| format!("{}={}", op.symbol(), self.weight(op))).collect();
+        write!(f, "{}", items.join(","))
+    }
+}
+
+impl Serialize for OperatorWeights {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for OperatorWeights {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// How many terms an expression has: `3`, or a range such as `2..4` (both ends included).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TermCount {
@@ -374,7 +459,7 @@ impl ArithmeticProblem {
 
     /// Draws one expression into `expression` (its vectors are reused).
     pub fn draw<R: Rng + ?Sized>(&self, rng: &mut R, expression: &mut Expression) {
-        self.draw_up_to(rng, expression, None);
+        self.draw_shaped(rng, expression, None, None);
     }
 
     /// Digits of the largest term.
@@ -385,8 +470,15 @@ impl ArithmeticProblem {
     /// [`ArithmeticProblem::draw`] with terms of at most `digits` digits (fewer than
     /// [`ArithmeticProblem::term_digits`]), but for a quarter of them drawn from the whole range
     /// (the "mixed" curriculum of Zaremba & Sutskever, 2014, under which the hardest cases are
-    /// never absent). With `None`, exactly what `draw` draws.
-    pub fn draw_up_to<R: Rng + ?Sized>(&self, rng: &mut R, expression: &mut Expression, digits: Option<u32>) {
+    /// never absent); operators drawn by `weights` rather than uniformly. With `None` for both,
+    /// exactly what `draw` draws.
+    pub fn draw_shaped<R: Rng + ?Sized>(
+        &self,
+        rng: &mut R,
+        expression: &mut Expression,
+        digits: Option<u32>,
+        weights: Option<&OperatorWeights>,
+    ) {
         // Nothing is drawn for a fixed choice, so the reference problem's samples are exactly
         // those of a generator that knows only addition.
         let n_terms = if self.min_terms == self.max_terms {
@@ -405,9 +497,10 @@ impl ArithmeticProblem {
         }));
         expression.operators.clear();
         let choices = &self.operators.0;
-        expression.operators.extend((1..n_terms).map(|_| match choices.len() {
-            1 => choices[0],
-            n => choices[rng.random_range(0..n)],
+        expression.operators.extend((1..n_terms).map(|_| match (choices.len(), weights) {
+            (1, _) => choices[0],
+            (_, Some(weights)) => weights.choose(rng, choices),
+            (n, None) => choices[rng.random_range(0..n)],
         }));
     }
 
@@ -867,5 +960,50 @@ mod tests {
         assert_eq!("2..=4".parse(), Ok(TermCount { min: 2, max: 4 }));
         assert!("4..2".parse::<TermCount>().is_err());
         assert!("x".parse::<TermCount>().is_err());
+    }
+
+    #[test]
+    fn parses_operator_weights_and_names_a_bad_item() {
+        let weights: OperatorWeights = " * = 4,/=2".parse().expect("weights");
+        assert_eq!(weights.to_string(), "+=1,-=1,*=4,/=2");
+        assert_eq!(weights.to_string().parse(), Ok(weights), "what config.json records reads back");
+        assert_eq!(weights.weighted().collect::<Vec<_>>(), vec![Operator::Multiply, Operator::Divide]);
+        for (text, reason) in [
+            ("", "\"\" is not OP=WEIGHT"),
+            ("*4", "\"*4\" is not OP=WEIGHT"),
+            ("x=2", "\"x\" (in \"x=2\") is not an operator"),
+            ("**=2", "\"**\" (in \"**=2\") is not an operator"),
+            ("*=2,*=3", "operator '*' is weighted twice"),
+            ("*=0", "\"0\" (the weight of '*') is not a whole number from 1 to 1000"),
+            ("/=1001", "\"1001\" (the weight of '/')"),
+            ("-=1.5", "\"1.5\" (the weight of '-')"),
+        ] {
+            let error = text.parse::<OperatorWeights>().expect_err(text);
+            assert!(error.contains(reason), "{text:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn weighted_operators_are_drawn_as_often_as_their_weights_say() {
+        let calculator = problem("+-*/", "2", 999);
+        let weights: OperatorWeights = "*=5,/=3".parse().expect("weights");
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut expression = Expression::default();
+        let mut counts = [0usize; 4];
+        for _ in 0..20_000 {
+            calculator.draw_shaped(&mut rng, &mut expression, None, Some(&weights));
+            counts[expression.operators[0] as usize] += 1;
+        }
+        // Shares 1/10, 1/10, 5/10, 3/10 of 20,000 draws: 2,000, 2,000, 10,000, 6,000, each
+        // within about four standard deviations.
+        for (count, expected) in counts.into_iter().zip([2000, 2000, 10_000, 6000]) {
+            assert!(count.abs_diff(expected) < 300, "{counts:?}");
+        }
+        // An operator the problem does not draw is never drawn, whatever its weight.
+        let sums = problem("+-", "2", 999);
+        for _ in 0..1000 {
+            sums.draw_shaped(&mut rng, &mut expression, None, Some(&weights));
+            assert!(matches!(expression.operators[0], Operator::Add | Operator::Subtract));
+        }
     }
 }

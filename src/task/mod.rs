@@ -16,7 +16,7 @@ use std::fmt;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-pub use arithmetic::{ArithmeticProblem, Expression, ExpressionError, Operator, Operators, TermCount};
+pub use arithmetic::{ArithmeticProblem, Expression, ExpressionError, Operator, OperatorWeights, Operators, TermCount};
 pub use pairs::{PairError, PairInput, PairsProblem};
 pub use samples::Samples;
 pub use sequence::{SequenceError, SequenceKind, SequenceProblem};

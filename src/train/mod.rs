@@ -19,6 +19,7 @@ use crate::nn::lstm::Masks;
 use crate::nn::model::Seq2Seq;
 use crate::nn::optim::Adam;
 use crate::output::BestEffort;
+use crate::task::OperatorWeights;
 use interrupt::StopSignal;
 use shared_step::SharedStep;
 
@@ -58,6 +59,10 @@ pub struct TrainConfig {
     /// them (see [`crate::data::generated::Generated::with_curriculum`]); 0: none, the reference.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub curriculum: usize,
+    /// How often a generated arithmetic problem's training samples draw each operator; `None`:
+    /// uniformly, the reference. Evaluation and validation samples are drawn uniformly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_weights: Option<OperatorWeights>,
 }
 
 fn is_zero(samples: &usize) -> bool {
@@ -101,6 +106,7 @@ impl Default for TrainConfig {
             final_learning_rate: 0.0,
             threads: 1,
             curriculum: 0,
+            operator_weights: None,
         }
     }
 }
