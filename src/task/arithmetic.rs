@@ -87,18 +87,6 @@ impl fmt::Display for Operators {
     }
 }
 
-impl Serialize for Operators {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Operators {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer)?.parse().map_err(serde::de::Error::custom)
-    }
-}
-
 /// How often each operator is drawn while training: `*=4,/=2` draws `*` four times and `/`
 /// twice as often as an operator left unnamed (weight 1). Hard operators learn faster when
 /// they are seen more; the problem, and what evaluation draws, stay uniform.
@@ -172,17 +160,25 @@ impl fmt::Display for OperatorWeights {
     }
 }
 
-impl Serialize for OperatorWeights {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
+/// Stores each type in config.json as the text users write on the command line (`+-*/`,
+/// `+=1,-=1,*=6,/=6`): `Display` writes it, `FromStr` reads it back with the same errors.
+macro_rules! serde_as_text {
+    ($($kind:ty),+) => {$(
+        impl Serialize for $kind {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $kind {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                String::deserialize(deserializer)?.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    )+};
 }
 
-impl<'de> Deserialize<'de> for OperatorWeights {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer)?.parse().map_err(serde::de::Error::custom)
-    }
-}
+serde_as_text!(Operators, OperatorWeights);
 
 /// How many terms an expression has: `3`, or a range such as `2..4` (both ends included).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
