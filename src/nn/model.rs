@@ -276,6 +276,42 @@ struct Pass {
     values: Tensor,
 }
 
+/// A batch's rows in order of how many padding tokens each begins with, fewest first.
+struct AlikeRows {
+    /// The inputs' rows in that order.
+    order: Tensor,
+    /// Where each input's row went: `order`'s inverse.
+    back: Tensor,
+    /// How many rows, in that order, have read a token other than padding by each step.
+    active: Vec<i64>,
+}
+
+impl AlikeRows {
+    /// For inputs `[batch, steps]` of class indices; `None` when no row begins with padding.
+    fn of(inputs: &Tensor, padding: i64) -> Option<AlikeRows> {
+        let [batch, steps] = inputs.size()[..] else { unreachable!("inputs are [batch, steps]") };
+        let ids = Vec::<i64>::try_from(inputs.flatten(0, -1)).expect("class indices are int64");
+        let leading: Vec<usize> =
+            ids.chunks_exact(steps as usize).map(|row| row.iter().take_while(|&&id| id == padding).count()).collect();
+        if leading.iter().all(|&count| count == 0) {
+            return None;
+        }
+        let mut order: Vec<i64> = (0..batch).collect();
+        order.sort_by_key(|&row| leading[row as usize]);
+        let mut back = vec![0; order.len()];
+        for (place, &row) in order.iter().enumerate() {
+            back[row as usize] = place as i64;
+        }
+        let active = (0..steps as usize).map(|t| leading.iter().filter(|&&count| count <= t).count() as i64).collect();
+        let device = inputs.device();
+        Some(AlikeRows {
+            order: Tensor::from_slice(&order).to(device),
+            back: Tensor::from_slice(&back).to(device),
+            active,
+        })
+    }
+}
+
 /// The reference's encoder-decoder, or one of its variants.
 #[derive(Debug)]
 pub struct Seq2Seq {
@@ -387,9 +423,26 @@ impl Seq2Seq {
                 let encoded = self.encode_all(inputs, false);
                 feedback.greedy(&self.parts(), &encoded, self.shape.output_len as i64)
             }
-            (None, true) => self.batch_major(&self.run(inputs, None).values),
+            (None, true) => self.infer_by_hand(inputs),
             (None, false) => self.forward_with_lstm_op(inputs, false),
         })
+    }
+
+    /// [`Seq2Seq::forward`] by the hand-written passes. Where inputs are left-padded, the rows
+    /// are put in order of their padding (fewest first) and the encoder computes the stretch
+    /// of padding they share once ([`Lstm::forward_sharing_padding`]); the answers come back
+    /// in the inputs' order.
+    fn infer_by_hand(&self, inputs: &Tensor) -> Tensor {
+        let (Features::Classes(classes), Some(padding)) = (self.shape.input, self.shape.input_padding) else {
+            return self.batch_major(&self.run(inputs, None).values);
+        };
+        let Some(alike) = AlikeRows::of(inputs, padding) else {
+            return self.batch_major(&self.run(inputs, None).values);
+        };
+        let ordered = inputs.index_select(0, &alike.order).transpose(0, 1).contiguous();
+        let encoder = self.encoder.forward_sharing_padding(&ordered, classes as i64, padding, &alike.active);
+        let values = self.batch_major(&self.decode(encoder, None).values);
+        values.index_select(0, &alike.back)
     }
 
     /// The greedy answers' class ids `[batch, output_len]`, each row decoded only until it
@@ -728,7 +781,11 @@ impl Seq2Seq {
 
     /// The whole network, time-major.
     fn run(&self, inputs: &Tensor, masks: Option<Masks>) -> Pass {
-        let encoder = self.run_encoder(inputs, masks);
+        self.decode(self.run_encoder(inputs, masks), masks)
+    }
+
+    /// The repeat decoder and output layer over the encoder's pass.
+    fn decode(&self, encoder: Tape, masks: Option<Masks>) -> Pass {
         // RepeatVector: the same encoding is the decoder's input at every output step.
         let steps = self.shape.output_len as i64;
         let decoder = self.decoder.forward(StepInputs::Repeated { features: encoder.last_output(), steps }, masks);
@@ -995,8 +1052,12 @@ mod tests {
         let inference = model.forward(&batch.0);
         let (expected_output, expected_loss, expected_grads) = by_autograd(&vs, &model, &batch);
         assert!(relative_difference(&output, &expected_output) < 1e-5, "outputs differ");
-        // A feedback decoder's inference reads its own tokens, not the targets.
-        assert!(model.feedback.is_some() || inference.equal(&output), "forward and forward_backward differ");
+        // A feedback decoder's inference reads its own tokens, not the targets. The reference's
+        // decoder computes every row as training does, but for the rows that share leading
+        // padding in inference, which round in the last bits (see the test of alike rows).
+        let every_row = || tch::no_grad(|| model.batch_major(&model.run(&batch.0, None).values));
+        assert!(model.feedback.is_some() || every_row().equal(&output), "forward and forward_backward differ");
+        assert!(model.feedback.is_some() || relative_difference(&inference, &output) < 1e-6, "inference differs");
         assert!(relative_difference(&loss, &expected_loss) < 1e-6, "{loss} vs {expected_loss}");
         assert_eq!(grads.keys().collect::<Vec<_>>(), expected_grads.keys().collect::<Vec<_>>());
         for (name, grad) in &grads {
@@ -1519,5 +1580,41 @@ mod tests {
         assert_eq!(group_thousands(52212), "52,212");
         assert_eq!(group_thousands(612), "612");
         assert_eq!(group_thousands(1_000_000), "1,000,000");
+    }
+
+    /// Rows that begin with padding share their encoder steps until their first real token:
+    /// the answers are those of every row computed on its own, whatever the order of the
+    /// rows, for one layer and three, rows without padding and rows of padding alone.
+    #[test]
+    fn rows_alike_in_their_leading_padding_are_computed_once() {
+        let padding = 10;
+        let shape = ModelShape { input_padding: Some(padding), ..REFERENCE_SHAPE };
+        // Leading padding of 0 to 8 steps (8: padding alone), in no particular order.
+        let leading = [3i64, 0, 8, 5, 1, 3, 7, 0, 2, 6, 4, 3];
+        let rows: Vec<i64> = leading
+            .iter()
+            .enumerate()
+            .flat_map(|(row, &count)| {
+                (0..8).map(move |t| if t < count { padding } else { (row as i64 * 7 + t * 3) % 12 })
+            })
+            .collect();
+        let inputs = Tensor::from_slice(&rows).view([leading.len() as i64, 8]);
+        for layers in [1, 3] {
+            let config = ModelConfig { encoder_layers: layers, decoder_layers: layers, ..ModelConfig::default() };
+            let vs = nn::VarStore::new(Device::Cpu);
+            let model = Seq2Seq::new_seeded(&vs.root(), &config, shape, 3);
+            let shared = model.forward(&inputs);
+            let every_row = tch::no_grad(|| model.batch_major(&model.run(&inputs, None).values));
+            let by_lstm_op = tch::no_grad(|| model.forward_with_lstm_op(&inputs, false));
+            for expected in [&every_row, &by_lstm_op] {
+                assert!(relative_difference(&shared, expected) < 1e-5, "{layers} layers");
+                assert!(shared.argmax(-1, false).equal(&expected.argmax(-1, false)), "{layers} layers");
+            }
+            // Without leading padding nothing is shared: the very same arithmetic.
+            let unpadded = inputs.narrow(0, 1, 1);
+            assert!(
+                model.forward(&unpadded).equal(&tch::no_grad(|| model.batch_major(&model.run(&unpadded, None).values)))
+            );
+        }
     }
 }
