@@ -303,7 +303,7 @@ impl Lstm {
         let mut mask = None;
         let mut tapes: Vec<LayerTape> = Vec::with_capacity(self.layers.len());
         for (index, layer) in self.layers.iter().enumerate() {
-            let tape = layer.forward(input, mask, steps);
+            let tape = layer.forward(input, mask, steps, None);
             mask = masks.and_then(|masks| masks.draw(&tape.hidden, self.dropout, first_stream + index as u64));
             input = StepInputs::Dense(match &mask {
                 Some(mask) => &tape.hidden * mask,
@@ -329,7 +329,7 @@ impl Lstm {
         let mut input = StepInputs::Classes { indices: indices.shallow_clone(), classes };
         let mut tapes: Vec<LayerTape> = Vec::with_capacity(self.layers.len());
         for (layer, padding) in self.layers.iter().zip(&alone.layers) {
-            let tape = layer.forward_sharing(input, steps, Some(Alike { active, padding }));
+            let tape = layer.forward(input, None, steps, Some(Alike { active, padding }));
             input = StepInputs::Dense(tape.hidden.shallow_clone());
             tapes.push(tape);
         }
@@ -378,14 +378,9 @@ impl Layer {
         &self.b_ih + &self.b_hh
     }
 
-    /// `steps` time steps from a zero state.
-    fn forward(&self, input: StepInputs, mask: Option<Tensor>, steps: i64) -> LayerTape {
-        LayerTape { mask, ..self.forward_sharing(input, steps, None) }
-    }
-
-    /// [`Layer::forward`] without dropout, with `alike` the rows that still read padding at
-    /// each step (see [`Lstm::forward_sharing_padding`]).
-    fn forward_sharing(&self, input: StepInputs, steps: i64, alike: Option<Alike<'_>>) -> LayerTape {
+    /// `steps` time steps from a zero state; with `alike`, the rows that still read padding at
+    /// each step take its state (see [`Lstm::forward_sharing_padding`]).
+    fn forward(&self, input: StepInputs, mask: Option<Tensor>, steps: i64, alike: Option<Alike<'_>>) -> LayerTape {
         let hidden = self.w_hh.size()[1];
         let bias = self.bias();
         let w_ih_t = self.w_ih.transpose(0, 1);
@@ -406,7 +401,7 @@ impl Layer {
             StepInputs::Repeated { features, .. } => InputShare::Repeated(bias.addmm(features, &w_ih_t)),
         };
         let (gates, [cell, tanh_cell, outputs]) = self.run_steps(&share, steps, hidden, alike);
-        LayerTape { input, mask: None, gates, cell, tanh_cell, hidden: outputs }
+        LayerTape { input, mask, gates, cell, tanh_cell, hidden: outputs }
     }
 
     /// The steps, each a matrix product (none for the first) and one pass of
@@ -464,11 +459,11 @@ impl Layer {
                 })
             }
             if let Some(alike) = alike.filter(|_| rows < batch as usize) {
+                let (rows, waiting) = (rows as i64, batch - rows as i64);
                 let padding =
                     [&alike.padding.gates, &alike.padding.cell, &alike.padding.tanh_cell, &alike.padding.hidden];
                 for (buffer, alone) in [&gates, &cell, &tanh_cell, &outputs].into_iter().zip(padding) {
-                    let waiting = batch - rows as i64;
-                    buffer.get(t).narrow(0, rows as i64, waiting).copy_(&alone.get(t).expand([waiting, -1], false));
+                    buffer.get(t).narrow(0, rows, waiting).copy_(&alone.get(t).expand([waiting, -1], false));
                 }
             }
         }

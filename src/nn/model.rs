@@ -433,16 +433,22 @@ impl Seq2Seq {
     /// of padding they share once ([`Lstm::forward_sharing_padding`]); the answers come back
     /// in the inputs' order.
     fn infer_by_hand(&self, inputs: &Tensor) -> Tensor {
-        let (Features::Classes(classes), Some(padding)) = (self.shape.input, self.shape.input_padding) else {
-            return self.batch_major(&self.run(inputs, None).values);
+        let sharing = match (self.shape.input, self.shape.input_padding) {
+            (Features::Classes(classes), Some(padding)) => {
+                AlikeRows::of(inputs, padding).map(|alike| (classes, padding, alike))
+            }
+            _ => None,
         };
-        let Some(alike) = AlikeRows::of(inputs, padding) else {
-            return self.batch_major(&self.run(inputs, None).values);
-        };
+        let Some((classes, padding, alike)) = sharing else { return self.infer_every_row(inputs) };
         let ordered = inputs.index_select(0, &alike.order).transpose(0, 1).contiguous();
         let encoder = self.encoder.forward_sharing_padding(&ordered, classes as i64, padding, &alike.active);
         let values = self.batch_major(&self.decode(encoder, None).values);
         values.index_select(0, &alike.back)
+    }
+
+    /// [`Seq2Seq::forward`] by the hand-written passes, every row computed as training does.
+    fn infer_every_row(&self, inputs: &Tensor) -> Tensor {
+        self.batch_major(&self.run(inputs, None).values)
     }
 
     /// The greedy answers' class ids `[batch, output_len]`, each row decoded only until it
@@ -1055,7 +1061,7 @@ mod tests {
         // A feedback decoder's inference reads its own tokens, not the targets. The reference's
         // decoder computes every row as training does, but for the rows that share leading
         // padding in inference, which round in the last bits (see the test of alike rows).
-        let every_row = || tch::no_grad(|| model.batch_major(&model.run(&batch.0, None).values));
+        let every_row = || tch::no_grad(|| model.infer_every_row(&batch.0));
         assert!(model.feedback.is_some() || every_row().equal(&output), "forward and forward_backward differ");
         assert!(model.feedback.is_some() || relative_difference(&inference, &output) < 1e-6, "inference differs");
         assert!(relative_difference(&loss, &expected_loss) < 1e-6, "{loss} vs {expected_loss}");
@@ -1604,7 +1610,7 @@ mod tests {
             let vs = nn::VarStore::new(Device::Cpu);
             let model = Seq2Seq::new_seeded(&vs.root(), &config, shape, 3);
             let shared = model.forward(&inputs);
-            let every_row = tch::no_grad(|| model.batch_major(&model.run(&inputs, None).values));
+            let every_row = tch::no_grad(|| model.infer_every_row(&inputs));
             let by_lstm_op = tch::no_grad(|| model.forward_with_lstm_op(&inputs, false));
             for expected in [&every_row, &by_lstm_op] {
                 assert!(relative_difference(&shared, expected) < 1e-5, "{layers} layers");
@@ -1612,9 +1618,7 @@ mod tests {
             }
             // Without leading padding nothing is shared: the very same arithmetic.
             let unpadded = inputs.narrow(0, 1, 1);
-            assert!(
-                model.forward(&unpadded).equal(&tch::no_grad(|| model.batch_major(&model.run(&unpadded, None).values)))
-            );
+            assert!(model.forward(&unpadded).equal(&tch::no_grad(|| model.infer_every_row(&unpadded))));
         }
     }
 }
