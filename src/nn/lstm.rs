@@ -99,13 +99,20 @@ enum InputShare {
     Repeated(Tensor),
 }
 
-/// The rows of a batch that still read padding at each step, and the state they share.
+/// A batch's rows ordered by how many padding tokens they begin with, fewest first: at step
+/// `t` the first `active[t]` rows have read a token other than padding, and every other row
+/// has read padding alone, so all of those have the same state. The first of them (row
+/// `active[t]`, if any) stands for them all: a step computes rows `0..=active[t]` only.
 #[derive(Clone, Copy)]
 struct Alike<'a> {
-    /// How many rows, counted from the first, have read a token other than padding by step `t`.
     active: &'a [i64],
-    /// The layer's pass over one row of padding alone.
-    padding: &'a LayerTape,
+}
+
+impl Alike<'_> {
+    /// Rows that step `t` computes: the active ones and the one standing for the others.
+    fn computed(&self, t: i64, batch: i64) -> i64 {
+        (self.active[t as usize] + 1).min(batch)
+    }
 }
 
 /// The dtype and device of `like`, for new buffers.
@@ -315,21 +322,22 @@ impl Lstm {
     }
 
     /// Inference from a zero state on class inputs `[time, batch]` whose rows are ordered by
-    /// how many `padding` tokens they begin with, fewest first: `active[t]` rows have read a
+    /// how many padding tokens they begin with, fewest first: `active[t]` rows have read a
     /// token other than padding by step `t`. The rows still reading padding at a step all have
-    /// the state a row of padding alone has there, so that state is computed once (on one row)
-    /// and copied into them, and each step's matrix product and cell pass run on the active
-    /// rows only. On the reference problem most rows begin with two or three spaces, so this
-    /// skips about a third of the encoder's work. The active rows' products have fewer rows,
-    /// which MKL may round differently in the last bit; answers agree (tested).
-    pub fn forward_sharing_padding(&self, indices: &Tensor, classes: i64, padding: i64, active: &[i64]) -> Tape {
+    /// the same state, so each step computes the active rows and the first of the others,
+    /// which stands for them all; they take its state when they begin to read (and after the
+    /// last step), so the tape's final state and last output are every row's, its earlier
+    /// steps only the computed rows'. On the reference problem most rows begin with two or
+    /// three spaces, so this skips about a third of the encoder's work. The active rows'
+    /// products have fewer rows, which MKL may round differently in the last bit; answers
+    /// agree (tested).
+    pub fn forward_sharing_padding(&self, indices: &Tensor, classes: i64, active: &[i64]) -> Tape {
         let steps = indices.size()[0];
-        let padding_row = Tensor::full([steps, 1], padding, (Kind::Int64, indices.device()));
-        let alone = self.forward(StepInputs::Classes { indices: padding_row, classes }, None);
+        let alike = Alike { active };
         let mut input = StepInputs::Classes { indices: indices.shallow_clone(), classes };
         let mut tapes: Vec<LayerTape> = Vec::with_capacity(self.layers.len());
-        for (layer, padding) in self.layers.iter().zip(&alone.layers) {
-            let tape = layer.forward(input, None, steps, Some(Alike { active, padding }));
+        for layer in &self.layers {
+            let tape = layer.forward(input, None, steps, Some(alike));
             input = StepInputs::Dense(tape.hidden.shallow_clone());
             tapes.push(tape);
         }
@@ -378,8 +386,8 @@ impl Layer {
         &self.b_ih + &self.b_hh
     }
 
-    /// `steps` time steps from a zero state; with `alike`, the rows that still read padding at
-    /// each step take its state (see [`Lstm::forward_sharing_padding`]).
+    /// `steps` time steps from a zero state; with `alike`, only the rows each step needs (see
+    /// [`Lstm::forward_sharing_padding`]).
     fn forward(&self, input: StepInputs, mask: Option<Tensor>, steps: i64, alike: Option<Alike<'_>>) -> LayerTape {
         let hidden = self.w_hh.size()[1];
         let bias = self.bias();
@@ -424,10 +432,16 @@ impl Layer {
                 (Tensor::empty([steps, once.size()[0], 4 * hidden], options(once)), once.size()[0])
             }
         };
-        let [cell, tanh_cell, outputs] = [0; 3].map(|_| Tensor::empty([steps, batch, hidden], options(&gates)));
+        let [cell, tanh_cell] = [0; 2].map(|_| Tensor::empty([steps, batch, hidden], options(&gates)));
+        // The next layer's input share is computed for every row, those a step skipped too:
+        // they must hold numbers (only the last step's state is complete for every row).
+        let outputs = match alike {
+            Some(_) => Tensor::zeros([steps, batch, hidden], options(&gates)),
+            None => Tensor::empty([steps, batch, hidden], options(&gates)),
+        };
         let w_hh_t = self.w_hh.transpose(0, 1);
         for t in 0..steps {
-            let rows = alike.map_or(batch, |alike| alike.active[t as usize]);
+            let rows = alike.map_or(batch, |alike| alike.computed(t, batch));
             // The first step has no recurrent share: the state starts at zero.
             if t > 0 && rows > 0 {
                 let (mut gates_t, previous) = (gates.get(t).narrow(0, 0, rows), outputs.get(t - 1).narrow(0, 0, rows));
@@ -458,12 +472,13 @@ impl Layer {
                     hidden: units,
                 })
             }
-            if let Some(alike) = alike.filter(|_| rows < batch as usize) {
-                let (rows, waiting) = (rows as i64, batch - rows as i64);
-                let padding =
-                    [&alike.padding.gates, &alike.padding.cell, &alike.padding.tanh_cell, &alike.padding.hidden];
-                for (buffer, alone) in [&gates, &cell, &tanh_cell, &outputs].into_iter().zip(padding) {
-                    buffer.get(t).narrow(0, rows, waiting).copy_(&alone.get(t).expand([waiting, -1], false));
+            if let Some(alike) = alike {
+                // Rows that begin to read at the next step (all of them, after the last) take
+                // the state of the row that stood for them, the last one computed.
+                let next = if t + 1 < steps { alike.computed(t + 1, batch) as usize } else { batch as usize };
+                for buffer in [&cell, &outputs] {
+                    // SAFETY: as above; step t's rows `rows..next` are written, row `rows - 1` read.
+                    spread_row(unsafe { step_mut(buffer, t) }, units, rows - 1, next)
                 }
             }
         }
@@ -547,6 +562,15 @@ impl Layer {
                 input_gradient.then(|| summed.mm(&self.w_ih))
             }
         }
+    }
+}
+
+/// Copies row `from` of `[.., width]` `buffer` into rows `from + 1..end`.
+fn spread_row(buffer: &mut [f32], width: usize, from: usize, end: usize) {
+    let (head, tail) = buffer.split_at_mut((from + 1) * width);
+    let source = &head[from * width..];
+    for row in tail[..(end - from - 1) * width].chunks_exact_mut(width) {
+        row.copy_from_slice(source);
     }
 }
 

@@ -434,14 +434,12 @@ impl Seq2Seq {
     /// in the inputs' order.
     fn infer_by_hand(&self, inputs: &Tensor) -> Tensor {
         let sharing = match (self.shape.input, self.shape.input_padding) {
-            (Features::Classes(classes), Some(padding)) => {
-                AlikeRows::of(inputs, padding).map(|alike| (classes, padding, alike))
-            }
+            (Features::Classes(classes), Some(padding)) => AlikeRows::of(inputs, padding).map(|alike| (classes, alike)),
             _ => None,
         };
-        let Some((classes, padding, alike)) = sharing else { return self.infer_every_row(inputs) };
+        let Some((classes, alike)) = sharing else { return self.infer_every_row(inputs) };
         let ordered = inputs.index_select(0, &alike.order).transpose(0, 1).contiguous();
-        let encoder = self.encoder.forward_sharing_padding(&ordered, classes as i64, padding, &alike.active);
+        let encoder = self.encoder.forward_sharing_padding(&ordered, classes as i64, &alike.active);
         let values = self.batch_major(&self.decode(encoder, None).values);
         values.index_select(0, &alike.back)
     }
