@@ -14,6 +14,7 @@
 //! it (the tests also hold the hand-written passes to it). Tensors are time-major
 //! (`[time, batch, ...]`), so that a step is a contiguous slice.
 
+use std::ops::Range;
 use std::sync::Mutex;
 
 use tch::kind::Element;
@@ -593,6 +594,20 @@ pub(crate) unsafe fn floats_mut(tensor: &Tensor) -> &mut [f32] {
     check_layout::<f32>(tensor);
     // SAFETY: as in `floats`, and the caller guarantees exclusive access.
     unsafe { std::slice::from_raw_parts_mut(tensor.data_ptr() as *mut f32, tensor.numel()) }
+}
+
+/// Elements `range` of a contiguous float32 CPU tensor, to write: threads may each hold a
+/// disjoint range of one tensor.
+///
+/// # Safety
+/// No other reference to those elements may be alive while the slice is.
+#[allow(clippy::mut_from_ref)]
+pub(crate) unsafe fn float_range_mut(tensor: &Tensor, range: Range<usize>) -> &mut [f32] {
+    check_layout::<f32>(tensor);
+    assert!(range.start <= range.end && range.end <= tensor.numel(), "{range:?} lies within the tensor");
+    // SAFETY: the range lies within the tensor's contiguous floats; the caller guarantees
+    // exclusive access to it.
+    unsafe { std::slice::from_raw_parts_mut((tensor.data_ptr() as *mut f32).add(range.start), range.len()) }
 }
 
 /// Step `t` of a time-major buffer `[time, ...]`, as [`floats`].

@@ -7,14 +7,17 @@
 //! those ops' kernels do, bit for bit.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 use anyhow::{Result, bail};
 use tch::{Device, Kind, Tensor, nn};
 
 use crate::nn::device::{autograd_forced, dtype_name};
-use crate::nn::lstm::{floats, floats_mut};
+use crate::nn::lstm::float_range_mut;
 
 mod fused;
+
+pub use fused::Constants as StepConstants;
 
 const BETA1: f64 = 0.9;
 const BETA2: f64 = 0.999;
@@ -80,9 +83,9 @@ struct Parameter {
 pub struct Adam {
     parameters: Vec<Parameter>,
     flat: Buffers,
-    /// Whether steps run as passes in Rust ([`fused`]) rather than libtorch's ops; fixed by the
-    /// variables' device and dtype when the optimiser is built.
-    fused: bool,
+    /// Where steps run as passes in Rust ([`fused`]) rather than libtorch's ops (fixed by the
+    /// variables' device and dtype when the optimiser is built), the handles those passes use.
+    fused: Option<RangeUpdate>,
     learning_rate: f64,
     steps: u64,
 }
@@ -117,8 +120,8 @@ impl Adam {
                 Parameter { name, start, variable, buffers }
             })
             .collect();
-        let mut adam = Adam { parameters, flat, learning_rate, steps: 0, fused: false };
-        adam.fused = adam.can_run_fused();
+        let mut adam = Adam { parameters, flat, learning_rate, steps: 0, fused: None };
+        adam.fused = adam.can_run_fused().then(|| adam.new_range_update());
         adam
     }
 
@@ -158,16 +161,44 @@ impl Adam {
 
     /// One Adam update from the gradients written into the [`Adam::gradient_slot`]s.
     pub fn step_from_buffer(&mut self) {
-        self.step(self.fused);
+        self.step(self.fused.is_some());
     }
 
-    /// One update, in one pass ([`Adam::step_fused`]) or by libtorch's ops.
+    /// One update, in passes over the elements ([`RangeUpdate`]) or by libtorch's ops.
     fn step(&mut self, fused: bool) {
-        let (bias_correction2_sqrt, step_size) = self.next_step();
-        if fused {
-            self.step_fused(bias_correction2_sqrt, step_size);
+        if fused && let Some(update) = self.fused.take() {
+            let constants = self.begin_step();
+            // SAFETY: this optimiser owns the buffers; nothing else touches them, or the
+            // variables, during the step.
+            unsafe { update.run(0..update.elements, &constants) };
+            self.fused = Some(update);
         } else {
+            let (bias_correction2_sqrt, step_size) = self.next_step();
             tch::no_grad(|| self.step_flat(bias_correction2_sqrt, step_size));
+        }
+    }
+
+    /// Handles with which other threads run parts of a step ([`RangeUpdate::run`]), where
+    /// steps run as passes in Rust (float32 on the CPU); `None` where they run libtorch's ops.
+    pub fn range_update(&self) -> Option<RangeUpdate> {
+        self.fused.clone()
+    }
+
+    /// Counts a step whose update the caller runs over every element with
+    /// [`RangeUpdate::run`], in ranges, instead of [`Adam::step_from_buffer`].
+    pub fn begin_step(&mut self) -> StepConstants {
+        let (bias_correction2_sqrt, step_size) = self.next_step();
+        StepConstants::new(bias_correction2_sqrt, step_size)
+    }
+
+    fn new_range_update(&self) -> RangeUpdate {
+        RangeUpdate {
+            exp_avg: self.flat.exp_avg.shallow_clone(),
+            exp_avg_sq: self.flat.exp_avg_sq.shallow_clone(),
+            grad: self.flat.grad.shallow_clone(),
+            denom: self.flat.denom.shallow_clone(),
+            variables: self.parameters.iter().map(|p| (p.start as usize, p.variable.shallow_clone())).collect(),
+            elements: self.flat.grad.numel(),
         }
     }
 
@@ -179,29 +210,6 @@ impl Adam {
         !autograd_forced()
             && on_cpu(&self.flat.grad)
             && self.parameters.iter().all(|p| on_cpu(&p.variable) && p.variable.is_contiguous())
-    }
-
-    /// [`Adam::step_flat`] in two passes over the elements ([`fused`]) around libtorch's `sqrt`.
-    fn step_fused(&mut self, bias_correction2_sqrt: f64, step_size: f64) {
-        let constants = fused::Constants::new(bias_correction2_sqrt, step_size);
-        {
-            // SAFETY: the flat buffers are contiguous float32 CPU tensors that this optimiser
-            // owns alone; no other reference to them is alive here.
-            let (exp_avg, exp_avg_sq, grad) = unsafe {
-                (floats_mut(&self.flat.exp_avg), floats_mut(&self.flat.exp_avg_sq), floats::<f32>(&self.flat.grad))
-            };
-            fused::moments(exp_avg, exp_avg_sq, grad, &constants);
-        }
-        let _ = self.flat.exp_avg_sq.sqrt_out(&self.flat.denom);
-        // SAFETY: as above; `sqrt_out` has finished writing `denom`.
-        let (exp_avg, denom) = unsafe { (floats::<f32>(&self.flat.exp_avg), floats::<f32>(&self.flat.denom)) };
-        for parameter in &self.parameters {
-            let range = parameter.start as usize..parameter.start as usize + parameter.variable.numel();
-            // SAFETY: `can_run_fused` checked that the variable is a contiguous float32 CPU tensor;
-            // nothing else reads or writes it during the step.
-            let weights = unsafe { floats_mut(&parameter.variable) };
-            fused::weights(weights, &exp_avg[range.clone()], &denom[range], &constants);
-        }
     }
 
     /// Counts a step; returns its `(sqrt of the second bias correction, step size)`, which
@@ -267,6 +275,72 @@ impl Adam {
         });
         self.steps = steps;
         Ok(())
+    }
+}
+
+/// Handles on a fused optimiser's flat buffers and variables (sharing their storage) with which
+/// any thread updates a range of the elements: the threads that shared a batch's passes share
+/// its update too. Each element's update reads and writes that element alone, so the result
+/// does not depend on how the elements are split.
+#[derive(Debug)]
+pub struct RangeUpdate {
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    grad: Tensor,
+    denom: Tensor,
+    /// Each trainable variable, with where its elements start in the flat buffers.
+    variables: Vec<(usize, Tensor)>,
+    /// The length of the flat buffers.
+    pub elements: usize,
+}
+
+impl Clone for RangeUpdate {
+    fn clone(&self) -> Self {
+        Self {
+            exp_avg: self.exp_avg.shallow_clone(),
+            exp_avg_sq: self.exp_avg_sq.shallow_clone(),
+            grad: self.grad.shallow_clone(),
+            denom: self.denom.shallow_clone(),
+            variables: self.variables.iter().map(|(start, variable)| (*start, variable.shallow_clone())).collect(),
+            elements: self.elements,
+        }
+    }
+}
+
+impl RangeUpdate {
+    /// The step's update of elements `range` ([`Buffers::advance`] and `addcdiv_`, rounded as
+    /// their kernels round) in two passes around libtorch's `sqrt`, which rounds each element
+    /// alike wherever a range starts.
+    ///
+    /// # Safety
+    /// Nothing else reads or writes these elements of the buffers or the variables meanwhile;
+    /// other threads may run other, disjoint ranges.
+    pub unsafe fn run(&self, range: Range<usize>, constants: &StepConstants) {
+        if range.is_empty() {
+            return;
+        }
+        // SAFETY: the caller keeps every other reference away from `range`.
+        let (exp_avg, exp_avg_sq, grad) = unsafe {
+            (
+                float_range_mut(&self.exp_avg, range.clone()),
+                float_range_mut(&self.exp_avg_sq, range.clone()),
+                float_range_mut(&self.grad, range.clone()),
+            )
+        };
+        fused::moments(exp_avg, exp_avg_sq, grad, constants);
+        let (start, length) = (range.start as i64, range.len() as i64);
+        let _ = self.exp_avg_sq.narrow(0, start, length).sqrt_out(&self.denom.narrow(0, start, length));
+        // SAFETY: as above; `sqrt_out` has finished writing `denom`.
+        let denom = unsafe { float_range_mut(&self.denom, range.clone()) };
+        for (first, variable) in &self.variables {
+            let (from, to) = (range.start.max(*first), range.end.min(first + variable.numel()));
+            if from < to {
+                // SAFETY: as above; these are the variable's elements within `range`.
+                let weights = unsafe { float_range_mut(variable, from - first..to - first) };
+                let within = from - range.start..to - range.start;
+                fused::weights(weights, &exp_avg[within.clone()], &denom[within], constants);
+            }
+        }
     }
 }
 
@@ -404,11 +478,12 @@ mod tests {
         assert!(!reference["encoder.weight_ih_l0"].equal(&weights(&untouched_vs)["encoder.weight_ih_l0"]));
     }
 
-    /// Two optimisers over equal variables whose lengths leave every kind of remainder at the
-    /// end of the flat buffer, fed the same gradients: one pass in Rust and libtorch's ops agree
-    /// to the last bit, in the weights and in both moments.
+    /// Three optimisers over equal variables whose lengths leave every kind of remainder at the
+    /// end of the flat buffer, fed the same gradients: one pass in Rust, libtorch's ops, and
+    /// the pass split into ranges on threads (as threads that share a batch run it) agree to
+    /// the last bit, in the weights and in both moments.
     #[test]
-    fn the_fused_pass_rounds_as_libtorchs_ops() {
+    fn the_fused_pass_rounds_as_libtorchs_ops_in_any_ranges() {
         const STEPS: usize = 25;
         let build = || {
             let vs = nn::VarStore::new(Device::Cpu);
@@ -418,13 +493,14 @@ mod tests {
             }
             vs
         };
-        let (fused_vs, ops_vs) = (build(), build());
+        let (fused_vs, ops_vs, ranged_vs) = (build(), build(), build());
         tch::no_grad(|| {
-            for (name, mut variable) in ops_vs.variables() {
+            for (name, mut variable) in ops_vs.variables().into_iter().chain(ranged_vs.variables()) {
                 variable.copy_(&fused_vs.variables()[&name]);
             }
         });
         let (mut fused, mut ops) = (Adam::new(&fused_vs, 0.003), Adam::new(&ops_vs, 0.003));
+        let mut ranged = Adam::new(&ranged_vs, 0.003);
         let total = fused.gradient_buffer().numel();
         assert_ne!(total % 16, 0, "some elements take libtorch's scalar remainder");
         let mut rng = StdRng::seed_from_u64(9);
@@ -432,10 +508,21 @@ mod tests {
             // Gradients of very different sizes, as a training run's first and later steps see.
             let scale = [1.0f32, 1e-3, 30.0, 1e-6][step % 4];
             let values: Vec<f32> = (0..total).map(|_| scale * rng.random_range(-1.0f32..1.0)).collect();
-            fused.gradient_buffer().copy_(&Tensor::from_slice(&values));
-            ops.gradient_buffer().copy_(&Tensor::from_slice(&values));
+            for adam in [&fused, &ops, &ranged] {
+                adam.gradient_buffer().copy_(&Tensor::from_slice(&values));
+            }
             fused.step(true);
             ops.step(false);
+            // The same update in three ranges on three threads, split at other places each step.
+            let constants = ranged.begin_step();
+            let cuts = [0, 1 + step * 7 % 90, 1000 + step * 331, total];
+            std::thread::scope(|scope| {
+                for range in cuts.windows(2) {
+                    let update = ranged.range_update().expect("float32 on the CPU runs fused");
+                    // SAFETY: the ranges are disjoint, and nothing else touches the optimiser.
+                    scope.spawn(move || unsafe { update.run(range[0]..range[1], &constants) });
+                }
+            });
         }
         // The positions whose bits differ, as few as there are.
         let differing = |a: &Tensor, b: &Tensor| -> Vec<usize> {
@@ -449,10 +536,12 @@ mod tests {
                 .collect()
         };
         let first = |positions: Vec<usize>| (positions.len(), positions.into_iter().take(8).collect::<Vec<_>>());
-        assert_eq!(first(differing(&fused.flat.exp_avg, &ops.flat.exp_avg)), (0, vec![]), "first moments");
-        assert_eq!(first(differing(&fused.flat.exp_avg_sq, &ops.flat.exp_avg_sq)), (0, vec![]), "second moments");
-        for (name, variable) in fused_vs.variables() {
-            assert_eq!(first(differing(&variable, &ops_vs.variables()[&name])), (0, vec![]), "weights of {name}");
+        for (other, other_vs) in [(&ops, &ops_vs), (&ranged, &ranged_vs)] {
+            assert_eq!(first(differing(&fused.flat.exp_avg, &other.flat.exp_avg)), (0, vec![]), "first moments");
+            assert_eq!(first(differing(&fused.flat.exp_avg_sq, &other.flat.exp_avg_sq)), (0, vec![]), "second moments");
+            for (name, variable) in fused_vs.variables() {
+                assert_eq!(first(differing(&variable, &other_vs.variables()[&name])), (0, vec![]), "weights of {name}");
+            }
         }
     }
 

@@ -345,9 +345,8 @@ fn train_steps(
                 tch::manual_seed(mask_seed as i64);
             }
             let batch = data.batch_of_epoch(epoch, step);
-            let (output, loss) = shared.step(&batch.inputs, &batch.targets, masks)?;
             optimizer.set_learning_rate(config.learning_rate_at(Position { epoch, step }.samples_seen(config)));
-            optimizer.step_from_buffer();
+            let (output, loss) = shared.step(&batch.inputs, &batch.targets, masks, optimizer)?;
             sums.add(&output, &batch.targets, &loss, batch.size);
             reporter.advance(batch.size);
 

@@ -3,20 +3,22 @@
 //!
 //! The result depends on the number of threads, never on their timing: the rows are split by a
 //! fixed rule, each share's gradient lands in its own buffer, and the buffers are summed in share
-//! order, each weighted by its share of the rows. With one thread a step is exactly the
-//! single-threaded one.
+//! order, each weighted by its share of the rows. The threads then split the sum and the
+//! optimiser's update of the weights by ranges of elements, each element's arithmetic the same
+//! wherever the ranges fall. With one thread a step is exactly the single-threaded one.
 
+use std::ops::Range;
 use std::sync::mpsc::{self, Receiver, RecvError, Sender, TryRecvError};
 use std::thread::Scope;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
 use tch::{Kind, Tensor};
 
 use crate::data::mix_seed;
-use crate::nn::lstm::{Masks, floats, floats_mut};
+use crate::nn::lstm::{Masks, float_range_mut};
 use crate::nn::model::{Gradients, Seq2Seq};
-use crate::nn::optim::Adam;
+use crate::nn::optim::{Adam, RangeUpdate, StepConstants};
 use crate::task::pairs::IGNORED;
 
 /// How long a thread polls for its next message before it sleeps: a step's serial part (Adam,
@@ -37,46 +39,84 @@ fn receive<T>(receiver: &Receiver<T>) -> Result<T, RecvError> {
     }
 }
 
-/// `buffer *= weight`, rounded as libtorch's `mul_` by a scalar.
-fn scale(buffer: &mut [f32], weight: f32) {
-    buffer.iter_mut().for_each(|x| *x *= weight);
+/// Share 0's gradient in `range` of `buffers` (every share's, in share order) made the
+/// batch's: scaled by its weight, then each other share's added with its own, in share order,
+/// rounded as libtorch's `mul_` by a scalar, then `mul` and `add_` (Rust never fuses a product
+/// and a sum into one rounding).
+///
+/// # Safety
+/// Nothing else reads or writes `range` of share 0's buffer, or writes it in the others,
+/// meanwhile.
+unsafe fn combine(buffers: &[Tensor], weights: &[f32], range: Range<usize>) {
+    // SAFETY: the caller keeps every writer away from `range`, and every other reader from the
+    // first buffer's.
+    let total = unsafe { float_range_mut(&buffers[0], range.clone()) };
+    total.iter_mut().for_each(|x| *x *= weights[0]);
+    for (buffer, &weight) in buffers.iter().zip(weights).skip(1) {
+        let gradient = unsafe { float_range_mut(buffer, range.clone()) };
+        total.iter_mut().zip(gradient.iter()).for_each(|(x, &g)| *x += g * weight);
+    }
 }
 
-/// `buffer += gradient * weight`, rounded as libtorch's `mul` then `add_`: the product, then the
-/// sum (Rust never fuses the two into one rounding).
-fn add_scaled(buffer: &mut [f32], gradient: &[f32], weight: f32) {
-    assert_eq!(buffer.len(), gradient.len(), "gradient buffers share one layout");
-    buffer.iter_mut().zip(gradient).for_each(|(x, &g)| *x += g * weight);
+/// How `elements` are split among `parts` threads for a step's update: equal ranges in
+/// order, each but the last a multiple of 16 elements (a cache line), so that no two
+/// threads write one line.
+fn update_ranges(elements: usize, parts: usize) -> Vec<Range<usize>> {
+    let length = elements.div_ceil(parts.max(1)).next_multiple_of(16);
+    (0..parts).map(|part| (part * length).min(elements)..((part + 1) * length).min(elements)).collect()
 }
 
 /// Fewer rows than this per share are not worth a thread.
 const MIN_ROWS_PER_SHARE: i64 = 8;
 
-/// One share of a batch, sent to a helper.
+/// One message to a helper.
 enum Share {
     /// A training step's forward and backward passes.
     Step { inputs: Tensor, targets: Tensor, masks: Masks },
     /// A forward pass without gradients (validation).
     Forward(Tensor),
+    /// The step's gradient in `range` made the batch's from the shares' (`weights` in share
+    /// order), then the optimiser's update of that range.
+    Update { range: Range<usize>, weights: Vec<f32>, constants: StepConstants },
 }
 
-/// A helper thread: shares in, outputs (and a step's mean loss) back, a step's gradient in
-/// `gradient`.
+/// A helper's answer to a [`Share`].
+enum Reply {
+    /// A step's outputs and mean loss; its gradient is in the helper's buffer.
+    Step(Tensor, Tensor),
+    Forward(Tensor),
+    Updated,
+}
+
+/// A helper thread: shares in, replies back.
 struct Helper {
     shares: Sender<Share>,
-    results: Receiver<(Tensor, Option<Tensor>)>,
-    /// Laid out as the optimiser's gradient buffer; the helper writes it, this thread reads it
-    /// once the helper's result has arrived.
-    gradient: Tensor,
+    replies: Receiver<Reply>,
 }
 
-/// Runs [`Seq2Seq::forward_backward`] on a batch shared among threads, leaving the batch's
-/// gradient in the optimiser's slots.
+impl Helper {
+    fn send(&self, share: Share) -> Result<()> {
+        self.shares.send(share).map_err(|_| anyhow!("a training thread stopped"))
+    }
+
+    fn reply(&self) -> Result<Reply> {
+        receive(&self.replies).map_err(|_| anyhow!("a training thread stopped"))
+    }
+}
+
+/// Runs [`Seq2Seq::forward_backward`] on a batch shared among threads, then the optimiser's
+/// update of the weights, also shared where the optimiser allows it.
 pub struct SharedStep<'a> {
     model: &'a Seq2Seq,
     /// This thread's share writes straight into the optimiser's slots.
     own: Gradients,
-    buffer: Tensor,
+    /// Each share's gradient buffer, laid out as the optimiser's, in share order: the
+    /// optimiser's own first, then each helper's. A helper writes its buffer during a step's
+    /// passes; every thread reads its range of all of them during the update.
+    buffers: Vec<Tensor>,
+    /// This thread's handles for updating its range of the weights; `None` where the optimiser
+    /// runs libtorch's ops, and this thread then takes the whole update.
+    update: Option<RangeUpdate>,
     helpers: Vec<Helper>,
 }
 
@@ -89,35 +129,51 @@ impl<'a> SharedStep<'a> {
         optimizer: &Adam,
         threads: usize,
     ) -> Self {
-        let helpers = (1..threads.max(1))
-            .map(|_| {
+        let helpers = threads.max(1) - 1;
+        let buffers: Vec<Tensor> = std::iter::once(optimizer.gradient_buffer())
+            .chain((0..helpers).map(|_| optimizer.new_gradient_buffer()))
+            .collect();
+        let helpers = buffers[1..]
+            .iter()
+            .map(|gradient| {
                 let (shares, shares_in) = mpsc::channel::<Share>();
-                let (results_out, results) = mpsc::channel();
-                let gradient = optimizer.new_gradient_buffer();
+                let (replies_out, replies) = mpsc::channel();
                 let replica = model.replica();
-                let mut gradients = replica.gradients(|variable| optimizer.gradient_slot_in(&gradient, variable));
+                let mut gradients = replica.gradients(|variable| optimizer.gradient_slot_in(gradient, variable));
+                let buffers: Vec<Tensor> = buffers.iter().map(Tensor::shallow_clone).collect();
+                let update = optimizer.range_update();
                 scope.spawn(move || {
                     // OpenMP's thread count is per thread: a new one starts at every core.
                     tch::set_num_threads(1);
                     while let Ok(share) = receive(&shares_in) {
-                        let result = match share {
+                        let reply = match share {
                             Share::Step { inputs, targets, masks } => {
                                 let (output, loss) =
                                     replica.forward_backward_with_masks(&inputs, &targets, &mut gradients, masks);
-                                (output, Some(loss))
+                                Reply::Step(output, loss)
                             }
-                            Share::Forward(inputs) => (replica.forward(&inputs), None),
+                            Share::Forward(inputs) => Reply::Forward(replica.forward(&inputs)),
+                            Share::Update { range, weights, constants } => {
+                                let update = update.as_ref().expect("updates are shared only where they run fused");
+                                // SAFETY: each thread updates its own range, and only once
+                                // every share's passes have finished.
+                                unsafe {
+                                    combine(&buffers[..weights.len()], &weights, range.clone());
+                                    update.run(range, &constants);
+                                }
+                                Reply::Updated
+                            }
                         };
-                        if results_out.send(result).is_err() {
+                        if replies_out.send(reply).is_err() {
                             break;
                         }
                     }
                 });
-                Helper { shares, results, gradient }
+                Helper { shares, replies }
             })
             .collect();
         let own = model.gradients(|variable| optimizer.gradient_slot(variable));
-        Self { model, own, buffer: optimizer.gradient_buffer(), helpers }
+        Self { model, own, buffers, update: optimizer.range_update(), helpers }
     }
 
     /// Threads that share a batch (this one included).
@@ -132,14 +188,23 @@ impl<'a> SharedStep<'a> {
         (0..shares).map(|share| rows / shares + i64::from(share < rows % shares)).collect()
     }
 
-    /// The model's output and mean loss on the batch; its gradient is left in the optimiser's
-    /// slots. With several shares, share `i` draws its dropout masks from
-    /// `Masks::Seeded(mix_seed(seed ^ mix_seed(i)))` for `masks` `Seeded(seed)`.
-    pub fn step(&mut self, inputs: &Tensor, targets: &Tensor, masks: Masks) -> Result<(Tensor, Tensor)> {
+    /// The model's output and mean loss on the batch, after `optimizer`'s update from the
+    /// batch's gradient (left in its slots). With several shares, share `i` draws its dropout
+    /// masks from `Masks::Seeded(mix_seed(seed ^ mix_seed(i)))` for `masks` `Seeded(seed)`,
+    /// and the threads that computed shares update a range of the weights each.
+    pub fn step(
+        &mut self,
+        inputs: &Tensor,
+        targets: &Tensor,
+        masks: Masks,
+        optimizer: &mut Adam,
+    ) -> Result<(Tensor, Tensor)> {
         let rows = inputs.size()[0];
         let sizes = Self::share_sizes(rows, self.threads());
         if sizes.len() == 1 {
-            return Ok(self.model.forward_backward_with_masks(inputs, targets, &mut self.own, masks));
+            let result = self.model.forward_backward_with_masks(inputs, targets, &mut self.own, masks);
+            optimizer.step_from_buffer();
+            return Ok(result);
         }
         let share_masks = |share: usize| match masks {
             Masks::Global => Masks::Global,
@@ -150,12 +215,11 @@ impl<'a> SharedStep<'a> {
         let helpers = &self.helpers[..sizes.len() - 1];
         for (share, helper) in helpers.iter().enumerate() {
             let share = share + 1;
-            let job = Share::Step {
+            helper.send(Share::Step {
                 inputs: input_shares[share].shallow_clone(),
                 targets: target_shares[share].shallow_clone(),
                 masks: share_masks(share),
-            };
-            helper.shares.send(job).map_err(|_| anyhow!("a training thread stopped"))?;
+            })?;
         }
         let (own_output, own_loss) =
             self.model.forward_backward_with_masks(&input_shares[0], &target_shares[0], &mut self.own, share_masks(0));
@@ -168,28 +232,47 @@ impl<'a> SharedStep<'a> {
             sizes.iter().map(|&size| size as f64).collect()
         };
         let total: f64 = counted.iter().sum::<f64>().max(1.0);
-        let weight = |share: usize| counted[share] / total;
+        let weights: Vec<f32> = counted.iter().map(|&count| (count / total) as f32).collect();
         let mut outputs = vec![own_output];
-        let mut loss = own_loss * weight(0);
-        // SAFETY: shares exist only for float32 on the CPU (`shares_batches`), so the optimiser's gradient
-        // buffer is a contiguous float32 CPU tensor; nothing else touches it during the step.
-        let buffer = unsafe { floats_mut(&self.buffer) };
-        scale(buffer, weight(0) as f32);
-        tch::no_grad(|| -> Result<()> {
-            for (share, helper) in helpers.iter().enumerate() {
-                let share = share + 1;
-                let (output, share_loss) =
-                    receive(&helper.results).map_err(|_| anyhow!("a training thread stopped"))?;
-                let share_loss = share_loss.ok_or_else(|| anyhow!("a training thread answered out of turn"))?;
-                // SAFETY: laid out as the buffer; the helper wrote it before its result came,
-                // and writes it again only after the next share is sent.
-                add_scaled(buffer, unsafe { floats::<f32>(&helper.gradient) }, weight(share) as f32);
-                loss += share_loss * weight(share);
-                outputs.push(output);
-            }
-            Ok(())
-        })?;
+        let mut loss = own_loss * (counted[0] / total);
+        for (share, helper) in helpers.iter().enumerate() {
+            let Reply::Step(output, share_loss) = helper.reply()? else {
+                bail!("a training thread answered out of turn");
+            };
+            loss += tch::no_grad(|| share_loss * (counted[share + 1] / total));
+            outputs.push(output);
+        }
+        self.update(helpers, &weights, optimizer)?;
         Ok((Tensor::cat(&outputs, 0), loss))
+    }
+
+    /// The batch's gradient from the shares' (weighted by `weights`), then the optimiser's
+    /// update: each thread that computed a share takes a range of the elements where the
+    /// optimiser runs fused, this thread all of them where it does not.
+    fn update(&self, helpers: &[Helper], weights: &[f32], optimizer: &mut Adam) -> Result<()> {
+        let buffers = &self.buffers[..weights.len()];
+        let Some(update) = &self.update else {
+            // SAFETY: the helpers' passes have finished; nothing else touches the buffers.
+            unsafe { combine(buffers, weights, 0..buffers[0].numel()) };
+            optimizer.step_from_buffer();
+            return Ok(());
+        };
+        let constants = optimizer.begin_step();
+        let ranges = update_ranges(update.elements, weights.len());
+        for (helper, range) in helpers.iter().zip(&ranges[1..]) {
+            helper.send(Share::Update { range: range.clone(), weights: weights.to_vec(), constants })?;
+        }
+        // SAFETY: every share's passes have finished, and each thread takes its own range.
+        unsafe {
+            combine(buffers, weights, ranges[0].clone());
+            update.run(ranges[0].clone(), &constants);
+        }
+        for helper in helpers {
+            let Reply::Updated = helper.reply()? else {
+                bail!("a training thread answered out of turn");
+            };
+        }
+        Ok(())
     }
 
     /// [`Seq2Seq::forward`] on `inputs`, its rows shared as a step's are. With one share it is
@@ -202,14 +285,14 @@ impl<'a> SharedStep<'a> {
         let shares = inputs.split_with_sizes(&sizes, 0);
         let helpers = &self.helpers[..sizes.len() - 1];
         for (helper, share) in helpers.iter().zip(&shares[1..]) {
-            helper
-                .shares
-                .send(Share::Forward(share.shallow_clone()))
-                .map_err(|_| anyhow!("a training thread stopped"))?;
+            helper.send(Share::Forward(share.shallow_clone()))?;
         }
         let mut outputs = vec![self.model.forward(&shares[0])];
         for helper in helpers {
-            outputs.push(receive(&helper.results).map_err(|_| anyhow!("a training thread stopped"))?.0);
+            let Reply::Forward(output) = helper.reply()? else {
+                bail!("a training thread answered out of turn");
+            };
+            outputs.push(output);
         }
         Ok(Tensor::cat(&outputs, 0))
     }
@@ -270,9 +353,8 @@ mod tests {
             let mut shared = SharedStep::start(scope, &model, &adam, threads);
             let mut first = None;
             for (step, (inputs, targets)) in batches.iter().enumerate() {
-                let _ = shared.step(inputs, targets, Masks::Seeded(step as u64)).expect("the helpers run");
+                let _ = shared.step(inputs, targets, Masks::Seeded(step as u64), &mut adam).expect("the helpers run");
                 first.get_or_insert_with(|| adam.gradient_buffer().copy());
-                adam.step_from_buffer();
             }
             first.expect("at least one batch")
         });

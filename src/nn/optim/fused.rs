@@ -13,6 +13,7 @@ use super::{BETA1, BETA2, EPS};
 use crate::nn::cell::wide_vectors;
 
 /// The step's scalars, rounded to float32 as libtorch rounds a `Scalar` for a float32 op.
+#[derive(Clone, Copy, Debug)]
 pub struct Constants {
     lerp_weight: f32,
     beta2: f32,
