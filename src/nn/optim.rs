@@ -308,8 +308,8 @@ impl Clone for RangeUpdate {
 }
 
 impl RangeUpdate {
-    /// The step's update of elements `range` ([`Buffers::advance`] and `addcdiv_`, rounded as
-    /// their kernels round) in two passes around libtorch's `sqrt`, which rounds each element
+    /// The step's update of elements `range` (PyTorch's single-tensor Adam, rounded as
+    /// its ops' kernels round) in two passes around libtorch's `sqrt`, which rounds each element
     /// alike wherever a range starts.
     ///
     /// # Safety

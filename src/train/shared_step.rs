@@ -440,6 +440,21 @@ mod tests {
     }
 
     #[test]
+    fn update_ranges_cover_every_element_once_in_whole_cache_lines() {
+        for (elements, parts) in [(55_012, 2), (100, 16), (16, 3), (1, 1), (1_000_003, 7)] {
+            let ranges = update_ranges(elements, parts);
+            assert_eq!(ranges.len(), parts);
+            assert_eq!(ranges[0].start, 0);
+            assert_eq!(ranges[parts - 1].end, elements);
+            for pair in ranges.windows(2) {
+                assert_eq!(pair[0].end, pair[1].start, "{elements} elements in {parts}: {ranges:?}");
+                assert!(pair[0].end % 16 == 0 || pair[0].end == elements);
+            }
+        }
+        assert_eq!(update_ranges(100, 2), vec![0..64, 64..100]);
+    }
+
+    #[test]
     fn shares_are_even_and_never_too_small() {
         assert_eq!(SharedStep::share_sizes(32, 1), vec![32]);
         assert_eq!(SharedStep::share_sizes(32, 2), vec![16, 16]);
