@@ -22,8 +22,8 @@ use crate::data::corpus::load::{self, DataSettings, LoadedPairs, load_for_traini
 use crate::data::corpus::sequences::{self, LoadedSequences, SequenceSource};
 use crate::data::generated::Generated;
 use crate::data::input::{InputSource, InputSummary};
-use crate::data::{BatchStream, SampleSource, Stream};
-use crate::evaluate::{Answers, Evaluation, Metrics, evaluate_by};
+use crate::data::{Batch, BatchStream, SampleSource, Stream};
+use crate::evaluate::{Answers, Evaluation, Metrics, evaluate_batches};
 use crate::nn::device::{DeviceChoice, FORCE_AUTOGRAD_VARIABLE, RuntimeInfo, autograd_forced, describe};
 use crate::nn::model::{ModelConfig, ModelShape, Seq2Seq};
 use crate::nn::optim::Adam;
@@ -363,11 +363,15 @@ fn run_training(session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
             last_checkpoint = Some(position.samples_seen(&training));
             Ok(())
         };
+        // Made at the first row, then scored again at every row.
+        let mut validation_batches: Option<Vec<Batch<'_>>> = None;
         let mut on_report = |report: &train::Report, forward: &train::Forward<'_>| {
             let started = Instant::now();
             let features = session.model.shape().output;
             let answer = |inputs: &tch::Tensor| Ok(Answers::greedy(forward(inputs)?, features));
-            let validation = evaluate_by(&session.model, &answer, &validation_data, |_, _| {})?.metrics;
+            let batches = validation_batches.get_or_insert_with(|| validation_data.iter().collect());
+            let validation =
+                evaluate_batches(&session.model, &answer, &validation_data, batches.iter(), |_, _| {})?.metrics;
             let seconds = &session.validation_seconds;
             seconds.set(seconds.get() + started.elapsed().as_secs_f64());
             // A stop signal cuts the validation short: its partial figures are not kept.

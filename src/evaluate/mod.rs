@@ -319,6 +319,18 @@ pub fn evaluate_by(
     model: &Seq2Seq,
     answer: &dyn Fn(&Tensor) -> anyhow::Result<Answers>,
     data: &BatchStream,
+    observe: impl FnMut(&Batch, &Answers),
+) -> anyhow::Result<Evaluation> {
+    evaluate_batches(model, answer, data, data.iter(), observe)
+}
+
+/// [`evaluate_by`] on `batches` of `data` made earlier: a training run scores the same
+/// validation batches at every `metrics.csv` row, and makes them once.
+pub fn evaluate_batches<'b>(
+    model: &Seq2Seq,
+    answer: &dyn Fn(&Tensor) -> anyhow::Result<Answers>,
+    data: &BatchStream,
+    batches: impl IntoIterator<Item = impl std::borrow::Borrow<Batch<'b>>>,
     mut observe: impl FnMut(&Batch, &Answers),
 ) -> anyhow::Result<Evaluation> {
     let shape = model.shape();
@@ -336,7 +348,8 @@ pub fn evaluate_by(
     };
     let mut errors = ErrorRate::default();
     tch::no_grad(|| -> anyhow::Result<()> {
-        for batch in data.iter() {
+        for batch in batches {
+            let batch = batch.borrow();
             // A training run's stop signal cuts its final evaluation short (the caller checks).
             if crate::train::interrupt::requested().is_some() {
                 break;
@@ -347,7 +360,7 @@ pub fn evaluate_by(
                 Some(written) => sums.add_written(written, &batch.targets, &loss, batch.size),
                 None => sums.add(&answers.output, &batch.targets, &loss, batch.size),
             }
-            observe(&batch, &answers);
+            observe(batch, &answers);
             if let Some(problem) = pairs {
                 add_edits(problem, answers.ids(), &batch.targets, &mut errors);
             }
