@@ -4,13 +4,19 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use seq2seq::cli::{Cli, run};
-use seq2seq::output::is_closed_pipe;
+use seq2seq::output::{StdoutError, is_closed_pipe};
 use seq2seq::train::interrupt::Stopped;
 
 fn main() -> ExitCode {
     ignore_sigpipe();
     keep_freed_memory();
-    match run(Cli::parse()) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(usage) if usage.use_stderr() => usage.exit(),
+        // --help and --version: a failed write to stdout is an error like any other command's.
+        Err(usage) => return print_usage(&usage),
+    };
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // `seq2seq ... | head`: the reader has what it wanted.
         Err(error) if is_closed_pipe(&error) => ExitCode::SUCCESS,
@@ -20,6 +26,19 @@ fn main() -> ExitCode {
                 Some(stopped) => ExitCode::from(stopped.signal.exit_status()),
                 None => ExitCode::FAILURE,
             }
+        }
+    }
+}
+
+/// Prints what clap made of `--help` or `--version` to stdout.
+fn print_usage(usage: &clap::Error) -> ExitCode {
+    let written = usage.print().and_then(|()| std::io::Write::flush(&mut std::io::stdout()));
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(error) => {
+            seq2seq::output::note(format!("error: {}", StdoutError(error)));
+            ExitCode::FAILURE
         }
     }
 }

@@ -168,6 +168,43 @@ fn unknown_tokens_length_limits_and_expected_answers() {
 }
 
 #[test]
+fn tokens_the_model_lacks_are_never_right_and_shown_as_written() {
+    let home = TempDir::new().expect("temp dir");
+    let data = home.path().join("pairs.tsv");
+    write_pairs(&data, &reversal_pairs(300, 3));
+    let (dir, outcome) = train_pairs(home.path(), "model", &["--data", path_str(&data)], &["--epochs", "1"]);
+    outcome.succeeded();
+    let model = path_str(&dir);
+    // `z` is no token of the model: whatever it writes for `zzz`, it cannot be `zzz`.
+    let scored = home.path().join("scored.tsv");
+    fs::write(&scored, "zzz\tzzz\nzz\tzz\n").expect("write");
+    let outcome = run(&["evaluate", "--model", model, "--data", path_str(&scored), "--errors", "5", "--json"]);
+    let outcome = outcome.succeeded();
+    outcome.stderr_has(&["5 target tokens of", "are not in the model's vocabulary: the model cannot write them"]);
+    let report: serde_json::Value = serde_json::from_str(outcome.stdout.trim()).expect("JSON");
+    // No token is right but the end markers (two of the seven steps); every token is an edit.
+    assert_eq!(report["sequence_accuracy"].as_f64(), Some(0.0));
+    assert!(report["token_accuracy"].as_f64().is_some_and(|a| a <= 2.0 / 7.0 + 1e-9), "{report}");
+    assert!(report["token_error_rate"].as_f64().is_some_and(|rate| rate >= 1.0), "{report}");
+    assert_eq!(report["wrong"], 2);
+    // The mistakes show the text of the file, not `<unk>`.
+    let errors = report["errors"].as_array().expect("errors");
+    let inputs: Vec<&str> = errors.iter().map(|e| e["input"].as_str().unwrap_or_default()).collect();
+    assert!(inputs.contains(&"zzz") && errors.iter().all(|e| !e["expected"].as_str().unwrap().contains("<unk>")));
+    // An empty expected target is refused like train's, with its line.
+    let file = home.path().join("inputs.txt");
+    fs::write(&file, "abc\t\n").expect("write");
+    run(&["predict", "--model", model, "--file", path_str(&file)])
+        .failed()
+        .stderr_has(&["inputs.txt:1: the target after the tab is empty"]);
+    // A --min-count that no token reaches is refused before anything is written.
+    let (dir, outcome) =
+        train_pairs(home.path(), "none", &["--data", path_str(&data)], &["--epochs", "1", "--min-count", "100000"]);
+    outcome.failed().stderr_has(&["occurs --min-count 100000 times", "lower --min-count"]);
+    assert!(!dir.exists());
+}
+
+#[test]
 fn the_held_out_split_is_deterministic_disjoint_and_a_valid_file_is_checked_for_overlap() {
     let home = TempDir::new().expect("temp dir");
     let data = home.path().join("pairs.tsv");

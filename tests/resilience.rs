@@ -219,6 +219,15 @@ fn a_diverging_run_names_the_step_and_keeps_the_last_checkpoint() {
 }
 
 #[test]
+fn a_run_that_fails_before_saving_anything_leaves_no_directory() {
+    let home = TempDir::new().unwrap();
+    let dir = home.path().join("diverged");
+    let outcome = run(&["train", "--quiet", "--out", path_str(&dir), "--samples", "320", "--learning-rate", "1e36"]);
+    outcome.failed().stderr_has(&["training diverged: the loss became inf at step 2"]);
+    assert!(!dir.exists(), "a stub without config.json stays behind: {:?}", file_names(&dir));
+}
+
+#[test]
 fn resume_refuses_what_it_cannot_continue() {
     let model = shared_model();
     run(&["train", "--resume", path_str(&model.dir)])

@@ -306,6 +306,10 @@ fn flags_of_the_other_task_are_refused() {
         (vec!["--reverse", "--task", "autoencoder"], "--reverse does not apply to --task autoencoder"),
         (vec!["--length", "5"], "--length does not apply to --task arithmetic"),
         (vec!["--task", "autoencoder", "--low", "1", "--high", "1"], "low < high"),
+        (
+            vec!["--task", "autoencoder", "--sequence", "random", "--low=-1e308", "--high", "1e308"],
+            "does not fit float32",
+        ),
         (vec!["--terms", "3..1"], "the smallest number of terms exceeds the largest"),
         (vec!["--ops", "+x"], "is not an operator"),
         (vec!["--ops", "*", "--terms", "4", "--largest", "100000"], "overflow 64-bit arithmetic"),

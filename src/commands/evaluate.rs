@@ -69,7 +69,10 @@ impl Report for EvaluateReport {
                 let samples = evaluation.metrics.samples;
                 let mut text = format!("On {samples} pairs of {origin}: {} ({device})", describe_pairs(evaluation));
                 if let Some((wrong, kept)) = mistakes {
-                    text.push_str(&format!("\n{wrong} of {samples} wrong; the most confident:"));
+                    match wrong {
+                        0 => text.push_str(&format!("\nnone of {samples} wrong")),
+                        _ => text.push_str(&format!("\n{wrong} of {samples} wrong; the most confident:")),
+                    }
                     for mistake in kept {
                         text.push_str(&format!(
                             "\n  {}  →  {}  (expected {}, confidence {:.2})",

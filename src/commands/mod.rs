@@ -131,17 +131,18 @@ pub fn train(request: &TrainRequest) -> Result<PathBuf> {
     }
     model_config.check_memory(&ModelShape::for_task(task), Some(training.batch_size))?;
     let device = request.device.resolve()?;
-    let (out, lock) = checkpoint::prepare_output_dir(request.out.as_deref(), request.overwrite)?;
+    let out = checkpoint::prepare_output_dir(request.out.as_deref(), request.overwrite)?;
+    let (dir, made) = (out.path.clone(), out.made);
 
     // Weights are drawn on the CPU so that a seed gives the same start on every device.
     let mut vs = nn::VarStore::new(Device::Cpu);
     let model = Seq2Seq::new_seeded(&vs.root(), model_config, ModelShape::for_task(task), training.seed);
     vs.set_device(device);
     let mut optimizer = Adam::new(&vs, training.learning_rate);
-    run_training(
+    let trained = run_training(
         Session {
-            dir: out,
-            _lock: lock,
+            dir: out.path,
+            _lock: out.lock,
             run_id: Some(checkpoint::new_run_id()),
             task: task.clone(),
             data,
@@ -156,7 +157,11 @@ pub fn train(request: &TrainRequest) -> Result<PathBuf> {
             progress: request.progress,
         },
         &mut optimizer,
-    )
+    );
+    if trained.is_err() {
+        checkpoint::remove_unsaved_run(&dir, made);
+    }
+    trained
 }
 
 /// Everything `train --resume` needs.

@@ -312,7 +312,9 @@ fn write_answers(batch: &Samples<'_>, written: &Written, style: AnswerStyle, out
             let alphabet = problem.alphabet();
             let output_len = problem.output_len();
             let format_output = problem.output_formatter();
-            let shown = |ids: &[i64]| problem.as_read(alphabet.decode(ids)).trim().to_owned();
+            // Without the leading padding that a right answer has; anything else stays, so that
+            // a malformed answer (`9 ` for `9`) shows as such and no two answers look alike.
+            let shown = |ids: &[i64]| problem.as_read(alphabet.decode(ids)).trim_start().to_owned();
             for (index, (expression, row)) in expressions.iter().zip(flat.chunks(output_len)).enumerate() {
                 // In reading order, as the answer is shown.
                 let row_probabilities =
@@ -326,7 +328,7 @@ fn write_answers(batch: &Samples<'_>, written: &Written, style: AnswerStyle, out
                 if json {
                     let answer = JsonAnswer {
                         input: &expression.to_string(),
-                        prediction: predicted.trim(),
+                        prediction: predicted.trim_start(),
                         expected: value,
                         correct: is_correct,
                         probabilities: row_probabilities.as_deref(),

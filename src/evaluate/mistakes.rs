@@ -140,7 +140,7 @@ impl MistakeTally {
             self.index_of.insert(input.clone(), self.mistakes.len());
             self.mistakes.push(Mistake {
                 input,
-                prediction: self.problem.as_read(self.alphabet.decode(&predicted[row.clone()])).trim().to_owned(),
+                prediction: self.problem.as_read(self.alphabet.decode(&predicted[row.clone()])).trim_start().to_owned(),
                 expected: value,
                 count: 1,
                 confidence: probabilities[row].iter().product(),

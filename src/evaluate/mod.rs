@@ -83,6 +83,8 @@ impl Metrics {
 /// than scoring each small batch on its own.
 pub struct MetricSums {
     features: Features,
+    /// A target class that no answer matches (see [`Task::never_right_class`]).
+    never_right: Option<i64>,
     weighted_loss: Tensor,
     correct_chars: Tensor,
     correct_sequences: Tensor,
@@ -106,6 +108,7 @@ impl MetricSums {
         let zero = || Tensor::zeros([], (Kind::Double, device));
         Self {
             features,
+            never_right: None,
             weighted_loss: zero(),
             correct_chars: zero(),
             correct_sequences: zero(),
@@ -118,6 +121,12 @@ impl MetricSums {
             batches: 0,
             first_non_finite_batch: None,
         }
+    }
+
+    /// Scores the targets of `task`'s [`Task::never_right_class`] as wrong whatever is written.
+    pub fn for_task(mut self, task: &Task) -> Self {
+        self.never_right = task.never_right_class();
+        self
     }
 
     /// Adds one batch: the model's `output`, the `targets` and the batch's mean `loss`.
@@ -157,7 +166,10 @@ impl MetricSums {
             match self.features {
                 Features::Classes(_) => {
                     let targets = Tensor::cat(&self.pending_targets, 0);
-                    let correct = Tensor::cat(&self.pending_predictions, 0).eq_tensor(&targets);
+                    let mut correct = Tensor::cat(&self.pending_predictions, 0).eq_tensor(&targets);
+                    if let Some(class) = self.never_right {
+                        correct = correct.logical_and(&targets.ne(class));
+                    }
                     let counted = targets.ne(IGNORED);
                     self.correct_chars += correct.logical_and(&counted).sum(Kind::Double);
                     self.counted_chars += counted.sum(Kind::Double);
@@ -334,7 +346,7 @@ pub fn evaluate_batches<'b>(
     mut observe: impl FnMut(&Batch, &Answers),
 ) -> anyhow::Result<Evaluation> {
     let shape = model.shape();
-    let mut sums = MetricSums::new(data.device(), shape.output);
+    let mut sums = MetricSums::new(data.device(), shape.output).for_task(data.task());
     // The breakdown says something only when there is more than one operator.
     let operators: Vec<Operator> = match data.task() {
         Task::Arithmetic(problem) if problem.operators.iter().count() > 1 => problem.operators.iter().collect(),
@@ -394,14 +406,16 @@ pub fn evaluate_batches<'b>(
     Ok(Evaluation { metrics: sums.read(), by_operator, token_error_rate })
 }
 
-/// The edits of each written target (up to its end marker) from the true one.
+/// The edits of each written target (up to its end marker) from the true one; a true `<unk>`
+/// (a token the model cannot write) matches nothing written.
 fn add_edits(problem: &PairsProblem, written: &Tensor, targets: &Tensor, errors: &mut ErrorRate) {
     let width = problem.output_len();
     let written = Vec::<i64>::try_from(written.flatten(0, -1).to_device(Device::Cpu)).expect("int64 class ids");
     let truth = Vec::<i64>::try_from(targets.flatten(0, -1).to_device(Device::Cpu)).expect("int64 targets");
     let ids = |row: &[i64]| row.iter().map(|&id| id as u32).collect::<Vec<u32>>();
+    let unwritable = |row: &[i64]| row.iter().map(|&id| PairsProblem::truth_id(id as u32)).collect::<Vec<u32>>();
     for (written, truth) in written.chunks(width).zip(truth.chunks(width)) {
-        errors.add(&ids(problem.written(written)), &ids(problem.written(truth)));
+        errors.add(&ids(problem.written(written)), &unwritable(problem.written(truth)));
     }
 }
 
@@ -427,6 +441,18 @@ mod tests {
         assert_eq!(metrics.max_abs_error, None);
         // Weighted by batch size: (0.5 * 2 + 2.0 * 1) / 3.
         assert!((metrics.loss - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_target_the_model_cannot_write_is_never_right() {
+        // Class 1 stands for tokens the vocabulary lacks: writing it matches none of them.
+        let written = Tensor::from_slice(&[2i64, 1, 2, 2]).view([2, 2]);
+        let targets = Tensor::from_slice(&[2i64, 1, 2, 2]).view([2, 2]);
+        let mut sums = MetricSums::new(Device::Cpu, Features::Classes(3));
+        sums.never_right = Some(1);
+        sums.add_written(&written, &targets, &Tensor::from(0.5f32), 2);
+        let metrics = sums.read();
+        assert_eq!((metrics.char_accuracy, metrics.sequence_accuracy), (Some(3.0 / 4.0), Some(1.0 / 2.0)));
     }
 
     #[test]

@@ -107,10 +107,18 @@ pub fn new_run_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
+/// A training run's output directory, locked for the run.
+pub struct OutputDir {
+    pub path: PathBuf,
+    pub lock: DirLock,
+    /// Whether the run made the directory: it is removed again if the run saves nothing.
+    pub made: bool,
+}
+
 /// The directory a training run writes to, locked for the run: `out` when given (new, empty,
 /// or with `overwrite` holding a model or checkpoint, whose files are removed first), else a
 /// fresh `runs/run-NNN`.
-pub fn prepare_output_dir(out: Option<&Path>, overwrite: bool) -> Result<(PathBuf, DirLock)> {
+pub fn prepare_output_dir(out: Option<&Path>, overwrite: bool) -> Result<OutputDir> {
     let Some(out) = out else {
         fs::create_dir_all("runs").context("cannot create the directory runs/")?;
         for number in 1.. {
@@ -118,7 +126,7 @@ pub fn prepare_output_dir(out: Option<&Path>, overwrite: bool) -> Result<(PathBu
             match fs::create_dir(&candidate) {
                 Ok(()) => {
                     let lock = lock_dir(&candidate, "seq2seq train")?;
-                    return Ok((candidate, lock));
+                    return Ok(OutputDir { path: candidate, lock, made: true });
                 }
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e).with_context(|| format!("cannot create {}", candidate.display())),
@@ -149,6 +157,7 @@ pub fn prepare_output_dir(out: Option<&Path>, overwrite: bool) -> Result<(PathBu
             bail!("--out {} is not empty and holds no model ({CONFIG_FILE}); choose a new directory", out.display());
         }
     }
+    let made = !out.exists();
     fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     // Looked at only under the lock: another run may be writing it.
     let lock = lock_dir(out, "seq2seq train")?;
@@ -180,7 +189,21 @@ pub fn prepare_output_dir(out: Option<&Path>, overwrite: bool) -> Result<(PathBu
             }
         }
     }
-    Ok((out.to_owned(), lock))
+    Ok(OutputDir { path: out.to_owned(), lock, made })
+}
+
+/// Clears what a run that failed before saving anything (no config.json) left in `dir`: its
+/// metrics.csv, and the directory itself when the run made it (`made`), so that no stub is
+/// mistaken for a model. Best effort: the run's own error is what the user needs to read.
+pub fn remove_unsaved_run(dir: &Path, made: bool) {
+    if dir.join(CONFIG_FILE).exists() {
+        return;
+    }
+    let _ = fs::remove_file(dir.join(crate::store::metrics_log::METRICS_FILE));
+    if made {
+        // Fails, leaving it, if anything else is in it.
+        let _ = fs::remove_dir(dir);
+    }
 }
 
 /// Removes what writers killed mid-write left in `dir`, saying so on standard error.

@@ -210,6 +210,15 @@ impl Task {
         self.problem().describe()
     }
 
+    /// The target class that is never a right answer: a model of pairs reads a target token
+    /// its vocabulary lacks as `<unk>`, and writing `<unk>` does not write that token.
+    pub fn never_right_class(&self) -> Option<i64> {
+        match self {
+            Task::Pairs(_) => Some(i64::from(crate::data::corpus::UNKNOWN_ID)),
+            _ => None,
+        }
+    }
+
     /// What kind of model this task makes, for messages: `an autoencoder`.
     pub fn model_kind(&self) -> &'static str {
         match self {

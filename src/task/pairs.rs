@@ -95,13 +95,19 @@ pub struct PairInput {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PairError {
     Empty,
-    TooLong { tokens: usize, limit: usize },
+    /// A tab, then no target token.
+    EmptyTarget,
+    TooLong {
+        tokens: usize,
+        limit: usize,
+    },
 }
 
 impl fmt::Display for PairError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PairError::Empty => write!(f, "the source is empty"),
+            PairError::EmptyTarget => write!(f, "the target after the tab is empty"),
             PairError::TooLong { tokens, limit } => {
                 write!(f, "{tokens} tokens; this model reads sources of at most {limit}")
             }
@@ -148,10 +154,16 @@ impl PairsProblem {
         if source.len() > self.max_source_len {
             return Err(PairError::TooLong { tokens: source.len(), limit: self.max_source_len });
         }
-        let expected = target.map(|target| {
-            let ids = ids_of(&self.target_vocabulary, self.target_tokens, target, None);
-            (self.target_tokens.join(target_tokens(self.target_tokens, target).iter().copied()), ids)
-        });
+        let expected = match target {
+            None => None,
+            Some(target) => {
+                let ids = ids_of(&self.target_vocabulary, self.target_tokens, target, None);
+                if ids.is_empty() {
+                    return Err(PairError::EmptyTarget);
+                }
+                Some((self.target_tokens.join(target_tokens(self.target_tokens, target).iter().copied()), ids))
+            }
+        };
         Ok(PairInput { text: text.to_owned(), source, expected, unknown })
     }
 
@@ -175,9 +187,17 @@ impl PairsProblem {
         &row[..end]
     }
 
-    /// Whether `written` (class ids, from [`PairsProblem::written`]) is exactly the target `truth`.
+    /// Whether `written` (class ids, from [`PairsProblem::written`]) is exactly the target
+    /// `truth`. A true `<unk>` stands for a token the model's vocabulary lacks: writing `<unk>`
+    /// does not write it.
     pub fn is_right(written: &[i64], truth: &[u32]) -> bool {
-        written.len() == truth.len() && written.iter().zip(truth).all(|(&w, &t)| w == i64::from(t))
+        written.len() == truth.len() && written.iter().zip(truth).all(|(&w, &t)| w == i64::from(Self::truth_id(t)))
+    }
+
+    /// A true target id as answers are compared with it: `<unk>` becomes an id nothing is
+    /// written as.
+    pub fn truth_id(id: u32) -> u32 {
+        if id == UNKNOWN_ID { u32::MAX } else { id }
     }
 
     /// The text of target ids.
@@ -284,6 +304,9 @@ mod tests {
         assert!(PairsProblem::is_right(problem.written(&[3, 4, 0, 3]), &[3, 4]));
         assert!(!PairsProblem::is_right(problem.written(&[3, 4, 0, 3]), &[3, 4, 5]));
         assert!(!PairsProblem::is_right(&[3, 5], &[3, 4]));
+        // A target token the vocabulary lacks is never written, not even as `<unk>`.
+        let unknown = i64::from(UNKNOWN_ID);
+        assert!(!PairsProblem::is_right(&[3, unknown], &[3, UNKNOWN_ID]));
     }
 
     #[test]
@@ -297,5 +320,7 @@ mod tests {
         assert_eq!(problem.target_text(&ids.iter().map(|&i| i64::from(i)).collect::<Vec<_>>()), "AH B");
         assert_eq!(problem.parse_line("abcab"), Err(PairError::TooLong { tokens: 5, limit: 4 }));
         assert_eq!(problem.parse_line(""), Err(PairError::Empty));
+        assert_eq!(problem.parse_line("ab\t"), Err(PairError::EmptyTarget));
+        assert_eq!(problem.parse_line("ab\t  "), Err(PairError::EmptyTarget));
     }
 }

@@ -70,6 +70,17 @@ impl SequenceProblem {
         if !(self.low.is_finite() && self.high.is_finite() && self.low < self.high) {
             bail!("the value range must be finite with low < high, got {}..{}", self.low, self.high);
         }
+        // The model computes in float32, and a uniform draw needs a finite width.
+        let largest = f64::from(f32::MAX);
+        if self.low < -largest || self.high > largest || !(self.high - self.low).is_finite() {
+            bail!(
+                "the value range {:e}..{:e} does not fit float32, whose numbers lie within ±{:e}: \
+                 choose --low and --high inside it",
+                self.low,
+                self.high,
+                f32::MAX
+            );
+        }
         Ok(())
     }
 
@@ -122,6 +133,10 @@ pub fn parse_values(line: &str, values: &mut Vec<f32>) -> Result<(), SequenceErr
         let field = field.trim();
         match field.parse::<f32>() {
             Ok(value) if value.is_finite() => values.push(value),
+            // A finite decimal that float32 rounds to infinity is a number, only too large.
+            Ok(_) if field.parse::<f64>().is_ok_and(f64::is_finite) => {
+                return Err(SequenceError::TooLarge { position: index + 1, text: field.to_owned() });
+            }
             _ => return Err(SequenceError::NotANumber { position: index + 1, text: field.to_owned() }),
         }
     }
@@ -138,6 +153,7 @@ pub fn format_sequence(values: &[f32]) -> String {
 pub enum SequenceError {
     Empty,
     NotANumber { position: usize, text: String },
+    TooLarge { position: usize, text: String },
     WrongLength { found: usize, expected: usize },
 }
 
@@ -147,6 +163,13 @@ impl fmt::Display for SequenceError {
             Self::Empty => write!(f, "empty sequence"),
             Self::NotANumber { position, text } => {
                 write!(f, "value {position} ({text:?}) is not a finite number")
+            }
+            Self::TooLarge { position, text } => {
+                write!(
+                    f,
+                    "value {position} ({text:?}) is beyond float32's range (±{:e}), which the model computes in",
+                    f32::MAX
+                )
             }
             Self::WrongLength { found, expected } => {
                 write!(f, "{found} values given; this model reads sequences of {expected}")
@@ -200,6 +223,10 @@ mod tests {
             problem.parse_sequence("0.1,inf,0.3"),
             Err(SequenceError::NotANumber { position: 2, text: "inf".into() })
         );
+        assert_eq!(
+            problem.parse_sequence("0.1,-1e300,0.3"),
+            Err(SequenceError::TooLarge { position: 2, text: "-1e300".into() })
+        );
         assert_eq!(problem.parse_sequence("0.1,0.2"), Err(SequenceError::WrongLength { found: 2, expected: 3 }));
         assert_eq!(format_sequence(&[0.1, -2.0]), "0.1000,-2.0000");
     }
@@ -210,5 +237,10 @@ mod tests {
         assert!(SequenceProblem { length: 0, ..Default::default() }.validate().is_err());
         assert!(SequenceProblem { low: 1.0, high: 1.0, ..Default::default() }.validate().is_err());
         assert!(SequenceProblem { high: f64::NAN, ..Default::default() }.validate().is_err());
+        // Finite in f64, but wider than f64 can hold, or beyond float32.
+        let huge = |low: f64, high: f64| SequenceProblem { low, high, ..Default::default() }.validate();
+        assert!(huge(-1e308, 1e308).is_err());
+        assert!(huge(0.0, 1e300).is_err());
+        assert!(huge(-3e38, 3e38).is_ok());
     }
 }

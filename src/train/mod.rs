@@ -332,7 +332,7 @@ fn train_steps(
     let log_every = config.log_every_samples();
     let mut samples_at_last_report = run.start.samples_seen(config);
     for epoch in run.start.epoch..config.epochs {
-        let mut sums = MetricSums::new(data.device(), shape.output);
+        let mut sums = MetricSums::new(data.device(), shape.output).for_task(data.task());
         // The epoch's running sums when the previous report was made: a report covers the difference.
         let mut reported = Metrics::default();
         let steps = data.num_batches();

@@ -55,8 +55,12 @@ impl SampleSource for PairSource {
             problem.encode_target(target, &mut targets);
             if keep_samples {
                 let as_ids = |ids: &[u32]| ids.iter().map(|&id| i64::from(id)).collect::<Vec<_>>();
-                let text = source_text(problem, source);
-                let expected = (problem.target_text(&as_ids(target)), target.to_vec());
+                // The user's text where a token became `<unk>`; the ids spell the rest exactly.
+                let (text, expected) = match self.corpus.spelling(pair) {
+                    Some((source, target)) => (source.clone(), target.clone()),
+                    None => (source_text(problem, source), problem.target_text(&as_ids(target))),
+                };
+                let expected = (expected, target.to_vec());
                 samples.push(PairInput {
                     text,
                     source: source.to_vec(),

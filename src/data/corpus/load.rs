@@ -80,6 +80,16 @@ pub fn load_for_training(settings: &PairSettings, seed: u64) -> Result<LoadedPai
     let tokenizing =
         Tokenizing { source_tokens: settings.source_tokens, target_tokens: settings.target_tokens, vocabularies: None };
     let Read { mut training, held_out, mut notes } = read_training(&data, &tokenizing, seed)?;
+    for (side, vocabulary) in [("source", &training.source_vocabulary), ("target", &training.target_vocabulary)] {
+        if !training.is_empty() && !vocabulary.has_tokens() {
+            bail!(
+                "no {side} token of {} occurs --min-count {} times in the training pairs: every one would read \
+                 as <unk>; lower --min-count",
+                settings.files,
+                data.min_count
+            );
+        }
+    }
     let longest = (training.sources.longest(), training.targets.longest());
     let limits = training.limit_lengths(settings.max_source_len, settings.max_target_len);
     for (side, length, flag) in
@@ -178,7 +188,7 @@ struct Read {
 fn read_training(data: &PairData, tokenizing: &Tokenizing<'_>, seed: u64) -> Result<Read> {
     let files = data.files()?;
     let hold_out = data.valid.is_none().then_some(HoldOut { fraction: data.valid_fraction, seed });
-    let read = read_pairs(&files, tokenizing, data.min_count, hold_out)?;
+    let read = read_pairs(&files, tokenizing, data.min_count, hold_out, false)?;
     let mut notes = Vec::new();
     check_bad_lines(&read, &files, data.skip_bad_lines, &mut notes)?;
     if read.corpus.is_empty() && read.held_out.is_empty() {
@@ -230,7 +240,7 @@ fn read_pairs_for(problem: &PairsProblem, files: &PairFiles) -> Result<ReadPairs
         target_tokens: problem.target_tokens,
         vocabularies: Some((&problem.source_vocabulary, &problem.target_vocabulary)),
     };
-    read_pairs(files, &tokenizing, 1, None)
+    read_pairs(files, &tokenizing, 1, None, true)
 }
 
 /// The pairs of `files` for a trained model (its tokens and vocabularies), bad lines refused or
@@ -247,6 +257,13 @@ pub fn read_for_model(
         notes.push(format!(
             "{} source tokens of {files} are not in the model's vocabulary and read as <unk>",
             thousands(read.unknown.count)
+        ));
+    }
+    if read.unknown_targets > 0 {
+        notes.push(format!(
+            "{} target tokens of {files} are not in the model's vocabulary: the model cannot write them, and \
+             the answers they belong to count as wrong",
+            thousands(read.unknown_targets)
         ));
     }
     Ok(read.corpus)
@@ -277,7 +294,9 @@ pub fn refuse_or_note_bad_lines(
             } else {
                 "above".to_owned()
             };
-            bail!("{count} of {lines} lines of {files} are bad ({which}); --skip-bad-lines trains on the good ones")
+            bail!(
+                "{count} of {lines} lines of {files} are bad ({which}); --skip-bad-lines leaves them out and uses the good ones"
+            )
         }
         (count, true) => {
             notes.push(format!("skipped {} bad lines of {} lines of {files}", thousands(count), thousands(lines)));

@@ -8,7 +8,7 @@ pub mod read;
 pub mod sequences;
 pub mod vocabulary;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use rand::SeedableRng;
@@ -82,6 +82,9 @@ pub struct PairCorpus {
     pub targets: Packed,
     pub source_vocabulary: Vocabulary,
     pub target_vocabulary: Vocabulary,
+    /// The text (source, target) of the scored pairs in which a token became `<unk>`, by pair
+    /// index: what `evaluate --errors` shows, where the ids would only spell `<unk>`.
+    pub spelled: HashMap<u32, (String, String)>,
 }
 
 impl Default for PairCorpus {
@@ -92,6 +95,7 @@ impl Default for PairCorpus {
             targets: Packed::default(),
             source_vocabulary: empty.clone(),
             target_vocabulary: empty,
+            spelled: HashMap::new(),
         }
     }
 }
@@ -155,8 +159,18 @@ impl PairCorpus {
         if kept.len() < of {
             self.sources = self.sources.select(&kept);
             self.targets = self.targets.select(&kept);
+            let mut spelled = std::mem::take(&mut self.spelled);
+            self.spelled = (0..)
+                .zip(&kept)
+                .filter_map(|(new, &old)| spelled.remove(&(old as u32)).map(|text| (new, text)))
+                .collect();
         }
         LengthLimits { source, target, left_out: of - kept.len(), of }
+    }
+
+    /// The text of pair `index` as the user wrote it, where a token of it became `<unk>`.
+    pub fn spelling(&self, index: usize) -> Option<&(String, String)> {
+        u32::try_from(index).ok().and_then(|index| self.spelled.get(&index))
     }
 
     /// How many pairs of `other` also occur here (ids compared, so both must share vocabularies).
@@ -277,8 +291,11 @@ mod tests {
 
     #[test]
     fn long_pairs_are_left_out_and_counted() {
-        let mut pairs = corpus(&[(&[2, 3], &[2]), (&[2, 2, 2], &[3]), (&[2], &[3, 3, 3, 3])]);
+        let mut pairs = corpus(&[(&[2, 2, 2], &[3]), (&[2, 3], &[2]), (&[2], &[3, 3, 3, 3])]);
+        pairs.spelled.insert(1, ("ab".to_owned(), "a".to_owned()));
         let limits = pairs.limit_lengths(Some(2), Some(3));
+        // The kept pair's text follows it to its new index.
+        assert_eq!(pairs.spelling(0), Some(&("ab".to_owned(), "a".to_owned())));
         assert_eq!(limits, LengthLimits { source: 2, target: 3, left_out: 2, of: 3 });
         assert_eq!(limits.describe().as_deref(), Some("left out 2 of 3 pairs longer than 2/3 tokens"));
         assert_eq!(pairs.len(), 1);

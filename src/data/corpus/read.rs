@@ -95,8 +95,11 @@ pub struct ReadPairs {
     /// Lines read (of the source file, for aligned files).
     pub lines: usize,
     pub bad: FirstFew<BadLine>,
-    /// Unknown tokens met when mapping onto a model's vocabulary: (location, column, token).
+    /// Unknown source tokens met when mapping onto a model's vocabulary: (location, column,
+    /// token).
     pub unknown: FirstFew<(String, usize, String)>,
+    /// Target tokens not in a model's vocabulary: it cannot write them.
+    pub unknown_targets: usize,
 }
 
 /// Holds out about `fraction` of the pairs, chosen by a hash of each pair's text salted with
@@ -230,12 +233,14 @@ fn split_tabbed(text: &str) -> Result<(&str, &str), String> {
 }
 
 /// Reads every pair of `files`, holding out some with `hold_out`. `min_count` applies when the
-/// vocabularies are built here.
+/// vocabularies are built here. The held-out pairs in which a token becomes `<unk>` keep their
+/// text (they are scored, and `evaluate --errors` shows them); with `spell_all`, the others too.
 pub fn read_pairs(
     files: &PairFiles,
     tokenizing: &Tokenizing<'_>,
     min_count: u64,
     hold_out: Option<HoldOut>,
+    spell_all: bool,
 ) -> Result<ReadPairs> {
     let (fixed_source, fixed_target) = match tokenizing.vocabularies {
         Some((source, target)) => (Some(source), Some(target)),
@@ -251,7 +256,12 @@ pub fn read_pairs(
         lines: 0,
         bad: FirstFew::default(),
         unknown: FirstFew::default(),
+        unknown_targets: 0,
     };
+    // The text of pairs with a token the vocabulary lacks, by index; while the vocabularies
+    // are still counted, every held-out pair's, kept below if one of its tokens ends up `<unk>`.
+    let counting = tokenizing.vocabularies.is_none();
+    let (mut spelled, mut held_spelled) = (HashMap::new(), HashMap::new());
     let (first_path, second_path) = match files {
         PairFiles::Tabbed(path) => (path.as_path(), None),
         PairFiles::Aligned { source, target } => (source.as_path(), Some(target.as_path())),
@@ -302,7 +312,7 @@ pub fn read_pairs(
         scratch.1.clear();
         let held = hold_out.is_some_and(|hold_out| hold_out.holds_pair(source_text, target_text));
         let unknown_source = source_ids.push(tokenizing.source_tokens, source_text, !held, &mut scratch.0);
-        target_ids.push(tokenizing.target_tokens, target_text, !held, &mut scratch.1);
+        let unknown_target = target_ids.push(tokenizing.target_tokens, target_text, !held, &mut scratch.1).len();
         let empty = match (scratch.0.is_empty(), scratch.1.is_empty()) {
             (true, _) => Some("the source is empty"),
             (_, true) => Some("the target is empty"),
@@ -312,8 +322,14 @@ pub fn read_pairs(
             read.bad.record(BadLine { location, reason: reason.to_owned() });
             continue;
         }
+        let spell = (held || spell_all) && (!unknown_source.is_empty() || unknown_target > 0 || counting);
+        read.unknown_targets += unknown_target;
         for (column, token) in unknown_source {
             read.unknown.record((location.clone(), column, token));
+        }
+        if spell {
+            let (spelled, index) = if held { (&mut held_spelled, &held_sources) } else { (&mut spelled, &sources) };
+            spelled.insert(index.len() as u32, (source_text.to_owned(), target_text.to_owned()));
         }
         if held {
             held_sources.push(&scratch.0);
@@ -336,13 +352,19 @@ pub fn read_pairs(
         }
     }
     debug_assert!(sources.ids.iter().chain(&targets.ids).all(|&id| id != PAD_ID));
+    let has_unknown = |sources: &Packed, targets: &Packed, index: u32| {
+        [sources, targets].iter().any(|side| side.get(index as usize).contains(&UNKNOWN_ID))
+    };
+    held_spelled.retain(|&index, _| has_unknown(&held_sources, &held_targets, index));
+    spelled.retain(|&index, _| has_unknown(&sources, &targets, index));
     read.held_out = PairCorpus {
         sources: held_sources,
         targets: held_targets,
         source_vocabulary: source_vocabulary.clone(),
         target_vocabulary: target_vocabulary.clone(),
+        spelled: held_spelled,
     };
-    read.corpus = PairCorpus { sources, targets, source_vocabulary, target_vocabulary };
+    read.corpus = PairCorpus { sources, targets, source_vocabulary, target_vocabulary, spelled };
     Ok(read)
 }
 
@@ -437,7 +459,7 @@ mod tests {
     fn tabbed_lines_with_crlf_bom_and_extra_columns() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = write(dir.path(), "fra.txt", "\u{feff}Go.\tVa !\tCC-BY 2.0\r\nHi.\tSalut !\n".as_bytes());
-        let read = read_pairs(&PairFiles::Tabbed(path), &chars(), 1, None).expect("read");
+        let read = read_pairs(&PairFiles::Tabbed(path), &chars(), 1, None, true).expect("read");
         assert_eq!(read.bad.count, 0, "{:?}", read.bad.shown);
         assert_eq!(texts(&read), [("G|o|.".into(), "V|a| |!".into()), ("H|i|.".into(), "S|a|l|u|t| |!".into())]);
         // Most frequent first after the two special tokens.
@@ -452,14 +474,14 @@ mod tests {
         gzip.write_all(b"HH AH0 L OW1\nW ER1 L D\n").expect("compress");
         let target = write(dir.path(), "phones.txt.gz", &gzip.finish().expect("compress"));
         let tokenizing = Tokenizing { target_tokens: TokenKind::Words, ..chars() };
-        let read =
-            read_pairs(&PairFiles::Aligned { source: source.clone(), target }, &tokenizing, 1, None).expect("read");
+        let read = read_pairs(&PairFiles::Aligned { source: source.clone(), target }, &tokenizing, 1, None, true)
+            .expect("read");
         assert_eq!(texts(&read)[0], ("h|e|l|l|o".into(), "HH|AH0|L|OW1".into()));
         assert_eq!(read.corpus.targets.get(1).len(), 4);
 
         let short = write(dir.path(), "short.txt", b"HH\n");
-        let error =
-            read_pairs(&PairFiles::Aligned { source, target: short }, &tokenizing, 1, None).expect_err("1 vs 2 lines");
+        let error = read_pairs(&PairFiles::Aligned { source, target: short }, &tokenizing, 1, None, true)
+            .expect_err("1 vs 2 lines");
         let message = format!("{error:#}");
         assert!(message.contains("words.txt has 2 lines but") && message.contains("short.txt has 1"), "{message}");
     }
@@ -471,7 +493,7 @@ mod tests {
         bytes.extend(vec![b'a'; MAX_LINE_BYTES + 10]);
         bytes.extend_from_slice(b"\tlong\nlast\tgood");
         let path = write(dir.path(), "pairs.tsv", &bytes);
-        let read = read_pairs(&PairFiles::Tabbed(path.clone()), &chars(), 1, None).expect("read");
+        let read = read_pairs(&PairFiles::Tabbed(path.clone()), &chars(), 1, None, true).expect("read");
         assert_eq!((read.corpus.len(), read.bad.count, read.lines), (2, 6, 8), "{:?}", read.bad.shown);
         let shown: Vec<String> = read.bad.shown.iter().map(ToString::to_string).collect();
         let at = |line: usize| format!("{}:{line}: ", path.display());
@@ -498,7 +520,7 @@ mod tests {
             (dir.path().to_owned(), "is a directory"),
             (PathBuf::from("/dev/zero"), "is a character device"),
         ] {
-            let error = read_pairs(&PairFiles::Tabbed(path), &chars(), 1, None).expect_err("refused");
+            let error = read_pairs(&PairFiles::Tabbed(path), &chars(), 1, None, true).expect_err("refused");
             assert!(format!("{error:#}").contains(expected), "{error:#}");
         }
     }
@@ -507,16 +529,58 @@ mod tests {
     fn a_models_vocabulary_maps_unknown_tokens_and_says_where() {
         let dir = tempfile::tempdir().expect("temp dir");
         let training = write(dir.path(), "train.tsv", b"abc\tx\nabd\ty\n");
-        let trained = read_pairs(&PairFiles::Tabbed(training), &chars(), 2, None).expect("read");
+        let trained = read_pairs(&PairFiles::Tabbed(training), &chars(), 2, None, true).expect("read");
         // `c` and `d` occur once: below --min-count 2 they are unknown already in training.
         assert_eq!(trained.corpus.source_vocabulary.tokens(), ["<pad>", "<unk>", "a", "b"]);
         assert_eq!(trained.corpus.sources.get(0), [2, 3, UNKNOWN_ID]);
         let vocabularies = (&trained.corpus.source_vocabulary, &trained.corpus.target_vocabulary);
         let tokenizing = Tokenizing { vocabularies: Some(vocabularies), ..chars() };
         let other = write(dir.path(), "other.tsv", b"bza\tx\n");
-        let read = read_pairs(&PairFiles::Tabbed(other.clone()), &tokenizing, 1, None).expect("read");
+        let read = read_pairs(&PairFiles::Tabbed(other.clone()), &tokenizing, 1, None, true).expect("read");
         assert_eq!(read.unknown.shown, [(format!("{}:1", other.display()), 2, "z".to_owned())]);
         assert_eq!(read.corpus.sources.get(0), [3, UNKNOWN_ID, 2]);
+    }
+
+    #[test]
+    fn pairs_with_a_token_read_as_unknown_keep_their_text() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let training = write(
+            dir.path(),
+            "train.tsv",
+            b"abc	x
+abd	y
+ab	x
+",
+        );
+        let spelled = |read: &ReadPairs| {
+            let mut spelled: Vec<_> = read.corpus.spelled.iter().map(|(&i, t)| (i, t.clone())).collect();
+            spelled.sort();
+            spelled
+        };
+        // Counted here: `c`, `d` and `y` fall below --min-count 2; `ab x` keeps no text.
+        let trained = read_pairs(&PairFiles::Tabbed(training.clone()), &chars(), 2, None, true).expect("read");
+        let text = |source: &str, target: &str| (source.to_owned(), target.to_owned());
+        assert_eq!(spelled(&trained), [(0, text("abc", "x")), (1, text("abd", "y"))]);
+        // Not asked for: training pairs are never shown.
+        let unspelled = read_pairs(&PairFiles::Tabbed(training.clone()), &chars(), 2, None, false).expect("read");
+        assert!(unspelled.corpus.spelled.is_empty());
+        // Held out, they are scored: their text is kept, asked for or not.
+        let everything = HoldOut { fraction: 1.0, seed: 1 };
+        let held = read_pairs(&PairFiles::Tabbed(training), &chars(), 1, Some(everything), false).expect("read");
+        assert_eq!((held.corpus.len(), held.held_out.len(), held.held_out.spelled.len()), (0, 3, 3));
+
+        // Mapped onto a model's vocabulary: the unknown target tokens are counted.
+        let vocabularies = (&trained.corpus.source_vocabulary, &trained.corpus.target_vocabulary);
+        let tokenizing = Tokenizing { vocabularies: Some(vocabularies), ..chars() };
+        let other = write(
+            dir.path(),
+            "other.tsv",
+            b"ab	x
+ab	qq
+",
+        );
+        let read = read_pairs(&PairFiles::Tabbed(other), &tokenizing, 1, None, true).expect("read");
+        assert_eq!((spelled(&read), read.unknown_targets), (vec![(1, text("ab", "qq"))], 2));
     }
 
     #[test]

@@ -125,6 +125,11 @@ impl Vocabulary {
         self.tokens.is_empty()
     }
 
+    /// Whether the vocabulary holds any token of the data, beside `<pad>` and `<unk>`.
+    pub fn has_tokens(&self) -> bool {
+        self.tokens.len() > 2
+    }
+
     /// The id of `token`, if the vocabulary has it; a literal `<pad>` in text has none (padding
     /// is never part of a sequence), and reads as unknown.
     pub fn id(&self, token: &str) -> Option<u32> {
