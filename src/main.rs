@@ -10,13 +10,13 @@ use seq2seq::train::interrupt::Stopped;
 fn main() -> ExitCode {
     ignore_sigpipe();
     keep_freed_memory();
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let outcome = match Cli::try_parse() {
+        Ok(cli) => run(cli),
         Err(usage) if usage.use_stderr() => usage.exit(),
         // --help and --version: a failed write to stdout is an error like any other command's.
-        Err(usage) => return print_usage(&usage),
+        Err(usage) => print_usage(&usage),
     };
-    match run(cli) {
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         // `seq2seq ... | head`: the reader has what it wanted.
         Err(error) if is_closed_pipe(&error) => ExitCode::SUCCESS,
@@ -31,16 +31,9 @@ fn main() -> ExitCode {
 }
 
 /// Prints what clap made of `--help` or `--version` to stdout.
-fn print_usage(usage: &clap::Error) -> ExitCode {
+fn print_usage(usage: &clap::Error) -> anyhow::Result<()> {
     let written = usage.print().and_then(|()| std::io::Write::flush(&mut std::io::stdout()));
-    match written {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
-        Err(error) => {
-            seq2seq::output::note(format!("error: {}", StdoutError(error)));
-            ExitCode::FAILURE
-        }
-    }
+    written.map_err(|error| StdoutError(error).into())
 }
 
 /// `Permission denied (os error 13)` → `Permission denied`: the number means nothing to a user.

@@ -70,9 +70,9 @@ impl SequenceProblem {
         if !(self.low.is_finite() && self.high.is_finite() && self.low < self.high) {
             bail!("the value range must be finite with low < high, got {}..{}", self.low, self.high);
         }
-        // The model computes in float32, and a uniform draw needs a finite width.
+        // The model computes in float32 (whose range also keeps a uniform draw's width finite).
         let largest = f64::from(f32::MAX);
-        if self.low < -largest || self.high > largest || !(self.high - self.low).is_finite() {
+        if self.low < -largest || self.high > largest {
             bail!(
                 "the value range {:e}..{:e} does not fit float32, whose numbers lie within ±{:e}: \
                  choose --low and --high inside it",

@@ -544,14 +544,7 @@ mod tests {
     #[test]
     fn pairs_with_a_token_read_as_unknown_keep_their_text() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let training = write(
-            dir.path(),
-            "train.tsv",
-            b"abc	x
-abd	y
-ab	x
-",
-        );
+        let training = write(dir.path(), "train.tsv", b"abc\tx\nabd\ty\nab\tx\n");
         let spelled = |read: &ReadPairs| {
             let mut spelled: Vec<_> = read.corpus.spelled.iter().map(|(&i, t)| (i, t.clone())).collect();
             spelled.sort();
@@ -572,13 +565,7 @@ ab	x
         // Mapped onto a model's vocabulary: the unknown target tokens are counted.
         let vocabularies = (&trained.corpus.source_vocabulary, &trained.corpus.target_vocabulary);
         let tokenizing = Tokenizing { vocabularies: Some(vocabularies), ..chars() };
-        let other = write(
-            dir.path(),
-            "other.tsv",
-            b"ab	x
-ab	qq
-",
-        );
+        let other = write(dir.path(), "other.tsv", b"ab\tx\nab\tqq\n");
         let read = read_pairs(&PairFiles::Tabbed(other), &tokenizing, 1, None, true).expect("read");
         assert_eq!((spelled(&read), read.unknown_targets), (vec![(1, text("ab", "qq"))], 2));
     }
