@@ -6,7 +6,8 @@
 //! own, chosen greedily ([`Feedback::greedy`]; [`Feedback::greedy_until_end`] when only the
 //! answers are wanted) or from a beam ([`Feedback::beam`]). These run on
 //! libtorch's ops under autograd, on the CPU and on a GPU alike; on the CPU in float32, training
-//! runs the hand-written passes of `feedback/teacher.rs` instead.
+//! runs the hand-written passes of `feedback/teacher.rs` instead, and answering the step of
+//! `feedback/answer.rs`.
 //!
 //! The previous token is read one-hot, with one more column for the start token: the decoder's
 //! `weight_ih_l0` holds the token embedding folded into its input weights (a value task reads the
@@ -18,7 +19,9 @@ use tch::{Kind, Tensor};
 use crate::nn::lstm::{Lstm, State};
 use crate::task::Features;
 
+mod answer;
 mod teacher;
+use answer::Stepper;
 pub use teacher::{DecoderGradients, DecoderTape, FeedbackGradients};
 
 /// What the encoder hands a feedback decoder (batch first).
@@ -48,8 +51,8 @@ impl Encoded {
         }
     }
 
-    /// The rows of `index` (a beam's copies of each input).
-    fn select(&self, index: &Tensor) -> Encoded {
+    /// The rows of `index` (a beam's copies of each input; the inputs put back in order).
+    pub fn select(&self, index: &Tensor) -> Encoded {
         Encoded {
             outputs: self.outputs.index_select(0, index),
             state: self.state.select(index),
@@ -294,31 +297,48 @@ impl Feedback {
     }
 
     /// Decoder outputs `[batch, steps, width]` from the start token, each step reading the
-    /// decoder's own most probable previous token (a value task, its previous value).
-    pub fn greedy(&self, parts: &Parts, encoded: &Encoded, steps: i64) -> Tensor {
+    /// decoder's own most probable previous token (a value task, its previous value); with
+    /// `by_hand`, a task of classes runs the hand-written step (float32 on the CPU).
+    pub fn greedy(&self, parts: &Parts, encoded: &Encoded, steps: i64, by_hand: bool) -> Tensor {
         let batch = encoded.outputs.size()[0];
-        let first = self.start_input(batch, &parts.output.ws);
-        let output = self.unroll(parts, encoded, steps, false, first, |_, values| match self.output {
-            Features::Classes(_) => self.written_input(&values.argmax(-1, false), &parts.output.ws),
-            Features::Value => self.written_input(&values.squeeze_dim(-1), &parts.output.ws),
-        });
-        self.shaped(output)
+        if let Features::Value = self.output {
+            let first = self.start_input(batch, &parts.output.ws);
+            let output = self.unroll(parts, encoded, steps, false, first, |_, values| {
+                self.written_input(&values.squeeze_dim(-1), &parts.output.ws)
+            });
+            return self.shaped(output);
+        }
+        let stepper = Stepper::new(self, parts, by_hand);
+        let (memory, mut state, mut fed) = self.begin(encoded, &parts.output.ws);
+        let mut previous = self.start_ids(batch, encoded.outputs.device());
+        let mut outputs = Vec::with_capacity(steps as usize);
+        for _ in 0..steps {
+            let (top, next_state, next_fed) =
+                self.answer_step(&stepper, parts, memory.as_ref(), &previous, &state, &fed);
+            (state, fed) = (next_state, next_fed);
+            let output = parts.output.forward(&top);
+            previous = output.argmax(-1, false);
+            outputs.push(output);
+        }
+        Tensor::stack(&outputs, 1)
     }
 
     /// The greedy answers' class ids `[batch, steps]`, as [`Feedback::greedy`]'s argmax writes
     /// them up to each row's first `end`; a row that has written `end` leaves the batch, so
     /// that the later steps cost only the rows still writing, and its remaining steps hold
-    /// `end`. For class outputs only.
-    pub fn greedy_until_end(&self, parts: &Parts, encoded: &Encoded, steps: i64, end: i64) -> Tensor {
+    /// `end`. For class outputs only; `by_hand` as for [`Feedback::greedy`].
+    pub fn greedy_until_end(&self, parts: &Parts, encoded: &Encoded, steps: i64, end: i64, by_hand: bool) -> Tensor {
         let batch = encoded.outputs.size()[0];
         let device = encoded.outputs.device();
         let ids = Tensor::full([batch, steps], end, (Kind::Int64, device));
+        let stepper = Stepper::new(self, parts, by_hand);
         let (mut memory, mut state, mut fed) = self.begin(encoded, &parts.output.ws);
-        let mut input = self.start_input(batch, &parts.output.ws);
+        let mut previous = self.start_ids(batch, device);
         // The batch row of each row still writing.
         let mut writing = Tensor::arange(batch, (Kind::Int64, device));
         for t in 0..steps {
-            let (top, next_state, next_fed) = self.step(parts, memory.as_ref(), &input, &state, &fed, false);
+            let (top, next_state, next_fed) =
+                self.answer_step(&stepper, parts, memory.as_ref(), &previous, &state, &fed);
             (state, fed) = (next_state, next_fed);
             let token = parts.output.forward(&top).argmax(-1, false);
             let _ = ids.narrow(1, t, 1).index_copy_(0, &writing, &token.unsqueeze(1));
@@ -333,9 +353,9 @@ impl Feedback {
                 memory = memory.map(|memory| memory.select(&kept));
                 state = state.select(&kept);
                 fed = fed.index_select(0, &kept);
-                input = self.written_input(&token.index_select(0, &kept), &parts.output.ws);
+                previous = token.index_select(0, &kept);
             } else {
-                input = self.written_input(&token, &parts.output.ws);
+                previous = token;
             }
         }
         ids
@@ -347,7 +367,9 @@ impl Feedback {
     /// `steps` long. With `drop_ended`, an input whose every hypothesis has ended leaves the
     /// search, whose later steps then cost only the inputs still searched; without, every input
     /// is searched to the last step (the tests' oracle: an ended input's hypotheses only write
-    /// the end marker again, at no cost). For class outputs only.
+    /// the end marker again, at no cost). For class outputs only; `by_hand` as for
+    /// [`Feedback::greedy`].
+    #[allow(clippy::too_many_arguments)]
     pub fn beam(
         &self,
         parts: &Parts,
@@ -356,6 +378,7 @@ impl Feedback {
         beam: usize,
         end: Option<i64>,
         drop_ended: bool,
+        by_hand: bool,
     ) -> Vec<Vec<Hypothesis>> {
         let Features::Classes(classes) = self.output else { unreachable!("a beam is searched over classes") };
         let (batch, beam, classes) = (encoded.outputs.size()[0], beam as i64, classes as i64);
@@ -363,8 +386,9 @@ impl Feedback {
         let rows = batch * beam;
         let copies = Tensor::arange(batch, (Kind::Int64, device)).repeat_interleave_self_int(beam, None, None);
         let encoded = encoded.select(&copies);
+        let stepper = Stepper::new(self, parts, by_hand);
         let (mut memory, mut state, mut fed) = self.begin(&encoded, &parts.output.ws);
-        let mut input = self.start_input(rows, &parts.output.ws);
+        let mut previous = self.start_ids(rows, device);
         // Only the first copy of each input starts, so that the first step's choices differ.
         let scores = Tensor::full([batch, beam], f64::NEG_INFINITY, (Kind::Double, device));
         let _ = scores.narrow(1, 0, 1).fill_(0.0);
@@ -392,7 +416,8 @@ impl Feedback {
         });
         for t in 0..steps {
             let searching = inputs.size()[0];
-            let (top, next_state, next_fed) = self.step(parts, memory.as_ref(), &input, &state, &fed, false);
+            let (top, next_state, next_fed) =
+                self.answer_step(&stepper, parts, memory.as_ref(), &previous, &state, &fed);
             let mut log_probs = parts.output.forward(&top).log_softmax(-1, Kind::Double);
             if let Some(carried) = &carried {
                 log_probs = log_probs.where_self(&finished.logical_not().unsqueeze(1), carried);
@@ -435,7 +460,7 @@ impl Feedback {
                 searched = searched.select(&kept);
                 token = token.index_select(0, &kept);
             }
-            input = self.written_input(&token, &parts.output.ws);
+            previous = token;
         }
         if inputs.size()[0] > 0 {
             ended.store(&rows_of(&inputs, beam), &searched);
@@ -555,6 +580,11 @@ impl Feedback {
         let input = Tensor::zeros([batch, 1, width], (like.kind(), like.device()));
         let _ = input.narrow(2, width - 1, 1).fill_(1.0);
         input
+    }
+
+    /// The start token's class id (one past the classes) for `rows` rows.
+    fn start_ids(&self, rows: i64, device: tch::Device) -> Tensor {
+        Tensor::full([rows], self.output.width() as i64, (Kind::Int64, device))
     }
 
     /// What the next step reads after writing `written` `[batch]` (class ids, or values).

@@ -420,8 +420,8 @@ impl Seq2Seq {
     pub fn forward(&self, inputs: &Tensor) -> Tensor {
         tch::no_grad(|| match (&self.feedback, self.runs_by_hand()) {
             (Some(feedback), _) => {
-                let encoded = self.encode_all(inputs, false);
-                feedback.greedy(&self.parts(), &encoded, self.shape.output_len as i64)
+                let encoded = self.encode_for_answers(inputs);
+                feedback.greedy(&self.parts(), &encoded, self.shape.output_len as i64, self.trains_by_hand())
             }
             (None, true) => self.infer_by_hand(inputs),
             (None, false) => self.forward_with_lstm_op(inputs, false),
@@ -456,8 +456,9 @@ impl Seq2Seq {
     pub fn greedy_until_end(&self, inputs: &Tensor) -> Option<Tensor> {
         let (feedback, end) = self.feedback.as_ref().zip(self.shape.end_marker)?;
         Some(tch::no_grad(|| {
-            let encoded = self.encode_all(inputs, false);
-            feedback.greedy_until_end(&self.parts(), &encoded, self.shape.output_len as i64, end)
+            let encoded = self.encode_for_answers(inputs);
+            let steps = self.shape.output_len as i64;
+            feedback.greedy_until_end(&self.parts(), &encoded, steps, end, self.trains_by_hand())
         }))
     }
 
@@ -467,8 +468,9 @@ impl Seq2Seq {
     pub fn beam(&self, inputs: &Tensor, beam: usize) -> Option<Vec<Vec<Hypothesis>>> {
         let feedback = self.feedback.as_ref().filter(|_| matches!(self.shape.output, Features::Classes(_)))?;
         Some(tch::no_grad(|| {
-            let encoded = self.encode_all(inputs, false);
-            feedback.beam(&self.parts(), &encoded, self.shape.output_len as i64, beam, self.shape.end_marker, true)
+            let encoded = self.encode_for_answers(inputs);
+            let (steps, end) = (self.shape.output_len as i64, self.shape.end_marker);
+            feedback.beam(&self.parts(), &encoded, steps, beam, end, true, self.trains_by_hand())
         }))
     }
 
@@ -523,8 +525,8 @@ impl Seq2Seq {
 
     /// Whether training runs hand-written passes: in float32 on the CPU unless autograd is
     /// forced, every model but the reference's decoder after a bidirectional encoder (a
-    /// feedback decoder's teacher-forced pass is in [`crate::nn::feedback`]; its prediction
-    /// runs libtorch's ops).
+    /// feedback decoder's teacher-forced pass and answering step are in
+    /// [`crate::nn::feedback`]; it answers by hand too).
     pub fn trains_by_hand(&self) -> bool {
         (self.feedback.is_some() || self.encoder_reverse.is_none()) && self.on_cpu_in_float32() && !autograd_forced()
     }
@@ -574,7 +576,7 @@ impl Seq2Seq {
         gradients: &mut Gradients,
         masks: Masks,
     ) -> (Tensor, Tensor) {
-        let (encoder, encoded) = self.encode_by_hand(inputs, masks);
+        let (encoder, encoded) = self.encode_by_hand(inputs, Some(masks));
         let parts = self.parts();
         let tape = feedback.teacher_forced_by_hand(&parts, &encoded, targets, masks);
         let (loss, d_values) = self.loss_and_gradient(&tape.values, targets);
@@ -592,9 +594,9 @@ impl Seq2Seq {
     /// The encoder's hand-written forward pass, for a feedback decoder: its tapes, and what it
     /// hands the decoder as [`Seq2Seq::encode_all`] does (a backward stack reads each input's
     /// tokens in reverse after the padding; its outputs are put back in reading order).
-    fn encode_by_hand(&self, inputs: &Tensor, masks: Masks) -> (EncoderTapes, Encoded) {
+    fn encode_by_hand(&self, inputs: &Tensor, masks: Option<Masks>) -> (EncoderTapes, Encoded) {
         let padding = self.shape.input_padding.map(|pad| inputs.eq(pad));
-        let forward = self.run_stack(&self.encoder, inputs, Some(masks), 0);
+        let forward = self.run_stack(&self.encoder, inputs, masks, 0);
         let (outputs, state) = (forward.outputs().transpose(0, 1), forward.final_state());
         let Some(stack) = &self.encoder_reverse else {
             let encoded = Encoded { outputs: outputs.contiguous(), state, padding };
@@ -602,11 +604,47 @@ impl Seq2Seq {
         };
         let [batch, length] = inputs.size()[..] else { unreachable!("inputs are [batch, steps]") };
         let order = reading_backwards(padding.as_ref(), batch, length, inputs.device());
-        let tape = self.run_stack(stack, &inputs.gather(1, &order, false), Some(masks), REVERSE_MASKS);
+        let tape = self.run_stack(stack, &inputs.gather(1, &order, false), masks, REVERSE_MASKS);
         let order = order.unsqueeze(-1).expand([batch, length, stack.hidden()], false);
         let reversed = tape.outputs().transpose(0, 1).gather(1, &order, false);
         let encoded = Encoded::of_both_directions((outputs, state), (reversed, tape.final_state()), padding);
         (EncoderTapes { forward, reverse: Some(ReverseTape { tape, order }) }, encoded)
+    }
+
+    /// What the encoder hands a feedback decoder that answers (no dropout). Where training
+    /// runs by hand, so does this, and where inputs are left-padded the rows are put in order
+    /// of their padding so that each stack computes the stretch they share once (as
+    /// [`Seq2Seq::infer_by_hand`] does; a backward stack reads the padding first too). The
+    /// waiting rows' outputs over their padding are zeros, which attention leaves out.
+    fn encode_for_answers(&self, inputs: &Tensor) -> Encoded {
+        if !self.trains_by_hand() {
+            return self.encode_all(inputs, false);
+        }
+        let sharing = match (self.shape.input, self.shape.input_padding) {
+            (Features::Classes(classes), Some(padding)) => AlikeRows::of(inputs, padding).map(|alike| (classes, alike)),
+            _ => None,
+        };
+        let Some((classes, alike)) = sharing else { return self.encode_by_hand(inputs, None).1 };
+        let ordered = inputs.index_select(0, &alike.order);
+        let run = |stack: &Lstm, inputs: &Tensor| {
+            let tape =
+                stack.forward_sharing_padding(&inputs.transpose(0, 1).contiguous(), classes as i64, &alike.active);
+            (tape.outputs().transpose(0, 1), tape.final_state())
+        };
+        let padding = self.shape.input_padding.map(|pad| ordered.eq(pad));
+        let (outputs, state) = run(&self.encoder, &ordered);
+        let encoded = match &self.encoder_reverse {
+            None => Encoded { outputs: outputs.contiguous(), state, padding },
+            Some(stack) => {
+                let [batch, length] = inputs.size()[..] else { unreachable!("inputs are [batch, steps]") };
+                let order = reading_backwards(padding.as_ref(), batch, length, inputs.device());
+                let (reversed, reverse_state) = run(stack, &ordered.gather(1, &order, false));
+                let order = order.unsqueeze(-1).expand([batch, length, stack.hidden()], false);
+                let reversed = reversed.gather(1, &order, false);
+                Encoded::of_both_directions((outputs, state), (reversed, reverse_state), padding)
+            }
+        };
+        encoded.select(&alike.back)
     }
 
     /// Back-propagates the gradients of [`Seq2Seq::encode_by_hand`]'s outputs (`None` when
@@ -1481,7 +1519,7 @@ mod tests {
             let search = |drop_ended| {
                 tch::no_grad(|| {
                     let encoded = model.encode_all(&inputs, false);
-                    feedback.beam(&model.parts(), &encoded, 8, 3, Some(0), drop_ended)
+                    feedback.beam(&model.parts(), &encoded, 8, 3, Some(0), drop_ended, model.trains_by_hand())
                 })
             };
             let (dropping, plain) = (search(true), search(false));
@@ -1500,6 +1538,35 @@ mod tests {
             }
         }
         assert!(left_early > 0 && left_early < 80, "inputs that left early: {left_early} of 80");
+    }
+
+    /// On the CPU in float32 a feedback decoder answers by the hand-written passes (the
+    /// encoder sharing the rows' leading padding): the same answers as libtorch's ops, whose
+    /// path a GPU runs, and the same log-probabilities but for float32's rounding.
+    #[test]
+    fn answers_by_hand_are_those_of_libtorchs_ops() {
+        let inputs = random_padded_inputs(40);
+        let shape = ModelShape { output_len: 6, ..PADDED };
+        for (decoder, bidirectional) in
+            [(DecoderKind::Feedback, false), (DecoderKind::Attention, false), (DecoderKind::Attention, true)]
+        {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let config = ModelConfig { decoder_layers: 2, encoder_layers: 2, ..variant(decoder, bidirectional) };
+            let model = Seq2Seq::new_seeded(&vs.root(), &config, shape, 6);
+            assert!(model.trains_by_hand());
+            let feedback = model.feedback.as_ref().expect("a feedback decoder");
+            let by_ops = tch::no_grad(|| model.encode_all(&inputs, false));
+            let greedy_by_ops = tch::no_grad(|| feedback.greedy_until_end(&model.parts(), &by_ops, 6, 0, false));
+            let greedy = model.greedy_until_end(&inputs).expect("a feedback decoder with an end marker");
+            assert!(greedy.equal(&greedy_by_ops), "{decoder:?} {bidirectional}");
+            let beam_by_ops = tch::no_grad(|| feedback.beam(&model.parts(), &by_ops, 6, 3, Some(0), true, false));
+            let beam = model.beam(&inputs, 3).expect("the model searches");
+            for (ours, theirs) in beam.iter().flatten().zip(beam_by_ops.iter().flatten()) {
+                assert_eq!(ours.ids, theirs.ids, "{decoder:?} {bidirectional}");
+                assert!((ours.log_prob - theirs.log_prob).abs() < 1e-5, "{ours:?} vs {theirs:?}");
+            }
+            assert_eq!(beam.iter().flatten().count(), beam_by_ops.iter().flatten().count());
+        }
     }
 
     /// Decoding until the end marker, rows leaving the batch as they finish, writes what the
@@ -1562,7 +1629,8 @@ mod tests {
         let model = Seq2Seq::new_seeded(&vs.root(), &variant(DecoderKind::Attention, false), PADDED, 4);
         let feedback = model.feedback.as_ref().expect("a feedback decoder");
         let inputs = padded_inputs();
-        let decode = |encoded: &Encoded| tch::no_grad(|| feedback.greedy(&model.parts(), encoded, 4));
+        let decode =
+            |encoded: &Encoded| tch::no_grad(|| feedback.greedy(&model.parts(), encoded, 4, model.trains_by_hand()));
         let encoded = tch::no_grad(|| model.encode_all(&inputs, false));
         let plain = decode(&encoded);
         let shifted = |step: i64| {

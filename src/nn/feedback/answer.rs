@@ -1,0 +1,130 @@
+//! A feedback decoder's step when it answers (greedy or beam), written out by hand for float32
+//! on the CPU, as training's teacher-forced pass is in `teacher.rs`.
+//!
+//! Through libtorch's `lstm` op a step reads the previous token one-hot, multiplies it with the
+//! first layer's input weights and sets up a oneDNN primitive for every call. Here the token's
+//! share of the gates is a row of those weights (bias included, made once per batch), and a
+//! layer's step is two matrix products and one pass of [`cell`].
+
+use tch::{Kind, Tensor};
+
+use super::{Feedback, Memory, Parts};
+use crate::nn::cell;
+use crate::nn::lstm::{State, floats, floats_mut};
+use crate::task::Features;
+
+/// How a decoder step runs when answering.
+pub enum Stepper {
+    /// libtorch's ops (on a GPU, or when autograd is forced): the previous token one-hot.
+    Ops,
+    /// The hand-written step, with the weights it reads arranged once.
+    ByHand(HandWeights),
+}
+
+/// The decoder's weights as [`Feedback::step_by_hand`] reads them.
+pub struct HandWeights {
+    /// Row `id`: token `id`'s share of the first layer's gates, bias included, `[classes + 1, 4·units]`.
+    token_gates: Tensor,
+    /// With attention: the fed attentional state's weights, `[units, 4·units]`.
+    fed: Option<Tensor>,
+    /// Every layer's `W_hhᵀ`.
+    recurrent: Vec<Tensor>,
+    /// Every layer's `W_ihᵀ` and bias (the first layer's unused).
+    upper: Vec<(Tensor, Tensor)>,
+}
+
+impl Stepper {
+    /// The hand-written step where `by_hand` and the decoder writes classes, else libtorch's ops.
+    pub fn new(feedback: &Feedback, parts: &Parts, by_hand: bool) -> Stepper {
+        let Features::Classes(classes) = feedback.output else { return Stepper::Ops };
+        if !by_hand {
+            return Stepper::Ops;
+        }
+        let layers = parts.decoder.layers();
+        let token_width = classes as i64 + 1;
+        let first = &layers[0];
+        Stepper::ByHand(HandWeights {
+            token_gates: (first.w_ih.narrow(1, 0, token_width).tr() + first.bias()).contiguous(),
+            fed: feedback.attention.as_ref().map(|_| first.w_ih.narrow(1, token_width, feedback.units).tr()),
+            recurrent: layers.iter().map(|layer| layer.w_hh.tr()).collect(),
+            upper: layers.iter().map(|layer| (layer.w_ih.tr(), layer.bias())).collect(),
+        })
+    }
+}
+
+impl Feedback {
+    /// One decoder step after the tokens `previous` (class ids `[rows]`, the start token's id
+    /// one past the classes): what the output layer reads, the new state and what the next
+    /// step is fed (see [`Feedback::step`]).
+    pub(super) fn answer_step(
+        &self,
+        stepper: &Stepper,
+        parts: &Parts,
+        memory: Option<&Memory>,
+        previous: &Tensor,
+        state: &State,
+        fed: &Tensor,
+    ) -> (Tensor, State, Tensor) {
+        match stepper {
+            Stepper::Ops => {
+                let input = self.written_input(previous, &parts.output.ws);
+                self.step(parts, memory, &input, state, fed, false)
+            }
+            Stepper::ByHand(weights) => self.step_by_hand(weights, memory, previous, state, fed),
+        }
+    }
+
+    /// [`Feedback::answer_step`] by the hand-written cell.
+    fn step_by_hand(
+        &self,
+        weights: &HandWeights,
+        memory: Option<&Memory>,
+        previous: &Tensor,
+        state: &State,
+        fed: &Tensor,
+    ) -> (Tensor, State, Tensor) {
+        let layers = weights.recurrent.len() as i64;
+        let rows = previous.size()[0];
+        let units = self.units;
+        let buffer = |shape: &[i64]| Tensor::empty(shape, (Kind::Float, tch::Device::Cpu));
+        let next = State { h: buffer(&[layers, rows, units]), c: buffer(&[layers, rows, units]) };
+        let tanh_cell = buffer(&[rows, units]);
+        for l in 0..layers {
+            let gates = if l == 0 {
+                let mut gates = weights.token_gates.index_select(0, previous);
+                if let Some(fed_weights) = &weights.fed {
+                    let _ = gates.addmm_(fed, fed_weights);
+                }
+                gates
+            } else {
+                let (input_weights, bias) = &weights.upper[l as usize];
+                bias.addmm(&next.h.get(l - 1), input_weights)
+            };
+            let mut gates = gates;
+            let _ = gates.addmm_(&state.h.get(l), &weights.recurrent[l as usize]);
+            let (c_prev, c, h) = (state.c.get(l), next.c.get(l), next.h.get(l));
+            // SAFETY: contiguous float32 CPU buffers made here or by the step before: the gates,
+            // the new cell, its tanh and the new output are written, the previous cell read,
+            // and no other reference to them is alive.
+            unsafe {
+                cell::forward(cell::Forward {
+                    gates: floats_mut(&gates),
+                    input: cell::Input::InGates,
+                    c_prev: Some(floats(&c_prev)),
+                    c: floats_mut(&c),
+                    tanh_c: floats_mut(&tanh_cell),
+                    h: floats_mut(&h),
+                    hidden: units as usize,
+                })
+            }
+        }
+        let top = next.h.get(layers - 1);
+        match (&self.attention, memory) {
+            (Some(attention), Some(memory)) => {
+                let attentional = attention.attend(memory, &top);
+                (attentional.shallow_clone(), next, attentional)
+            }
+            _ => (top, next, fed.shallow_clone()),
+        }
+    }
+}
