@@ -4,11 +4,13 @@
 //! Through libtorch's `lstm` op a step reads the previous token one-hot, multiplies it with the
 //! first layer's input weights and sets up a oneDNN primitive for every call. Here the token's
 //! share of the gates is a row of those weights (bias included, made once per batch), and a
-//! layer's step is two matrix products and one pass of [`cell`].
+//! layer's step is two matrix products and one pass of [`cell`]. Attention's scores, softmax
+//! and context are one loop per row ([`context`]) where libtorch ran two batched products of
+//! a dozen steps each, a mask, a softmax and a concatenation.
 
 use tch::{Kind, Tensor};
 
-use super::{Feedback, Memory, Parts};
+use super::{Attention, Feedback, Memory, Parts};
 use crate::nn::cell;
 use crate::nn::lstm::{State, floats, floats_mut};
 use crate::task::Features;
@@ -121,10 +123,117 @@ impl Feedback {
         let top = next.h.get(layers - 1);
         match (&self.attention, memory) {
             (Some(attention), Some(memory)) => {
-                let attentional = attention.attend(memory, &top);
+                let attentional = attention.attend_by_hand(memory, &top);
                 (attentional.shallow_clone(), next, attentional)
             }
             _ => (top, next, fed.shallow_clone()),
         }
     }
+}
+
+impl Attention {
+    /// [`Attention::attend`] with the context computed by [`context`].
+    fn attend_by_hand(&self, memory: &Memory, top: &Tensor) -> Tensor {
+        let [rows, steps, width] = memory.outputs.size()[..] else {
+            unreachable!("the memory is [batch, steps, width]")
+        };
+        let units = top.size()[1];
+        let joined = Tensor::empty([rows, width + units], (Kind::Float, tch::Device::Cpu));
+        joined.narrow(1, width, units).copy_(top);
+        let (outputs, keys) = (memory.outputs.contiguous(), memory.keys.contiguous());
+        let padding = memory.padding.as_ref().map(Tensor::contiguous);
+        // SAFETY: contiguous CPU buffers of the kinds read (float32, and bool for the padding);
+        // `joined` is made above and written only here.
+        unsafe {
+            context(Context {
+                outputs: floats(&outputs),
+                keys: floats(&keys),
+                padding: padding.as_ref().map(|padding| floats::<bool>(padding)),
+                top: floats(top),
+                joined: floats_mut(&joined),
+                steps: steps as usize,
+                width: width as usize,
+                units: units as usize,
+            })
+        }
+        joined.matmul(&self.combine.tr()).tanh()
+    }
+}
+
+/// What [`context`] reads and writes, row-major.
+struct Context<'a> {
+    /// The encoder's outputs `[rows, steps, width]` and their keys `h̄_s W_aᵀ` `[rows, steps, units]`.
+    outputs: &'a [f32],
+    keys: &'a [f32],
+    /// Where the input is padding, `[rows, steps]`.
+    padding: Option<&'a [bool]>,
+    /// The decoder's output `h_t`, `[rows, units]`.
+    top: &'a [f32],
+    /// `[rows, width + units]`: receives the context `c_t` in each row's first `width` columns.
+    joined: &'a mut [f32],
+    steps: usize,
+    width: usize,
+    units: usize,
+}
+
+/// For every row: the scores `h_tᵀ (W_a h̄_s)` of its memory's steps, padding left out, their
+/// softmax, and the context `c_t = Σ_s a_s h̄_s`.
+fn context(args: Context<'_>) {
+    #[cfg(target_arch = "x86_64")]
+    if cell::wide_vectors() {
+        // SAFETY: the processor has the features `context_avx2` is compiled for.
+        return unsafe { context_avx2(args) };
+    }
+    context_portable(args)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn context_avx2(args: Context<'_>) {
+    context_portable(args)
+}
+
+#[inline(always)]
+fn context_portable(args: Context<'_>) {
+    let Context { outputs, keys, padding, top, joined, steps, width, units } = args;
+    let mut weights = vec![0f32; steps];
+    for (row, joined) in joined.chunks_exact_mut(width + units).enumerate() {
+        let query = &top[row * units..][..units];
+        let keys = &keys[row * steps * units..][..steps * units];
+        let padded = |step: usize| padding.is_some_and(|padding| padding[row * steps + step]);
+        let mut largest = f32::NEG_INFINITY;
+        for (step, (weight, key)) in weights.iter_mut().zip(keys.chunks_exact(units)).enumerate() {
+            *weight = if padded(step) { f32::NEG_INFINITY } else { dot(key, query) };
+            largest = largest.max(*weight);
+        }
+        let mut total = 0.0;
+        for weight in weights.iter_mut() {
+            *weight = (*weight - largest).exp();
+            total += *weight;
+        }
+        let context = &mut joined[..width];
+        context.fill(0.0);
+        let outputs = &outputs[row * steps * width..][..steps * width];
+        for (weight, output) in weights.iter().zip(outputs.chunks_exact(width)) {
+            let weight = weight / total;
+            if weight != 0.0 {
+                context.iter_mut().zip(output).for_each(|(c, o)| *c += weight * o);
+            }
+        }
+    }
+}
+
+/// `a · b` over eight running sums, which vectorise (a single sum would not: float addition
+/// does not reassociate).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut sums = [0f32; 8];
+    let (a_blocks, b_blocks) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a_blocks.remainder().iter().zip(b_blocks.remainder()).map(|(x, y)| x * y).sum();
+    for (a, b) in a_blocks.zip(b_blocks) {
+        for lane in 0..8 {
+            sums[lane] += a[lane] * b[lane];
+        }
+    }
+    sums.iter().sum::<f32>() + tail
 }
