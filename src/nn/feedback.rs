@@ -309,7 +309,7 @@ impl Feedback {
             return self.shaped(output);
         }
         let stepper = Stepper::new(self, parts, by_hand);
-        let (memory, mut state, mut fed) = self.begin(encoded, &parts.output.ws);
+        let (memory, mut state, mut fed) = self.begin(encoded, &parts.output.ws, &stepper);
         let mut previous = self.start_ids(batch, encoded.outputs.device());
         let mut outputs = Vec::with_capacity(steps as usize);
         for _ in 0..steps {
@@ -332,7 +332,7 @@ impl Feedback {
         let device = encoded.outputs.device();
         let ids = Tensor::full([batch, steps], end, (Kind::Int64, device));
         let stepper = Stepper::new(self, parts, by_hand);
-        let (mut memory, mut state, mut fed) = self.begin(encoded, &parts.output.ws);
+        let (mut memory, mut state, mut fed) = self.begin(encoded, &parts.output.ws, &stepper);
         let mut previous = self.start_ids(batch, device);
         // The batch row of each row still writing.
         let mut writing = Tensor::arange(batch, (Kind::Int64, device));
@@ -387,7 +387,7 @@ impl Feedback {
         let copies = Tensor::arange(batch, (Kind::Int64, device)).repeat_interleave_self_int(beam, None, None);
         let encoded = encoded.select(&copies);
         let stepper = Stepper::new(self, parts, by_hand);
-        let (mut memory, mut state, mut fed) = self.begin(&encoded, &parts.output.ws);
+        let (mut memory, mut state, mut fed) = self.begin(&encoded, &parts.output.ws, &stepper);
         let mut previous = self.start_ids(rows, device);
         // Only the first copy of each input starts, so that the first step's choices differ.
         let scores = Tensor::full([batch, beam], f64::NEG_INFINITY, (Kind::Double, device));
@@ -479,7 +479,7 @@ impl Feedback {
         first: Tensor,
         mut next: impl FnMut(i64, &Tensor) -> Tensor,
     ) -> Tensor {
-        let (memory, mut state, mut fed) = self.begin(encoded, &parts.output.ws);
+        let (memory, mut state, mut fed) = self.begin(encoded, &parts.output.ws, &Stepper::Ops);
         let mut input = first;
         let mut outputs = Vec::with_capacity(steps as usize);
         for t in 0..steps {
@@ -522,8 +522,17 @@ impl Feedback {
 
     /// What decoding starts from: attention's memory (with attention), the decoder's first state
     /// and a zero attentional state `h~_0` for the first step to be fed, like `like`'s kind.
-    fn begin(&self, encoded: &Encoded, like: &Tensor) -> (Option<Memory>, State, Tensor) {
-        let memory = self.attention.as_ref().map(|attention| attention.memory(encoded));
+    /// With `stepper` by hand, attention's keys are computed only where the input is not
+    /// padding ([`Attention::keys_of_tokens`]).
+    fn begin(&self, encoded: &Encoded, like: &Tensor, stepper: &Stepper) -> (Option<Memory>, State, Tensor) {
+        let memory = self.attention.as_ref().map(|attention| match stepper {
+            Stepper::ByHand(_) => Memory {
+                outputs: encoded.outputs.shallow_clone(),
+                keys: attention.keys_of_tokens(encoded),
+                padding: encoded.padding.as_ref().map(Tensor::shallow_clone),
+            },
+            Stepper::Ops => attention.memory(encoded),
+        });
         let batch = encoded.outputs.size()[0];
         let fed = Tensor::zeros([batch, self.units], (like.kind(), like.device()));
         (memory, self.start(encoded), fed)

@@ -10,7 +10,7 @@
 
 use tch::{Kind, Tensor};
 
-use super::{Attention, Feedback, Memory, Parts};
+use super::{Attention, Encoded, Feedback, Memory, Parts};
 use crate::nn::cell;
 use crate::nn::lstm::{State, floats, floats_mut};
 use crate::task::Features;
@@ -132,6 +132,20 @@ impl Feedback {
 }
 
 impl Attention {
+    /// The memory's keys `h̄_s W_aᵀ` `[batch, input_len, units]` where the input is a token,
+    /// zeros where it is padding (which attention leaves out): a third of the bench's steps.
+    pub(super) fn keys_of_tokens(&self, encoded: &Encoded) -> Tensor {
+        let Some(padding) = &encoded.padding else { return encoded.outputs.matmul(&self.score.tr()) };
+        let [batch, steps, width] = encoded.outputs.size()[..] else {
+            unreachable!("outputs are [batch, steps, width]")
+        };
+        let tokens = padding.logical_not().view([-1]).nonzero().squeeze_dim(1);
+        let mut keys = Tensor::zeros([batch * steps, self.score.size()[0]], (Kind::Float, tch::Device::Cpu));
+        let read = encoded.outputs.reshape([-1, width]).index_select(0, &tokens);
+        let _ = keys.index_copy_(0, &tokens, &read.matmul(&self.score.tr()));
+        keys.view([batch, steps, -1])
+    }
+
     /// [`Attention::attend`] with the context computed by [`context`].
     fn attend_by_hand(&self, memory: &Memory, top: &Tensor) -> Tensor {
         let [rows, steps, width] = memory.outputs.size()[..] else {
