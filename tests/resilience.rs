@@ -227,6 +227,48 @@ fn a_run_that_fails_before_saving_anything_leaves_no_directory() {
     assert!(!dir.exists(), "a stub without config.json stays behind: {:?}", file_names(&dir));
 }
 
+/// `--overwrite` sets the old model aside until the new run first saves: a run that fails
+/// before then puts it back byte for byte; a run killed then leaves it set aside, and the next
+/// run into the directory says so.
+#[test]
+fn an_overwrite_keeps_the_old_model_until_the_new_run_saves() {
+    let home = TempDir::new().unwrap();
+    let dir = home.path().join("model");
+    copy_dir(&shared_model().dir, &dir);
+    let names = ["config.json", "metrics.csv", "model.safetensors"];
+    let before = names.map(|name| fs::read(dir.join(name)).unwrap());
+    let diverging = ["--samples", "320", "--learning-rate", "1e36"];
+    let mut args = vec!["train", "--quiet", "--out", path_str(&dir), "--overwrite"];
+    args.extend_from_slice(&diverging);
+    run(&args).failed().stderr_has(&["training diverged"]);
+    assert_holds_exactly_a_model(&dir);
+    for (name, bytes) in names.iter().zip(&before) {
+        assert_eq!(&fs::read(dir.join(name)).unwrap(), bytes, "{name} is not the old model's");
+    }
+
+    // Killed before its first save (no checkpoints, fifty epochs): the old files stay aside.
+    let mut child = spawn(&["train", "--quiet", "--out", path_str(&dir), "--overwrite", "--epochs", "50"]);
+    wait_for(&dir.join("model.safetensors.replaced"));
+    send(&child, libc::SIGKILL);
+    child.wait().expect("reaped");
+    assert!(!dir.join("config.json").exists());
+    for (name, bytes) in names.iter().zip(&before) {
+        assert_eq!(&fs::read(dir.join(format!("{name}.replaced"))).unwrap(), bytes, "{name}.replaced");
+    }
+    run(&["predict", "--model", path_str(&dir), "1+2+3"]).failed().stderr_has(&[
+        "config.json is missing, but",
+        "config.json.replaced is there",
+        "rename the files",
+    ]);
+    let small = ["--samples", "64", "--encoder-units", "8", "--decoder-units", "8", "--eval-samples", "10"];
+    let mut args = vec!["train", "--quiet", "--out", path_str(&dir)];
+    args.extend_from_slice(&small);
+    run(&args).failed().stderr_has(&["set aside", ".replaced", "rename them back", "--overwrite"]);
+    args.push("--overwrite");
+    run(&args).succeeded();
+    assert_holds_exactly_a_model(&dir);
+}
+
 #[test]
 fn resume_refuses_what_it_cannot_continue() {
     let model = shared_model();

@@ -38,8 +38,12 @@ const STATE_SETTINGS: &str = "run.settings";
 const STATE_RUN_ID: &str = "run.id";
 /// Largest config.json read (a few kilobytes in practice).
 const MAX_CONFIG_BYTES: u64 = 16 << 20;
-/// The files a model directory holds, which `train --overwrite` clears first.
+/// The files a model directory holds, which `train --overwrite` replaces.
 pub const MODEL_FILES: [&str; 3] = [CONFIG_FILE, TRAINING_STATE_FILE, WEIGHTS_FILE];
+/// What `train --overwrite` sets aside (renamed with [`SET_ASIDE_SUFFIX`]) until the new run
+/// first saves, so that a run that fails before then gives the old model back.
+const SET_ASIDE: [&str; 4] = [CONFIG_FILE, TRAINING_STATE_FILE, WEIGHTS_FILE, crate::store::metrics_log::METRICS_FILE];
+const SET_ASIDE_SUFFIX: &str = ".replaced";
 /// Bumped whenever `config.json` changes meaning; loading refuses versions it does not know.
 /// Version 1 (addition only, `problem: {n_terms, largest}`) is still read.
 pub const FORMAT_VERSION: u32 = 2;
@@ -139,18 +143,16 @@ pub fn prepare_output_dir(out: Option<&Path>, overwrite: bool) -> Result<OutputD
     }
     // A directory of other things is left untouched, not even locked.
     if out.is_dir() {
-        let ours = [
-            CONFIG_FILE,
-            TRAINING_STATE_FILE,
-            WEIGHTS_FILE,
-            crate::store::metrics_log::METRICS_FILE,
-            crate::store::lock::LOCK_FILE,
-        ];
+        let ours: Vec<String> = SET_ASIDE
+            .iter()
+            .flat_map(|name| [name.to_string(), set_aside_name(name)])
+            .chain([crate::store::lock::LOCK_FILE.to_owned()])
+            .collect();
         let mut entries = fs::read_dir(out).with_context(|| format!("cannot read {}", out.display()))?;
         let foreign = entries.any(|entry| {
             entry.is_ok_and(|entry| {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                !ours.contains(&name.as_str()) && !files::is_temporary_name(&name)
+                !ours.contains(&name) && !files::is_temporary_name(&name)
             })
         });
         if foreign {
@@ -163,6 +165,14 @@ pub fn prepare_output_dir(out: Option<&Path>, overwrite: bool) -> Result<OutputD
     let lock = lock_dir(out, "seq2seq train")?;
     clear_stale_temporaries(out)?;
     let holds = |name: &str| out.join(name).exists();
+    let holds_set_aside = MODEL_FILES.iter().any(|name| holds(&set_aside_name(name)));
+    if !overwrite && holds_set_aside && !MODEL_FILES.iter().any(|name| holds(name)) {
+        bail!(
+            "--out {} holds a model that an interrupted `train --overwrite` set aside (its files end in \
+             {SET_ASIDE_SUFFIX}): rename them back to keep it, or add --overwrite to replace it",
+            out.display()
+        );
+    }
     if MODEL_FILES.iter().any(|name| holds(name)) {
         if !overwrite {
             let is_checkpoint = holds(TRAINING_STATE_FILE)
@@ -180,26 +190,46 @@ pub fn prepare_output_dir(out: Option<&Path>, overwrite: bool) -> Result<OutputD
                 out.display()
             );
         }
-        for name in MODEL_FILES {
-            match fs::remove_file(out.join(name)) {
-                Err(e) if e.kind() != ErrorKind::NotFound => {
-                    return Err(e).with_context(|| format!("cannot remove {}", out.join(name).display()));
-                }
-                _ => {}
-            }
+        // Set aside, not removed: the old model is deleted at the new run's first save.
+        for name in SET_ASIDE.iter().filter(|name| holds(name)) {
+            let (from, to) = (out.join(name), out.join(set_aside_name(name)));
+            fs::rename(&from, &to).with_context(|| format!("cannot rename {} to {}", from.display(), to.display()))?;
         }
     }
     Ok(OutputDir { path: out.to_owned(), lock, made })
 }
 
+/// The name of a file that `train --overwrite` set aside.
+fn set_aside_name(name: &str) -> String {
+    format!("{name}{SET_ASIDE_SUFFIX}")
+}
+
+/// Deletes what `train --overwrite` set aside in `dir`, once the new run has saved. Best
+/// effort: the new model is saved; a file left is only named on standard error.
+fn discard_set_aside(dir: &Path) {
+    for name in SET_ASIDE {
+        let path = dir.join(set_aside_name(name));
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != ErrorKind::NotFound => {
+                crate::output::note(format!("Could not remove {}, which the new model replaces: {e}", path.display()))
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Clears what a run that failed before saving anything (no config.json) left in `dir`: its
 /// metrics.csv, and the directory itself when the run made it (`made`), so that no stub is
-/// mistaken for a model. Best effort: the run's own error is what the user needs to read.
+/// mistaken for a model; what `train --overwrite` set aside is put back. Best effort: the
+/// run's own error is what the user needs to read.
 pub fn remove_unsaved_run(dir: &Path, made: bool) {
     if dir.join(CONFIG_FILE).exists() {
         return;
     }
     let _ = fs::remove_file(dir.join(crate::store::metrics_log::METRICS_FILE));
+    for name in SET_ASIDE {
+        let _ = fs::rename(dir.join(set_aside_name(name)), dir.join(name));
+    }
     if made {
         // Fails, leaving it, if anything else is in it.
         let _ = fs::remove_dir(dir);
@@ -246,7 +276,9 @@ pub fn save(dir: &Path, config: &SavedConfig, vs: &nn::VarStore) -> Result<()> {
 fn save_model(dir: &Path, config: &SavedConfig, vs: &nn::VarStore) -> Result<()> {
     let variables = cpu_variables(vs, "");
     write_safetensors(&dir.join(WEIGHTS_FILE), &variables)?;
-    save_config(dir, config)
+    save_config(dir, config)?;
+    discard_set_aside(dir);
+    Ok(())
 }
 
 /// Replaces `config.json` alone: for a saved model whose weights are already on disk (the final
@@ -479,6 +511,15 @@ fn adopt_alphabet(config: &mut SavedConfig) -> Result<()> {
 
 fn read_config(path: &Path) -> Result<SavedConfig> {
     if !path.exists() && fs::symlink_metadata(path).is_err() {
+        let set_aside = path.with_file_name(set_aside_name(CONFIG_FILE));
+        if set_aside.exists() {
+            bail!(
+                "{} is missing, but {} is there: a `train --overwrite` was stopped before its first save; \
+                 rename the files ending in {SET_ASIDE_SUFFIX} back to use the old model",
+                path.display(),
+                set_aside.display()
+            );
+        }
         bail!("{} is missing: not a model directory", path.display());
     }
     let text = read_text(path, MAX_CONFIG_BYTES)?;
