@@ -433,15 +433,20 @@ impl Seq2Seq {
     /// of padding they share once ([`Lstm::forward_sharing_padding`]); the answers come back
     /// in the inputs' order.
     fn infer_by_hand(&self, inputs: &Tensor) -> Tensor {
-        let sharing = match (self.shape.input, self.shape.input_padding) {
-            (Features::Classes(classes), Some(padding)) => AlikeRows::of(inputs, padding).map(|alike| (classes, alike)),
-            _ => None,
-        };
-        let Some((classes, alike)) = sharing else { return self.infer_every_row(inputs) };
+        let Some((classes, alike)) = self.rows_alike(inputs) else { return self.infer_every_row(inputs) };
         let ordered = inputs.index_select(0, &alike.order).transpose(0, 1).contiguous();
         let encoder = self.encoder.forward_sharing_padding(&ordered, classes as i64, &alike.active);
         let values = self.batch_major(&self.decode(encoder, None).values);
         values.index_select(0, &alike.back)
+    }
+
+    /// The input's classes and its rows in order of their leading padding, for a task of
+    /// left-padded classes where some row begins with padding; `None` otherwise.
+    fn rows_alike(&self, inputs: &Tensor) -> Option<(usize, AlikeRows)> {
+        match (self.shape.input, self.shape.input_padding) {
+            (Features::Classes(classes), Some(padding)) => AlikeRows::of(inputs, padding).map(|alike| (classes, alike)),
+            _ => None,
+        }
     }
 
     /// [`Seq2Seq::forward`] by the hand-written passes, every row computed as training does.
@@ -620,11 +625,7 @@ impl Seq2Seq {
         if !self.trains_by_hand() {
             return self.encode_all(inputs, false);
         }
-        let sharing = match (self.shape.input, self.shape.input_padding) {
-            (Features::Classes(classes), Some(padding)) => AlikeRows::of(inputs, padding).map(|alike| (classes, alike)),
-            _ => None,
-        };
-        let Some((classes, alike)) = sharing else { return self.encode_by_hand(inputs, None).1 };
+        let Some((classes, alike)) = self.rows_alike(inputs) else { return self.encode_by_hand(inputs, None).1 };
         let ordered = inputs.index_select(0, &alike.order);
         let run = |stack: &Lstm, inputs: &Tensor| {
             let tape =
