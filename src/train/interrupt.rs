@@ -3,7 +3,8 @@
 //! itself in a flag, which the training loop polls so that it can stop at a step boundary, save a
 //! resumable checkpoint, and exit as the shell expects (128 + the signal's number). A second
 //! signal of the same kind kills the process at once, unless [`shield`] holds them for the final
-//! save.
+//! save, or it comes within [`REPEAT_GRACE`] of the first: GNU `timeout` signals the command and
+//! then its whole process group, so one stop request can arrive twice a millisecond apart.
 //!
 //! No handler ever runs on a computing thread: [`install`] blocks the three signals in the
 //! calling thread (and so in every thread it starts later) and one waiter thread takes them with
@@ -12,8 +13,9 @@
 //! `sgemm_nocopy_driver`); a thread that only waits for signals interrupts nothing.
 
 use std::fmt;
-use std::sync::Once;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::{Once, OnceLock};
+use std::time::{Duration, Instant};
 
 /// The signal asked for, or 0 for none.
 static REQUESTED: AtomicI32 = AtomicI32::new(0);
@@ -62,9 +64,26 @@ impl std::error::Error for Stopped {}
 
 /// Whether the signals are held for a save (every signal is then only recorded).
 static SHIELDED: AtomicBool = AtomicBool::new(false);
-/// Per stop signal, whether one arrived since [`install`] armed it: a second one kills.
-static SEEN: [AtomicBool; 3] = [AtomicBool::new(false), AtomicBool::new(false), AtomicBool::new(false)];
+/// Per stop signal, when the first one arrived since [`install`] armed it, in microseconds after
+/// [`clock_start`] plus one (0: none yet): a second one kills, once the grace has passed.
+static FIRST_SEEN: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
 static WAITER: Once = Once::new();
+
+/// How long a repeat of the first signal counts as the same request. Machines repeat within a
+/// millisecond (`timeout`, a supervisor signalling both a process and its group); a person who
+/// presses Ctrl-C a second time because nothing seems to happen does so later than this.
+pub const REPEAT_GRACE: Duration = Duration::from_secs(1);
+
+/// The instant that [`FIRST_SEEN`] counts from.
+fn clock_start() -> Instant {
+    static START: OnceLock<Instant> = OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+/// `at` as [`FIRST_SEEN`] stores it: never 0.
+fn stamp(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(clock_start()).as_micros()).unwrap_or(u64::MAX - 1) + 1
+}
 
 /// What the waiter does with a signal that arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,12 +94,19 @@ enum Action {
     Kill,
 }
 
-/// The waiter's rule: the first signal of each kind is recorded, a second one kills, and while
-/// shielded every one is recorded.
-fn action_for(signal: libc::c_int) -> Action {
+/// The waiter's rule for a signal that arrived `at`: the first signal of each kind is recorded,
+/// and so is a repeat within [`REPEAT_GRACE`] of it; a later one kills; while shielded every one
+/// is recorded.
+fn action_for(signal: libc::c_int, at: Instant) -> Action {
     let Some(index) = STOP_SIGNALS.iter().position(|&s| s == signal) else { return Action::Record };
-    let seen_before = SEEN[index].swap(true, Ordering::SeqCst);
-    if seen_before && !SHIELDED.load(Ordering::SeqCst) { Action::Kill } else { Action::Record }
+    let now = stamp(at);
+    let first = match FIRST_SEEN[index].compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst) {
+        Ok(_) => return Action::Record,
+        Err(first) => first,
+    };
+    let grace = u64::try_from(REPEAT_GRACE.as_micros()).unwrap_or(u64::MAX);
+    let repeat_of_the_first = now.saturating_sub(first) < grace;
+    if repeat_of_the_first || SHIELDED.load(Ordering::SeqCst) { Action::Record } else { Action::Kill }
 }
 
 /// Records `signal` as the stop request, unless one is there already (the first one is kept).
@@ -132,7 +158,7 @@ fn start_waiter() {
             if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
                 continue;
             }
-            match action_for(signal) {
+            match action_for(signal, Instant::now()) {
                 Action::Record => record(signal),
                 Action::Kill => kill_with(signal),
             }
@@ -165,9 +191,11 @@ fn kill_with(signal: libc::c_int) -> ! {
 /// It does not clear an earlier request: see [`reset`].
 pub fn install() {
     WAITER.call_once(start_waiter);
+    // Every signal is stamped after this instant, so that the stamps keep their distances.
+    clock_start();
     SHIELDED.store(false, Ordering::SeqCst);
-    for seen in &SEEN {
-        seen.store(false, Ordering::SeqCst);
+    for first_seen in &FIRST_SEEN {
+        first_seen.store(0, Ordering::SeqCst);
     }
 }
 
@@ -223,13 +251,17 @@ mod tests {
 
         // The waiter's rule, without sending anything more to this process.
         install();
-        assert_eq!(action_for(libc::SIGINT), Action::Record);
-        assert_eq!(action_for(libc::SIGHUP), Action::Record, "another kind is still recorded");
-        assert_eq!(action_for(libc::SIGINT), Action::Kill, "a second Ctrl-C kills");
+        let first = Instant::now();
+        let later = first + REPEAT_GRACE;
+        assert_eq!(action_for(libc::SIGINT, first), Action::Record);
+        assert_eq!(action_for(libc::SIGHUP, first), Action::Record, "another kind is still recorded");
+        let soon = first + Duration::from_millis(1);
+        assert_eq!(action_for(libc::SIGINT, soon), Action::Record, "a repeat a millisecond later is the same request");
+        assert_eq!(action_for(libc::SIGINT, later), Action::Kill, "a second Ctrl-C after the grace kills");
         shield();
-        assert_eq!(action_for(libc::SIGINT), Action::Record, "held for the final save");
+        assert_eq!(action_for(libc::SIGINT, later), Action::Record, "held for the final save");
         install();
-        assert_eq!(action_for(libc::SIGINT), Action::Record, "re-armed after the save");
+        assert_eq!(action_for(libc::SIGINT, later), Action::Record, "re-armed after the save");
 
         // A later request of another kind does not replace the first.
         record(libc::SIGHUP);
