@@ -597,23 +597,9 @@ impl Seq2Seq {
     }
 
     /// The encoder's hand-written forward pass, for a feedback decoder: its tapes, and what it
-    /// hands the decoder as [`Seq2Seq::encode_all`] does (a backward stack reads each input's
-    /// tokens in reverse after the padding; its outputs are put back in reading order).
+    /// hands the decoder as [`Seq2Seq::encode_all`] does.
     fn encode_by_hand(&self, inputs: &Tensor, masks: Option<Masks>) -> (EncoderTapes, Encoded) {
-        let padding = self.shape.input_padding.map(|pad| inputs.eq(pad));
-        let forward = self.run_stack(&self.encoder, inputs, masks, 0);
-        let (outputs, state) = (forward.outputs().transpose(0, 1), forward.final_state());
-        let Some(stack) = &self.encoder_reverse else {
-            let encoded = Encoded { outputs: outputs.contiguous(), state, padding };
-            return (EncoderTapes { forward, reverse: None }, encoded);
-        };
-        let [batch, length] = inputs.size()[..] else { unreachable!("inputs are [batch, steps]") };
-        let order = reading_backwards(padding.as_ref(), batch, length, inputs.device());
-        let tape = self.run_stack(stack, &inputs.gather(1, &order, false), masks, REVERSE_MASKS);
-        let order = order.unsqueeze(-1).expand([batch, length, stack.hidden()], false);
-        let reversed = tape.outputs().transpose(0, 1).gather(1, &order, false);
-        let encoded = Encoded::of_both_directions((outputs, state), (reversed, tape.final_state()), padding);
-        (EncoderTapes { forward, reverse: Some(ReverseTape { tape, order }) }, encoded)
+        self.encode_stacks(inputs, |stack, inputs, first_stream| self.run_stack(stack, inputs, masks, first_stream))
     }
 
     /// What the encoder hands a feedback decoder that answers (no dropout). Where training
@@ -627,25 +613,31 @@ impl Seq2Seq {
         }
         let Some((classes, alike)) = self.rows_alike(inputs) else { return self.encode_by_hand(inputs, None).1 };
         let ordered = inputs.index_select(0, &alike.order);
-        let run = |stack: &Lstm, inputs: &Tensor| {
-            let tape =
-                stack.forward_sharing_padding(&inputs.transpose(0, 1).contiguous(), classes as i64, &alike.active);
-            (tape.outputs().transpose(0, 1), tape.final_state())
-        };
-        let padding = self.shape.input_padding.map(|pad| ordered.eq(pad));
-        let (outputs, state) = run(&self.encoder, &ordered);
-        let encoded = match &self.encoder_reverse {
-            None => Encoded { outputs: outputs.contiguous(), state, padding },
-            Some(stack) => {
-                let [batch, length] = inputs.size()[..] else { unreachable!("inputs are [batch, steps]") };
-                let order = reading_backwards(padding.as_ref(), batch, length, inputs.device());
-                let (reversed, reverse_state) = run(stack, &ordered.gather(1, &order, false));
-                let order = order.unsqueeze(-1).expand([batch, length, stack.hidden()], false);
-                let reversed = reversed.gather(1, &order, false);
-                Encoded::of_both_directions((outputs, state), (reversed, reverse_state), padding)
-            }
-        };
+        let (_, encoded) = self.encode_stacks(&ordered, |stack, inputs, _| {
+            stack.forward_sharing_padding(&inputs.transpose(0, 1).contiguous(), classes as i64, &alike.active)
+        });
         encoded.select(&alike.back)
+    }
+
+    /// Runs the encoder's stacks over `inputs` `[batch, steps]` with `run` (given a stack, its
+    /// inputs and its first stream of dropout masks), and puts their outputs together as the
+    /// decoder reads them: a backward stack reads each input's tokens in reverse after the
+    /// padding, and its outputs are put back in reading order.
+    fn encode_stacks(&self, inputs: &Tensor, run: impl Fn(&Lstm, &Tensor, u64) -> Tape) -> (EncoderTapes, Encoded) {
+        let padding = self.shape.input_padding.map(|pad| inputs.eq(pad));
+        let forward = run(&self.encoder, inputs, 0);
+        let (outputs, state) = (forward.outputs().transpose(0, 1), forward.final_state());
+        let Some(stack) = &self.encoder_reverse else {
+            let encoded = Encoded { outputs: outputs.contiguous(), state, padding };
+            return (EncoderTapes { forward, reverse: None }, encoded);
+        };
+        let [batch, length] = inputs.size()[..] else { unreachable!("inputs are [batch, steps]") };
+        let order = reading_backwards(padding.as_ref(), batch, length, inputs.device());
+        let tape = run(stack, &inputs.gather(1, &order, false), REVERSE_MASKS);
+        let order = order.unsqueeze(-1).expand([batch, length, stack.hidden()], false);
+        let reversed = tape.outputs().transpose(0, 1).gather(1, &order, false);
+        let encoded = Encoded::of_both_directions((outputs, state), (reversed, tape.final_state()), padding);
+        (EncoderTapes { forward, reverse: Some(ReverseTape { tape, order }) }, encoded)
     }
 
     /// Back-propagates the gradients of [`Seq2Seq::encode_by_hand`]'s outputs (`None` when
