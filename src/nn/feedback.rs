@@ -100,6 +100,12 @@ struct Memory {
 }
 
 impl Memory {
+    /// `encoded`'s outputs and padding, with `keys` made from them.
+    fn of(encoded: &Encoded, keys: Tensor) -> Memory {
+        let padding = encoded.padding.as_ref().map(Tensor::shallow_clone);
+        Memory { outputs: encoded.outputs.shallow_clone(), keys, padding }
+    }
+
     /// The rows of `index` (the answers still being written).
     fn select(&self, index: &Tensor) -> Memory {
         Memory {
@@ -526,11 +532,7 @@ impl Feedback {
     /// padding ([`Attention::keys_of_tokens`]).
     fn begin(&self, encoded: &Encoded, like: &Tensor, stepper: &Stepper) -> (Option<Memory>, State, Tensor) {
         let memory = self.attention.as_ref().map(|attention| match stepper {
-            Stepper::ByHand(_) => Memory {
-                outputs: encoded.outputs.shallow_clone(),
-                keys: attention.keys_of_tokens(encoded),
-                padding: encoded.padding.as_ref().map(Tensor::shallow_clone),
-            },
+            Stepper::ByHand(_) => Memory::of(encoded, attention.keys_of_tokens(encoded)),
             Stepper::Ops => attention.memory(encoded),
         });
         let batch = encoded.outputs.size()[0];
@@ -618,11 +620,12 @@ impl Feedback {
 
 impl Attention {
     fn memory(&self, encoded: &Encoded) -> Memory {
-        Memory {
-            outputs: encoded.outputs.shallow_clone(),
-            keys: encoded.outputs.matmul(&self.score.tr()),
-            padding: encoded.padding.as_ref().map(Tensor::shallow_clone),
-        }
+        Memory::of(encoded, self.keys(encoded))
+    }
+
+    /// The memory's keys `h̄_s W_aᵀ` over every step.
+    fn keys(&self, encoded: &Encoded) -> Tensor {
+        encoded.outputs.matmul(&self.score.tr())
     }
 
     /// `h̃_t = tanh(W_c [c_t; h_t])`, where the context `c_t` weighs the memory by the softmax

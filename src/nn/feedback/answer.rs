@@ -139,7 +139,7 @@ impl Attention {
     /// The memory's keys `h̄_s W_aᵀ` `[batch, input_len, units]` where the input is a token,
     /// zeros where it is padding (which attention leaves out): a third of the bench's steps.
     pub(super) fn keys_of_tokens(&self, encoded: &Encoded) -> Tensor {
-        let Some(padding) = &encoded.padding else { return encoded.outputs.matmul(&self.score.tr()) };
+        let Some(padding) = &encoded.padding else { return self.keys(encoded) };
         let [batch, steps, width] = encoded.outputs.size()[..] else {
             unreachable!("outputs are [batch, steps, width]")
         };
