@@ -168,6 +168,12 @@ fn next_text(
     }))
 }
 
+/// Whether a line read by [`next_text`] is empty: it holds nothing, and is skipped rather than
+/// called bad (a blank line at the end of a file is an editor's habit, and pandas skips them too).
+fn is_blank(line: &Result<String, String>) -> bool {
+    matches!(line, Ok(text) if text.is_empty())
+}
+
 /// One side's ids as they are read: fixed by a model's vocabulary, or provisional (a new id for
 /// each new token, counted) until the vocabulary is built.
 enum SideIds<'v> {
@@ -292,6 +298,9 @@ pub fn read_pairs(
             }
         };
         read.lines = number;
+        if is_blank(&line) && other.as_ref().is_none_or(is_blank) {
+            continue;
+        }
         let location = format!("{}:{number}", first_path.display());
         let texts = match (&line, &other) {
             (Err(reason), _) => Err(reason.clone()),
@@ -398,6 +407,9 @@ pub fn read_sequences(path: &Path, length: Option<usize>) -> Result<ReadSequence
     for number in 1.. {
         let Some(line) = next_text(&mut reader, path, number)? else { break };
         read.lines = number;
+        if is_blank(&line) {
+            continue;
+        }
         let location = format!("{}:{number}", path.display());
         let text = match line {
             Ok(text) => text,
@@ -484,6 +496,27 @@ mod tests {
             .expect_err("1 vs 2 lines");
         let message = format!("{error:#}");
         assert!(message.contains("words.txt has 2 lines but") && message.contains("short.txt has 1"), "{message}");
+    }
+
+    #[test]
+    fn blank_lines_are_skipped_and_the_lines_after_them_keep_their_numbers() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = write(dir.path(), "pairs.tsv", b"ab\tba\n\n\r\nno tab\ncd\tdc\n\n");
+        let read = read_pairs(&PairFiles::Tabbed(path.clone()), &chars(), 1, None, true).expect("read");
+        assert_eq!((read.corpus.len(), read.bad.count, read.lines), (2, 1, 6), "{:?}", read.bad.shown);
+        let shown = read.bad.shown[0].to_string();
+        assert!(shown.starts_with(&format!("{}:4: ", path.display())) && shown.contains("no tab"), "{shown}");
+
+        // Aligned files: a line blank in both is skipped; blank in one only, the pair is bad.
+        let source = write(dir.path(), "source.txt", b"ab\n\n\ncd\n");
+        let target = write(dir.path(), "target.txt", b"ba\n\nx\ndc\n");
+        let read = read_pairs(&PairFiles::Aligned { source, target }, &chars(), 1, None, true).expect("read");
+        assert_eq!((read.corpus.len(), read.bad.count), (2, 1), "{:?}", read.bad.shown);
+        assert!(read.bad.shown[0].to_string().contains(":3: the source is empty"), "{:?}", read.bad.shown);
+
+        let sequences = write(dir.path(), "sequences.txt", b"1,2,3\n\n4,5,6\n\n");
+        let read = read_sequences(&sequences, None).expect("read");
+        assert_eq!((read.values.len(), read.length, read.bad.count), (6, 3, 0));
     }
 
     #[test]
