@@ -219,6 +219,37 @@ fn on_pairs_attention_learns_what_the_repeat_decoder_has_not_yet() {
     assert!(lines[1].starts_with("  1. dcba  (log p "), "{lines:?}");
     assert_eq!(lines[3], "hgfe\tefgh\t(expect efgh: right)");
 
+    // --verbose: the probability of each written token, then the end marker's; the same answers.
+    let verbose = run(&["predict", "--model", path_str(&dir), "--verbose", "abcd", "hgfe\tefgh"]);
+    verbose.succeeded();
+    let lines = verbose.stdout_lines();
+    assert!(lines[0].starts_with("abcd\tdcba\t[\"d\" ") && lines[0].contains(", end "), "{lines:?}");
+    assert_eq!(lines[0].matches(", ").count(), 4, "four tokens and the end marker: {lines:?}");
+    assert!(lines[1].starts_with("hgfe\tefgh\t(expect efgh: right)\t[\"e\" "), "{lines:?}");
+    for beam in ["1", "3"] {
+        let json = run(&[
+            "predict",
+            "--model",
+            path_str(&dir),
+            "--verbose",
+            "--json",
+            "--beam",
+            beam,
+            "--n-best",
+            "1",
+            "abcd",
+        ]);
+        json.succeeded();
+        let answer: serde_json::Value = serde_json::from_str(json.stdout.trim()).expect("one JSON object");
+        let probabilities: Vec<f64> =
+            answer["probabilities"].as_array().expect("a list").iter().filter_map(serde_json::Value::as_f64).collect();
+        assert_eq!(probabilities.len(), 5, "{answer}");
+        assert!(probabilities.iter().all(|p| *p > 0.0 && *p <= 1.0), "{answer}");
+        let log_prob = answer["n_best"][0]["log_prob"].as_f64().expect("the answer's log-probability");
+        let summed: f64 = probabilities.iter().map(|p| p.ln()).sum();
+        assert!((summed - log_prob).abs() < 1e-9, "the tokens' probabilities make the answer's: {answer}");
+    }
+
     // evaluate --beam scores the answers predict --beam writes: the same pairs are wrong (of a
     // model trained too little to be always right).
     let fresh = home.path().join("fresh.tsv");

@@ -370,8 +370,9 @@ pub struct PredictArgs {
     /// and correct where a target was given).
     #[arg(long)]
     pub json: bool,
-    /// After each answer, the probability the model gave each character it wrote (arithmetic;
-    /// with --json: a "probabilities" list).
+    /// After each answer, the probability the model gave each token it wrote (arithmetic: each
+    /// character, padding included; pairs: each token, then the end marker's; with --json: a
+    /// "probabilities" list).
     #[arg(long, short)]
     pub verbose: bool,
     /// Search N answers wide for the most probable one, ranked by log-probability per token

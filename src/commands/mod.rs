@@ -500,9 +500,9 @@ pub fn predict(request: &PredictRequest) -> Result<()> {
     }
     let device = request.device.resolve()?;
     let loaded = checkpoint::load(&request.model_dir, device)?;
-    if request.verbose && !matches!(loaded.config.task, Task::Arithmetic(_)) {
+    if request.verbose && matches!(loaded.config.task, Task::Autoencoder(_)) {
         bail!(
-            "--verbose shows the probability of each output character of an arithmetic model; {} holds {}",
+            "--verbose shows the probability of each token a model writes; {} holds {}, which writes values",
             request.model_dir.display(),
             loaded.config.task.model_kind()
         );

@@ -58,6 +58,9 @@ struct JsonTranslation<'a> {
     expected: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     correct: Option<bool>,
+    /// With `--verbose`: the probability of each written token, then the end marker's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    probabilities: Option<&'a [f64]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     n_best: Option<Vec<JsonHypothesis>>,
 }
@@ -86,7 +89,7 @@ pub struct Predictor<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AnswerStyle {
     pub json: bool,
-    /// Arithmetic: also show the probability the model gave each character it wrote.
+    /// Also show the probability the model gave each token it wrote.
     pub verbose: bool,
     pub decoding: Decoding,
 }
@@ -265,7 +268,9 @@ impl Written {
             answers.iter_mut().for_each(|hypotheses| hypotheses.truncate(n_best.unwrap_or(0)));
             return Written { ids, probabilities, n_best: answers, values: Vec::new() };
         }
-        if let Some(ids) = model.greedy_until_end(inputs) {
+        // The same answers as the full-length pass below, which also gives every step's
+        // probabilities for --verbose.
+        if let Some(ids) = model.greedy_until_end(inputs).filter(|_| !style.verbose) {
             let ids = Vec::<i64>::try_from(ids.flatten(0, -1).to_device(Device::Cpu)).expect("int64 class ids");
             return Written { ids, ..Written::default() };
         }
@@ -351,11 +356,16 @@ fn write_answers(batch: &Samples<'_>, written: &Written, style: AnswerStyle, out
             }
         }
         Samples::Pairs(problem, pairs) => {
-            let Written { ids: written, n_best, .. } = written;
+            let Written { ids: written, probabilities, n_best, .. } = written;
+            let output_len = problem.output_len();
             let shown = |ids: &[i64]| problem.target_text(problem.written(ids));
-            for (index, (pair, row)) in pairs.iter().zip(written.chunks(problem.output_len())).enumerate() {
+            for (index, (pair, row)) in pairs.iter().zip(written.chunks(output_len)).enumerate() {
                 let ids = problem.written(row);
                 let prediction = problem.target_text(ids);
+                // The written tokens' and the end marker's (none when the answer filled every step).
+                let row_probabilities = probabilities
+                    .get(index * output_len..(index + 1) * output_len)
+                    .map(|row| &row[..(ids.len() + 1).min(output_len)]);
                 let expected = pair.expected.as_ref();
                 let is_correct = expected.map(|(_, truth)| PairsProblem::is_right(ids, truth));
                 correct += usize::from(is_correct == Some(true));
@@ -366,17 +376,25 @@ fn write_answers(batch: &Samples<'_>, written: &Written, style: AnswerStyle, out
                         prediction: &prediction,
                         expected: expected.map(|(text, _)| text.as_str()),
                         correct: is_correct,
+                        probabilities: row_probabilities,
                         n_best: listed,
                     };
                     writeln!(out, "{}", serde_json::to_string(&answer)?)?;
                 } else {
-                    match (expected, is_correct) {
-                        (Some((text, _)), Some(right)) => {
-                            let verdict = if right { "right" } else { "wrong" };
-                            writeln!(out, "{}\t{prediction}\t(expect {text}: {verdict})", pair.text)?;
-                        }
-                        _ => writeln!(out, "{}\t{prediction}", pair.text)?,
+                    write!(out, "{}\t{prediction}", pair.text)?;
+                    if let (Some((text, _)), Some(right)) = (expected, is_correct) {
+                        write!(out, "\t(expect {text}: {})", if right { "right" } else { "wrong" })?;
                     }
+                    if let Some(row_probabilities) = row_probabilities {
+                        let tokens = ids.iter().map(|&id| format!("{:?}", problem.target_text(&[id])));
+                        let shown: Vec<String> = tokens
+                            .chain(std::iter::once("end".to_owned()))
+                            .zip(row_probabilities)
+                            .map(|(token, probability)| format!("{token} {probability:.2}"))
+                            .collect();
+                        write!(out, "\t[{}]", shown.join(", "))?;
+                    }
+                    writeln!(out)?;
                     write_listed(listed.as_deref().unwrap_or_default(), out)?;
                 }
             }
