@@ -79,6 +79,9 @@ fn sigterm_and_sighup_checkpoint_like_ctrl_c_and_exit_as_the_shell_expects() {
         let (code, stderr) = finish(child);
         assert_eq!(code, Some(status), "{stderr}");
         assert!(stderr.contains(&format!("stopped by {name}")) && stderr.contains("train --resume"), "{stderr}");
+        let info = run(&["info", "--model", path_str(&dir)]);
+        let said = format!("{}: a checkpoint after ", dir.display());
+        info.succeeded().stdout_has(&[&said, " of 30000 samples", "Not scored yet"]);
         run(&["train", "--quiet", "--resume", path_str(&dir)]).succeeded();
         assert_holds_exactly_a_model(&dir);
     }

@@ -312,6 +312,49 @@ fn evaluate_errors_lists_real_mistakes_with_consistent_breakdowns() {
 }
 
 #[test]
+fn info_says_what_a_saved_model_is() {
+    let model = small_model();
+    let dir = path_str(&model.dir);
+    let text = run(&["info", "--model", dir]);
+    text.succeeded();
+    let evaluated = read_json(&model.dir.join("config.json"));
+    assert!(
+        text.stdout.starts_with(&format!("{dir}: a finished model, trained on 1280 samples in ")),
+        "{}",
+        text.stdout
+    );
+    for expected in [
+        "Problem: 3 terms, each 1..=10, joined by +",
+        "Training: batches of 32, 2 epochs of 640 samples, Adam at 0.001, seed 4, 1 thread",
+        "On 200 fresh samples: ",
+        "Written by seq2seq ",
+    ] {
+        assert!(text.stdout.contains(expected), "{expected:?} in\n{}", text.stdout);
+    }
+    // The layer table: the encoder (4 gates over 12 classes, 16 units and a bias), the
+    // decoder (over the encoder's 16), the output layer.
+    for row in ["encoder (LSTM)                    (None, 16)                       1,856", "Total params: 4,172"] {
+        assert!(text.stdout.contains(row), "{row:?} in\n{}", text.stdout);
+    }
+
+    let json = run(&["info", "--model", dir, "--json"]);
+    json.succeeded();
+    let info: Value = serde_json::from_str(json.stdout.trim()).expect("one JSON object");
+    assert_eq!(info["state"], "finished");
+    assert_eq!((info["samples_trained"].as_u64(), info["samples_planned"].as_u64()), (Some(1280), Some(1280)));
+    assert_eq!(info["training"], evaluated["training"]);
+    assert_eq!(info["architecture"], evaluated["model"]);
+    assert_eq!(info["scores"], evaluated["metrics"]);
+    assert_eq!(info["parameters"].as_i64(), Some(4 * 16 * (12 + 16 + 1) + 4 * 16 * (16 + 16 + 1) + 16 * 12 + 12));
+
+    // A damaged directory is named as predict names it; without --model, the machine.
+    let (_home, damaged) =
+        damaged_copy(|dir| fs::write(dir.join("model.safetensors"), b"not weights").expect("damage"));
+    run(&["info", "--model", path_str(&damaged)]).failed().stderr_has(&["model.safetensors"]);
+    run(&["info"]).succeeded().stdout_has(&["libtorch 2.11.0"]);
+}
+
+#[test]
 fn predict_verbose_shows_the_probability_of_each_written_character() {
     let model = path_str(&small_model().dir);
     // The most confident mistake: its confidence is the product of its characters' probabilities.

@@ -103,10 +103,24 @@ pub enum Command {
     // Verbatim: clap would join the example lines into one.
     #[command(verbatim_doc_comment)]
     Completions(CompletionsArgs),
-    /// Show versions, whether CUDA is available and the number of CUDA devices.
+    /// Show versions, whether CUDA is available and the number of CUDA devices; with --model,
+    /// what a saved model is: its problem, layers, training and scores.
     ///
     /// Example: seq2seq info
-    Info,
+    ///          seq2seq info --model runs/reference
+    // Verbatim: clap would join the example lines into one.
+    #[command(verbatim_doc_comment)]
+    Info(InfoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// Model directory written by `train` (a checkpoint works too): say what it holds.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -714,6 +728,9 @@ pub fn run(cli: Cli) -> Result<()> {
             out.write_all(&script).and_then(|()| out.flush())?;
             Ok(())
         }
-        Command::Info => output::render(&commands::info(), false),
+        Command::Info(args) => match &args.model {
+            Some(dir) => output::render(&commands::info::model_info(dir)?, args.json),
+            None => output::render(&commands::info::info(), args.json),
+        },
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod encode;
 pub mod evaluate;
+pub mod info;
 pub mod predict;
 
 use std::cell::Cell;
@@ -24,7 +25,7 @@ use crate::data::generated::Generated;
 use crate::data::input::{InputSource, InputSummary};
 use crate::data::{Batch, BatchStream, SampleSource, Stream};
 use crate::evaluate::{Answers, Evaluation, Metrics, evaluate_batches};
-use crate::nn::device::{DeviceChoice, FORCE_AUTOGRAD_VARIABLE, RuntimeInfo, autograd_forced, describe};
+use crate::nn::device::{DeviceChoice, FORCE_AUTOGRAD_VARIABLE, autograd_forced, describe};
 use crate::nn::model::{ModelConfig, ModelShape, Seq2Seq};
 use crate::nn::optim::Adam;
 use crate::output::{self, BestEffort, Report, Stdout};
@@ -681,17 +682,6 @@ pub fn plot(request: &PlotRequest) -> Result<PlotReport> {
     let title = format!("Learning curve: {}", config.task.describe());
     plot::learning_curve(&rows, &title, &out)?;
     Ok(PlotReport { reports: rows.len(), metrics: metrics_path, picture: out })
-}
-
-impl Report for RuntimeInfo {
-    fn text(&self) -> String {
-        self.describe()
-    }
-}
-
-/// Versions, CUDA availability, the device count and threads.
-pub fn info() -> RuntimeInfo {
-    RuntimeInfo::now()
 }
 
 #[cfg(test)]

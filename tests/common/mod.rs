@@ -135,6 +135,14 @@ impl Outcome {
         self
     }
 
+    /// Asserts that stdout contains every one of `fragments`.
+    pub fn stdout_has(&self, fragments: &[&str]) -> &Self {
+        for fragment in fragments {
+            assert!(self.stdout.contains(fragment), "expected {fragment:?} on stdout\n{self}");
+        }
+        self
+    }
+
     pub fn stdout_lines(&self) -> Vec<&str> {
         self.stdout.lines().collect()
     }

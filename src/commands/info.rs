@@ -1,0 +1,142 @@
+//! `info`: the machine's versions and devices, or with `--model DIR` what a saved model is (its
+//! problem, layers, training and scores), read from its directory and checked as `predict`
+//! would load it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use serde::Serialize;
+use tch::Device;
+
+use crate::commands::evaluate::describe_evaluation;
+use crate::evaluate::Evaluation;
+use crate::nn::device::RuntimeInfo;
+use crate::nn::model::ModelConfig;
+use crate::output::Report;
+use crate::store::checkpoint::{self, Versions};
+use crate::train::{LrSchedule, TrainConfig};
+
+impl Report for RuntimeInfo {
+    fn text(&self) -> String {
+        self.describe()
+    }
+}
+
+/// Versions, CUDA availability, the device count and threads.
+pub fn info() -> RuntimeInfo {
+    RuntimeInfo::now()
+}
+
+/// What a saved model is.
+#[derive(Debug, Serialize)]
+pub struct ModelInfo {
+    pub model: PathBuf,
+    /// `finished`, or `checkpoint` for a run that `train --resume` continues.
+    pub state: &'static str,
+    pub samples_trained: usize,
+    /// Of the whole run: every epoch's samples.
+    pub samples_planned: usize,
+    pub training_seconds: f64,
+    pub trained_on: String,
+    pub problem: String,
+    pub parameters: i64,
+    pub architecture: ModelConfig,
+    pub training: TrainConfig,
+    /// The scores `train` gave the finished model (none for a checkpoint).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scores: Option<Evaluation>,
+    pub versions: Versions,
+    /// The layer table, as `train` prints it.
+    #[serde(skip)]
+    layers: String,
+    /// The scores in words.
+    #[serde(skip)]
+    scores_text: Option<String>,
+}
+
+/// Reads the model directory `dir` (weights included, so that a damaged one is named here) and
+/// says what it holds.
+pub fn model_info(dir: &Path) -> Result<ModelInfo> {
+    let loaded = checkpoint::load(dir, Device::Cpu)?;
+    let config = loaded.config;
+    let planned = config.training.total_samples();
+    let (state, trained) = match &config.checkpoint {
+        Some(position) => ("checkpoint", position.samples_seen(&config.training)),
+        None => ("finished", planned),
+    };
+    let scores_text = config.metrics.as_ref().map(|scores| describe_evaluation(&config.task, scores));
+    Ok(ModelInfo {
+        model: dir.to_owned(),
+        state,
+        samples_trained: trained,
+        samples_planned: planned,
+        training_seconds: config.training_seconds,
+        trained_on: config.trained_on.clone(),
+        problem: config.task.describe(),
+        parameters: loaded.model.parameter_count(),
+        layers: loaded.model.summary(),
+        architecture: config.model.clone(),
+        training: config.training.clone(),
+        scores: config.metrics.clone(),
+        scores_text,
+        versions: config.versions.clone(),
+    })
+}
+
+impl Report for ModelInfo {
+    fn text(&self) -> String {
+        let dir = self.model.display();
+        let (seconds, device) = (self.training_seconds, &self.trained_on);
+        let state = match self.state {
+            "checkpoint" => format!(
+                "a checkpoint after {} of {} samples ({seconds:.1} s of training on {device}); continue with: \
+                 seq2seq train --resume {dir}",
+                self.samples_trained, self.samples_planned
+            ),
+            _ => format!("a finished model, trained on {} samples in {seconds:.1} s on {device}", self.samples_trained),
+        };
+        let scores =
+            self.scores_text.clone().unwrap_or_else(|| format!("Not scored yet: seq2seq evaluate --model {dir}"));
+        let Versions { seq2seq, libtorch } = &self.versions;
+        [
+            format!("{dir}: {state}"),
+            format!("Problem: {}", self.problem),
+            self.layers.clone(),
+            format!("Training: {}", describe_training(&self.training)),
+            scores,
+            format!("Written by seq2seq {seq2seq} on libtorch {libtorch}"),
+        ]
+        .join("\n")
+    }
+}
+
+/// `batches of 32, 1 epoch of 75000 samples, Adam at 0.001, seed 1, 1 thread`, with the
+/// schedule, curriculum and operator weights where the run had them.
+fn describe_training(training: &TrainConfig) -> String {
+    let plural = |count: usize, one: &str| if count == 1 { format!("1 {one}") } else { format!("{count} {one}s") };
+    let mut parts = vec![
+        format!("batches of {}", training.batch_size),
+        format!("{} of {} samples", plural(training.epochs, "epoch"), training.samples),
+        format!("Adam at {}", training.learning_rate),
+    ];
+    if training.warmup > 0 {
+        parts.push(format!("warm-up over {} samples", training.warmup));
+    }
+    let decay = match training.lr_schedule {
+        LrSchedule::Constant => None,
+        LrSchedule::Linear => Some("linear"),
+        LrSchedule::Cosine => Some("cosine"),
+    };
+    if let Some(decay) = decay {
+        parts.push(format!("{decay} decay to {}", training.final_learning_rate));
+    }
+    if training.curriculum > 0 {
+        parts.push(format!("curriculum over {} samples", training.curriculum));
+    }
+    if let Some(weights) = &training.operator_weights {
+        parts.push(format!("operators drawn {weights}"));
+    }
+    parts.push(format!("seed {}", training.seed));
+    parts.push(plural(training.threads, "thread"));
+    parts.join(", ")
+}
