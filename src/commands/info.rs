@@ -27,12 +27,20 @@ pub fn info() -> RuntimeInfo {
     RuntimeInfo::now()
 }
 
+/// Whether a model directory's training ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelState {
+    Finished,
+    /// A run that `train --resume` continues.
+    Checkpoint,
+}
+
 /// What a saved model is.
 #[derive(Debug, Serialize)]
 pub struct ModelInfo {
     pub model: PathBuf,
-    /// `finished`, or `checkpoint` for a run that `train --resume` continues.
-    pub state: &'static str,
+    pub state: ModelState,
     pub samples_trained: usize,
     /// Of the whole run: every epoch's samples.
     pub samples_planned: usize,
@@ -61,8 +69,8 @@ pub fn model_info(dir: &Path) -> Result<ModelInfo> {
     let config = loaded.config;
     let planned = config.training.total_samples();
     let (state, trained) = match &config.checkpoint {
-        Some(position) => ("checkpoint", position.samples_seen(&config.training)),
-        None => ("finished", planned),
+        Some(position) => (ModelState::Checkpoint, position.samples_seen(&config.training)),
+        None => (ModelState::Finished, planned),
     };
     let scores_text = config.metrics.as_ref().map(|scores| describe_evaluation(&config.task, scores));
     Ok(ModelInfo {
@@ -88,12 +96,14 @@ impl Report for ModelInfo {
         let dir = self.model.display();
         let (seconds, device) = (self.training_seconds, &self.trained_on);
         let state = match self.state {
-            "checkpoint" => format!(
+            ModelState::Checkpoint => format!(
                 "a checkpoint after {} of {} samples ({seconds:.1} s of training on {device}); continue with: \
                  seq2seq train --resume {dir}",
                 self.samples_trained, self.samples_planned
             ),
-            _ => format!("a finished model, trained on {} samples in {seconds:.1} s on {device}", self.samples_trained),
+            ModelState::Finished => {
+                format!("a finished model, trained on {} samples in {seconds:.1} s on {device}", self.samples_trained)
+            }
         };
         let scores =
             self.scores_text.clone().unwrap_or_else(|| format!("Not scored yet: seq2seq evaluate --model {dir}"));
