@@ -163,6 +163,38 @@ fn a_threaded_scheduled_run_resumes_bit_for_bit_with_its_recorded_settings() {
     );
 }
 
+/// Without --checkpoint-every, the clock still checkpoints (every 10 minutes by default; here
+/// every 0.3 s): a run killed outright goes on from there to the weights of a run never stopped,
+/// and checkpointing by the clock changes nothing in them.
+#[test]
+fn a_run_killed_outright_resumes_from_its_last_checkpoint_by_the_clock() {
+    let home = TempDir::new().unwrap();
+    let whole = home.path().join("whole");
+    let mut args = vec!["--threads", "1", "train", "--quiet", "--out", path_str(&whole), "--checkpoint-minutes", "0"];
+    args.extend_from_slice(RUN);
+    run(&args).succeeded();
+    assert_eq!(read_json(&whole.join("config.json"))["training"]["checkpoint_minutes"].as_f64(), Some(0.0));
+
+    let killed = home.path().join("killed");
+    let child = spawn_training(&killed, &["--checkpoint-minutes", "0.005"]);
+    wait_for(&killed.join("training_state.safetensors"));
+    send(&child, libc::SIGKILL);
+    child.wait_with_output().expect("the killed run is reaped");
+    let training = &read_json(&killed.join("config.json"))["training"];
+    assert_eq!(training["checkpoint_minutes"].as_f64(), Some(0.005));
+    assert!(training.get("checkpoint_every").is_none(), "{training}");
+    run(&["train", "--quiet", "--resume", path_str(&killed), "--checkpoint-minutes", "0"]).succeeded();
+    assert_holds_exactly_a_model(&killed);
+    assert_eq!(
+        fs::read(killed.join("model.safetensors")).unwrap(),
+        fs::read(whole.join("model.safetensors")).unwrap(),
+        "resumed weights differ from an uninterrupted run's"
+    );
+    run(&["train", "--out", path_str(&home.path().join("never")), "--checkpoint-minutes=-1"])
+        .failed()
+        .stderr_has(&["--checkpoint-minutes must be a number of minutes, at least 0"]);
+}
+
 #[test]
 fn sigkill_at_any_moment_leaves_a_loadable_checkpoint_that_resumes() {
     let home = TempDir::new().unwrap();

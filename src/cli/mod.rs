@@ -30,7 +30,7 @@ use crate::nn::device::DeviceChoice;
 use crate::nn::model::{DecoderKind, ModelConfig};
 use crate::output::{self, Stdout};
 use crate::task::{ArithmeticProblem, OperatorWeights, Operators, SequenceKind, SequenceProblem, Task, TermCount};
-use crate::train::{LrSchedule, Progress, TrainConfig};
+use crate::train::{DEFAULT_CHECKPOINT_MINUTES, LrSchedule, Progress, TrainConfig};
 
 /// Most CPU threads: far more than these models use, few enough to start in a moment.
 pub const MAX_THREADS: u64 = crate::train::MAX_THREADS as u64;
@@ -319,6 +319,10 @@ pub struct TrainArgs {
     /// writes one).
     #[arg(long, value_name = "N", help_heading = "Checkpoints")]
     pub checkpoint_every: Option<usize>,
+    /// Also write one after every M minutes of training, so that a run killed outright loses at
+    /// most that much (0: only --checkpoint-every and Ctrl-C). [default: 10]
+    #[arg(long, value_name = "M", help_heading = "Checkpoints")]
+    pub checkpoint_minutes: Option<f64>,
     /// Add a row to the model directory's metrics.csv every N samples (and at each epoch's end):
     /// running loss and accuracies, and the same figures on 1,000 fresh validation samples.
     /// [default: a twentieth of the run, at least one batch]
@@ -488,6 +492,7 @@ impl TrainArgs {
                 seed: self.seed,
                 evaluation_samples: self.eval_samples.unwrap_or(DEFAULT_EVALUATION_SAMPLES),
                 checkpoint_every: self.checkpoint_every,
+                checkpoint_minutes: self.checkpoint_minutes.unwrap_or(DEFAULT_CHECKPOINT_MINUTES),
                 log_every: self.log_every,
                 lr_schedule: self.lr_schedule,
                 warmup: self.warmup,
@@ -696,6 +701,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Some(dir) => commands::resume(&ResumeRequest {
                 dir,
                 checkpoint_every: args.checkpoint_every,
+                checkpoint_minutes: args.checkpoint_minutes,
                 evaluation_samples: args.eval_samples,
                 log_every: args.log_every,
                 threads: asked,

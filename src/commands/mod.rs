@@ -169,8 +169,9 @@ pub fn train(request: &TrainRequest) -> Result<PathBuf> {
 #[derive(Debug, Clone)]
 pub struct ResumeRequest {
     pub dir: PathBuf,
-    /// Replaces the checkpoint cadence the run was started with, when given.
+    /// Replace the checkpoint cadences the run was started with, when given.
     pub checkpoint_every: Option<usize>,
+    pub checkpoint_minutes: Option<f64>,
     /// Replaces the number of samples scored at the end, when given.
     pub evaluation_samples: Option<usize>,
     /// Replaces the metrics log's cadence, when given.
@@ -190,6 +191,9 @@ pub fn resume(request: &ResumeRequest) -> Result<PathBuf> {
     let mut training = checkpoint.config.training.clone();
     if request.checkpoint_every.is_some() {
         training.checkpoint_every = request.checkpoint_every;
+    }
+    if let Some(minutes) = request.checkpoint_minutes {
+        training.checkpoint_minutes = minutes;
     }
     if let Some(samples) = request.evaluation_samples {
         training.evaluation_samples = samples;

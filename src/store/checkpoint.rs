@@ -395,11 +395,11 @@ pub fn load_checkpoint(dir: &Path, device: Device) -> Result<Checkpoint> {
 }
 
 /// The settings a resumed run must share with the run that wrote its training state: all of
-/// config.json's task, model and training, but the three that `--resume` may change.
+/// config.json's task, model and training, but the four that `--resume` may change.
 pub fn run_settings(config: &SavedConfig) -> serde_json::Value {
     let mut training = serde_json::to_value(&config.training).unwrap_or_default();
     if let Some(training) = training.as_object_mut() {
-        for changeable in ["checkpoint_every", "evaluation_samples", "log_every"] {
+        for changeable in ["checkpoint_every", "checkpoint_minutes", "evaluation_samples", "log_every"] {
             training.remove(changeable);
         }
     }

@@ -40,6 +40,11 @@ pub struct TrainConfig {
     /// Samples between checkpoints of the model directory (none when `None`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_every: Option<usize>,
+    /// Minutes of training between checkpoints, whatever the samples (0: none), so that a run
+    /// killed outright (SIGKILL, the out-of-memory killer, a power cut) loses at most this much.
+    /// Runs recorded before it existed get the default.
+    #[serde(default = "default_checkpoint_minutes")]
+    pub checkpoint_minutes: f64,
     /// Samples between rows of `metrics.csv` (`None`: [`TrainConfig::log_every_samples`]'s default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_every: Option<usize>,
@@ -86,6 +91,14 @@ fn one_thread() -> usize {
     1
 }
 
+/// [`TrainConfig::checkpoint_minutes`] unless the user says otherwise: a checkpoint of the
+/// reference model takes milliseconds, one of a large vocabulary's a second.
+pub const DEFAULT_CHECKPOINT_MINUTES: f64 = 10.0;
+
+fn default_checkpoint_minutes() -> f64 {
+    DEFAULT_CHECKPOINT_MINUTES
+}
+
 fn default_evaluation_samples() -> usize {
     DEFAULT_EVALUATION_SAMPLES
 }
@@ -100,6 +113,7 @@ impl Default for TrainConfig {
             seed: 1,
             evaluation_samples: DEFAULT_EVALUATION_SAMPLES,
             checkpoint_every: None,
+            checkpoint_minutes: DEFAULT_CHECKPOINT_MINUTES,
             log_every: None,
             lr_schedule: LrSchedule::Constant,
             warmup: 0,
@@ -150,6 +164,12 @@ impl TrainConfig {
         }
         if self.checkpoint_every == Some(0) {
             bail!("--checkpoint-every must be at least 1 sample");
+        }
+        if !(self.checkpoint_minutes.is_finite() && self.checkpoint_minutes >= 0.0) {
+            bail!(
+                "--checkpoint-minutes must be a number of minutes, at least 0 (none), got {}",
+                self.checkpoint_minutes
+            );
         }
         if self.log_every == Some(0) {
             bail!("--log-every must be at least 1 sample");
@@ -329,6 +349,10 @@ fn train_steps(
     let elapsed = || run.seconds_before + start.elapsed().as_secs_f64();
     interrupt::install();
     let mut samples_at_last_checkpoint = run.start.samples_seen(config);
+    // At most a year: Duration cannot hold every f64.
+    let checkpoint_interval = (config.checkpoint_minutes > 0.0)
+        .then(|| Duration::from_secs_f64(config.checkpoint_minutes.min(525_600.0) * 60.0));
+    let mut last_checkpoint = Instant::now();
     let log_every = config.log_every_samples();
     let mut samples_at_last_report = run.start.samples_seen(config);
     for epoch in run.start.epoch..config.epochs {
@@ -353,7 +377,8 @@ fn train_steps(
             let next = Position { epoch, step: step + 1 };
             let samples_seen = next.samples_seen(config);
             let checkpoint_due =
-                config.checkpoint_every.is_some_and(|every| samples_seen / every > samples_at_last_checkpoint / every);
+                config.checkpoint_every.is_some_and(|every| samples_seen / every > samples_at_last_checkpoint / every)
+                    || checkpoint_interval.is_some_and(|interval| last_checkpoint.elapsed() >= interval);
             let signal = interrupt::requested();
             let stop = signal.is_some();
             let epoch_ends = step + 1 == steps;
@@ -390,6 +415,7 @@ fn train_steps(
                 if !finished || stop {
                     (run.save_checkpoint)(next, optimizer, elapsed())?;
                     samples_at_last_checkpoint = samples_seen;
+                    last_checkpoint = Instant::now();
                 }
                 if let (Some(signal), false) = (signal, finished) {
                     reporter.finish();
@@ -518,6 +544,9 @@ mod tests {
         let cosine = TrainConfig { final_learning_rate: 1e-4, lr_schedule: LrSchedule::Cosine, ..reference.clone() };
         assert!(cosine.validate().is_ok());
         assert!(TrainConfig { final_learning_rate: f64::INFINITY, ..reference.clone() }.validate().is_err());
+        assert!(TrainConfig { checkpoint_minutes: -1.0, ..reference.clone() }.validate().is_err());
+        assert!(TrainConfig { checkpoint_minutes: f64::NAN, ..reference.clone() }.validate().is_err());
+        assert!(TrainConfig { checkpoint_minutes: 0.0, ..reference.clone() }.validate().is_ok(), "none");
         assert!(TrainConfig { threads: 0, ..reference }.validate().is_err());
     }
 }
