@@ -97,21 +97,39 @@ struct Memory {
     /// `h̄_s W_aᵀ`, `[batch, input_len, units]`: the score's product with the memory, made once.
     keys: Tensor,
     padding: Option<Tensor>,
+    /// The memory row that each decoding row reads (`None`: row `i` reads row `i`). The
+    /// hand-written step follows it rather than copying the memory whenever answers end or a
+    /// beam repeats its input; libtorch's ops need the rows in place.
+    rows: Option<Tensor>,
 }
 
 impl Memory {
     /// `encoded`'s outputs and padding, with `keys` made from them.
     fn of(encoded: &Encoded, keys: Tensor) -> Memory {
         let padding = encoded.padding.as_ref().map(Tensor::shallow_clone);
-        Memory { outputs: encoded.outputs.shallow_clone(), keys, padding }
+        Memory { outputs: encoded.outputs.shallow_clone(), keys, padding, rows: None }
     }
 
-    /// The rows of `index` (the answers still being written).
-    fn select(&self, index: &Tensor) -> Memory {
+    /// The decoding rows of `index` (the answers still being written, a beam's copies of each
+    /// input): by reference when `by_reference`, else copied into place.
+    fn select(&self, index: &Tensor, by_reference: bool) -> Memory {
+        let rows = match &self.rows {
+            Some(rows) => rows.index_select(0, index),
+            None => index.shallow_clone(),
+        };
+        if by_reference {
+            return Memory {
+                outputs: self.outputs.shallow_clone(),
+                keys: self.keys.shallow_clone(),
+                padding: self.padding.as_ref().map(Tensor::shallow_clone),
+                rows: Some(rows),
+            };
+        }
         Memory {
-            outputs: self.outputs.index_select(0, index),
-            keys: self.keys.index_select(0, index),
-            padding: self.padding.as_ref().map(|padding| padding.index_select(0, index)),
+            outputs: self.outputs.index_select(0, &rows),
+            keys: self.keys.index_select(0, &rows),
+            padding: self.padding.as_ref().map(|padding| padding.index_select(0, &rows)),
+            rows: None,
         }
     }
 }
@@ -356,7 +374,7 @@ impl Feedback {
             if still < token.size()[0] {
                 let kept = going.nonzero().squeeze_dim(1);
                 writing = writing.index_select(0, &kept);
-                memory = memory.map(|memory| memory.select(&kept));
+                memory = memory.map(|memory| memory.select(&kept, stepper.reads_by_reference()));
                 state = state.select(&kept);
                 fed = fed.index_select(0, &kept);
                 previous = token.index_select(0, &kept);
@@ -391,9 +409,14 @@ impl Feedback {
         let device = encoded.outputs.device();
         let rows = batch * beam;
         let copies = Tensor::arange(batch, (Kind::Int64, device)).repeat_interleave_self_int(beam, None, None);
-        let encoded = encoded.select(&copies);
         let stepper = Stepper::new(self, parts, by_hand);
-        let (mut memory, mut state, mut fed) = self.begin(&encoded, &parts.output.ws, &stepper);
+        let (mut memory, mut state, mut fed) = if stepper.reads_by_reference() {
+            // Each input's hypotheses read its memory: begun once, the copies by reference.
+            let (memory, state, fed) = self.begin(encoded, &parts.output.ws, &stepper);
+            (memory.map(|memory| memory.select(&copies, true)), state.select(&copies), fed.index_select(0, &copies))
+        } else {
+            self.begin(&encoded.select(&copies), &parts.output.ws, &stepper)
+        };
         let mut previous = self.start_ids(rows, device);
         // Only the first copy of each input starts, so that the first step's choices differ.
         let scores = Tensor::full([batch, beam], f64::NEG_INFINITY, (Kind::Double, device));
@@ -459,7 +482,7 @@ impl Feedback {
                 let kept_inputs = done.logical_not().nonzero().squeeze_dim(1);
                 let kept = rows_of(&kept_inputs, beam);
                 inputs = inputs.index_select(0, &kept_inputs);
-                memory = memory.map(|memory| memory.select(&kept));
+                memory = memory.map(|memory| memory.select(&kept, stepper.reads_by_reference()));
                 state = state.select(&kept);
                 fed = fed.index_select(0, &kept);
                 finished = finished.index_select(0, &kept);
@@ -636,6 +659,7 @@ impl Attention {
 
     /// [`Attention::attend`], keeping what its backward pass reads.
     fn attend_keeping(&self, memory: &Memory, top: &Tensor) -> Attended {
+        debug_assert!(memory.rows.is_none(), "libtorch's ops read the memory's rows in place");
         let scores = memory.keys.bmm(&top.unsqueeze(2)).squeeze_dim(2);
         let scores = match &memory.padding {
             Some(padding) => scores.masked_fill(padding, f64::NEG_INFINITY),

@@ -41,6 +41,12 @@ pub struct HandWeights {
 }
 
 impl Stepper {
+    /// Whether the step reads attention's memory through [`Memory`]'s row map, so that rows
+    /// that leave or repeat need no copy of it.
+    pub fn reads_by_reference(&self) -> bool {
+        matches!(self, Stepper::ByHand(_))
+    }
+
     /// The hand-written step where `by_hand` and the decoder writes classes, else libtorch's ops.
     pub fn new(feedback: &Feedback, parts: &Parts, by_hand: bool) -> Stepper {
         let Features::Classes(classes) = feedback.output else { return Stepper::Ops };
@@ -152,10 +158,9 @@ impl Attention {
 
     /// [`Attention::attend`] with the context computed by [`context`].
     fn attend_by_hand(&self, memory: &Memory, top: &Tensor) -> Tensor {
-        let [rows, steps, width] = memory.outputs.size()[..] else {
-            unreachable!("the memory is [batch, steps, width]")
-        };
-        let units = top.size()[1];
+        let [_, steps, width] = memory.outputs.size()[..] else { unreachable!("the memory is [batch, steps, width]") };
+        let [rows, units] = top.size()[..] else { unreachable!("the decoder's output is [rows, units]") };
+        let source_rows = memory.rows.as_ref().map(|rows| Vec::<i64>::try_from(rows).expect("int64 row indices"));
         let joined = Tensor::empty([rows, width + units], (Kind::Float, tch::Device::Cpu));
         joined.narrow(1, width, units).copy_(top);
         let (outputs, keys) = (memory.outputs.contiguous(), memory.keys.contiguous());
@@ -167,6 +172,7 @@ impl Attention {
                 outputs: floats(&outputs),
                 keys: floats(&keys),
                 padding: padding.as_ref().map(|padding| floats::<bool>(padding)),
+                rows: source_rows.as_deref(),
                 top: floats(top),
                 joined: floats_mut(&joined),
                 steps: steps as usize,
@@ -185,6 +191,8 @@ struct Context<'a> {
     keys: &'a [f32],
     /// Where the input is padding, `[rows, steps]`.
     padding: Option<&'a [bool]>,
+    /// The memory row (of `outputs`, `keys` and `padding`) each row reads; `None`: its own.
+    rows: Option<&'a [i64]>,
     /// The decoder's output `h_t`, `[rows, units]`.
     top: &'a [f32],
     /// `[rows, width + units]`: receives the context `c_t` in each row's first `width` columns.
@@ -213,12 +221,13 @@ fn context_avx2(args: Context<'_>) {
 
 #[inline(always)]
 fn context_portable(args: Context<'_>) {
-    let Context { outputs, keys, padding, top, joined, steps, width, units } = args;
+    let Context { outputs, keys, padding, rows, top, joined, steps, width, units } = args;
     let mut weights = vec![0f32; steps];
     for (row, joined) in joined.chunks_exact_mut(width + units).enumerate() {
         let query = &top[row * units..][..units];
-        let keys = &keys[row * steps * units..][..steps * units];
-        let padded = |step: usize| padding.is_some_and(|padding| padding[row * steps + step]);
+        let read = rows.map_or(row, |rows| rows[row] as usize);
+        let keys = &keys[read * steps * units..][..steps * units];
+        let padded = |step: usize| padding.is_some_and(|padding| padding[read * steps + step]);
         let mut largest = f32::NEG_INFINITY;
         for (step, (weight, key)) in weights.iter_mut().zip(keys.chunks_exact(units)).enumerate() {
             *weight = if padded(step) { f32::NEG_INFINITY } else { dot(key, query) };
@@ -231,7 +240,7 @@ fn context_portable(args: Context<'_>) {
         }
         let context = &mut joined[..width];
         context.fill(0.0);
-        let outputs = &outputs[row * steps * width..][..steps * width];
+        let outputs = &outputs[read * steps * width..][..steps * width];
         for (weight, output) in weights.iter().zip(outputs.chunks_exact(width)) {
             let weight = weight / total;
             if weight != 0.0 {
