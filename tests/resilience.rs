@@ -177,7 +177,8 @@ fn a_run_killed_outright_resumes_from_its_last_checkpoint_by_the_clock() {
 
     let killed = home.path().join("killed");
     let child = spawn_training(&killed, &["--checkpoint-minutes", "0.005"]);
-    wait_for(&killed.join("training_state.safetensors"));
+    // config.json is the first checkpoint's last file.
+    wait_for(&killed.join("config.json"));
     send(&child, libc::SIGKILL);
     child.wait_with_output().expect("the killed run is reaped");
     let training = &read_json(&killed.join("config.json"))["training"];
