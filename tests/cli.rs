@@ -542,8 +542,17 @@ fn missing_model_directory_is_reported() {
 
 #[test]
 fn directory_without_config_is_not_a_model() {
-    let (_home, dir) = damaged_copy(|dir| fs::remove_file(dir.join("config.json")).unwrap());
-    assert_model_refused(&dir, &[&format!("{} is missing: not a model directory", config_path(&dir))]);
+    // Weights without config.json: what a run stopped while writing its first checkpoint leaves.
+    let (home, dir) = damaged_copy(|dir| fs::remove_file(dir.join("config.json")).unwrap());
+    let missing = format!("{} is missing beside the run's other files", config_path(&dir));
+    assert_model_refused(&dir, &[&missing, "train again with --overwrite"]);
+    run(&["train", "--resume", path_str(&dir)]).failed().stderr_has(&[&missing]);
+    run(&["train", "--out", path_str(&dir), "--samples", "100"])
+        .failed()
+        .stderr_has(&["but no config.json", "nothing there can be resumed; add --overwrite"]);
+    let empty = home.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    assert_model_refused(&empty, &[&format!("{} is missing: not a model directory", config_path(&empty))]);
 }
 
 #[test]

@@ -175,6 +175,14 @@ pub fn prepare_output_dir(out: Option<&Path>, overwrite: bool) -> Result<OutputD
     }
     if MODEL_FILES.iter().any(|name| holds(name)) {
         if !overwrite {
+            if !holds(CONFIG_FILE) {
+                bail!(
+                    "--out {} holds a run's weights or training state but no {CONFIG_FILE} (a run stopped while \
+                     writing its first checkpoint, or a damaged directory): nothing there can be resumed; add \
+                     --overwrite to start afresh",
+                    out.display()
+                );
+            }
             let is_checkpoint = holds(TRAINING_STATE_FILE)
                 || read_model_dir_config(out).is_ok_and(|config| config.checkpoint.is_some());
             if is_checkpoint {
@@ -518,6 +526,15 @@ fn read_config(path: &Path) -> Result<SavedConfig> {
                  rename the files ending in {SET_ASIDE_SUFFIX} back to use the old model",
                 path.display(),
                 set_aside.display()
+            );
+        }
+        let written = [WEIGHTS_FILE, TRAINING_STATE_FILE].iter().any(|name| path.with_file_name(name).exists());
+        if written {
+            bail!(
+                "{} is missing beside the run's other files: the run was stopped while writing its first \
+                 checkpoint (or the file was removed), so there is nothing to load or resume; train again \
+                 with --overwrite",
+                path.display()
             );
         }
         bail!("{} is missing: not a model directory", path.display());
