@@ -99,8 +99,9 @@ struct Memory {
     padding: Option<Tensor>,
     /// The memory row that each decoding row reads (`None`: row `i` reads row `i`). The
     /// hand-written step follows it rather than copying the memory whenever answers end or a
-    /// beam repeats its input; libtorch's ops need the rows in place.
-    rows: Option<Tensor>,
+    /// beam repeats its input; libtorch's ops need the rows in place. Kept on the host, where
+    /// the step reads it, so that it is made once per selection rather than once per step.
+    rows: Option<Vec<i64>>,
 }
 
 impl Memory {
@@ -113,11 +114,12 @@ impl Memory {
     /// The decoding rows of `index` (the answers still being written, a beam's copies of each
     /// input): by reference when `by_reference`, else copied into place.
     fn select(&self, index: &Tensor, by_reference: bool) -> Memory {
-        let rows = match &self.rows {
-            Some(rows) => rows.index_select(0, index),
-            None => index.shallow_clone(),
-        };
         if by_reference {
+            let index = Vec::<i64>::try_from(index).expect("int64 row indices");
+            let rows = match &self.rows {
+                Some(rows) => index.iter().map(|&row| rows[row as usize]).collect(),
+                None => index,
+            };
             return Memory {
                 outputs: self.outputs.shallow_clone(),
                 keys: self.keys.shallow_clone(),
@@ -125,6 +127,10 @@ impl Memory {
                 rows: Some(rows),
             };
         }
+        let rows = match &self.rows {
+            Some(rows) => Tensor::from_slice(rows).to_device(index.device()).index_select(0, index),
+            None => index.shallow_clone(),
+        };
         Memory {
             outputs: self.outputs.index_select(0, &rows),
             keys: self.keys.index_select(0, &rows),

@@ -160,7 +160,6 @@ impl Attention {
     fn attend_by_hand(&self, memory: &Memory, top: &Tensor) -> Tensor {
         let [_, steps, width] = memory.outputs.size()[..] else { unreachable!("the memory is [batch, steps, width]") };
         let [rows, units] = top.size()[..] else { unreachable!("the decoder's output is [rows, units]") };
-        let source_rows = memory.rows.as_ref().map(|rows| Vec::<i64>::try_from(rows).expect("int64 row indices"));
         let joined = Tensor::empty([rows, width + units], (Kind::Float, tch::Device::Cpu));
         joined.narrow(1, width, units).copy_(top);
         let (outputs, keys) = (memory.outputs.contiguous(), memory.keys.contiguous());
@@ -172,7 +171,7 @@ impl Attention {
                 outputs: floats(&outputs),
                 keys: floats(&keys),
                 padding: padding.as_ref().map(|padding| floats::<bool>(padding)),
-                rows: source_rows.as_deref(),
+                rows: memory.rows.as_deref(),
                 top: floats(top),
                 joined: floats_mut(&joined),
                 steps: steps as usize,
