@@ -13,8 +13,8 @@
 //! `sgemm_nocopy_driver`); a thread that only waits for signals interrupts nothing.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
-use std::sync::{Once, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Mutex, MutexGuard, Once, PoisonError};
 use std::time::{Duration, Instant};
 
 /// The signal asked for, or 0 for none.
@@ -64,9 +64,9 @@ impl std::error::Error for Stopped {}
 
 /// Whether the signals are held for a save (every signal is then only recorded).
 static SHIELDED: AtomicBool = AtomicBool::new(false);
-/// Per stop signal, when the first one arrived since [`install`] armed it, in microseconds after
-/// [`clock_start`] plus one (0: none yet): a second one kills, once the grace has passed.
-static FIRST_SEEN: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+/// Per stop signal, when the first one arrived since [`install`] armed it: a second one kills,
+/// once the grace has passed. Only the waiter thread and [`install`] touch it, never a handler.
+static FIRST_SEEN: Mutex<[Option<Instant>; 3]> = Mutex::new([None; 3]);
 static WAITER: Once = Once::new();
 
 /// How long a repeat of the first signal counts as the same request. Machines repeat within a
@@ -74,15 +74,9 @@ static WAITER: Once = Once::new();
 /// presses Ctrl-C a second time because nothing seems to happen does so later than this.
 pub const REPEAT_GRACE: Duration = Duration::from_secs(1);
 
-/// The instant that [`FIRST_SEEN`] counts from.
-fn clock_start() -> Instant {
-    static START: OnceLock<Instant> = OnceLock::new();
-    *START.get_or_init(Instant::now)
-}
-
-/// `at` as [`FIRST_SEEN`] stores it: never 0.
-fn stamp(at: Instant) -> u64 {
-    u64::try_from(at.saturating_duration_since(clock_start()).as_micros()).unwrap_or(u64::MAX - 1) + 1
+/// [`FIRST_SEEN`], whose instants stay valid even if a holder panicked.
+fn first_seen() -> MutexGuard<'static, [Option<Instant>; 3]> {
+    FIRST_SEEN.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// What the waiter does with a signal that arrived.
@@ -99,13 +93,8 @@ enum Action {
 /// is recorded.
 fn action_for(signal: libc::c_int, at: Instant) -> Action {
     let Some(index) = STOP_SIGNALS.iter().position(|&s| s == signal) else { return Action::Record };
-    let now = stamp(at);
-    let first = match FIRST_SEEN[index].compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst) {
-        Ok(_) => return Action::Record,
-        Err(first) => first,
-    };
-    let grace = u64::try_from(REPEAT_GRACE.as_micros()).unwrap_or(u64::MAX);
-    let repeat_of_the_first = now.saturating_sub(first) < grace;
+    let first = *first_seen()[index].get_or_insert(at);
+    let repeat_of_the_first = at.saturating_duration_since(first) < REPEAT_GRACE;
     if repeat_of_the_first || SHIELDED.load(Ordering::SeqCst) { Action::Record } else { Action::Kill }
 }
 
@@ -191,12 +180,8 @@ fn kill_with(signal: libc::c_int) -> ! {
 /// It does not clear an earlier request: see [`reset`].
 pub fn install() {
     WAITER.call_once(start_waiter);
-    // Every signal is stamped after this instant, so that the stamps keep their distances.
-    clock_start();
     SHIELDED.store(false, Ordering::SeqCst);
-    for first_seen in &FIRST_SEEN {
-        first_seen.store(0, Ordering::SeqCst);
-    }
+    *first_seen() = [None; 3];
 }
 
 /// Holds every signal for the final save, which a second Ctrl-C must not cut short (it takes a
