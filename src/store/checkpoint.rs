@@ -528,8 +528,8 @@ fn read_config(path: &Path) -> Result<SavedConfig> {
                 set_aside.display()
             );
         }
-        let written = [WEIGHTS_FILE, TRAINING_STATE_FILE].iter().any(|name| path.with_file_name(name).exists());
-        if written {
+        // config.json is missing, so any of the model's files means a run wrote the others.
+        if MODEL_FILES.iter().any(|name| path.with_file_name(name).exists()) {
             bail!(
                 "{} is missing beside the run's other files: the run was stopped while writing its first \
                  checkpoint (or the file was removed), so there is nothing to load or resume; train again \
