@@ -41,8 +41,11 @@ const MAX_CONFIG_BYTES: u64 = 16 << 20;
 /// The files a model directory holds, which `train --overwrite` replaces.
 pub const MODEL_FILES: [&str; 3] = [CONFIG_FILE, TRAINING_STATE_FILE, WEIGHTS_FILE];
 /// What `train --overwrite` sets aside (renamed with [`SET_ASIDE_SUFFIX`]) until the new run
-/// first saves, so that a run that fails before then gives the old model back.
-const SET_ASIDE: [&str; 4] = [CONFIG_FILE, TRAINING_STATE_FILE, WEIGHTS_FILE, crate::store::metrics_log::METRICS_FILE];
+/// first saves, so that a run that fails before then gives the old model back: the model's
+/// files and its metrics.csv.
+fn set_aside_files() -> impl Iterator<Item = &'static str> {
+    MODEL_FILES.into_iter().chain([crate::store::metrics_log::METRICS_FILE])
+}
 const SET_ASIDE_SUFFIX: &str = ".replaced";
 /// Bumped whenever `config.json` changes meaning; loading refuses versions it does not know.
 /// Version 1 (addition only, `problem: {n_terms, largest}`) is still read.
@@ -143,8 +146,7 @@ pub fn prepare_output_dir(out: Option<&Path>, overwrite: bool) -> Result<OutputD
     }
     // A directory of other things is left untouched, not even locked.
     if out.is_dir() {
-        let ours: Vec<String> = SET_ASIDE
-            .iter()
+        let ours: Vec<String> = set_aside_files()
             .flat_map(|name| [name.to_string(), set_aside_name(name)])
             .chain([crate::store::lock::LOCK_FILE.to_owned()])
             .collect();
@@ -166,14 +168,15 @@ pub fn prepare_output_dir(out: Option<&Path>, overwrite: bool) -> Result<OutputD
     clear_stale_temporaries(out)?;
     let holds = |name: &str| out.join(name).exists();
     let holds_set_aside = MODEL_FILES.iter().any(|name| holds(&set_aside_name(name)));
-    if !overwrite && holds_set_aside && !MODEL_FILES.iter().any(|name| holds(name)) {
+    let holds_model = MODEL_FILES.iter().any(|name| holds(name));
+    if !overwrite && holds_set_aside && !holds_model {
         bail!(
             "--out {} holds a model that an interrupted `train --overwrite` set aside (its files end in \
              {SET_ASIDE_SUFFIX}): rename them back to keep it, or add --overwrite to replace it",
             out.display()
         );
     }
-    if MODEL_FILES.iter().any(|name| holds(name)) {
+    if holds_model {
         if !overwrite {
             if !holds(CONFIG_FILE) {
                 bail!(
@@ -199,7 +202,7 @@ pub fn prepare_output_dir(out: Option<&Path>, overwrite: bool) -> Result<OutputD
             );
         }
         // Set aside, not removed: the old model is deleted at the new run's first save.
-        for name in SET_ASIDE.iter().filter(|name| holds(name)) {
+        for name in set_aside_files().filter(|name| holds(name)) {
             let (from, to) = (out.join(name), out.join(set_aside_name(name)));
             fs::rename(&from, &to).with_context(|| format!("cannot rename {} to {}", from.display(), to.display()))?;
         }
@@ -215,7 +218,7 @@ fn set_aside_name(name: &str) -> String {
 /// Deletes what `train --overwrite` set aside in `dir`, once the new run has saved. Best
 /// effort: the new model is saved; a file left is only named on standard error.
 fn discard_set_aside(dir: &Path) {
-    for name in SET_ASIDE {
+    for name in set_aside_files() {
         let path = dir.join(set_aside_name(name));
         match fs::remove_file(&path) {
             Err(e) if e.kind() != ErrorKind::NotFound => {
@@ -235,7 +238,7 @@ pub fn remove_unsaved_run(dir: &Path, made: bool) {
         return;
     }
     let _ = fs::remove_file(dir.join(crate::store::metrics_log::METRICS_FILE));
-    for name in SET_ASIDE {
+    for name in set_aside_files() {
         let _ = fs::rename(dir.join(set_aside_name(name)), dir.join(name));
     }
     if made {
