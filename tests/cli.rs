@@ -636,6 +636,14 @@ fn train_rejects_invalid_values_with_a_clear_error() {
         (&["--ops", "+-", "--op-weights", "-=2,/=3"], "--op-weights weighs '/', which --ops +- does not draw"),
         (&["--task", "autoencoder", "--op-weights", "+=2"], "this run trains an autoencoder"),
         (&["--data", "no-such-pairs.tsv", "--op-weights", "+=2"], "this run trains a model of your own data"),
+        // Negative values reach the checks (clap would read them as unknown flags otherwise).
+        (&["--learning-rate", "-0.01"], "the learning rate must be a positive number, got -0.01"),
+        (&["--dropout", "-0.5", "--encoder-layers", "2"], "dropout must be in [0, 1), got -0.5"),
+        (&["--checkpoint-minutes", "-1"], "--checkpoint-minutes must be a number of minutes, at least 0"),
+        (&["--max-grad-norm", "0"], "--max-grad-norm must be a positive number, got 0"),
+        (&["--max-grad-norm", "-1"], "--max-grad-norm must be a positive number, got -1"),
+        (&["--max-grad-norm", "inf"], "--max-grad-norm must be a positive number, got inf"),
+        (&["--max-grad-norm", "NaN"], "--max-grad-norm must be a positive number, got NaN"),
     ];
     for (bad, reason) in cases {
         assert_train_refuses(bad, reason).failed();

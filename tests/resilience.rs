@@ -112,10 +112,10 @@ fn interrupted_then_resumed_run_ends_with_the_same_weights_bit_for_bit() {
     assert_eq!(resumed_rows, validation_columns(&uninterrupted));
 }
 
-/// Batches shared among two threads, a learning rate that warms up and decays, a curriculum
-/// and weighted operators: the thread count, the schedule, the curriculum and the weights come
-/// back from the checkpoint's config.json (the resumed process is given none of them), and the
-/// weights end as an uninterrupted run's, bit for bit.
+/// Batches shared among two threads, a learning rate that warms up and decays, a curriculum,
+/// weighted operators and clipped gradients: the thread count, the schedule, the curriculum,
+/// the weights and the clipping come back from the checkpoint's config.json (the resumed
+/// process is given none of them), and the weights end as an uninterrupted run's, bit for bit.
 #[test]
 fn a_threaded_scheduled_run_resumes_bit_for_bit_with_its_recorded_settings() {
     let home = TempDir::new().unwrap();
@@ -132,6 +132,9 @@ fn a_threaded_scheduled_run_resumes_bit_for_bit_with_its_recorded_settings() {
         "+-",
         "--op-weights",
         "-=3",
+        // Below every step's norm here, so every step is clipped.
+        "--max-grad-norm",
+        "0.01",
     ];
     let uninterrupted = home.path().join("uninterrupted");
     let mut args = vec!["--threads", "2", "train", "--quiet", "--out", path_str(&uninterrupted)];
@@ -142,6 +145,8 @@ fn a_threaded_scheduled_run_resumes_bit_for_bit_with_its_recorded_settings() {
     assert_eq!((training["threads"].as_u64(), training["lr_schedule"].as_str()), (Some(2), Some("cosine")));
     assert_eq!((training["warmup"].as_u64(), training["curriculum"].as_u64()), (Some(6000), Some(12000)));
     assert_eq!(training["operator_weights"].as_str(), Some("+=1,-=3,*=1,/=1"));
+    assert_eq!(training["max_grad_norm"].as_f64(), Some(0.01));
+    run(&["info", "--model", path_str(&uninterrupted)]).succeeded().stdout_has(&["gradients clipped to norm 0.01"]);
 
     let interrupted = home.path().join("interrupted");
     let mut extra = vec!["--checkpoint-every", "2000"];

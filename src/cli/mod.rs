@@ -195,7 +195,7 @@ pub struct TrainArgs {
     pub valid: Option<PathBuf>,
     /// Share of the pairs held out when no --valid is given, drawn from --seed by each pair's
     /// text (identical pairs stay together).
-    #[arg(long, value_name = "F", default_value_t = DEFAULT_VALID_FRACTION, help_heading = "Your own data")]
+    #[arg(long, value_name = "F", default_value_t = DEFAULT_VALID_FRACTION, help_heading = "Your own data", allow_negative_numbers = true)]
     pub valid_fraction: f64,
     /// Tokens seen fewer times in the training pairs read as <unk>.
     #[arg(long, value_name = "N", default_value_t = 1, help_heading = "Your own data")]
@@ -253,7 +253,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = ModelConfig::default().decoder_layers, help_heading = "Model")]
     pub decoder_layers: usize,
     /// Dropout between stacked LSTM layers while training (off in evaluation and prediction).
-    #[arg(long, default_value_t = ModelConfig::default().dropout, help_heading = "Model")]
+    #[arg(long, default_value_t = ModelConfig::default().dropout, help_heading = "Model", allow_negative_numbers = true)]
     pub dropout: f64,
     /// What the decoder reads at each step: repeat, the reference's encoding at every step;
     /// feedback, its previous token, from the encoder's final state; attention, feedback plus
@@ -272,7 +272,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = TrainConfig::default().epochs)]
     pub epochs: usize,
     /// Adam's learning rate (the peak, with a schedule).
-    #[arg(long, default_value_t = TrainConfig::default().learning_rate)]
+    #[arg(long, default_value_t = TrainConfig::default().learning_rate, allow_negative_numbers = true)]
     pub learning_rate: f64,
     /// How the learning rate moves after the warm-up: constant, or decaying to
     /// --final-learning-rate at the last sample along a straight line or half a cosine.
@@ -282,8 +282,12 @@ pub struct TrainArgs {
     #[arg(long, value_name = "N", default_value_t = TrainConfig::default().warmup)]
     pub warmup: usize,
     /// Where a decaying --lr-schedule ends.
-    #[arg(long, value_name = "LR", default_value_t = TrainConfig::default().final_learning_rate)]
+    #[arg(long, value_name = "LR", default_value_t = TrainConfig::default().final_learning_rate, allow_negative_numbers = true)]
     pub final_learning_rate: f64,
+    /// Scale each batch's gradient down to at most this L2 norm over every weight together
+    /// (PyTorch's clip_grad_norm_, OpenNMT's -max_grad_norm). [default: no clipping]
+    #[arg(long, value_name = "NORM", allow_negative_numbers = true)]
+    pub max_grad_norm: Option<f64>,
     /// Arithmetic: samples over which the terms grow from one digit to as many as --largest
     /// has (a quarter of them drawn from the whole range throughout); then the whole range.
     #[arg(long, value_name = "N", default_value_t = TrainConfig::default().curriculum)]
@@ -321,7 +325,7 @@ pub struct TrainArgs {
     pub checkpoint_every: Option<usize>,
     /// Also write one after every M minutes of training, so that a run killed outright loses at
     /// most that much (0: only --checkpoint-every and Ctrl-C). [default: 10]
-    #[arg(long, value_name = "M", help_heading = "Checkpoints")]
+    #[arg(long, value_name = "M", help_heading = "Checkpoints", allow_negative_numbers = true)]
     pub checkpoint_minutes: Option<f64>,
     /// Add a row to the model directory's metrics.csv every N samples (and at each epoch's end):
     /// running loss and accuracies, and the same figures on 1,000 fresh validation samples.
@@ -335,6 +339,7 @@ pub struct TrainArgs {
         "max_target_len", "source_tokens", "target_tokens", "skip_bad_lines", "ops", "terms", "largest", "reverse", "reverse_output", "length", "sequence", "low", "high", "encoder_units",
         "decoder_units", "encoder_layers", "decoder_layers", "dropout", "decoder", "bidirectional", "samples", "batch_size", "epochs",
         "learning_rate", "seed", "out", "overwrite", "lr_schedule", "warmup", "final_learning_rate", "curriculum", "op_weights",
+        "max_grad_norm",
     ])]
     pub resume: Option<PathBuf>,
 }
@@ -500,6 +505,7 @@ impl TrainArgs {
                 threads,
                 curriculum: self.curriculum,
                 operator_weights: self.op_weights,
+                max_grad_norm: self.max_grad_norm,
             },
             device: self.device,
             out: self.out,

@@ -146,6 +146,9 @@ fn describe_training(training: &TrainConfig) -> String {
     if let Some(weights) = &training.operator_weights {
         parts.push(format!("operators drawn {weights}"));
     }
+    if let Some(norm) = training.max_grad_norm {
+        parts.push(format!("gradients clipped to norm {norm}"));
+    }
     parts.push(format!("seed {}", training.seed));
     parts.push(plural(training.threads, "thread"));
     parts.join(", ")

@@ -15,6 +15,7 @@ use tch::{Device, Kind, Tensor, nn};
 use crate::nn::device::{autograd_forced, dtype_name};
 use crate::nn::lstm::float_range_mut;
 
+pub mod clip;
 mod fused;
 
 pub use fused::Constants as StepConstants;
@@ -178,6 +179,28 @@ impl Adam {
         }
     }
 
+    /// Clips the gradient in the slots to an L2 norm of `max_norm` over every weight together
+    /// ([`clip`]: PyTorch's `clip_grad_norm_`); returns the norm it had.
+    pub fn clip_gradient(&mut self, max_norm: f64) -> f64 {
+        if let Some(update) = &self.fused {
+            let everything = 0..update.elements;
+            // SAFETY: this optimiser owns the gradient buffer; nothing else touches it now.
+            let norm = unsafe { update.gradient_squared_norm(everything.clone()) }.sqrt();
+            if let Some(factor) = clip::scale_for(norm, max_norm) {
+                // SAFETY: as above.
+                unsafe { update.scale_gradient(everything, factor) };
+            }
+            return norm;
+        }
+        tch::no_grad(|| {
+            let norm = self.flat.grad.to_kind(Kind::Double).norm().double_value(&[]);
+            if let Some(factor) = clip::scale_for(norm, max_norm) {
+                let _ = self.flat.grad.g_mul_scalar_(f64::from(factor));
+            }
+            norm
+        })
+    }
+
     /// Handles with which other threads run parts of a step ([`RangeUpdate::run`]), where
     /// steps run as passes in Rust (float32 on the CPU); `None` where they run libtorch's ops.
     pub fn range_update(&self) -> Option<RangeUpdate> {
@@ -308,6 +331,24 @@ impl Clone for RangeUpdate {
 }
 
 impl RangeUpdate {
+    /// The sum of the squares of the gradient's elements in `range` (for clipping).
+    ///
+    /// # Safety
+    /// Nothing writes these elements of the gradient meanwhile.
+    pub unsafe fn gradient_squared_norm(&self, range: Range<usize>) -> f64 {
+        // SAFETY: the caller keeps writers away from `range`; this only reads it.
+        clip::squared_norm(unsafe { float_range_mut(&self.grad, range) })
+    }
+
+    /// Multiplies the gradient's elements in `range` by `factor` (clipping).
+    ///
+    /// # Safety
+    /// Nothing else reads or writes these elements of the gradient meanwhile.
+    pub unsafe fn scale_gradient(&self, range: Range<usize>, factor: f32) {
+        // SAFETY: the caller keeps every other reference away from `range`.
+        clip::scale(unsafe { float_range_mut(&self.grad, range) }, factor);
+    }
+
     /// The step's update of elements `range` (PyTorch's single-tensor Adam, rounded as
     /// its ops' kernels round) in two passes around libtorch's `sqrt`, which rounds each element
     /// alike wherever a range starts.
@@ -476,6 +517,41 @@ mod tests {
         // The weights moved: the comparison is not between two untouched models.
         let (untouched_vs, _) = model(1);
         assert!(!reference["encoder.weight_ih_l0"].equal(&weights(&untouched_vs)["encoder.weight_ih_l0"]));
+    }
+
+    /// Clipping as tch's `clip_grad_norm` (libtorch's float32 norms where ours are summed in
+    /// double precision, hence a tolerance), at a maximum below every step's norm.
+    #[test]
+    fn clipping_matches_tch_clip_grad_norm() {
+        const MAX_NORM: f64 = 0.02;
+        let batches = batches(20);
+        let (ours_vs, ours_model) = model(1);
+        let mut ours = Adam::new(&ours_vs, LEARNING_RATE);
+        let mut gradients = ours_model.gradients(|variable| ours.gradient_slot(variable));
+        let mut norms = Vec::new();
+        for batch in &batches {
+            let _ = ours_model.forward_backward_with_autograd(&batch.inputs, &batch.targets, &mut gradients);
+            norms.push(ours.clip_gradient(MAX_NORM));
+            ours.step_from_buffer();
+        }
+        assert!(norms.iter().all(|&norm| norm > 2.0 * MAX_NORM), "every step clipped: {norms:?}");
+
+        let (tch_vs, tch_model) = model(1);
+        let mut reference = nn::Adam::default().build(&tch_vs, LEARNING_RATE).expect("tch builds Adam");
+        for batch in &batches {
+            reference.backward_step_clip_norm(&loss(&tch_model, batch), MAX_NORM);
+        }
+        let (ours, reference) = (weights(&ours_vs), weights(&tch_vs));
+        for (name, expected) in &reference {
+            let difference = (&ours[name] - expected).abs().max().double_value(&[]);
+            let scale = expected.abs().max().double_value(&[]).max(1e-3);
+            assert!(difference <= 1e-6 * scale, "{name}: differs by {difference}, scale {scale}");
+        }
+        let (unclipped_vs, unclipped_model) = model(1);
+        let mut unclipped = Adam::new(&unclipped_vs, LEARNING_RATE);
+        train(&unclipped_model, &mut unclipped, &batches);
+        let moved = (&ours["encoder.weight_ih_l0"] - &weights(&unclipped_vs)["encoder.weight_ih_l0"]).abs().max();
+        assert!(moved.double_value(&[]) > 1e-5, "clipping changed the steps");
     }
 
     /// Three optimisers over equal variables whose lengths leave every kind of remainder at the

@@ -68,6 +68,10 @@ pub struct TrainConfig {
     /// uniformly, the reference. Evaluation and validation samples are drawn uniformly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operator_weights: Option<OperatorWeights>,
+    /// Each batch's gradient is scaled down to at most this L2 norm over every weight
+    /// together (PyTorch's `clip_grad_norm_`); `None`: no clipping, the reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_grad_norm: Option<f64>,
 }
 
 fn is_zero(samples: &usize) -> bool {
@@ -121,6 +125,7 @@ impl Default for TrainConfig {
             threads: 1,
             curriculum: 0,
             operator_weights: None,
+            max_grad_norm: None,
         }
     }
 }
@@ -194,6 +199,11 @@ impl TrainConfig {
                 self.curriculum,
                 self.samples
             );
+        }
+        if let Some(norm) = self.max_grad_norm
+            && !(norm.is_finite() && norm > 0.0)
+        {
+            bail!("--max-grad-norm must be a positive number, got {norm}");
         }
         if !(1..=MAX_THREADS).contains(&self.threads) {
             bail!("--threads must be between 1 and {MAX_THREADS}, got {}", self.threads);
@@ -322,7 +332,7 @@ pub fn train(model: &Seq2Seq, optimizer: &mut Adam, data: &BatchStream, run: Tra
     // Only the CPU shares batches; a GPU takes a batch whole.
     let threads = if model.shares_batches() { run.config.threads } else { 1 };
     thread::scope(|scope| {
-        let mut shared = SharedStep::start(scope, model, optimizer, threads);
+        let mut shared = SharedStep::start(scope, model, optimizer, threads, run.config.max_grad_norm);
         if threads > 1 {
             // Each share's thread runs libtorch on one thread, this one included.
             tch::set_num_threads(1);

@@ -5,7 +5,9 @@
 //! fixed rule, each share's gradient lands in its own buffer, and the buffers are summed in share
 //! order, each weighted by its share of the rows. The threads then split the sum and the
 //! optimiser's update of the weights by ranges of elements, each element's arithmetic the same
-//! wherever the ranges fall. With one thread a step is exactly the single-threaded one.
+//! wherever the ranges fall. Clipping by the gradient's norm puts a round between the sum and
+//! the update: each range's sum of squares, added in range order. With one thread a step is
+//! exactly the single-threaded one.
 
 use std::ops::Range;
 use std::sync::mpsc::{self, Receiver, RecvError, Sender, TryRecvError};
@@ -18,7 +20,7 @@ use tch::{Kind, Tensor};
 use crate::data::mix_seed;
 use crate::nn::lstm::{Masks, float_range_mut};
 use crate::nn::model::{Gradients, Seq2Seq};
-use crate::nn::optim::{Adam, RangeUpdate, StepConstants};
+use crate::nn::optim::{Adam, RangeUpdate, StepConstants, clip};
 use crate::task::pairs::IGNORED;
 
 /// How long a thread polls for its next message before it sleeps: a step's serial part (Adam,
@@ -58,6 +60,20 @@ unsafe fn combine(buffers: &[Tensor], weights: &[f32], range: Range<usize>) {
     }
 }
 
+/// The update of `range` with its gradient first multiplied by `scale`, where given.
+///
+/// # Safety
+/// As [`RangeUpdate::run`].
+unsafe fn scaled_update(update: &RangeUpdate, range: Range<usize>, scale: Option<f32>, constants: &StepConstants) {
+    // SAFETY: the caller keeps every other reference away from `range`.
+    unsafe {
+        if let Some(factor) = scale {
+            update.scale_gradient(range.clone(), factor);
+        }
+        update.run(range, constants);
+    }
+}
+
 /// How `elements` are split among `parts` threads for a step's update: equal ranges in
 /// order, each but the last a multiple of 16 elements (a cache line), so that no two
 /// threads write one line.
@@ -78,6 +94,12 @@ enum Share {
     /// The step's gradient in `range` made the batch's from the shares' (`weights` in share
     /// order), then the optimiser's update of that range.
     Update { range: Range<usize>, weights: Vec<f32>, constants: StepConstants },
+    /// As `Update`'s first half alone, answered with the sum of the range's squares: clipping
+    /// needs the whole gradient's norm before any range is updated.
+    Combine { range: Range<usize>, weights: Vec<f32> },
+    /// The optimiser's update of `range` after a `Combine`, its gradient first multiplied by
+    /// `scale` where clipping asks for it.
+    ScaledUpdate { range: Range<usize>, scale: Option<f32>, constants: StepConstants },
 }
 
 /// A helper's answer to a [`Share`].
@@ -86,6 +108,8 @@ enum Reply {
     Step(Tensor, Tensor),
     Forward(Tensor),
     Updated,
+    /// The sum of the squares of a combined range.
+    Combined(f64),
 }
 
 /// A helper thread: shares in, replies back.
@@ -118,6 +142,8 @@ pub struct SharedStep<'a> {
     /// runs libtorch's ops, and this thread then takes the whole update.
     update: Option<RangeUpdate>,
     helpers: Vec<Helper>,
+    /// Where given, each step's gradient is clipped to this L2 norm before the update.
+    max_grad_norm: Option<f64>,
 }
 
 impl<'a> SharedStep<'a> {
@@ -128,6 +154,7 @@ impl<'a> SharedStep<'a> {
         model: &'a Seq2Seq,
         optimizer: &Adam,
         threads: usize,
+        max_grad_norm: Option<f64>,
     ) -> Self {
         let helpers = threads.max(1) - 1;
         let buffers: Vec<Tensor> = std::iter::once(optimizer.gradient_buffer())
@@ -163,6 +190,20 @@ impl<'a> SharedStep<'a> {
                                 }
                                 Reply::Updated
                             }
+                            Share::Combine { range, weights } => {
+                                let update = update.as_ref().expect("updates are shared only where they run fused");
+                                // SAFETY: as for `Update`.
+                                Reply::Combined(unsafe {
+                                    combine(&buffers[..weights.len()], &weights, range.clone());
+                                    update.gradient_squared_norm(range)
+                                })
+                            }
+                            Share::ScaledUpdate { range, scale, constants } => {
+                                let update = update.as_ref().expect("updates are shared only where they run fused");
+                                // SAFETY: as for `Update`; every range has been combined.
+                                unsafe { scaled_update(update, range, scale, &constants) };
+                                Reply::Updated
+                            }
                         };
                         if replies_out.send(reply).is_err() {
                             break;
@@ -173,7 +214,7 @@ impl<'a> SharedStep<'a> {
             })
             .collect();
         let own = model.gradients(|variable| optimizer.gradient_slot(variable));
-        Self { model, own, buffers, update: optimizer.range_update(), helpers }
+        Self { model, own, buffers, update: optimizer.range_update(), helpers, max_grad_norm }
     }
 
     /// Threads that share a batch (this one included).
@@ -203,6 +244,7 @@ impl<'a> SharedStep<'a> {
         let sizes = Self::share_sizes(rows, self.threads());
         if sizes.len() == 1 {
             let result = self.model.forward_backward_with_masks(inputs, targets, &mut self.own, masks);
+            self.clip(optimizer);
             optimizer.step_from_buffer();
             return Ok(result);
         }
@@ -254,11 +296,15 @@ impl<'a> SharedStep<'a> {
         let Some(update) = &self.update else {
             // SAFETY: the helpers' passes have finished; nothing else touches the buffers.
             unsafe { combine(buffers, weights, 0..buffers[0].numel()) };
+            self.clip(optimizer);
             optimizer.step_from_buffer();
             return Ok(());
         };
-        let constants = optimizer.begin_step();
         let ranges = update_ranges(update.elements, weights.len());
+        if let Some(max_norm) = self.max_grad_norm {
+            return self.clipped_update(helpers, weights, optimizer, update, &ranges, max_norm);
+        }
+        let constants = optimizer.begin_step();
         for (helper, range) in helpers.iter().zip(&ranges[1..]) {
             helper.send(Share::Update { range: range.clone(), weights: weights.to_vec(), constants })?;
         }
@@ -273,6 +319,54 @@ impl<'a> SharedStep<'a> {
             };
         }
         Ok(())
+    }
+
+    /// [`SharedStep::update`] with clipping, in two rounds: each thread combines its range and
+    /// sums its squares, then, once the norm is known (the ranges' sums added in order), scales
+    /// and updates it.
+    fn clipped_update(
+        &self,
+        helpers: &[Helper],
+        weights: &[f32],
+        optimizer: &mut Adam,
+        update: &RangeUpdate,
+        ranges: &[Range<usize>],
+        max_norm: f64,
+    ) -> Result<()> {
+        for (helper, range) in helpers.iter().zip(&ranges[1..]) {
+            helper.send(Share::Combine { range: range.clone(), weights: weights.to_vec() })?;
+        }
+        // SAFETY: every share's passes have finished, and each thread takes its own range.
+        let mut squared_norm = unsafe {
+            combine(&self.buffers[..weights.len()], weights, ranges[0].clone());
+            update.gradient_squared_norm(ranges[0].clone())
+        };
+        for helper in helpers {
+            let Reply::Combined(part) = helper.reply()? else {
+                bail!("a training thread answered out of turn");
+            };
+            squared_norm += part;
+        }
+        let scale = clip::scale_for(squared_norm.sqrt(), max_norm);
+        let constants = optimizer.begin_step();
+        for (helper, range) in helpers.iter().zip(&ranges[1..]) {
+            helper.send(Share::ScaledUpdate { range: range.clone(), scale, constants })?;
+        }
+        // SAFETY: every range has been combined, and each thread takes its own.
+        unsafe { scaled_update(update, ranges[0].clone(), scale, &constants) };
+        for helper in helpers {
+            let Reply::Updated = helper.reply()? else {
+                bail!("a training thread answered out of turn");
+            };
+        }
+        Ok(())
+    }
+
+    /// Clips the whole gradient in the optimiser's slots, where clipping is asked for.
+    fn clip(&self, optimizer: &mut Adam) {
+        if let Some(max_norm) = self.max_grad_norm {
+            optimizer.clip_gradient(max_norm);
+        }
     }
 
     /// [`Seq2Seq::forward`] on `inputs`, its rows shared as a step's are. With one share it is
@@ -336,7 +430,7 @@ mod tests {
     /// The weights after Adam steps on `batches`, each step's gradient from a [`SharedStep`] of
     /// `threads` (dropout masks `Seeded` by the step), and the first step's gradient.
     fn train_shared(config: &ModelConfig, threads: usize, batches: &[(Tensor, Tensor)]) -> (Vec<Tensor>, Tensor) {
-        train_shared_on(REFERENCE_SHAPE, config, threads, batches)
+        train_shared_on(REFERENCE_SHAPE, config, threads, batches, None)
     }
 
     fn train_shared_on(
@@ -344,13 +438,14 @@ mod tests {
         config: &ModelConfig,
         threads: usize,
         batches: &[(Tensor, Tensor)],
+        max_grad_norm: Option<f64>,
     ) -> (Vec<Tensor>, Tensor) {
         one_libtorch_thread();
         let vs = nn::VarStore::new(Device::Cpu);
         let model = Seq2Seq::new_seeded(&vs.root(), config, shape, 5);
         let mut adam = Adam::new(&vs, 0.01);
         let first_gradient = thread::scope(|scope| {
-            let mut shared = SharedStep::start(scope, &model, &adam, threads);
+            let mut shared = SharedStep::start(scope, &model, &adam, threads, max_grad_norm);
             let mut first = None;
             for (step, (inputs, targets)) in batches.iter().enumerate() {
                 let _ = shared.step(inputs, targets, Masks::Seeded(step as u64), &mut adam).expect("the helpers run");
@@ -424,11 +519,36 @@ mod tests {
         let rows: Vec<i64> = (0..30).flat_map(|row| if row < 10 { [3, 0] } else { [0, IGNORED] }).collect();
         let batch = [(inputs, Tensor::from_slice(&rows).view([30, 2]))];
         let config = ModelConfig::default();
-        let (_, one_gradient) = train_shared_on(shape, &config, 1, &batch);
-        let (_, gradient) = train_shared_on(shape, &config, 3, &batch);
+        let (_, one_gradient) = train_shared_on(shape, &config, 1, &batch, None);
+        let (_, gradient) = train_shared_on(shape, &config, 3, &batch, None);
         let scale = one_gradient.abs().max().double_value(&[]);
         let difference = (&gradient - &one_gradient).abs().max().double_value(&[]) / scale;
         assert!(difference < 1e-5, "relative difference {difference:e}");
+    }
+
+    /// The gradient the update used (left in the optimiser's slots) is the batch's scaled to
+    /// the maximum norm, alike for one thread and for three, which clip in two rounds; a
+    /// maximum above every norm changes nothing, bit for bit.
+    #[test]
+    fn clipped_steps_use_the_batch_gradient_scaled_to_the_maximum_norm() {
+        let batches = batches(4, 30);
+        let config = ModelConfig::default();
+        let norm = |gradient: &Tensor| gradient.to_kind(Kind::Double).norm().double_value(&[]);
+        let (_, unclipped) = train_shared_on(REFERENCE_SHAPE, &config, 1, &batches, None);
+        let max_norm = norm(&unclipped) / 4.0;
+        let (one_weights, one_gradient) = train_shared_on(REFERENCE_SHAPE, &config, 1, &batches, Some(max_norm));
+        let (weights, gradient) = train_shared_on(REFERENCE_SHAPE, &config, 3, &batches, Some(max_norm));
+        for clipped in [&one_gradient, &gradient] {
+            assert!((norm(clipped) / max_norm - 1.0).abs() < 1e-5, "norm {} against {max_norm}", norm(clipped));
+            let direction = (clipped * 4.0 - &unclipped).abs().max().double_value(&[]);
+            assert!(direction < 1e-5 * unclipped.abs().max().double_value(&[]), "off by {direction:e}");
+        }
+        assert!(all_equal(&weights, &train_shared_on(REFERENCE_SHAPE, &config, 3, &batches, Some(max_norm)).0));
+        assert!(!all_equal(&one_weights, &train_shared(&config, 1, &batches).0), "clipping changed the steps");
+        for threads in [1, 3] {
+            let never = train_shared_on(REFERENCE_SHAPE, &config, threads, &batches, Some(1e9)).0;
+            assert!(all_equal(&never, &train_shared(&config, threads, &batches).0));
+        }
     }
 
     #[test]
