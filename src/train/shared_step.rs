@@ -126,6 +126,14 @@ impl Helper {
     fn reply(&self) -> Result<Reply> {
         receive(&self.replies).map_err(|_| anyhow!("a training thread stopped"))
     }
+
+    /// Waits for the helper to finish its range of an update.
+    fn updated(&self) -> Result<()> {
+        let Reply::Updated = self.reply()? else {
+            bail!("a training thread answered out of turn");
+        };
+        Ok(())
+    }
 }
 
 /// Runs [`Seq2Seq::forward_backward`] on a batch shared among threads, then the optimiser's
@@ -172,6 +180,7 @@ impl<'a> SharedStep<'a> {
                 scope.spawn(move || {
                     // OpenMP's thread count is per thread: a new one starts at every core.
                     tch::set_num_threads(1);
+                    let fused = || update.as_ref().expect("updates are shared only where they run fused");
                     while let Ok(share) = receive(&shares_in) {
                         let reply = match share {
                             Share::Step { inputs, targets, masks } => {
@@ -181,27 +190,24 @@ impl<'a> SharedStep<'a> {
                             }
                             Share::Forward(inputs) => Reply::Forward(replica.forward(&inputs)),
                             Share::Update { range, weights, constants } => {
-                                let update = update.as_ref().expect("updates are shared only where they run fused");
                                 // SAFETY: each thread updates its own range, and only once
                                 // every share's passes have finished.
                                 unsafe {
                                     combine(&buffers[..weights.len()], &weights, range.clone());
-                                    update.run(range, &constants);
+                                    fused().run(range, &constants);
                                 }
                                 Reply::Updated
                             }
                             Share::Combine { range, weights } => {
-                                let update = update.as_ref().expect("updates are shared only where they run fused");
                                 // SAFETY: as for `Update`.
                                 Reply::Combined(unsafe {
                                     combine(&buffers[..weights.len()], &weights, range.clone());
-                                    update.gradient_squared_norm(range)
+                                    fused().gradient_squared_norm(range)
                                 })
                             }
                             Share::ScaledUpdate { range, scale, constants } => {
-                                let update = update.as_ref().expect("updates are shared only where they run fused");
                                 // SAFETY: as for `Update`; every range has been combined.
-                                unsafe { scaled_update(update, range, scale, &constants) };
+                                unsafe { scaled_update(fused(), range, scale, &constants) };
                                 Reply::Updated
                             }
                         };
@@ -244,8 +250,7 @@ impl<'a> SharedStep<'a> {
         let sizes = Self::share_sizes(rows, self.threads());
         if sizes.len() == 1 {
             let result = self.model.forward_backward_with_masks(inputs, targets, &mut self.own, masks);
-            self.clip(optimizer);
-            optimizer.step_from_buffer();
+            self.step_whole(optimizer);
             return Ok(result);
         }
         let share_masks = |share: usize| match masks {
@@ -296,8 +301,7 @@ impl<'a> SharedStep<'a> {
         let Some(update) = &self.update else {
             // SAFETY: the helpers' passes have finished; nothing else touches the buffers.
             unsafe { combine(buffers, weights, 0..buffers[0].numel()) };
-            self.clip(optimizer);
-            optimizer.step_from_buffer();
+            self.step_whole(optimizer);
             return Ok(());
         };
         let ranges = update_ranges(update.elements, weights.len());
@@ -314,9 +318,7 @@ impl<'a> SharedStep<'a> {
             update.run(ranges[0].clone(), &constants);
         }
         for helper in helpers {
-            let Reply::Updated = helper.reply()? else {
-                bail!("a training thread answered out of turn");
-            };
+            helper.updated()?;
         }
         Ok(())
     }
@@ -355,18 +357,18 @@ impl<'a> SharedStep<'a> {
         // SAFETY: every range has been combined, and each thread takes its own.
         unsafe { scaled_update(update, ranges[0].clone(), scale, &constants) };
         for helper in helpers {
-            let Reply::Updated = helper.reply()? else {
-                bail!("a training thread answered out of turn");
-            };
+            helper.updated()?;
         }
         Ok(())
     }
 
-    /// Clips the whole gradient in the optimiser's slots, where clipping is asked for.
-    fn clip(&self, optimizer: &mut Adam) {
+    /// The optimiser's update of every element on this thread, from the gradient in its slots,
+    /// clipped first where clipping is asked for.
+    fn step_whole(&self, optimizer: &mut Adam) {
         if let Some(max_norm) = self.max_grad_norm {
             optimizer.clip_gradient(max_norm);
         }
+        optimizer.step_from_buffer();
     }
 
     /// [`Seq2Seq::forward`] on `inputs`, its rows shared as a step's are. With one share it is
