@@ -568,6 +568,19 @@ fn config_with_an_unknown_format_version_is_refused() {
 }
 
 #[test]
+fn config_with_a_field_of_the_wrong_type_names_the_field() {
+    let (_home, dir) =
+        damaged_copy(|dir| edit_config(dir, |config| config["training"]["learning_rate"] = json!("big")));
+    assert_model_refused(
+        &dir,
+        &[&format!(
+            "{} does not describe a model: field training.learning_rate: invalid type: string \"big\"",
+            config_path(&dir)
+        )],
+    );
+}
+
+#[test]
 fn config_disagreeing_with_the_weights_shapes_is_refused() {
     // 60 encoder units where the weights have 64: every encoder tensor has the wrong shape.
     let (_home, dir) = damaged_copy(|dir| edit_config(dir, |config| config["model"]["encoder_units"] = json!(60)));

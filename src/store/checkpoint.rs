@@ -8,7 +8,7 @@ use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor, nn};
 
@@ -553,7 +553,15 @@ fn read_config(path: &Path) -> Result<SavedConfig> {
         }
         None => bail!("{} has no format_version: not a seq2seq model config", path.display()),
     }
-    serde_json::from_value(value).with_context(|| format!("{} does not describe a model", path.display()))
+    serde_path_to_error::deserialize(value).map_err(|error| {
+        let field = error.path().to_string();
+        let error = error.into_inner();
+        if field == "." {
+            anyhow!("{} does not describe a model: {error}", path.display())
+        } else {
+            anyhow!("{} does not describe a model: field {field}: {error}", path.display())
+        }
+    })
 }
 
 /// Version 1 knew only addition: `problem: {n_terms, largest}` becomes an arithmetic task.
