@@ -60,6 +60,19 @@ unsafe fn combine(buffers: &[Tensor], weights: &[f32], range: Range<usize>) {
     }
 }
 
+/// The batch's gradient in `range` made from the shares' (as [`combine`]), and the sum of its
+/// squares there (clipping's first round).
+///
+/// # Safety
+/// As [`combine`] and [`RangeUpdate::gradient_squared_norm`].
+unsafe fn combined_squared_norm(buffers: &[Tensor], weights: &[f32], update: &RangeUpdate, range: Range<usize>) -> f64 {
+    // SAFETY: the caller keeps every other reference away from `range`.
+    unsafe {
+        combine(&buffers[..weights.len()], weights, range.clone());
+        update.gradient_squared_norm(range)
+    }
+}
+
 /// The update of `range` with its gradient first multiplied by `scale`, where given.
 ///
 /// # Safety
@@ -125,6 +138,14 @@ impl Helper {
 
     fn reply(&self) -> Result<Reply> {
         receive(&self.replies).map_err(|_| anyhow!("a training thread stopped"))
+    }
+
+    /// Waits for the sum of the squares of the helper's combined range.
+    fn combined(&self) -> Result<f64> {
+        let Reply::Combined(squared_norm) = self.reply()? else {
+            bail!("a training thread answered out of turn");
+        };
+        Ok(squared_norm)
     }
 
     /// Waits for the helper to finish its range of an update.
@@ -200,10 +221,7 @@ impl<'a> SharedStep<'a> {
                             }
                             Share::Combine { range, weights } => {
                                 // SAFETY: as for `Update`.
-                                Reply::Combined(unsafe {
-                                    combine(&buffers[..weights.len()], &weights, range.clone());
-                                    fused().gradient_squared_norm(range)
-                                })
+                                Reply::Combined(unsafe { combined_squared_norm(&buffers, &weights, fused(), range) })
                             }
                             Share::ScaledUpdate { range, scale, constants } => {
                                 // SAFETY: as for `Update`; every range has been combined.
@@ -339,15 +357,9 @@ impl<'a> SharedStep<'a> {
             helper.send(Share::Combine { range: range.clone(), weights: weights.to_vec() })?;
         }
         // SAFETY: every share's passes have finished, and each thread takes its own range.
-        let mut squared_norm = unsafe {
-            combine(&self.buffers[..weights.len()], weights, ranges[0].clone());
-            update.gradient_squared_norm(ranges[0].clone())
-        };
+        let mut squared_norm = unsafe { combined_squared_norm(&self.buffers, weights, update, ranges[0].clone()) };
         for helper in helpers {
-            let Reply::Combined(part) = helper.reply()? else {
-                bail!("a training thread answered out of turn");
-            };
-            squared_norm += part;
+            squared_norm += helper.combined()?;
         }
         let scale = clip::scale_for(squared_norm.sqrt(), max_norm);
         let constants = optimizer.begin_step();
