@@ -138,7 +138,7 @@ pub fn train(request: &TrainRequest) -> Result<PathBuf> {
     // Weights are drawn on the CPU so that a seed gives the same start on every device.
     let mut vs = nn::VarStore::new(Device::Cpu);
     let model = Seq2Seq::new_seeded(&vs.root(), model_config, ModelShape::for_task(task), training.seed);
-    vs.set_device(device);
+    model.place(&mut vs, device);
     let mut optimizer = Adam::new(&vs, training.learning_rate);
     let trained = run_training(
         Session {

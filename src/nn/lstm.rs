@@ -226,6 +226,32 @@ impl Lstm {
         Self { layers, hidden, dropout }
     }
 
+    /// Moves the weights into one buffer in cuDNN's layout, as `nn.LSTM.flatten_parameters` does.
+    /// Otherwise cuDNN copies them into one at every call of the `lstm` op, and libtorch warns
+    /// that "RNN module weights are not part of single contiguous chunk of memory". The
+    /// variables keep their names and values and become views of that buffer, so loading,
+    /// saving and the optimiser, which all work on the variables in place, see no difference.
+    pub(crate) fn share_one_cudnn_buffer(&self) {
+        const LSTM_MODE: i64 = 2; // cuDNN's CUDNN_LSTM, as in libtorch's RNN.cpp
+        let input_size = self.layers[0].w_ih.size()[1];
+        let weights: Vec<&Tensor> =
+            self.layers.iter().flat_map(|layer| [&layer.w_ih, &layer.w_hh, &layer.b_ih, &layer.b_hh]).collect();
+        let layers = self.layers.len() as i64;
+        let _ = tch::no_grad(|| {
+            Tensor::internal_cudnn_rnn_flatten_weight(
+                &weights,
+                4,
+                input_size,
+                LSTM_MODE,
+                self.hidden,
+                0,
+                layers,
+                true,
+                false,
+            )
+        });
+    }
+
     /// Another handle on the same weights (see [`crate::nn::model::Seq2Seq::replica`]).
     pub fn replica(&self) -> Lstm {
         let layers = self

@@ -369,6 +369,18 @@ impl Seq2Seq {
         Self { encoder, encoder_reverse, decoder, output, feedback, config: config.clone(), shape }
     }
 
+    /// Moves the weights of `vs` (this model's) to `device`. On a GPU with cuDNN, each LSTM's
+    /// weights then become views of one buffer in cuDNN's layout (see
+    /// [`Lstm::share_one_cudnn_buffer`]); moving the VarStore gives every variable storage of its own.
+    pub fn place(&self, vs: &mut nn::VarStore, device: Device) {
+        vs.set_device(device);
+        if device.is_cuda() && tch::Cuda::cudnn_is_available() {
+            for lstm in [&self.encoder, &self.decoder].into_iter().chain(&self.encoder_reverse) {
+                lstm.share_one_cudnn_buffer();
+            }
+        }
+    }
+
     /// Like [`Seq2Seq::new`], with the initial weights drawn from `seed`. A lock keeps other
     /// threads from drawing from libtorch's global generator in between.
     pub fn new_seeded(vs: &nn::Path, config: &ModelConfig, shape: ModelShape, seed: u64) -> Self {

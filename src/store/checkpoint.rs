@@ -383,7 +383,7 @@ pub fn load_checkpoint(dir: &Path, device: Device) -> Result<Checkpoint> {
         .filter_map(|(name, t)| name.strip_prefix(STATE_WEIGHTS_PREFIX).map(|n| (n.to_owned(), t.shallow_clone())))
         .collect();
     copy_weights(&vs, &weights).with_context(context)?;
-    vs.set_device(device);
+    model.place(&mut vs, device);
     let mut optimizer = Adam::new(&vs, config.training.learning_rate);
     optimizer.load_state(&stored).with_context(context)?;
     let read_position = |name: &str| -> Result<usize> {
@@ -488,7 +488,7 @@ pub fn load(dir: &Path, device: Device) -> Result<LoadedModel> {
     let model = Seq2Seq::new(&vs.root(), &config.model, config.shape());
     let weights_path = dir.join(WEIGHTS_FILE);
     load_weights(&vs, &weights_path)?;
-    vs.set_device(device);
+    model.place(&mut vs, device);
     Ok(LoadedModel { config, model })
 }
 
