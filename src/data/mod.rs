@@ -193,10 +193,12 @@ fn expression_indices(
 }
 
 /// Copies host data to `device`; to a GPU through pinned memory, without waiting for the copy.
+/// `_pin_memory` is what `pin_memory` calls: tch's `pin_memory` passes a device, which libtorch
+/// 2.11 deprecates with a warning at every call (twice a batch), and `host` is never pinned yet.
 pub fn to_device(host: Tensor, device: Device) -> Tensor {
     match device {
         Device::Cpu => host,
-        _ => host.pin_memory(device).to_device_(device, host.kind(), true, false),
+        _ => host.internal_pin_memory(device).to_device_(device, host.kind(), true, false),
     }
 }
 
