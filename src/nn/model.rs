@@ -371,7 +371,7 @@ impl Seq2Seq {
 
     /// Moves the weights of `vs` (this model's) to `device`. On a GPU with cuDNN, each LSTM's
     /// weights then become views of one buffer in cuDNN's layout (see
-    /// [`Lstm::share_one_cudnn_buffer`]); moving the VarStore gives every variable storage of its own.
+    /// `Lstm::share_one_cudnn_buffer`); moving the VarStore gives every variable storage of its own.
     pub fn place(&self, vs: &mut nn::VarStore, device: Device) {
         vs.set_device(device);
         if device.is_cuda() && tch::Cuda::cudnn_is_available() {
