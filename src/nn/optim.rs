@@ -180,9 +180,17 @@ impl Adam {
     }
 
     /// Clips the gradient in the slots to an L2 norm of `max_norm` over every weight together
-    /// ([`clip`]: PyTorch's `clip_grad_norm_`); returns the norm it had.
-    pub fn clip_gradient(&mut self, max_norm: f64) -> f64 {
-        if let Some(update) = &self.fused {
+    /// ([`clip`]: PyTorch's `clip_grad_norm_`).
+    pub fn clip_gradient(&mut self, max_norm: f64) {
+        self.clip(max_norm, self.fused.is_some());
+    }
+
+    /// [`Adam::clip_gradient`] in one pass in Rust (`fused`) or by libtorch's ops. The ops keep
+    /// the norm and the factor on the device: reading the norm back would make a GPU finish
+    /// every step before the next could be queued. Multiplying by a factor of 1 where the norm
+    /// is within the maximum changes no bit, so both round as [`clip::scale_for`] says.
+    fn clip(&mut self, max_norm: f64, fused: bool) {
+        if fused && let Some(update) = &self.fused {
             let everything = 0..update.elements;
             // SAFETY: this optimiser owns the gradient buffer; nothing else touches it now.
             let norm = unsafe { update.gradient_squared_norm(everything.clone()) }.sqrt();
@@ -190,15 +198,15 @@ impl Adam {
                 // SAFETY: as above.
                 unsafe { update.scale_gradient(everything, factor) };
             }
-            return norm;
+            return;
         }
         tch::no_grad(|| {
-            let norm = self.flat.grad.to_kind(Kind::Double).norm().double_value(&[]);
-            if let Some(factor) = clip::scale_for(norm, max_norm) {
-                let _ = self.flat.grad.g_mul_scalar_(f64::from(factor));
-            }
-            norm
-        })
+            let grad = &mut self.flat.grad;
+            let norm = grad.to_kind(Kind::Double).norm();
+            let coefficient =
+                Tensor::full(Vec::<i64>::new(), max_norm, (Kind::Double, grad.device())) / (norm + clip::NORM_EPS);
+            let _ = grad.g_mul_(&coefficient.clamp_max(1.0).to_kind(grad.kind()));
+        });
     }
 
     /// Handles with which other threads run parts of a step ([`RangeUpdate::run`]), where
@@ -531,7 +539,8 @@ mod tests {
         let mut norms = Vec::new();
         for batch in &batches {
             let _ = ours_model.forward_backward_with_autograd(&batch.inputs, &batch.targets, &mut gradients);
-            norms.push(ours.clip_gradient(MAX_NORM));
+            norms.push(ours.flat.grad.to_kind(Kind::Double).norm().double_value(&[]));
+            ours.clip_gradient(MAX_NORM);
             ours.step_from_buffer();
         }
         assert!(norms.iter().all(|&norm| norm > 2.0 * MAX_NORM), "every step clipped: {norms:?}");
@@ -552,6 +561,34 @@ mod tests {
         train(&unclipped_model, &mut unclipped, &batches);
         let moved = (&ours["encoder.weight_ih_l0"] - &weights(&unclipped_vs)["encoder.weight_ih_l0"]).abs().max();
         assert!(moved.double_value(&[]) > 1e-5, "clipping changed the steps");
+    }
+
+    /// libtorch's clipping, which keeps the factor on the device, gives the bits of the factor
+    /// computed on the host by [`clip::scale_for`] and applied in Rust, above the maximum and
+    /// within it (where nothing may change).
+    #[test]
+    fn clipping_by_libtorchs_ops_rounds_as_the_factor_read_back() {
+        const MAX_NORM: f64 = 0.5;
+        let vs = nn::VarStore::new(Device::Cpu);
+        for (name, shape) in [("a", vec![300i64, 91]), ("b", vec![75])] {
+            let _ = vs.root().var(name, &shape, nn::Init::Const(0.0));
+        }
+        let mut adam = Adam::new(&vs, 0.003);
+        let mut rng = StdRng::seed_from_u64(3);
+        let total = adam.gradient_buffer().numel();
+        for scale in [1.0f32, 1e-3, 30.0, 1e-6] {
+            let values: Vec<f32> = (0..total).map(|_| scale * rng.random_range(-1.0f32..1.0)).collect();
+            adam.gradient_buffer().copy_(&Tensor::from_slice(&values));
+            let mut expected = values.clone();
+            let norm = Tensor::from_slice(&values).to_kind(Kind::Double).norm().double_value(&[]);
+            if let Some(factor) = clip::scale_for(norm, MAX_NORM) {
+                clip::scale(&mut expected, factor);
+            }
+            adam.clip(MAX_NORM, false);
+            let clipped = Vec::<f32>::try_from(adam.gradient_buffer()).expect("float32 values");
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert!(bits(&clipped) == bits(&expected), "scale {scale}: the clipped gradients differ");
+        }
     }
 
     /// Three optimisers over equal variables whose lengths leave every kind of remainder at the

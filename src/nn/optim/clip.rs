@@ -6,7 +6,7 @@
 //! given split of the elements, so that clipping keeps a run deterministic.
 
 /// Added to the norm before dividing, as PyTorch does, so that a zero gradient stays finite.
-const NORM_EPS: f64 = 1e-6;
+pub const NORM_EPS: f64 = 1e-6;
 
 /// Independent partial sums: the additions of one lane wait for each other, not for the
 /// other lanes'. A fixed number, so the rounding never depends on the machine.
