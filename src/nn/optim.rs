@@ -185,10 +185,8 @@ impl Adam {
         self.clip(max_norm, self.fused.is_some());
     }
 
-    /// [`Adam::clip_gradient`] in one pass in Rust (`fused`) or by libtorch's ops. The ops keep
-    /// the norm and the factor on the device: reading the norm back would make a GPU finish
-    /// every step before the next could be queued. Multiplying by a factor of 1 where the norm
-    /// is within the maximum changes no bit, so both round as [`clip::scale_for`] says.
+    /// [`Adam::clip_gradient`] in one pass in Rust (`fused`) or by libtorch's ops
+    /// ([`clip::scale_on_device`]).
     fn clip(&mut self, max_norm: f64, fused: bool) {
         if fused && let Some(update) = &self.fused {
             let everything = 0..update.elements;
@@ -200,13 +198,7 @@ impl Adam {
             }
             return;
         }
-        tch::no_grad(|| {
-            let grad = &mut self.flat.grad;
-            let norm = grad.to_kind(Kind::Double).norm();
-            let coefficient =
-                Tensor::full(Vec::<i64>::new(), max_norm, (Kind::Double, grad.device())) / (norm + clip::NORM_EPS);
-            let _ = grad.g_mul_(&coefficient.clamp_max(1.0).to_kind(grad.kind()));
-        });
+        tch::no_grad(|| clip::scale_on_device(&mut self.flat.grad, max_norm));
     }
 
     /// Handles with which other threads run parts of a step ([`RangeUpdate::run`]), where

@@ -554,13 +554,12 @@ fn read_config(path: &Path) -> Result<SavedConfig> {
         None => bail!("{} has no format_version: not a seq2seq model config", path.display()),
     }
     serde_path_to_error::deserialize(value).map_err(|error| {
-        let field = error.path().to_string();
-        let error = error.into_inner();
-        if field == "." {
-            anyhow!("{} does not describe a model: {error}", path.display())
-        } else {
-            anyhow!("{} does not describe a model: field {field}: {error}", path.display())
-        }
+        // "." is the whole document: there is no field to name.
+        let field = match error.path().to_string() {
+            root if root == "." => String::new(),
+            field => format!("field {field}: "),
+        };
+        anyhow!("{} does not describe a model: {field}{}", path.display(), error.into_inner())
     })
 }
 

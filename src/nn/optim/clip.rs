@@ -5,8 +5,10 @@
 //! On the CPU in float32 the norm is summed here in double precision, in a fixed order for a
 //! given split of the elements, so that clipping keeps a run deterministic.
 
+use tch::{Kind, Tensor};
+
 /// Added to the norm before dividing, as PyTorch does, so that a zero gradient stays finite.
-pub const NORM_EPS: f64 = 1e-6;
+const NORM_EPS: f64 = 1e-6;
 
 /// Independent partial sums: the additions of one lane wait for each other, not for the
 /// other lanes'. A fixed number, so the rounding never depends on the machine.
@@ -36,6 +38,16 @@ pub fn scale_for(norm: f64, max_norm: f64) -> Option<f32> {
     (coefficient < 1.0).then_some(coefficient as f32)
 }
 
+/// Clips `gradient` by libtorch's ops, as [`scale_for`] and [`scale`] do on the host, to the
+/// bit: the norm and the factor stay on the tensor's device, since reading the norm back would
+/// make a GPU finish every step before the next could be queued. Where the norm is within the
+/// maximum the factor is 1, which changes no bit.
+pub fn scale_on_device(gradient: &mut Tensor, max_norm: f64) {
+    let norm = gradient.to_kind(Kind::Double).norm();
+    let coefficient = Tensor::full(Vec::<i64>::new(), max_norm, (Kind::Double, gradient.device())) / (norm + NORM_EPS);
+    let _ = gradient.g_mul_(&coefficient.clamp_max(1.0).to_kind(gradient.kind()));
+}
+
 /// Multiplies `values` by `factor`, rounding as libtorch's `mul_` by a scalar on float32.
 pub fn scale(values: &mut [f32], factor: f32) {
     values.iter_mut().for_each(|value| *value *= factor);
@@ -44,7 +56,6 @@ pub fn scale(values: &mut [f32], factor: f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::{Kind, Tensor};
 
     #[test]
     fn the_squared_norm_matches_libtorch() {
