@@ -7,7 +7,9 @@ gives the vocabularies and sizes, model.safetensors the weights, loaded by name.
   bridge    h = tanh(Linear(h_enc)), c = Linear(c_enc), per decoder layer (top layers aligned)
   decoder   nn.LSTM(target vocabulary + 1 (start token) + units) fed the previous token and
             the previous attentional state h~ (input feeding)
-  attention Luong's "general" score h_t W_a h_s, padding masked; h~ = tanh(W_c [context; h_t])
+  attention Luong's "general" score h_t W_a h_s, padding masked; h~ = tanh(W_c [context; h_t]);
+            with H heads (config.json's attention_heads), head k scores with slice k of h_t and
+            of the keys, and h~ = tanh(W_c [context_1; ...; context_H; h_t])
   output    nn.Linear(units, target vocabulary)
 
 Subcommands:
@@ -68,15 +70,15 @@ class Vocabulary:
 
 
 class Attention(nn.Module):
-    def __init__(self, sources, targets, encoder_units, decoder_units, encoder_layers, decoder_layers):
+    def __init__(self, sources, targets, encoder_units, decoder_units, encoder_layers, decoder_layers, heads=1):
         super().__init__()
-        self.sources, self.targets, self.decoder_layers = sources, targets, decoder_layers
+        self.sources, self.targets, self.decoder_layers, self.heads = sources, targets, decoder_layers, heads
         self.encoder = nn.LSTM(sources, encoder_units, encoder_layers, batch_first=True)
         self.decoder = nn.LSTM(targets + 1 + decoder_units, decoder_units, decoder_layers, batch_first=True)
         self.bridge = nn.ModuleDict({"h": nn.Linear(encoder_units, decoder_units),
                                      "c": nn.Linear(encoder_units, decoder_units)})
         self.attention = nn.ModuleDict({"score": nn.Linear(encoder_units, decoder_units, bias=False),
-                                        "combine": nn.Linear(encoder_units + decoder_units, decoder_units,
+                                        "combine": nn.Linear(heads * encoder_units + decoder_units, decoder_units,
                                                              bias=False)})
         self.output = nn.Linear(decoder_units, targets)
 
@@ -93,8 +95,11 @@ class Attention(nn.Module):
         token = F.one_hot(previous, self.targets + 1).float()
         out, state = self.decoder(torch.cat([token, fed], 1).unsqueeze(1), state)
         top = out.squeeze(1)
-        scores = torch.bmm(keys, top.unsqueeze(2)).squeeze(2).masked_fill(padding, float("-inf"))
-        context = torch.bmm(scores.softmax(-1).unsqueeze(1), memory).squeeze(1)
+        (batch, steps, units), heads = keys.shape, self.heads
+        keys = keys.view(batch, steps, heads, units // heads).transpose(1, 2).reshape(batch * heads, steps, -1)
+        scores = torch.bmm(keys, top.view(batch * heads, -1, 1)).view(batch, heads, steps)
+        scores = scores.masked_fill(padding.unsqueeze(1), float("-inf"))
+        context = torch.bmm(scores.softmax(-1), memory).view(batch, -1)
         attentional = torch.tanh(self.attention["combine"](torch.cat([context, top], 1)))
         return self.output(attentional), attentional, state
 
@@ -182,7 +187,8 @@ class Attention(nn.Module):
 def build(config):
     task, model = config["task"], config["model"]
     return Attention(len(task["source_vocabulary"]), len(task["target_vocabulary"]), model["encoder_units"],
-                     model["decoder_units"], model["encoder_layers"], model["decoder_layers"])
+                     model["decoder_units"], model["encoder_layers"], model["decoder_layers"],
+                     model.get("attention_heads", 1))
 
 
 def encode_source(vocabulary, kind, text, length):

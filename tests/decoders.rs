@@ -12,8 +12,8 @@ use common::*;
 use tempfile::TempDir;
 
 /// A small attention model with every variant switched on: two threads, two layers with
-/// dropout (so that the shares' masks must come from their seeds), a backward encoder and
-/// answers written backwards.
+/// dropout (so that the shares' masks must come from their seeds), a backward encoder, two
+/// heads of attention and answers written backwards.
 const ATTENTION_RUN: &[&str] = &[
     "train",
     "--quiet",
@@ -28,6 +28,8 @@ const ATTENTION_RUN: &[&str] = &[
     "--encoder-layers",
     "2",
     "--decoder-layers",
+    "2",
+    "--attention-heads",
     "2",
     "--dropout",
     "0.1",
@@ -66,6 +68,7 @@ fn an_attention_model_trains_deterministically_and_resumes_bit_for_bit() {
     let config = read_json(&first.join("config.json"));
     assert_eq!(config["model"]["decoder"], "attention");
     assert_eq!(config["model"]["bidirectional"], true);
+    assert_eq!(config["model"]["attention_heads"], 2);
 
     let interrupted = home.path().join("interrupted");
     let args = attention_run("2", &interrupted, &["--checkpoint-every", "1600"]);
@@ -153,16 +156,44 @@ fn beam_search_lists_the_best_answers_with_their_log_probabilities() {
         .stderr_has(&["decoder is repeat", "--decoder feedback or attention"]);
     run(&["evaluate", "--model", path_str(reference), "--beam", "3"]).failed().stderr_has(&["--beam searches"]);
     run(&["train", "--resume", model, "--decoder", "feedback"]).failed_usage();
+    run(&["train", "--resume", model, "--attention-heads", "4"]).failed_usage();
+    let out = home.path().join("refused");
+    run(&[
+        "train",
+        "--decoder",
+        "attention",
+        "--decoder-units",
+        "20",
+        "--attention-heads",
+        "3",
+        "--out",
+        path_str(&out),
+    ])
+    .failed()
+    .stderr_has(&["attention heads must divide the decoder units", "20 decoder units, 3 heads"]);
+    run(&["train", "--decoder", "feedback", "--attention-heads", "2", "--out", path_str(&out)])
+        .failed()
+        .stderr_has(&["attention heads (2) need the attention decoder"]);
+    assert!(!out.exists(), "a refused run writes nothing");
 
     // A directory whose config.json no longer matches its weights names what is wrong.
     let damaged = home.path().join("damaged");
     copy_dir(&dir, &damaged);
     edit_config(&damaged, |config| config["model"]["decoder"] = "feedback".into());
+    run(&["predict", "--model", path_str(&damaged), "1+2+3"])
+        .failed()
+        .stderr_has(&["config.json", "attention heads (2) need the attention decoder"]);
+    edit_config(&damaged, |config| config["model"]["attention_heads"] = 1.into());
     run(&["predict", "--model", path_str(&damaged), "1+2+3"]).failed().stderr_has(&[
         "model.safetensors",
         "attention.",
         "does not have",
     ]);
+    edit_config(&damaged, |config| {
+        config["model"]["decoder"] = "attention".into();
+        config["model"]["attention_heads"] = 1.into();
+    });
+    run(&["predict", "--model", path_str(&damaged), "1+2+3"]).failed().stderr_has(&["attention.combine.weight"]);
     edit_config(&damaged, |config| config["model"]["decoder"] = "sideways".into());
     run(&["predict", "--model", path_str(&damaged), "1+2+3"]).failed().stderr_has(&["unknown variant `sideways`"]);
 }

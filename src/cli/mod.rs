@@ -263,6 +263,11 @@ pub struct TrainArgs {
     /// A second encoder reads each input backwards; the decoder sees both.
     #[arg(long, help_heading = "Model")]
     pub bidirectional: bool,
+    /// Heads of attention (--decoder attention): each scores the encoder's steps with its own
+    /// slice of the decoder's output, so that one step can read several input positions.
+    /// Must divide --decoder-units.
+    #[arg(long, default_value_t = ModelConfig::default().attention_heads, value_name = "N", help_heading = "Model")]
+    pub attention_heads: usize,
     /// Generated training samples per epoch (with your own data, an epoch is every training
     /// pair). [default: 75000]
     #[arg(long)]
@@ -337,7 +342,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR", help_heading = "Checkpoints", conflicts_with_all = [
         "task", "data", "source", "target", "valid", "valid_fraction", "min_count", "max_source_len",
         "max_target_len", "source_tokens", "target_tokens", "skip_bad_lines", "ops", "terms", "largest", "reverse", "reverse_output", "length", "sequence", "low", "high", "encoder_units",
-        "decoder_units", "encoder_layers", "decoder_layers", "dropout", "decoder", "bidirectional", "samples", "batch_size", "epochs",
+        "decoder_units", "encoder_layers", "decoder_layers", "dropout", "decoder", "bidirectional", "attention_heads", "samples", "batch_size", "epochs",
         "learning_rate", "seed", "out", "overwrite", "lr_schedule", "warmup", "final_learning_rate", "curriculum", "op_weights",
         "max_grad_norm",
     ])]
@@ -488,6 +493,7 @@ impl TrainArgs {
                 dropout: self.dropout,
                 decoder: self.decoder,
                 bidirectional: self.bidirectional,
+                attention_heads: self.attention_heads,
             },
             training: TrainConfig {
                 samples: self.samples.unwrap_or(TrainConfig::default().samples),

@@ -82,13 +82,18 @@ pub struct Feedback {
     units: i64,
 }
 
-/// Luong's "general" attention with input feeding.
+/// Luong's "general" attention with input feeding, in one head or several.
+///
+/// With `H` heads, head `k` scores the memory with its slice `k` of the decoder's output and of
+/// the keys (`units / H` wide each): `s_k = h_t[k]ᵀ (W_a h̄_s)[k]`, and reads its own context
+/// `c_k`; `h̃_t = tanh(W_c [c_1; …; c_H; h_t])`. One head is Luong's score exactly.
 #[derive(Debug)]
 struct Attention {
     /// `W_a` of the score `h_tᵀ W_a h̄_s`: `[decoder_units, memory]` (`nn.Linear(memory, units, bias=False)`).
     score: Tensor,
-    /// `W_c` of `h̃_t = tanh(W_c [c_t; h_t])`: `[decoder_units, memory + decoder_units]`.
+    /// `W_c` of `h̃_t = tanh(W_c [c_1; …; c_H; h_t])`: `[decoder_units, heads · memory + decoder_units]`.
     combine: Tensor,
+    heads: i64,
 }
 
 /// The encoder's outputs as attention reads them at every step.
@@ -239,14 +244,15 @@ impl Feedback {
         output.width() + 1 + if attention { units } else { 0 }
     }
 
-    /// Creates `bridge.{h,c}` and, with attention, `attention.{score,combine}` under `vs`.
+    /// Creates `bridge.{h,c}` and, with attention (`Some(heads)`), `attention.{score,combine}`
+    /// under `vs`.
     pub fn new(
         vs: &nn::Path,
         memory: usize,
         units: usize,
         decoder_layers: usize,
         output: Features,
-        attention: bool,
+        attention_heads: Option<usize>,
     ) -> Self {
         let (memory, units_i) = (memory as i64, units as i64);
         let bridge = |name: &str| {
@@ -255,15 +261,17 @@ impl Feedback {
             nn::linear(vs / "bridge" / name, memory, units_i, config)
         };
         let (bridge_h, bridge_c) = (bridge("h"), bridge("c"));
-        let attention = attention.then(|| {
+        let attention = attention_heads.map(|heads| {
             let path = vs / "attention";
+            let contexts = heads as i64 * memory;
             Attention {
                 score: (&path / "score").var("weight", &[units_i, memory], glorot(memory, units_i)),
                 combine: (&path / "combine").var(
                     "weight",
-                    &[units_i, memory + units_i],
-                    glorot(memory + units_i, units_i),
+                    &[units_i, contexts + units_i],
+                    glorot(contexts + units_i, units_i),
                 ),
+                heads: heads as i64,
             }
         });
         Self { bridge_h, bridge_c, attention, output, decoder_layers: decoder_layers as i64, units: units_i }
@@ -276,10 +284,11 @@ impl Feedback {
         Feedback {
             bridge_h: linear(&self.bridge_h),
             bridge_c: linear(&self.bridge_c),
-            attention: self
-                .attention
-                .as_ref()
-                .map(|a| Attention { score: a.score.shallow_clone(), combine: a.combine.shallow_clone() }),
+            attention: self.attention.as_ref().map(|a| Attention {
+                score: a.score.shallow_clone(),
+                combine: a.combine.shallow_clone(),
+                heads: a.heads,
+            }),
             output: self.output,
             decoder_layers: self.decoder_layers,
             units: self.units,
@@ -299,11 +308,12 @@ impl Feedback {
         variables
     }
 
-    /// Trainable numbers of the bridge and of the attention, apart.
-    pub fn parameter_counts(memory: usize, units: usize, attention: bool) -> (u128, u128) {
+    /// Trainable numbers of the bridge and of the attention (`Some(heads)`), apart.
+    pub fn parameter_counts(memory: usize, units: usize, attention_heads: Option<usize>) -> (u128, u128) {
         let (memory, units) = (memory as u128, units as u128);
         let bridge = 2 * (memory * units + units);
-        (bridge, if attention { units * memory + units * (memory + units) } else { 0 })
+        let attention = attention_heads.map_or(0, |heads| units * memory + units * (heads as u128 * memory + units));
+        (bridge, attention)
     }
 
     pub fn attends(&self) -> bool {
@@ -657,6 +667,17 @@ impl Attention {
         encoded.outputs.matmul(&self.score.tr())
     }
 
+    /// `keys` `[batch, steps, units]` as each head reads them, `[batch · heads, steps, units /
+    /// heads]` (a view for one head).
+    fn keys_by_head(&self, keys: &Tensor) -> Tensor {
+        let [batch, steps, units] = keys.size()[..] else { unreachable!("keys are [batch, steps, units]") };
+        keys.view([batch, steps, self.heads, units / self.heads]).transpose(1, 2).reshape([
+            batch * self.heads,
+            steps,
+            units / self.heads,
+        ])
+    }
+
     /// `h̃_t = tanh(W_c [c_t; h_t])`, where the context `c_t` weighs the memory by the softmax
     /// of the scores over the input's steps, padding left out.
     fn attend(&self, memory: &Memory, top: &Tensor) -> Tensor {
@@ -666,13 +687,16 @@ impl Attention {
     /// [`Attention::attend`], keeping what its backward pass reads.
     fn attend_keeping(&self, memory: &Memory, top: &Tensor) -> Attended {
         debug_assert!(memory.rows.is_none(), "libtorch's ops read the memory's rows in place");
-        let scores = memory.keys.bmm(&top.unsqueeze(2)).squeeze_dim(2);
+        let [batch, units] = top.size()[..] else { unreachable!("the decoder's output is [batch, units]") };
+        let slice = units / self.heads;
+        let queries = top.view([batch * self.heads, slice, 1]);
+        let scores = self.keys_by_head(&memory.keys).bmm(&queries).view([batch, self.heads, -1]);
         let scores = match &memory.padding {
-            Some(padding) => scores.masked_fill(padding, f64::NEG_INFINITY),
+            Some(padding) => scores.masked_fill(&padding.unsqueeze(1), f64::NEG_INFINITY),
             None => scores,
         };
         let weights = scores.softmax(-1, scores.kind());
-        let context = weights.unsqueeze(1).bmm(&memory.outputs).squeeze_dim(1);
+        let context = weights.bmm(&memory.outputs).view([batch, -1]);
         let joined = Tensor::cat(&[&context, top], 1);
         let attentional = joined.matmul(&self.combine.tr()).tanh();
         Attended { weights, joined, attentional }
@@ -681,9 +705,9 @@ impl Attention {
 
 /// One step of attention, `[batch, ...]` each.
 struct Attended {
-    /// The softmax of the scores over the input's steps.
+    /// The softmax of each head's scores over the input's steps, `[batch, heads, input_len]`.
     weights: Tensor,
-    /// `[c_t; h_t]`: the context and the decoder's output.
+    /// `[c_1; …; c_H; h_t]`: the heads' contexts and the decoder's output.
     joined: Tensor,
     /// `h̃_t`.
     attentional: Tensor,
@@ -713,6 +737,40 @@ pub fn reading_backwards(padding: Option<&Tensor>, batch: i64, steps: i64, devic
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With several heads, each head is Luong's one-head attention over its slice of the keys
+    /// and of the decoder's output, padding left out; the contexts stand side by side.
+    #[test]
+    fn each_head_attends_with_its_own_slice() {
+        let (batch, steps, memory, units, heads) = (3, 5, 6, 8, 4);
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let feedback = Feedback::new(&vs.root(), memory as usize, units as usize, 1, Features::Classes(4), Some(4));
+        let attention = feedback.attention.as_ref().expect("attention");
+        let outputs = Tensor::randn([batch, steps, memory], (Kind::Float, tch::Device::Cpu));
+        let padding = Tensor::from_slice(&[true, true, false, false, false])
+            .view([1, steps])
+            .repeat([batch, 1])
+            .logical_and(&Tensor::from_slice(&[true, false, true]).view([batch, 1]));
+        let zeros = || Tensor::zeros([1, batch, memory], (Kind::Float, tch::Device::Cpu));
+        let state = State { h: zeros(), c: zeros() };
+        let encoded = Encoded { outputs: outputs.shallow_clone(), state, padding: Some(padding.shallow_clone()) };
+        let top = Tensor::randn([batch, units], (Kind::Float, tch::Device::Cpu));
+        let attended = tch::no_grad(|| attention.attend_keeping(&attention.memory(&encoded), &top));
+        let slice = units / heads;
+        let keys = outputs.matmul(&attention.score.tr());
+        for head in 0..heads {
+            let query = top.narrow(1, head * slice, slice);
+            let scores = keys.narrow(2, head * slice, slice).bmm(&query.unsqueeze(2)).squeeze_dim(2);
+            let weights = scores.masked_fill(&padding, f64::NEG_INFINITY).softmax(-1, Kind::Float);
+            let context = weights.unsqueeze(1).bmm(&outputs).squeeze_dim(1);
+            let got = attended.joined.narrow(1, head * memory, memory);
+            assert!(got.allclose(&context, 1e-5, 1e-6, false), "head {head}");
+            assert!(attended.weights.select(1, head).allclose(&weights, 1e-5, 1e-6, false), "head {head}");
+        }
+        assert!(attended.joined.narrow(1, heads * memory, units).equal(&top));
+        let expected = attended.joined.matmul(&attention.combine.tr()).tanh();
+        assert!(attended.attentional.allclose(&expected, 1e-5, 1e-6, false));
+    }
 
     #[test]
     fn reading_backwards_keeps_the_padding_first() {

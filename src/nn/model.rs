@@ -32,6 +32,18 @@ pub struct ModelConfig {
     /// A second encoder stack reads each input backwards; the encoding is both stacks' states.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub bidirectional: bool,
+    /// Heads of the attention decoder, each scoring the memory with its own slice of the
+    /// decoder's output. Recorded only when more than one.
+    #[serde(default = "one_head", skip_serializing_if = "is_one_head")]
+    pub attention_heads: usize,
+}
+
+fn one_head() -> usize {
+    1
+}
+
+fn is_one_head(heads: &usize) -> bool {
+    *heads == 1
 }
 
 impl Default for ModelConfig {
@@ -44,6 +56,7 @@ impl Default for ModelConfig {
             dropout: 0.0,
             decoder: DecoderKind::Repeat,
             bidirectional: false,
+            attention_heads: 1,
         }
     }
 }
@@ -90,6 +103,16 @@ impl ModelConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             bail!("dropout must be in [0, 1), got {}", self.dropout);
         }
+        let heads = self.attention_heads;
+        if heads != 1 && self.decoder != DecoderKind::Attention {
+            bail!("attention heads ({heads}) need the attention decoder (--decoder attention)");
+        }
+        if heads == 0 || !self.decoder_units.is_multiple_of(heads) {
+            bail!(
+                "attention heads must divide the decoder units into equal slices: {} decoder units, {heads} heads",
+                self.decoder_units
+            );
+        }
         Ok(())
     }
 
@@ -106,7 +129,11 @@ impl ModelConfig {
         let directions = if self.bidirectional { 2 } else { 1 };
         let (bridge, attention) = match self.decoder {
             DecoderKind::Repeat => (0, 0),
-            kind => Feedback::parameter_counts(self.memory_width(), self.decoder_units, kind == DecoderKind::Attention),
+            kind => Feedback::parameter_counts(
+                self.memory_width(),
+                self.decoder_units,
+                (kind == DecoderKind::Attention).then_some(self.attention_heads),
+            ),
         };
         directions * lstm(shape.input.width(), self.encoder_units, self.encoder_layers)
             + lstm(self.decoder_input_width(shape), self.decoder_units, self.decoder_layers)
@@ -356,15 +383,8 @@ impl Seq2Seq {
             },
         );
         let feedback = (config.decoder != DecoderKind::Repeat).then(|| {
-            let attention = config.decoder == DecoderKind::Attention;
-            Feedback::new(
-                vs,
-                config.memory_width(),
-                config.decoder_units,
-                config.decoder_layers,
-                shape.output,
-                attention,
-            )
+            let heads = (config.decoder == DecoderKind::Attention).then_some(config.attention_heads);
+            Feedback::new(vs, config.memory_width(), config.decoder_units, config.decoder_layers, shape.output, heads)
         });
         Self { encoder, encoder_reverse, decoder, output, feedback, config: config.clone(), shape }
     }
@@ -912,7 +932,11 @@ impl Seq2Seq {
                 rows.push(("repeat (RepeatVector)".to_owned(), format!("(None, {output_len}, {memory})"), 0));
                 (0, 0)
             }
-            kind => Feedback::parameter_counts(memory, dec, kind == DecoderKind::Attention),
+            kind => Feedback::parameter_counts(
+                memory,
+                dec,
+                (kind == DecoderKind::Attention).then_some(self.config.attention_heads),
+            ),
         };
         if self.feedback.is_some() {
             rows.push(("bridge (Dense h, c)".to_owned(), format!("(None, {dec})"), bridge as i64));
@@ -921,8 +945,12 @@ impl Seq2Seq {
         }
         stack(&mut rows, "decoder", &self.decoder, output_len, dec, true);
         if attention > 0 {
+            let heads = match self.config.attention_heads {
+                1 => String::new(),
+                heads => format!(", {heads} heads"),
+            };
             rows.push((
-                "attention (Luong general, fed)".to_owned(),
+                format!("attention (Luong general, fed{heads})"),
                 format!("(None, {output_len}, {dec})"),
                 attention as i64,
             ));
@@ -975,6 +1003,7 @@ mod tests {
                 ModelConfig::default(),
                 variant(DecoderKind::Feedback, false),
                 ModelConfig { encoder_layers: 3, decoder_layers: 2, ..variant(DecoderKind::Attention, true) },
+                ModelConfig { attention_heads: 5, ..variant(DecoderKind::Attention, true) },
                 ModelConfig { encoder_layers: 1, decoder_layers: 2, ..variant(DecoderKind::Repeat, true) },
                 ModelConfig {
                     encoder_units: 7,
@@ -1157,9 +1186,9 @@ mod tests {
     }
 
     /// A feedback decoder's teacher-forced pass by hand, after the hand-written encoder (one-way
-    /// and bidirectional): with and without attention, padded pairs, values, one step, and
-    /// stacks where the decoder has more layers than the encoder (the bridge reads one encoder
-    /// layer twice) and fewer.
+    /// and bidirectional): with and without attention (one head and two), padded pairs, values,
+    /// one step, and stacks where the decoder has more layers than the encoder (the bridge reads
+    /// one encoder layer twice) and fewer.
     #[test]
     fn hand_written_feedback_passes_match_autograd() {
         let pairs = ModelShape { input: Features::Classes(7), output: Features::Classes(11), ..PADDED };
@@ -1171,7 +1200,9 @@ mod tests {
             let one = variant(decoder, bidirectional);
             let taller = ModelConfig { encoder_layers: 2, decoder_layers: 3, ..one.clone() };
             let shorter = ModelConfig { encoder_layers: 3, decoder_layers: 2, ..one.clone() };
-            for config in [one, taller, shorter] {
+            let heads =
+                (decoder == DecoderKind::Attention).then(|| ModelConfig { attention_heads: 2, ..shorter.clone() });
+            for config in [one, taller, shorter].into_iter().chain(heads) {
                 for shape in [pairs, REFERENCE_SHAPE, values, one_step] {
                     let vs = nn::VarStore::new(Device::Cpu);
                     assert!(Seq2Seq::new_seeded(&vs.root(), &config, shape, 0).trains_by_hand());
@@ -1365,6 +1396,20 @@ mod tests {
         assert!(ModelConfig::default().validate().is_ok());
     }
 
+    /// Heads slice the decoder's units evenly, and only the attention decoder has them.
+    #[test]
+    fn attention_heads_divide_the_units_of_an_attention_decoder() {
+        let heads = |decoder, attention_heads| ModelConfig { attention_heads, ..variant(decoder, false) }.validate();
+        assert!(heads(DecoderKind::Attention, 2).is_ok());
+        assert!(heads(DecoderKind::Attention, 10).is_ok());
+        let uneven = heads(DecoderKind::Attention, 3).expect_err("10 units in 3 heads");
+        assert!(uneven.to_string().contains("10 decoder units, 3 heads"), "{uneven}");
+        assert!(heads(DecoderKind::Attention, 0).is_err());
+        let elsewhere = heads(DecoderKind::Feedback, 2).expect_err("feedback has no attention");
+        assert!(elsewhere.to_string().contains("--decoder attention"), "{elsewhere}");
+        assert!(heads(DecoderKind::Repeat, 1).is_ok());
+    }
+
     fn variant(decoder: DecoderKind, bidirectional: bool) -> ModelConfig {
         ModelConfig { encoder_units: 12, decoder_units: 10, decoder, bidirectional, ..Default::default() }
     }
@@ -1552,11 +1597,19 @@ mod tests {
     fn answers_by_hand_are_those_of_libtorchs_ops() {
         let inputs = random_padded_inputs(40);
         let shape = ModelShape { output_len: 6, ..PADDED };
-        for (decoder, bidirectional) in
-            [(DecoderKind::Feedback, false), (DecoderKind::Attention, false), (DecoderKind::Attention, true)]
-        {
+        for (decoder, bidirectional, heads) in [
+            (DecoderKind::Feedback, false, 1),
+            (DecoderKind::Attention, false, 1),
+            (DecoderKind::Attention, true, 1),
+            (DecoderKind::Attention, true, 2),
+        ] {
             let vs = nn::VarStore::new(Device::Cpu);
-            let config = ModelConfig { decoder_layers: 2, encoder_layers: 2, ..variant(decoder, bidirectional) };
+            let config = ModelConfig {
+                decoder_layers: 2,
+                encoder_layers: 2,
+                attention_heads: heads,
+                ..variant(decoder, bidirectional)
+            };
             let model = Seq2Seq::new_seeded(&vs.root(), &config, shape, 6);
             assert!(model.trains_by_hand());
             let feedback = model.feedback.as_ref().expect("a feedback decoder");

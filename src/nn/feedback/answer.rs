@@ -160,8 +160,9 @@ impl Attention {
     fn attend_by_hand(&self, memory: &Memory, top: &Tensor) -> Tensor {
         let [_, steps, width] = memory.outputs.size()[..] else { unreachable!("the memory is [batch, steps, width]") };
         let [rows, units] = top.size()[..] else { unreachable!("the decoder's output is [rows, units]") };
-        let joined = Tensor::empty([rows, width + units], (Kind::Float, tch::Device::Cpu));
-        joined.narrow(1, width, units).copy_(top);
+        let contexts = self.heads * width;
+        let joined = Tensor::empty([rows, contexts + units], (Kind::Float, tch::Device::Cpu));
+        joined.narrow(1, contexts, units).copy_(top);
         let (outputs, keys) = (memory.outputs.contiguous(), memory.keys.contiguous());
         let padding = memory.padding.as_ref().map(Tensor::contiguous);
         // SAFETY: contiguous CPU buffers of the kinds read (float32, and bool for the padding);
@@ -177,6 +178,7 @@ impl Attention {
                 steps: steps as usize,
                 width: width as usize,
                 units: units as usize,
+                heads: self.heads as usize,
             })
         }
         joined.matmul(&self.combine.tr()).tanh()
@@ -194,15 +196,18 @@ struct Context<'a> {
     rows: Option<&'a [i64]>,
     /// The decoder's output `h_t`, `[rows, units]`.
     top: &'a [f32],
-    /// `[rows, width + units]`: receives the context `c_t` in each row's first `width` columns.
+    /// `[rows, heads · width + units]`: receives head `k`'s context `c_k` in each row's
+    /// columns `k · width..(k + 1) · width`.
     joined: &'a mut [f32],
     steps: usize,
     width: usize,
     units: usize,
+    heads: usize,
 }
 
-/// For every row: the scores `h_tᵀ (W_a h̄_s)` of its memory's steps, padding left out, their
-/// softmax, and the context `c_t = Σ_s a_s h̄_s`.
+/// For every row and head: the scores `h_t[k]ᵀ (W_a h̄_s)[k]` of its memory's steps over the
+/// head's slice `k` of the units, padding left out, their softmax, and the context
+/// `c_k = Σ_s a_s h̄_s`.
 fn context(args: Context<'_>) {
     #[cfg(target_arch = "x86_64")]
     if cell::wide_vectors() {
@@ -220,30 +225,32 @@ fn context_avx2(args: Context<'_>) {
 
 #[inline(always)]
 fn context_portable(args: Context<'_>) {
-    let Context { outputs, keys, padding, rows, top, joined, steps, width, units } = args;
+    let Context { outputs, keys, padding, rows, top, joined, steps, width, units, heads } = args;
+    let slice = units / heads;
     let mut weights = vec![0f32; steps];
-    for (row, joined) in joined.chunks_exact_mut(width + units).enumerate() {
-        let query = &top[row * units..][..units];
+    for (row, joined) in joined.chunks_exact_mut(heads * width + units).enumerate() {
         let read = rows.map_or(row, |rows| rows[row] as usize);
         let keys = &keys[read * steps * units..][..steps * units];
-        let padded = |step: usize| padding.is_some_and(|padding| padding[read * steps + step]);
-        let mut largest = f32::NEG_INFINITY;
-        for (step, (weight, key)) in weights.iter_mut().zip(keys.chunks_exact(units)).enumerate() {
-            *weight = if padded(step) { f32::NEG_INFINITY } else { dot(key, query) };
-            largest = largest.max(*weight);
-        }
-        let mut total = 0.0;
-        for weight in weights.iter_mut() {
-            *weight = (*weight - largest).exp();
-            total += *weight;
-        }
-        let context = &mut joined[..width];
-        context.fill(0.0);
         let outputs = &outputs[read * steps * width..][..steps * width];
-        for (weight, output) in weights.iter().zip(outputs.chunks_exact(width)) {
-            let weight = weight / total;
-            if weight != 0.0 {
-                context.iter_mut().zip(output).for_each(|(c, o)| *c += weight * o);
+        let padded = |step: usize| padding.is_some_and(|padding| padding[read * steps + step]);
+        for (head, context) in joined[..heads * width].chunks_exact_mut(width).enumerate() {
+            let query = &top[row * units + head * slice..][..slice];
+            let mut largest = f32::NEG_INFINITY;
+            for (step, (weight, key)) in weights.iter_mut().zip(keys.chunks_exact(units)).enumerate() {
+                *weight = if padded(step) { f32::NEG_INFINITY } else { dot(&key[head * slice..][..slice], query) };
+                largest = largest.max(*weight);
+            }
+            let mut total = 0.0;
+            for weight in weights.iter_mut() {
+                *weight = (*weight - largest).exp();
+                total += *weight;
+            }
+            context.fill(0.0);
+            for (weight, output) in weights.iter().zip(outputs.chunks_exact(width)) {
+                let weight = weight / total;
+                if weight != 0.0 {
+                    context.iter_mut().zip(output).for_each(|(c, o)| *c += weight * o);
+                }
             }
         }
     }

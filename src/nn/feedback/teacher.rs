@@ -49,9 +49,9 @@ struct LayerSteps {
 struct AttentionSteps {
     /// The memory's keys `h̄_s W_aᵀ`, `[batch, input_len, units]`.
     keys: Tensor,
-    /// `[time, batch, input_len]`.
+    /// Each head's, `[time, batch, heads, input_len]`.
     weights: Tensor,
-    /// `[c_t; h_t]`, `[time, batch, memory + units]`.
+    /// `[c_1; …; c_H; h_t]`, `[time, batch, heads · memory + units]`.
     joined: Tensor,
     /// `h̃_t`, `[time, batch, units]`.
     attentional: Tensor,
@@ -230,24 +230,31 @@ impl Feedback {
         let fed_weights = self.attention.as_ref().map(|_| layers[0].w_ih.narrow(1, token_width, units));
         let memory_width = encoded.outputs.size()[2];
         let memory_transposed = encoded.outputs.transpose(1, 2);
-        // Per step of attention, latest first: d(pre-activation of h̃), d(scores), d(context).
+        let heads = self.attention.as_ref().map_or(1, |attention| attention.heads);
+        let contexts = heads * memory_width;
+        let keys_by_head = self
+            .attention
+            .as_ref()
+            .zip(tape.attention.as_ref())
+            .map(|(attention, steps_of)| attention.keys_by_head(&steps_of.keys));
+        // Per step of attention, latest first: d(pre-activation of h̃), d(scores), d(contexts).
         let mut d_attention: Vec<[Tensor; 3]> = Vec::new();
         for t in (0..steps).rev() {
             let mut d_h = d_top.get(t);
-            if let (Some(attention), Some(steps_of), Some(fed_weights)) =
-                (&self.attention, &tape.attention, &fed_weights)
+            if let (Some(attention), Some(steps_of), Some(fed_weights), Some(keys_by_head)) =
+                (&self.attention, &tape.attention, &fed_weights, &keys_by_head)
             {
                 if t + 1 < steps {
                     d_h = d_h.addmm(&d_gates[0].get(t + 1), fed_weights);
                 }
                 let d_pre = Tensor::tanh_backward(&d_h, &steps_of.attentional.get(t));
                 let d_joined = d_pre.mm(&attention.combine);
-                let d_context = d_joined.narrow(1, 0, memory_width);
-                let d_weights = d_context.unsqueeze(1).bmm(&memory_transposed).squeeze_dim(1);
+                let d_context = d_joined.narrow(1, 0, contexts);
+                let d_weights = d_context.view([batch, heads, memory_width]).bmm(&memory_transposed);
                 let d_scores =
                     Tensor::internal_softmax_backward_data(&d_weights, &steps_of.weights.get(t), -1, Kind::Float);
-                d_h =
-                    d_joined.narrow(1, memory_width, units) + d_scores.unsqueeze(1).bmm(&steps_of.keys).squeeze_dim(1);
+                let d_queries = d_scores.view([batch * heads, 1, -1]).bmm(keys_by_head).view([batch, units]);
+                d_h = d_joined.narrow(1, contexts, units) + d_queries;
                 d_attention.push([d_pre, d_scores, d_context]);
             }
             for l in (0..layers.len()).rev() {
@@ -308,12 +315,21 @@ impl Feedback {
             d_attention.reverse();
             let stack = |part: usize| Tensor::stack(&d_attention.iter().map(|d| &d[part]).collect::<Vec<_>>(), 0);
             let (d_pre, d_scores, d_context) = (stack(0), stack(1), stack(2));
-            let _ = d_pre.view([-1, units]).tr().mm_out(d_combine, &steps_of.joined.view([-1, memory_width + units]));
-            // Summed over the steps: scores s_t = keys · h_t, context c_t = weights_t · memory.
-            let top_hidden = tape.layers[layers.len() - 1].hidden.permute([1, 0, 2]);
-            let d_keys = d_scores.permute([1, 2, 0]).bmm(&top_hidden);
+            let _ = d_pre.view([-1, units]).tr().mm_out(d_combine, &steps_of.joined.view([-1, contexts + units]));
+            // Summed over the steps (and heads): each head's scores s_t = keys · h_t and context
+            // c_t = weights_t · memory, over its slice of the keys and of h_t.
+            let slice = units / heads;
+            let input_len = encoded.outputs.size()[1];
+            let top_hidden = tape.layers[layers.len() - 1].hidden.view([steps, batch, heads, slice]);
+            let top_by_head = top_hidden.permute([1, 2, 0, 3]).reshape([batch * heads, steps, slice]);
+            let d_scores_by_head = d_scores.permute([1, 2, 3, 0]).reshape([batch * heads, input_len, steps]);
+            let d_keys = d_scores_by_head.bmm(&top_by_head).view([batch, heads, input_len, slice]).transpose(1, 2);
+            let d_keys = d_keys.reshape([batch, input_len, units]);
             let _ = d_keys.reshape([-1, units]).tr().mm_out(d_score, &encoded.outputs.reshape([-1, memory_width]));
-            steps_of.weights.permute([1, 2, 0]).bmm(&d_context.permute([1, 0, 2])) + d_keys.matmul(&attention.score)
+            let weights_over_steps = steps_of.weights.permute([1, 3, 0, 2]).reshape([batch, input_len, steps * heads]);
+            let d_context_over_steps =
+                d_context.view([steps, batch, heads, memory_width]).transpose(0, 1).reshape([batch, steps * heads, -1]);
+            weights_over_steps.bmm(&d_context_over_steps) + d_keys.matmul(&attention.score)
         });
         let d_start_h = Tensor::stack(
             &(0..layers.len() as i64)
