@@ -671,15 +671,13 @@ impl Attention {
     /// heads]` (a view for one head).
     fn keys_by_head(&self, keys: &Tensor) -> Tensor {
         let [batch, steps, units] = keys.size()[..] else { unreachable!("keys are [batch, steps, units]") };
-        keys.view([batch, steps, self.heads, units / self.heads]).transpose(1, 2).reshape([
-            batch * self.heads,
-            steps,
-            units / self.heads,
-        ])
+        let (heads, slice) = (self.heads, units / self.heads);
+        keys.view([batch, steps, heads, slice]).transpose(1, 2).reshape([batch * heads, steps, slice])
     }
 
     /// `h̃_t = tanh(W_c [c_t; h_t])`, where the context `c_t` weighs the memory by the softmax
-    /// of the scores over the input's steps, padding left out.
+    /// of the scores over the input's steps, padding left out (with several heads, each head's
+    /// context side by side).
     fn attend(&self, memory: &Memory, top: &Tensor) -> Tensor {
         self.attend_keeping(memory, top).attentional
     }
