@@ -742,7 +742,8 @@ mod tests {
     fn each_head_attends_with_its_own_slice() {
         let (batch, steps, memory, units, heads) = (3, 5, 6, 8, 4);
         let vs = nn::VarStore::new(tch::Device::Cpu);
-        let feedback = Feedback::new(&vs.root(), memory as usize, units as usize, 1, Features::Classes(4), Some(4));
+        let feedback =
+            Feedback::new(&vs.root(), memory as usize, units as usize, 1, Features::Classes(4), Some(heads as usize));
         let attention = feedback.attention.as_ref().expect("attention");
         let outputs = Tensor::randn([batch, steps, memory], (Kind::Float, tch::Device::Cpu));
         let padding = Tensor::from_slice(&[true, true, false, false, false])

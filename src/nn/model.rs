@@ -129,17 +129,18 @@ impl ModelConfig {
         let directions = if self.bidirectional { 2 } else { 1 };
         let (bridge, attention) = match self.decoder {
             DecoderKind::Repeat => (0, 0),
-            kind => Feedback::parameter_counts(
-                self.memory_width(),
-                self.decoder_units,
-                (kind == DecoderKind::Attention).then_some(self.attention_heads),
-            ),
+            _ => Feedback::parameter_counts(self.memory_width(), self.decoder_units, self.attention()),
         };
         directions * lstm(shape.input.width(), self.encoder_units, self.encoder_layers)
             + lstm(self.decoder_input_width(shape), self.decoder_units, self.decoder_layers)
             + bridge
             + attention
             + (self.decoder_units as u128 + 1) * width
+    }
+
+    /// The attention decoder's heads; `None` for a decoder without attention.
+    pub fn attention(&self) -> Option<usize> {
+        (self.decoder == DecoderKind::Attention).then_some(self.attention_heads)
     }
 
     /// Width of each encoder output: both stacks' when the encoder reads both ways.
@@ -383,8 +384,14 @@ impl Seq2Seq {
             },
         );
         let feedback = (config.decoder != DecoderKind::Repeat).then(|| {
-            let heads = (config.decoder == DecoderKind::Attention).then_some(config.attention_heads);
-            Feedback::new(vs, config.memory_width(), config.decoder_units, config.decoder_layers, shape.output, heads)
+            Feedback::new(
+                vs,
+                config.memory_width(),
+                config.decoder_units,
+                config.decoder_layers,
+                shape.output,
+                config.attention(),
+            )
         });
         Self { encoder, encoder_reverse, decoder, output, feedback, config: config.clone(), shape }
     }
@@ -932,11 +939,7 @@ impl Seq2Seq {
                 rows.push(("repeat (RepeatVector)".to_owned(), format!("(None, {output_len}, {memory})"), 0));
                 (0, 0)
             }
-            kind => Feedback::parameter_counts(
-                memory,
-                dec,
-                (kind == DecoderKind::Attention).then_some(self.config.attention_heads),
-            ),
+            _ => Feedback::parameter_counts(memory, dec, self.config.attention()),
         };
         if self.feedback.is_some() {
             rows.push(("bridge (Dense h, c)".to_owned(), format!("(None, {dec})"), bridge as i64));
