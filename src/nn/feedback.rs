@@ -99,7 +99,8 @@ struct Attention {
 /// The encoder's outputs as attention reads them at every step.
 struct Memory {
     outputs: Tensor,
-    /// `h̄_s W_aᵀ`, `[batch, input_len, units]`: the score's product with the memory, made once.
+    /// `h̄_s W_aᵀ` as the heads read it, `[batch, heads, input_len, units / heads]`: the score's
+    /// product with the memory, made once per batch (a view of that product for one head).
     keys: Tensor,
     padding: Option<Tensor>,
     /// The memory row that each decoding row reads (`None`: row `i` reads row `i`). The
@@ -110,7 +111,7 @@ struct Memory {
 }
 
 impl Memory {
-    /// `encoded`'s outputs and padding, with `keys` made from them.
+    /// `encoded`'s outputs and padding, with `keys` made from them (in the heads' layout).
     fn of(encoded: &Encoded, keys: Tensor) -> Memory {
         let padding = encoded.padding.as_ref().map(Tensor::shallow_clone);
         Memory { outputs: encoded.outputs.shallow_clone(), keys, padding, rows: None }
@@ -571,7 +572,7 @@ impl Feedback {
     /// padding ([`Attention::keys_of_tokens`]).
     fn begin(&self, encoded: &Encoded, like: &Tensor, stepper: &Stepper) -> (Option<Memory>, State, Tensor) {
         let memory = self.attention.as_ref().map(|attention| match stepper {
-            Stepper::ByHand(_) => Memory::of(encoded, attention.keys_of_tokens(encoded)),
+            Stepper::ByHand(_) => Memory::of(encoded, attention.keys_by_head(&attention.keys_of_tokens(encoded))),
             Stepper::Ops => attention.memory(encoded),
         });
         let batch = encoded.outputs.size()[0];
@@ -659,7 +660,7 @@ impl Feedback {
 
 impl Attention {
     fn memory(&self, encoded: &Encoded) -> Memory {
-        Memory::of(encoded, self.keys(encoded))
+        Memory::of(encoded, self.keys_by_head(&self.keys(encoded)))
     }
 
     /// The memory's keys `h̄_s W_aᵀ` over every step.
@@ -667,12 +668,11 @@ impl Attention {
         encoded.outputs.matmul(&self.score.tr())
     }
 
-    /// `keys` `[batch, steps, units]` as each head reads them, `[batch · heads, steps, units /
-    /// heads]` (a view for one head).
+    /// `keys` `[batch, steps, units]` as the heads read them, `[batch, heads, steps, units /
+    /// heads]`: each head's slice of every step side by side (a view for one head).
     fn keys_by_head(&self, keys: &Tensor) -> Tensor {
         let [batch, steps, units] = keys.size()[..] else { unreachable!("keys are [batch, steps, units]") };
-        let (heads, slice) = (self.heads, units / self.heads);
-        keys.view([batch, steps, heads, slice]).transpose(1, 2).reshape([batch * heads, steps, slice])
+        keys.view([batch, steps, self.heads, units / self.heads]).transpose(1, 2).contiguous()
     }
 
     /// `h̃_t = tanh(W_c [c_t; h_t])`, where the context `c_t` weighs the memory by the softmax
@@ -688,7 +688,8 @@ impl Attention {
         let [batch, units] = top.size()[..] else { unreachable!("the decoder's output is [batch, units]") };
         let slice = units / self.heads;
         let queries = top.view([batch * self.heads, slice, 1]);
-        let scores = self.keys_by_head(&memory.keys).bmm(&queries).view([batch, self.heads, -1]);
+        let keys = memory.keys.reshape([batch * self.heads, -1, slice]);
+        let scores = keys.bmm(&queries).view([batch, self.heads, -1]);
         let scores = match &memory.padding {
             Some(padding) => scores.masked_fill(&padding.unsqueeze(1), f64::NEG_INFINITY),
             None => scores,

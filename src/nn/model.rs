@@ -157,20 +157,9 @@ impl ModelConfig {
     }
 
     /// Refuses a model that would not fit in this machine's memory before any tensor is made:
-    /// its weights (times four when training: gradients and Adam's two moments) and the
-    /// activations of one batch of `batch_size` samples (`None`: a prediction batch).
+    /// its weights, and the activations of one batch (`training_batch`, or a prediction batch).
     pub fn check_memory(&self, shape: &ModelShape, training_batch: Option<usize>) -> Result<()> {
-        let copies = if training_batch.is_some() { 4 } else { 1 };
-        let weights = self.parameter_count(shape) * copies * 4;
-        let batch = training_batch.unwrap_or(1000) as u128;
-        let steps = (shape.input_len + shape.output_len) as u128;
-        let widest = self.encoder_units.max(self.decoder_units) as u128;
-        let layers = self.encoder_layers.max(self.decoder_layers) as u128;
-        // Per step and unit: four gates, the cell and hidden states and their tanh, kept for
-        // the backward pass (an overestimate for prediction, which keeps none).
-        let activations = batch * steps * widest * layers * 8 * 4
-            + batch * steps * shape.input.width().max(shape.output.width()) as u128 * 8;
-        let needed = weights + activations;
+        let needed = self.memory_needed(shape, training_batch);
         let available = physical_memory();
         if needed > available {
             bail!(
@@ -186,6 +175,28 @@ impl ModelConfig {
             );
         }
         Ok(())
+    }
+
+    /// Bytes to train (or, with `training_batch` `None`, to run) the model, about: its weights
+    /// (times four when training: gradients and Adam's two moments) and the activations of one
+    /// batch of `training_batch` samples (a prediction batch of 1,000 otherwise).
+    fn memory_needed(&self, shape: &ModelShape, training_batch: Option<usize>) -> u128 {
+        let copies = if training_batch.is_some() { 4 } else { 1 };
+        let weights = self.parameter_count(shape) * copies * 4;
+        let batch = training_batch.unwrap_or(1000) as u128;
+        let steps = (shape.input_len + shape.output_len) as u128;
+        let widest = self.encoder_units.max(self.decoder_units) as u128;
+        let layers = self.encoder_layers.max(self.decoder_layers) as u128;
+        // Per step and unit: four gates, the cell and hidden states and their tanh, kept for
+        // the backward pass (an overestimate for prediction, which keeps none).
+        let activations = batch * steps * widest * layers * 8 * 4
+            + batch * steps * shape.input.width().max(shape.output.width()) as u128 * 8;
+        // Per decoder step, each head's context and weights over the input, and their gradients.
+        let attention = self.attention().map_or(0, |heads| {
+            let per_head = (self.memory_width() + shape.input_len) as u128;
+            batch * shape.output_len as u128 * heads as u128 * per_head * 2 * 4
+        });
+        weights + activations + attention
     }
 }
 
@@ -960,16 +971,20 @@ impl Seq2Seq {
         }
         let output_shape = format!("(None, {output_len}, {width})");
         rows.push(("output (TimeDistributed(Dense))".to_owned(), output_shape, (dec * width + width) as i64));
-        let rule = "_".repeat(72);
+        // Keras's columns, widened where a name or shape would run into the next column.
+        let widest = |column: fn(&(String, String, i64)) -> &String, least: usize| {
+            rows.iter().map(|row| column(row).chars().count() + 1).max().unwrap_or(0).max(least)
+        };
+        let (names, shapes) = (widest(|row| &row.0, 34), widest(|row| &row.1, 24));
+        let (rule, double_rule) = ("_".repeat(names + shapes + 14), "=".repeat(names + shapes + 14));
         let mut text =
-            format!("{rule}\n{:<34}{:<24}{:>14}\n{}\n", "Layer (type)", "Output Shape", "Param #", "=".repeat(72));
+            format!("{rule}\n{:<names$}{:<shapes$}{:>14}\n{double_rule}\n", "Layer (type)", "Output Shape", "Param #");
         for (name, shape, params) in rows {
-            text.push_str(&format!("{name:<34}{shape:<24}{:>14}\n", group_thousands(params)));
+            text.push_str(&format!("{name:<names$}{shape:<shapes$}{:>14}\n", group_thousands(params)));
         }
         let total = group_thousands(self.parameter_count());
         text.push_str(&format!(
-            "{}\nTotal params: {total}\nTrainable params: {total}\nNon-trainable params: 0\n{rule}",
-            "=".repeat(72)
+            "{double_rule}\nTotal params: {total}\nTrainable params: {total}\nNon-trainable params: 0\n{rule}"
         ));
         text
     }
@@ -1038,6 +1053,23 @@ mod tests {
         let error = huge.check_memory(&shape, Some(32)).expect_err("far beyond any machine's memory").to_string();
         assert!(error.contains("would need about") && error.contains("GiB to train"), "{error}");
         ModelConfig::default().check_memory(&shape, Some(32)).expect("the reference fits");
+        // Each head of attention reads the whole memory at every step of the answer.
+        let words = ModelShape::uniform(Features::Classes(40), 64, 64);
+        let attention = |heads| ModelConfig {
+            decoder: DecoderKind::Attention,
+            attention_heads: heads,
+            encoder_units: 64,
+            decoder_units: 64,
+            bidirectional: true,
+            ..Default::default()
+        };
+        let (one, many) = (attention(1), attention(64));
+        let heads_parameters = (many.parameter_count(&words) - one.parameter_count(&words)) * 4 * 4;
+        let contexts = 4096 * 64 * 63 * (128 + 64) * 2 * 4;
+        assert_eq!(
+            many.memory_needed(&words, Some(4096)) - one.memory_needed(&words, Some(4096)),
+            heads_parameters + contexts
+        );
         assert!(ModelConfig { encoder_units: MAX_UNITS + 1, ..ModelConfig::default() }.validate().is_err());
         assert!(ModelConfig { decoder_layers: MAX_LAYERS + 1, ..ModelConfig::default() }.validate().is_err());
         assert_eq!(human_bytes(512), "512 bytes");
@@ -1373,6 +1405,23 @@ mod tests {
         let inputs = Tensor::zeros([4, 8], (Kind::Int64, Device::Cpu));
         // Not in training mode: dropout would draw from the generator that other tests seed.
         assert_eq!(model.forward(&inputs).size(), vec![4, 2, 12]);
+        assert_eq!(summary.lines().next().map(str::len), Some(72), "Keras's width where every name fits");
+
+        // Longer names widen their column rather than run into the shapes.
+        let config = ModelConfig {
+            decoder: DecoderKind::Attention,
+            attention_heads: 5,
+            bidirectional: true,
+            encoder_layers: 2,
+            dropout: 0.125,
+            ..Default::default()
+        };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let summary = Seq2Seq::new_seeded(&vs.root(), &config, REFERENCE_SHAPE, 0).summary();
+        assert!(summary.contains("attention (Luong general, fed, 5 heads)   (None, 2, 50)"), "{summary}");
+        assert!(summary.contains("encoder_reverse_dropout_1 (Dropout 0.125) (None"), "{summary}");
+        let widths: Vec<usize> = summary.lines().filter(|line| line.contains("(None")).map(str::len).collect();
+        assert!(widths.windows(2).all(|pair| pair[0] == pair[1]), "{summary}");
     }
 
     #[test]

@@ -187,7 +187,8 @@ impl Attention {
 
 /// What [`context`] reads and writes, row-major.
 struct Context<'a> {
-    /// The encoder's outputs `[rows, steps, width]` and their keys `h̄_s W_aᵀ` `[rows, steps, units]`.
+    /// The encoder's outputs `[rows, steps, width]` and their keys `h̄_s W_aᵀ` as the heads read
+    /// them, `[rows, heads, steps, units / heads]`.
     outputs: &'a [f32],
     keys: &'a [f32],
     /// Where the input is padding, `[rows, steps]`.
@@ -236,8 +237,9 @@ fn context_portable(args: Context<'_>) {
         for (head, context) in joined[..heads * width].chunks_exact_mut(width).enumerate() {
             let query = &top[row * units + head * slice..][..slice];
             let mut largest = f32::NEG_INFINITY;
-            for (step, (weight, key)) in weights.iter_mut().zip(keys.chunks_exact(units)).enumerate() {
-                *weight = if padded(step) { f32::NEG_INFINITY } else { dot(&key[head * slice..][..slice], query) };
+            let keys = &keys[head * steps * slice..][..steps * slice];
+            for (step, (weight, key)) in weights.iter_mut().zip(keys.chunks_exact(slice)).enumerate() {
+                *weight = if padded(step) { f32::NEG_INFINITY } else { dot(key, query) };
                 largest = largest.max(*weight);
             }
             let mut total = 0.0;

@@ -47,7 +47,7 @@ struct LayerSteps {
 
 /// Attention's steps.
 struct AttentionSteps {
-    /// The memory's keys `h̄_s W_aᵀ`, `[batch, input_len, units]`.
+    /// The memory's keys `h̄_s W_aᵀ` as the heads read them, `[batch, heads, input_len, units / heads]`.
     keys: Tensor,
     /// Each head's, `[time, batch, heads, input_len]`.
     weights: Tensor,
@@ -232,11 +232,8 @@ impl Feedback {
         let memory_transposed = encoded.outputs.transpose(1, 2);
         let heads = self.attention.as_ref().map_or(1, |attention| attention.heads);
         let contexts = heads * memory_width;
-        let keys_by_head = self
-            .attention
-            .as_ref()
-            .zip(tape.attention.as_ref())
-            .map(|(attention, steps_of)| attention.keys_by_head(&steps_of.keys));
+        let keys_by_head =
+            tape.attention.as_ref().map(|steps_of| steps_of.keys.reshape([batch * heads, -1, units / heads]));
         // Per step of attention, latest first: d(pre-activation of h̃), d(scores), d(contexts).
         let mut d_attention: Vec<[Tensor; 3]> = Vec::new();
         for t in (0..steps).rev() {
