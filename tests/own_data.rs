@@ -58,6 +58,8 @@ fn a_small_reversal_problem_is_learnt_and_scored_on_its_held_out_pairs() {
     let saved = &read_json(&dir.join("config.json"))["metrics"];
     assert_eq!(saved["sequence_accuracy"], figures["sequence_accuracy"]);
     assert_eq!(saved["token_error_rate"], figures["token_error_rate"]);
+    // Every held-out pair is scored: a count of fresh samples is refused, not silently ignored.
+    run(&["evaluate", "--model", path_str(&dir), "--samples", "10"]).failed().stderr_has(&["--samples", "every pair"]);
     // A new process answers from the vocabulary in config.json alone: the data file is gone.
     fs::remove_file(&data).expect("remove the data");
     let answers = run(&["predict", "--model", path_str(&dir), "abcd", "hgfe"]);

@@ -354,10 +354,10 @@ pub struct EvaluateArgs {
     /// Model directory written by `train`.
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
-    /// Fresh samples to score (generated problems; a model of your pairs scores every pair of
-    /// --data, or of its own held-out part).
-    #[arg(long, default_value_t = DEFAULT_EVALUATION_SAMPLES)]
-    pub samples: usize,
+    /// Fresh samples to score, for generated problems (a model of your pairs scores every pair
+    /// of --data, or of its own held-out part). [default: 10000]
+    #[arg(long)]
+    pub samples: Option<usize>,
     #[command(flatten)]
     pub files: PairFileArgs,
     /// Seed of the samples (default: the training seed, which reproduces the saved figures).

@@ -17,7 +17,7 @@ use crate::data::corpus::sequences::{self, SequenceSource};
 use crate::data::{BatchStream, Stream};
 use crate::evaluate::mistakes::{ErrorReport, MistakeTally};
 use crate::evaluate::pair_mistakes::{PairMistake, PairMistakes};
-use crate::evaluate::{self, Choice, Evaluation};
+use crate::evaluate::{self, Choice, DEFAULT_EVALUATION_SAMPLES, Evaluation};
 use crate::nn::device::{DeviceChoice, describe};
 use crate::nn::model::ModelShape;
 use crate::output::{self, Report};
@@ -29,7 +29,9 @@ use crate::train;
 #[derive(Debug, Clone)]
 pub struct EvaluateRequest {
     pub model_dir: PathBuf,
-    pub samples: usize,
+    /// Fresh samples of a generated problem (default: [`DEFAULT_EVALUATION_SAMPLES`]); a model
+    /// of files scores the whole file, so giving it is an error there.
+    pub samples: Option<usize>,
     /// Defaults to the training seed, which reproduces the figures saved in `config.json`.
     pub seed: Option<u64>,
     pub device: DeviceChoice,
@@ -141,9 +143,6 @@ impl Serialize for EvaluateReport {
 /// Scores a saved model: a generated problem on fresh samples, a model of files on `--data` or
 /// its own held-out part.
 pub fn evaluate(request: &EvaluateRequest) -> Result<EvaluateReport> {
-    if !(1..=train::MAX_SAMPLES).contains(&request.samples) {
-        bail!("the number of samples must be between 1 and {}, got {}", train::MAX_SAMPLES, request.samples);
-    }
     let device = request.device.resolve()?;
     let loaded = checkpoint::load(&request.model_dir, device)?;
     Decoding::choose(Some(request.beam), None, &loaded.model)?;
@@ -163,6 +162,10 @@ pub fn evaluate(request: &EvaluateRequest) -> Result<EvaluateReport> {
             loaded.config.task.model_kind()
         );
     }
+    let samples = request.samples.unwrap_or(DEFAULT_EVALUATION_SAMPLES);
+    if !(1..=train::MAX_SAMPLES).contains(&samples) {
+        bail!("the number of samples must be between 1 and {}, got {samples}", train::MAX_SAMPLES);
+    }
     let seed = request.seed.unwrap_or(loaded.config.training.seed);
     let task = &loaded.config.task;
     let mut tally = match (task, request.errors) {
@@ -176,7 +179,7 @@ pub fn evaluate(request: &EvaluateRequest) -> Result<EvaluateReport> {
         ),
     };
     let (batch, choice) = batches(&ModelShape::for_task(task), request.beam);
-    let data = BatchStream::new(task, seed, Stream::Evaluation, request.samples, batch, device)?.keeping_samples();
+    let data = BatchStream::new(task, seed, Stream::Evaluation, samples, batch, device)?.keeping_samples();
     let evaluation = evaluate::evaluate_observed(&loaded.model, &data, choice, |batch, answers| {
         if let (Some(tally), Samples::Arithmetic(_, expressions)) = (tally.as_mut(), &batch.samples) {
             tally.add(expressions, &batch.targets, answers);
@@ -194,8 +197,11 @@ fn evaluate_pairs(
     problem: &PairsProblem,
     device: Device,
 ) -> Result<EvaluateReport> {
-    if request.seed.is_some() {
-        bail!("--seed draws fresh samples of a generated problem; a model of pairs scores the pairs it is given");
+    if request.seed.is_some() || request.samples.is_some() {
+        bail!(
+            "--seed and --samples draw fresh samples of a generated problem; a model of pairs scores every pair \
+             it is given (its held-out part, or --data)"
+        );
     }
     let (corpus, origin) = match &request.data {
         Some(files) => {
@@ -237,8 +243,8 @@ fn evaluate_sequences(
     problem: &SequenceProblem,
     device: Device,
 ) -> Result<EvaluateReport> {
-    if request.seed.is_some() || request.errors.is_some() {
-        bail!("--seed and --errors do not apply to an autoencoder scored on a file of sequences");
+    if request.seed.is_some() || request.samples.is_some() || request.errors.is_some() {
+        bail!("--seed, --samples and --errors do not apply to an autoencoder scored on a file of sequences");
     }
     let (held, origin) = match &request.data {
         Some(PairFiles::Tabbed(path)) => {

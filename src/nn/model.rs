@@ -126,12 +126,11 @@ impl ModelConfig {
             first + (layers as u128).saturating_sub(1) * 4 * units * (2 * units + 1)
         };
         let width = shape.output.width() as u128;
-        let directions = if self.bidirectional { 2 } else { 1 };
         let (bridge, attention) = match self.decoder {
             DecoderKind::Repeat => (0, 0),
             _ => Feedback::parameter_counts(self.memory_width(), self.decoder_units, self.attention()),
         };
-        directions * lstm(shape.input.width(), self.encoder_units, self.encoder_layers)
+        self.encoder_directions() as u128 * lstm(shape.input.width(), self.encoder_units, self.encoder_layers)
             + lstm(self.decoder_input_width(shape), self.decoder_units, self.decoder_layers)
             + bridge
             + attention
@@ -143,9 +142,14 @@ impl ModelConfig {
         (self.decoder == DecoderKind::Attention).then_some(self.attention_heads)
     }
 
+    /// Encoder stacks: two when it reads both ways.
+    fn encoder_directions(&self) -> usize {
+        if self.bidirectional { 2 } else { 1 }
+    }
+
     /// Width of each encoder output: both stacks' when the encoder reads both ways.
     pub fn memory_width(&self) -> usize {
-        self.encoder_units * if self.bidirectional { 2 } else { 1 }
+        self.encoder_units * self.encoder_directions()
     }
 
     /// What the decoder's first layer reads at each step.
