@@ -462,7 +462,7 @@ const MIXED_LINES: &[u8] = b"9+10+9\r\n\r\n1+\xff+3\n1+2+3+\n1+2+3\nabc\n4+5+6";
 fn assert_mixed_lines_reported(outcome: &Outcome, location: impl Fn(usize) -> String) {
     assert_answered(outcome, &["9+10+9", "1+2+3", "4+5+6"], 7);
     assert_rejected(outcome, &location(2), "empty expression");
-    assert_rejected(outcome, &location(3), "not valid UTF-8");
+    assert_rejected(outcome, &location(3), "not valid UTF-8 (byte 3)");
     assert_rejected(outcome, &location(4), "missing term at column 7");
     assert_rejected(outcome, &location(6), "unexpected character 'a' at column 1");
 }

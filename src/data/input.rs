@@ -154,7 +154,9 @@ fn read_lines<'t, F: FnMut(&Samples<'t>) -> Result<()>>(
         };
         let text = match line {
             Line::TooLong => Err(format!("longer than {MAX_LINE_BYTES} bytes (the limit of a line); skipped")),
-            Line::Text(bytes) => std::str::from_utf8(bytes).map_err(|_| "not valid UTF-8".to_owned()),
+            Line::Text(bytes) => {
+                std::str::from_utf8(bytes).map_err(|e| format!("not valid UTF-8 (byte {})", e.valid_up_to() + 1))
+            }
         };
         batcher.push(&location, text.as_ref().map(|text| *text).map_err(String::as_str))?;
     }
