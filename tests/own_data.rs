@@ -410,6 +410,6 @@ fn an_autoencoder_trains_on_a_file_of_sequences_of_one_length() {
     text.push_str("0.1,0.2\n");
     fs::write(&data, text).expect("write");
     train(&["--overwrite"]).failed().stderr_has(&["windows.csv:1501: 2 values, but the sequences have 6"]);
-    train(&["--overwrite", "--skip-bad-lines"]).succeeded().stderr_has(&["skipped 1 bad lines of 1,501 lines"]);
+    train(&["--overwrite", "--skip-bad-lines"]).succeeded().stderr_has(&["skipped 1 bad line of 1,501 lines"]);
     train(&["--overwrite", "--min-count", "2"]).failed().stderr_has(&["--min-count applies to pairs of tokens"]);
 }

@@ -294,12 +294,16 @@ pub fn refuse_or_note_bad_lines(
             } else {
                 "above".to_owned()
             };
+            let verb = if count == 1 { "is" } else { "are" };
             bail!(
-                "{count} of {lines} lines of {files} are bad ({which}); --skip-bad-lines leaves them out and uses the good ones"
+                "{} of {} lines of {files} {verb} bad ({which}); --skip-bad-lines leaves them out and uses the good ones",
+                thousands(count),
+                thousands(lines)
             )
         }
         (count, true) => {
-            notes.push(format!("skipped {} bad lines of {} lines of {files}", thousands(count), thousands(lines)));
+            let noun = if count == 1 { "line" } else { "lines" };
+            notes.push(format!("skipped {} bad {noun} of {} lines of {files}", thousands(count), thousands(lines)));
             Ok(())
         }
     }
