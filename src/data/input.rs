@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::data::lines::{Line, LineReader, MAX_LINE_BYTES};
+use crate::data::lines::{Line, LineReader, MAX_LINE_BYTES, describe_utf8_error};
 use crate::output::plain_io_message;
 
 use crate::task::{Samples, Task};
@@ -154,9 +154,7 @@ fn read_lines<'t, F: FnMut(&Samples<'t>) -> Result<()>>(
         };
         let text = match line {
             Line::TooLong => Err(format!("longer than {MAX_LINE_BYTES} bytes (the limit of a line); skipped")),
-            Line::Text(bytes) => {
-                std::str::from_utf8(bytes).map_err(|e| format!("not valid UTF-8 (byte {})", e.valid_up_to() + 1))
-            }
+            Line::Text(bytes) => std::str::from_utf8(bytes).map_err(describe_utf8_error),
         };
         batcher.push(&location, text.as_ref().map(|text| *text).map_err(String::as_str))?;
     }

@@ -25,6 +25,11 @@ pub enum Line<'a> {
     TooLong,
 }
 
+/// What is wrong with a line that is not UTF-8, and where: the first bad byte, counted from 1.
+pub fn describe_utf8_error(error: std::str::Utf8Error) -> String {
+    format!("not valid UTF-8 (byte {})", error.valid_up_to() + 1)
+}
+
 /// Reads lines from a byte source into a buffer of bounded size.
 pub struct LineReader<R> {
     source: R,

@@ -12,7 +12,7 @@ use anyhow::{Result, bail};
 
 use super::vocabulary::{PAD_ID, TokenKind, UNKNOWN_ID, Vocabulary};
 use super::{Packed, PairCorpus};
-use crate::data::lines::{Line, LineReader, MAX_LINE_BYTES};
+use crate::data::lines::{Line, LineReader, MAX_LINE_BYTES, describe_utf8_error};
 use crate::data::mix_seed;
 use crate::output::plain_io_message;
 use crate::store::files::open_regular;
@@ -162,8 +162,7 @@ fn next_text(
             if let Some(column) = bytes.iter().position(|&b| b == 0) {
                 return Err(format!("a NUL byte at byte {}", column + 1));
             }
-            String::from_utf8(bytes.to_vec())
-                .map_err(|e| format!("not valid UTF-8 (byte {})", e.utf8_error().valid_up_to() + 1))
+            String::from_utf8(bytes.to_vec()).map_err(|e| describe_utf8_error(e.utf8_error()))
         }
     }))
 }
