@@ -137,6 +137,22 @@ fn plot_draws_the_learning_curve_as_a_1200x700_png() {
     run(&["plot", "--model", path_str(&model), "--out", path_str(&elsewhere)]).succeeded();
     assert_eq!(fs::read(&elsewhere).unwrap(), fs::read(&default_path).unwrap(), "same log, same picture");
 
+    // The name chooses the format: vector graphics for .svg, and a refusal for a name that
+    // promises a format the tool does not write (before, such a file held PNG bytes).
+    let vector = home.path().join("curve.svg");
+    run(&["plot", "--model", path_str(&model), "--out", path_str(&vector)]).succeeded();
+    let svg = fs::read_to_string(&vector).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains(r#"width="1200" height="700""#), "{}", &svg[..100]);
+    let jpeg = home.path().join("curve.jpg");
+    run(&["plot", "--model", path_str(&model), "--out", path_str(&jpeg)])
+        .failed()
+        .stderr_has(&["curve.jpg", "name the file .png or .svg"]);
+    let gif = home.path().join("vectors.gif");
+    run(&["encode", "--model", path_str(&model), "--plot", path_str(&gif)])
+        .failed()
+        .stderr_has(&["--plot", "vectors.gif", "name the file .png or .svg"]);
+    assert!(!jpeg.exists() && !gif.exists());
+
     // Without a log there is nothing to draw, and the message says why.
     fs::remove_file(model.join("metrics.csv")).unwrap();
     run(&["plot", "--model", path_str(&model)]).failed().stderr_has(&["metrics.csv does not exist"]);

@@ -88,7 +88,7 @@ pub enum Command {
     // Verbatim: clap would join the example lines into one.
     #[command(verbatim_doc_comment)]
     Encode(EncodeArgs),
-    /// Draw a model's learning curve from its metrics.csv, as a PNG
+    /// Draw a model's learning curve from its metrics.csv, as a PNG or an SVG
     ///
     /// Loss and accuracies, training and validation, against samples seen.
     ///
@@ -128,7 +128,8 @@ pub struct PlotArgs {
     /// Model directory written by `train` (a checkpoint of a run still going works too).
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
-    /// PNG file to write, replaced atomically. [default: DIR/learning_curve.png]
+    /// Picture to write, replaced atomically: FILE.png or FILE.svg. [default:
+    /// DIR/learning_curve.png]
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
 }
@@ -451,10 +452,10 @@ pub struct EncodeArgs {
     /// --plot, no vectors are written unless --out names a file).
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
-    /// Draw the vectors' first two principal components as a 1000x800 PNG, coloured by each
-    /// input's value (an expression's value, a sequence's mean). Without inputs, encodes --samples
-    /// fresh samples instead of reading standard input.
-    #[arg(long, value_name = "FILE.png")]
+    /// Draw the vectors' first two principal components as a 1000x800 PNG (an SVG when FILE ends in
+    /// .svg), coloured by each input's value (an expression's value, a sequence's mean). Without
+    /// inputs, encodes --samples fresh samples instead of reading standard input.
+    #[arg(long, value_name = "FILE.png|FILE.svg")]
     pub plot: Option<PathBuf>,
     /// Fresh samples drawn for --plot when no inputs are given.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_PLOT_SAMPLES, requires = "plot")]

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use tch::{Device, nn};
 
@@ -564,7 +564,7 @@ pub struct EncodeRequest {
     /// Where to write the vectors; standard output when `None` (CSV only), unless `plot` is given:
     /// then no vectors are written.
     pub out: Option<PathBuf>,
-    /// Draw the vectors' two principal components into this PNG.
+    /// Draw the vectors' two principal components into this picture (PNG or SVG, by its name).
     pub plot: Option<PathBuf>,
     pub batch_size: usize,
     pub device: DeviceChoice,
@@ -581,6 +581,10 @@ pub fn encode(request: &EncodeRequest) -> Result<()> {
     }
     if request.source.is_none() && request.samples < 2 {
         bail!("--samples must be at least 2: a principal component needs two vectors to spread");
+    }
+    if let Some(path) = &request.plot {
+        // Refused before the encoding, which can take a while, rather than after it.
+        plot::ImageFormat::of(path).context("--plot")?;
     }
     let device = request.device.resolve()?;
     let loaded = checkpoint::load(&request.model_dir, device)?;

@@ -1,8 +1,11 @@
-//! PNG pictures: the learning curve of a training run and 2-D scatter plots of vectors.
+//! Pictures: the learning curve of a training run and 2-D scatter plots of vectors, as PNG or SVG.
 //!
-//! plotters draws into an in-memory RGB bitmap, `png` encodes it, and the file is written through
-//! a temporary file and a rename, so a reader never sees half a picture. Text uses a font embedded
-//! in the binary, so drawing needs no system font library (fontconfig) at run time.
+//! Each picture is drawn once for any plotters backend ([`Picture`]). For a PNG plotters draws into
+//! an in-memory RGB bitmap and `png` encodes it; for an SVG plotters writes the text of the file.
+//! Either is written through a temporary file and a rename, so a reader never sees half a picture.
+//! Text is measured with a font embedded in the binary, so drawing needs no system font library
+//! (fontconfig) at run time; an SVG names the `sans-serif` family and leaves the glyphs to its
+//! viewer.
 
 use std::ops::Range;
 use std::path::Path;
@@ -44,8 +47,9 @@ const LEGEND_HEIGHT: u32 = 70;
 const LEGEND_COLUMN_WIDTH: i32 = 330;
 
 /// Draws loss (left axis) and accuracies in % (right axis) against samples seen, training and
-/// validation as separate series, into a 1200x700 PNG at `path`. Series that are `None` in every
-/// row are left out; without any accuracy (regression) there is no right axis.
+/// validation as separate series, into a 1200x700 picture at `path` (PNG or SVG, by its name).
+/// Series that are `None` in every row are left out; without any accuracy (regression) there is
+/// no right axis.
 pub fn learning_curve(rows: &[MetricsRow], title: &str, path: &Path) -> Result<()> {
     if rows.is_empty() {
         bail!("cannot draw {}: the metrics log has no rows", path.display());
@@ -78,18 +82,35 @@ pub fn learning_curve(rows: &[MetricsRow], title: &str, path: &Path) -> Result<(
     // Losses are never negative in practice: start the axis at 0 so that curves compare by height.
     let loss_range = if loss_values.fold(f64::INFINITY, f64::min) >= 0.0 { 0.0..loss_range.end } else { loss_range };
     let has_accuracy = curves.iter().any(|curve| curve.metric != Metric::Loss);
+    render(path, &LearningCurve { title, curves, samples_range, loss_range, has_accuracy })
+}
 
-    render_png(path, LEARNING_CURVE_SIZE, |root| {
-        let (chart_area, legend_area) = root.split_vertically(LEARNING_CURVE_SIZE.1 - LEGEND_HEIGHT);
+/// The learning curve, ready to draw.
+struct LearningCurve<'a> {
+    title: &'a str,
+    curves: Vec<Curve>,
+    samples_range: Range<f64>,
+    loss_range: Range<f64>,
+    has_accuracy: bool,
+}
+
+impl Picture for LearningCurve<'_> {
+    const SIZE: (u32, u32) = LEARNING_CURVE_SIZE;
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        let (chart_area, legend_area) = root.split_vertically(Self::SIZE.1 - LEGEND_HEIGHT);
         let mut chart = ChartBuilder::on(&chart_area)
-            .caption(title, (FONT, TITLE_SIZE))
+            .caption(self.title, (FONT, TITLE_SIZE))
             .margin(20)
             .margin_bottom(0)
             .x_label_area_size(60)
             .y_label_area_size(90)
-            .right_y_label_area_size(if has_accuracy { 90 } else { 0 })
-            .build_cartesian_2d(samples_range.clone(), loss_range)?
-            .set_secondary_coord(samples_range, 0.0..100.0);
+            .right_y_label_area_size(if self.has_accuracy { 90 } else { 0 })
+            .build_cartesian_2d(self.samples_range.clone(), self.loss_range.clone())?
+            .set_secondary_coord(self.samples_range.clone(), 0.0..100.0);
         chart
             .configure_mesh()
             .x_desc("samples seen")
@@ -98,7 +119,7 @@ pub fn learning_curve(rows: &[MetricsRow], title: &str, path: &Path) -> Result<(
             .label_style((FONT, LABEL_SIZE))
             .axis_desc_style((FONT, AXIS_TITLE_SIZE))
             .draw()?;
-        if has_accuracy {
+        if self.has_accuracy {
             chart
                 .configure_secondary_axes()
                 .y_desc("accuracy (%)")
@@ -107,7 +128,7 @@ pub fn learning_curve(rows: &[MetricsRow], title: &str, path: &Path) -> Result<(
                 .axis_desc_style((FONT, AXIS_TITLE_SIZE))
                 .draw()?;
         }
-        for curve in &curves {
+        for curve in &self.curves {
             match curve.metric {
                 Metric::Loss => curve.draw(chart.plotting_area())?,
                 Metric::CharAccuracy | Metric::SequenceAccuracy => curve.draw(chart.secondary_plotting_area())?,
@@ -115,13 +136,13 @@ pub fn learning_curve(rows: &[MetricsRow], title: &str, path: &Path) -> Result<(
         }
         // The legend starts level with the plotting area's left edge.
         let left = chart.plotting_area().get_pixel_range().0.start;
-        for curve in &curves {
+        for curve in &self.curves {
             let x = left + LEGEND_COLUMN_WIDTH * curve.metric as i32;
             let y = 14 + 28 * i32::from(curve.validation);
             curve.draw_legend_entry(&legend_area, (x, y))?;
         }
         Ok(())
-    })
+    }
 }
 
 /// An accuracy as a percentage, for the right axis.
@@ -204,7 +225,8 @@ impl Curve {
 }
 
 /// Draws `points` coloured by `values` (viridis, NaN in grey) with a colour bar showing the value
-/// range, into a 1000x800 PNG at `path`. Points with a NaN or infinite coordinate are left out.
+/// range, into a 1000x800 picture at `path` (PNG or SVG, by its name). Points with a NaN or
+/// infinite coordinate are left out.
 pub fn scatter(
     points: &[(f32, f32)],
     values: &[f64],
@@ -229,65 +251,127 @@ pub fn scatter(
     let x_range = padded_range(shown.iter().map(|((x, _), _)| *x), 0.05);
     let y_range = padded_range(shown.iter().map(|((_, y), _)| *y), 0.05);
     let value_range = padded_range(values.iter().copied(), 0.0);
-    // Normalised here rather than by plotters, whose colour maps panic on a NaN position.
-    let colour_of = |value: f64| {
-        let position = (value - value_range.start) / (value_range.end - value_range.start);
-        if position.is_finite() { ViridisRGB.get_color(position.clamp(0.0, 1.0)) } else { NO_VALUE_COLOUR }
-    };
+    let labels = ScatterLabels { title, x_axis: x_label, y_axis: y_label, colour: colour_label };
+    render(path, &Scatter { labels, shown, x_range, y_range, value_range })
+}
 
-    render_png(path, SCATTER_SIZE, |root| {
-        let (plot_area, bar_area) = root.split_horizontally(SCATTER_SIZE.0 - COLOUR_BAR_WIDTH);
+/// The words around a scatter plot.
+struct ScatterLabels<'a> {
+    title: &'a str,
+    x_axis: &'a str,
+    y_axis: &'a str,
+    /// What the colours stand for, beside the colour bar.
+    colour: &'a str,
+}
+
+/// A scatter plot, ready to draw.
+struct Scatter<'a> {
+    labels: ScatterLabels<'a>,
+    /// Points with finite coordinates, each with the value that colours it.
+    shown: Vec<((f64, f64), f64)>,
+    x_range: Range<f64>,
+    y_range: Range<f64>,
+    value_range: Range<f64>,
+}
+
+impl Scatter<'_> {
+    /// Normalised here rather than by plotters, whose colour maps panic on a NaN position.
+    fn colour_of(&self, value: f64) -> RGBColor {
+        let position = (value - self.value_range.start) / (self.value_range.end - self.value_range.start);
+        if position.is_finite() { ViridisRGB.get_color(position.clamp(0.0, 1.0)) } else { NO_VALUE_COLOUR }
+    }
+
+    /// A vertical strip of the colour map with the values it stands for on its right, spanning
+    /// `plot_rows`, the pixel rows of the plotting area beside it.
+    fn draw_colour_bar<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>, plot_rows: Range<i32>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        const STEPS: usize = 200;
+        let value_range = self.value_range.clone();
+        let area_rows = area.get_pixel_range().1;
+        let mut bar = ChartBuilder::on(area)
+            .margin_top(plot_rows.start - area_rows.start)
+            .margin_bottom(area_rows.end - plot_rows.end)
+            .margin_right(10)
+            .right_y_label_area_size(100)
+            .build_cartesian_2d(0.0..1.0, value_range.clone())?;
+        let step = (value_range.end - value_range.start) / STEPS as f64;
+        bar.draw_series((0..STEPS).map(|index| {
+            let low = value_range.start + step * index as f64;
+            Rectangle::new([(0.0, low), (1.0, low + step)], self.colour_of(low + step / 2.0).filled())
+        }))?;
+        bar.configure_mesh()
+            .disable_mesh()
+            .disable_x_axis()
+            .y_desc(self.labels.colour)
+            .label_style((FONT, LABEL_SIZE))
+            .axis_desc_style((FONT, AXIS_TITLE_SIZE))
+            .draw()?;
+        Ok(())
+    }
+}
+
+impl Picture for Scatter<'_> {
+    const SIZE: (u32, u32) = SCATTER_SIZE;
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        let (plot_area, bar_area) = root.split_horizontally(Self::SIZE.0 - COLOUR_BAR_WIDTH);
         let mut chart = ChartBuilder::on(&plot_area)
-            .caption(title, (FONT, TITLE_SIZE))
+            .caption(self.labels.title, (FONT, TITLE_SIZE))
             .margin(20)
             .x_label_area_size(60)
             .y_label_area_size(80)
-            .build_cartesian_2d(x_range, y_range)?;
+            .build_cartesian_2d(self.x_range.clone(), self.y_range.clone())?;
         chart
             .configure_mesh()
-            .x_desc(x_label)
-            .y_desc(y_label)
+            .x_desc(self.labels.x_axis)
+            .y_desc(self.labels.y_axis)
             .label_style((FONT, LABEL_SIZE))
             .axis_desc_style((FONT, AXIS_TITLE_SIZE))
             .draw()?;
         chart.draw_series(
-            shown.iter().map(|&(point, value)| Circle::new(point, 4, colour_of(value).mix(0.85).filled())),
+            self.shown.iter().map(|&(point, value)| Circle::new(point, 4, self.colour_of(value).mix(0.85).filled())),
         )?;
         let plot_rows = chart.plotting_area().get_pixel_range().1;
-        draw_colour_bar(&bar_area, plot_rows, value_range.clone(), colour_label, colour_of)
-    })
+        self.draw_colour_bar(&bar_area, plot_rows)
+    }
 }
 
-/// A vertical strip of the colour map with the values it stands for on its right, spanning
-/// `plot_rows`, the pixel rows of the plotting area beside it.
-fn draw_colour_bar(
-    area: &DrawingArea<BitMapBackend<'_>, Shift>,
-    plot_rows: Range<i32>,
-    value_range: Range<f64>,
-    colour_label: &str,
-    colour_of: impl Fn(f64) -> RGBColor,
-) -> Result<()> {
-    const STEPS: usize = 200;
-    let area_rows = area.get_pixel_range().1;
-    let mut bar = ChartBuilder::on(area)
-        .margin_top(plot_rows.start - area_rows.start)
-        .margin_bottom(area_rows.end - plot_rows.end)
-        .margin_right(10)
-        .right_y_label_area_size(100)
-        .build_cartesian_2d(0.0..1.0, value_range.clone())?;
-    let step = (value_range.end - value_range.start) / STEPS as f64;
-    bar.draw_series((0..STEPS).map(|index| {
-        let low = value_range.start + step * index as f64;
-        Rectangle::new([(0.0, low), (1.0, low + step)], colour_of(low + step / 2.0).filled())
-    }))?;
-    bar.configure_mesh()
-        .disable_mesh()
-        .disable_x_axis()
-        .y_desc(colour_label)
-        .label_style((FONT, LABEL_SIZE))
-        .axis_desc_style((FONT, AXIS_TITLE_SIZE))
-        .draw()?;
-    Ok(())
+/// A picture drawn the same way on any plotters backend: a bitmap for PNG, text for SVG.
+trait Picture {
+    /// Width and height in pixels (SVG user units).
+    const SIZE: (u32, u32);
+
+    /// Draws the picture on `root`, which is white and `SIZE` large.
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static;
+}
+
+/// The file formats a picture is written in, told apart by the file name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    Png,
+    Svg,
+}
+
+impl ImageFormat {
+    /// The format `path`'s extension names (`.png` or `.svg`, in any case). Any other name is
+    /// refused, so that a picture never lands in a file whose name promises another format.
+    pub fn of(path: &Path) -> Result<Self> {
+        match path.extension().and_then(|extension| extension.to_str()).map(str::to_ascii_lowercase).as_deref() {
+            Some("png") => Ok(Self::Png),
+            Some("svg") => Ok(Self::Svg),
+            _ => bail!(
+                "cannot draw {}: a picture is written as PNG or SVG, so name the file .png or .svg",
+                path.display()
+            ),
+        }
+    }
 }
 
 /// Registers the embedded font with plotters, once per process.
@@ -300,31 +384,45 @@ fn ensure_font() -> Result<()> {
     }
 }
 
-/// Draws a white picture of `size` with `draw`, then writes it as a PNG at `path` atomically.
-fn render_png(
-    path: &Path,
-    (width, height): (u32, u32),
-    draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> Result<()>,
-) -> Result<()> {
+/// Draws `picture` on white in the format `path` names, then writes it at `path` atomically.
+fn render<P: Picture>(path: &Path, picture: &P) -> Result<()> {
+    let format = ImageFormat::of(path)?;
     ensure_font()?;
-    let mut pixels = vec![0u8; width as usize * height as usize * 3];
-    {
-        let root = BitMapBackend::with_buffer(&mut pixels, (width, height)).into_drawing_area();
-        root.fill(&WHITE)
-            .map_err(anyhow::Error::from)
-            .and_then(|()| draw(&root))
-            .and_then(|()| root.present().map_err(anyhow::Error::from))
-            .with_context(|| format!("cannot draw {}", path.display()))?;
-    }
-    let mut encoded = Vec::new();
-    let mut encoder = png::Encoder::new(&mut encoded, width, height);
-    encoder.set_color(png::ColorType::Rgb);
-    encoder.set_depth(png::BitDepth::Eight);
-    encoder
-        .write_header()
-        .and_then(|mut writer| writer.write_image_data(&pixels).and_then(|()| writer.finish()))
-        .with_context(|| format!("cannot encode {} as PNG", path.display()))?;
-    write_atomically(path, |temporary| std::fs::write(temporary, &encoded).map_err(anyhow::Error::from))
+    let (width, height) = P::SIZE;
+    let bytes = match format {
+        ImageFormat::Png => {
+            let mut pixels = vec![0u8; width as usize * height as usize * 3];
+            draw_on(BitMapBackend::with_buffer(&mut pixels, P::SIZE), picture, path)?;
+            let mut encoded = Vec::new();
+            let mut encoder = png::Encoder::new(&mut encoded, width, height);
+            encoder.set_color(png::ColorType::Rgb);
+            encoder.set_depth(png::BitDepth::Eight);
+            encoder
+                .write_header()
+                .and_then(|mut writer| writer.write_image_data(&pixels).and_then(|()| writer.finish()))
+                .with_context(|| format!("cannot encode {} as PNG", path.display()))?;
+            encoded
+        }
+        ImageFormat::Svg => {
+            let mut text = String::new();
+            draw_on(SVGBackend::with_string(&mut text, P::SIZE), picture, path)?;
+            text.into_bytes()
+        }
+    };
+    write_atomically(path, |temporary| std::fs::write(temporary, &bytes).map_err(anyhow::Error::from))
+}
+
+/// Fills `backend` with white, draws `picture` on it and finishes it.
+fn draw_on<DB: DrawingBackend>(backend: DB, picture: &impl Picture, path: &Path) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let root = backend.into_drawing_area();
+    root.fill(&WHITE)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| picture.draw(&root))
+        .and_then(|()| root.present().map_err(anyhow::Error::from))
+        .with_context(|| format!("cannot draw {}", path.display()))
 }
 
 /// The span of the finite `values`, widened by `margin` (a fraction of the span) on each side;
@@ -495,6 +593,39 @@ mod tests {
         let path = dir.path().join("no-such-directory").join("curve.png");
         let message = format!("{:#}", learning_curve(&rows(true), "t", &path).expect_err("no directory"));
         assert!(message.contains(&path.display().to_string()), "{message}");
+    }
+
+    #[test]
+    fn an_svg_name_gives_an_svg_with_the_same_drawing() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let curve = dir.path().join("curve.svg");
+        learning_curve(&rows(true), "addition, 3 terms", &curve).expect("draw the learning curve as SVG");
+        let text = std::fs::read_to_string(&curve).expect("an SVG is text");
+        assert!(text.starts_with("<svg") && text.trim_end().ends_with("</svg>"), "{}", &text[..80.min(text.len())]);
+        assert!(text.contains(r#"width="1200" height="700""#));
+        assert!(text.contains("addition, 3 terms") && text.contains("validation sequence accuracy"));
+        let scatter_path = dir.path().join("Scatter.SVG");
+        let points: Vec<(f32, f32)> = (0..50).map(|i| (i as f32, (i * i) as f32)).collect();
+        let values: Vec<f64> = (0..50).map(f64::from).collect();
+        scatter(&points, &values, "encoder states", "PC1", "PC2", "sum", &scatter_path).expect("draw a scatter as SVG");
+        let text = std::fs::read_to_string(&scatter_path).expect("an SVG is text");
+        assert!(text.contains(r#"width="1000" height="800""#));
+        // One circle per point; the colour bar and the frame are rectangles and lines.
+        assert_eq!(text.matches("<circle").count(), 50);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).expect("list the directory").collect();
+        assert_eq!(leftovers.len(), 2, "only the pictures remain, no temporary file");
+    }
+
+    #[test]
+    fn a_name_that_is_neither_png_nor_svg_is_refused_before_drawing() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        for name in ["curve.jpg", "curve", "curve.png.txt"] {
+            let path = dir.path().join(name);
+            let message = format!("{:#}", learning_curve(&rows(true), "t", &path).expect_err("not a picture name"));
+            assert!(message.contains(name) && message.contains(".png or .svg"), "{message}");
+            assert!(!path.exists());
+        }
+        assert_eq!(ImageFormat::of(Path::new("a/B.PNG")).expect("upper case"), ImageFormat::Png);
     }
 
     #[test]
