@@ -148,9 +148,11 @@ fn plot_draws_the_learning_curve_as_a_1200x700_png() {
         .failed()
         .stderr_has(&["curve.jpg", "name the file .png or .svg"]);
     let gif = home.path().join("vectors.gif");
-    run(&["encode", "--model", path_str(&model), "--plot", path_str(&gif)])
-        .failed()
-        .stderr_has(&["--plot", "vectors.gif", "name the file .png or .svg"]);
+    run(&["encode", "--model", path_str(&model), "--plot", path_str(&gif)]).failed().stderr_has(&[
+        "--plot",
+        "vectors.gif",
+        "name the file .png or .svg",
+    ]);
     assert!(!jpeg.exists() && !gif.exists());
 
     // Without a log there is nothing to draw, and the message says why.

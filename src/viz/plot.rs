@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 
 use anyhow::{Context, Result, bail};
 use plotters::coord::Shift;
+use plotters::data::float::FloatPrettyPrinter;
 use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 use plotters::style::colors::colormaps::{ColorMap, ViridisRGB};
@@ -116,6 +117,7 @@ impl Picture for LearningCurve<'_> {
             .x_desc("samples seen")
             .y_desc("loss")
             .x_label_formatter(&|samples| format_count(*samples))
+            .y_label_formatter(&tick_label)
             .label_style((FONT, LABEL_SIZE))
             .axis_desc_style((FONT, AXIS_TITLE_SIZE))
             .draw()?;
@@ -305,6 +307,7 @@ impl Scatter<'_> {
             .disable_mesh()
             .disable_x_axis()
             .y_desc(self.labels.colour)
+            .y_label_formatter(&tick_label)
             .label_style((FONT, LABEL_SIZE))
             .axis_desc_style((FONT, AXIS_TITLE_SIZE))
             .draw()?;
@@ -330,6 +333,8 @@ impl Picture for Scatter<'_> {
             .configure_mesh()
             .x_desc(self.labels.x_axis)
             .y_desc(self.labels.y_axis)
+            .x_label_formatter(&tick_label)
+            .y_label_formatter(&tick_label)
             .label_style((FONT, LABEL_SIZE))
             .axis_desc_style((FONT, AXIS_TITLE_SIZE))
             .draw()?;
@@ -444,6 +449,16 @@ fn padded_range(values: impl Iterator<Item = f64>, margin: f64) -> Range<f64> {
     }
     let pad = (high - low) * margin;
     low - pad..high + pad
+}
+
+/// A tick's value as plotters writes it, except that a tick a rounding error below zero reads
+/// `0.0`, not `-0.0`.
+fn tick_label(value: &f64) -> String {
+    let text = FloatPrettyPrinter { allow_scientific: false, min_decimal: 1, max_decimal: 5 }.print(*value);
+    match text.strip_prefix('-') {
+        Some(magnitude) if magnitude.chars().all(|digit| matches!(digit, '0' | '.')) => magnitude.to_owned(),
+        _ => text,
+    }
 }
 
 /// A sample count for an axis label: 500, 12.5k, 1.2M.
@@ -636,6 +651,10 @@ mod tests {
         assert_eq!(padded_range([5e-324].into_iter(), 0.5), 5e-324 - 0.5..5e-324 + 0.5);
         assert_eq!(padded_range([-20.0].into_iter(), 0.5), -22.0..-18.0);
         assert_eq!(padded_range([-f64::MAX, f64::MAX].into_iter(), 0.0), -AXIS_LIMIT..AXIS_LIMIT);
+        assert_eq!(tick_label(&-1e-17), "0.0");
+        assert_eq!(tick_label(&-0.05), "-0.05");
+        assert_eq!(tick_label(&0.1), "0.1");
+        assert_eq!(tick_label(&-20.0), "-20.0");
         assert_eq!(format_count(0.0), "0");
         assert_eq!(format_count(750.0), "750");
         assert_eq!(format_count(12_500.0), "12.5k");
