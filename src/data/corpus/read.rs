@@ -232,7 +232,12 @@ fn split_tabbed(text: &str) -> Result<(&str, &str), String> {
     let mut columns = text.split('\t');
     let source = columns.next().unwrap_or_default();
     let Some(target) = columns.next() else {
-        return Err("no tab: a pair is `source<TAB>target`".to_owned());
+        let hint = if text.contains(',') {
+            " (this line has a comma: CSV is not read, so write the pairs tab-separated)"
+        } else {
+            ""
+        };
+        return Err(format!("no tab: a pair is `source<TAB>target`{hint}"));
     };
     Ok((source, target))
 }
@@ -540,6 +545,18 @@ mod tests {
             assert!(shown.iter().any(|s| s.starts_with(&at(line)) && s.contains(reason)), "line {line}: {shown:?}");
         }
         assert_eq!((read.bad.count, read.lines), (6, 8));
+        assert!(!shown[0].contains("CSV"), "no comma, no hint: {}", shown[0]);
+    }
+
+    #[test]
+    fn a_comma_separated_line_is_told_that_csv_is_not_read() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = write(dir.path(), "pairs.csv", b"source,target\nabc,cba\n");
+        let read = read_pairs(&PairFiles::Tabbed(path.clone()), &chars(), 1, None, true).expect("read");
+        assert_eq!(read.bad.count, 2);
+        let shown = read.bad.shown[1].to_string();
+        assert!(shown.starts_with(&format!("{}:2: no tab", path.display())), "{shown}");
+        assert!(shown.contains("this line has a comma: CSV is not read"), "{shown}");
     }
 
     #[test]
