@@ -196,7 +196,14 @@ pub struct TrainArgs {
     pub valid: Option<PathBuf>,
     /// Share of the pairs held out when no --valid is given, drawn from --seed by each pair's
     /// text (identical pairs stay together).
-    #[arg(long, value_name = "F", default_value_t = DEFAULT_VALID_FRACTION, help_heading = "Your own data", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "F",
+        default_value_t = DEFAULT_VALID_FRACTION,
+        help_heading = "Your own data",
+        allow_negative_numbers = true,
+        conflicts_with = "valid"
+    )]
     pub valid_fraction: f64,
     /// Tokens seen fewer times in the training pairs read as <unk>.
     #[arg(long, value_name = "N", default_value_t = 1, help_heading = "Your own data")]

@@ -132,7 +132,10 @@ pub fn load_for_training(settings: &PairSettings, seed: u64) -> Result<LoadedPai
 /// A held-out share must leave both parts something.
 pub fn check_valid_fraction(fraction: f64) -> Result<()> {
     if !(fraction > 0.0 && fraction < 1.0) {
-        bail!("--valid-fraction must be above 0 and below 1, got {fraction}");
+        bail!(
+            "--valid-fraction must be above 0 and below 1, got {fraction}; to train on every line of the \
+             file, give held-out data in a file of its own with --valid FILE"
+        );
     }
     Ok(())
 }
