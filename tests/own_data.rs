@@ -365,7 +365,7 @@ fn bad_data_is_refused_with_its_location_or_skipped_when_asked() {
         .stderr_has(&["--valid-fraction must be above 0 and below 1", "--valid FILE"]);
     // A share to hold out means nothing beside a held-out file: refused rather than ignored.
     run(&["train", "--data", path_str(&data), "--valid", path_str(&data), "--valid-fraction", "0.1"])
-        .failed()
+        .failed_usage()
         .stderr_has(&["--valid-fraction", "cannot be used with", "--valid"]);
     run(&["evaluate", "--model", path_str(&shared_model().dir), "--data", path_str(&data)])
         .failed()
