@@ -112,9 +112,12 @@ fn beam_search_lists_the_best_answers_with_their_log_probabilities() {
             // Answers that differ only where padding stands still read differently.
             assert!(listed.insert(head.split_once(". ").map(|(_, text)| text)), "listed twice: {answer:?}");
             assert!(head.starts_with(&format!("  {}. ", rank + 1)), "{line}");
-            let log_p: f64 = log_p.trim_end_matches(')').parse().expect("a number");
-            assert!(log_p <= 0.0 && (rank == 0 || log_p <= last + 1e-9), "{answer:?}");
-            last = log_p;
+            let (log_p, per_token) = log_p.trim_end_matches(')').split_once(", per token ").expect("both figures");
+            let (log_p, per_token): (f64, f64) =
+                (log_p.parse().expect("a number"), per_token.parse().expect("a number"));
+            // The beam ranks by the log-probability per written token, the end marker included.
+            assert!(log_p <= 0.0 && per_token >= log_p && (rank == 0 || per_token <= last + 1e-4), "{answer:?}");
+            last = per_token;
             if rank == 0 {
                 assert_eq!(head.trim_start_matches("  1. "), shown.trim_start(), "the best listed is the answer");
             }
@@ -129,6 +132,8 @@ fn beam_search_lists_the_best_answers_with_their_log_probabilities() {
     assert_eq!(n_best.len(), 2);
     assert_eq!(n_best[0]["prediction"], records[0]["prediction"]);
     assert!(n_best.iter().all(|h| h["log_prob"].as_f64().is_some_and(|p| p <= 0.0)), "{n_best:?}");
+    let per_token: Vec<f64> = n_best.iter().map(|h| h["log_prob_per_token"].as_f64().expect("a figure")).collect();
+    assert!(per_token[0] >= per_token[1], "ranked by the log-probability per token: {n_best:?}");
     let probabilities = records[0]["probabilities"].as_array().expect("probabilities");
     assert_eq!(probabilities.len(), 2, "one per written character");
 

@@ -47,6 +47,9 @@ struct JsonAnswer<'a> {
 struct JsonHypothesis {
     prediction: String,
     log_prob: f64,
+    /// `log_prob` over the written tokens, the end marker included: what the beam ranks by, so
+    /// that a reader sees why a longer answer with a lower `log_prob` can come first.
+    log_prob_per_token: f64,
 }
 
 /// One answered source of a model of pairs, as `--json` prints it.
@@ -293,7 +296,11 @@ fn listed(hypotheses: Option<&Vec<Hypothesis>>, text: impl Fn(&[i64]) -> String)
     hypotheses.filter(|h| !h.is_empty()).map(|hypotheses| {
         hypotheses
             .iter()
-            .map(|hypothesis| JsonHypothesis { prediction: text(&hypothesis.ids), log_prob: hypothesis.log_prob })
+            .map(|hypothesis| JsonHypothesis {
+                prediction: text(&hypothesis.ids),
+                log_prob: hypothesis.log_prob,
+                log_prob_per_token: hypothesis.score,
+            })
             .collect()
     })
 }
@@ -301,7 +308,8 @@ fn listed(hypotheses: Option<&Vec<Hypothesis>>, text: impl Fn(&[i64]) -> String)
 /// The text lines that list a row's best answers, after its answer.
 fn write_listed(listed: &[JsonHypothesis], out: &mut dyn Write) -> Result<()> {
     for (rank, hypothesis) in listed.iter().enumerate() {
-        writeln!(out, "  {}. {}  (log p {:.4})", rank + 1, hypothesis.prediction, hypothesis.log_prob)?;
+        let (log_prob, per_token) = (hypothesis.log_prob, hypothesis.log_prob_per_token);
+        writeln!(out, "  {}. {}  (log p {log_prob:.4}, per token {per_token:.4})", rank + 1, hypothesis.prediction)?;
     }
     Ok(())
 }
