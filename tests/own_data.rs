@@ -207,6 +207,83 @@ fn tokens_the_model_lacks_are_never_right_and_shown_as_written() {
 }
 
 #[test]
+fn a_csv_file_is_read_in_its_named_columns_by_train_evaluate_and_predict() {
+    let home = TempDir::new().expect("temp dir");
+    let csv = |pairs: &[(String, String)]| -> String {
+        let rows: String =
+            pairs.iter().enumerate().map(|(i, (word, reversed))| format!("{i},\"{word}\",{reversed}\n")).collect();
+        format!("id,word,reversed\n{rows}")
+    };
+    let data = home.path().join("pairs.csv");
+    fs::write(&data, csv(&reversal_pairs(600, 8))).expect("write");
+    let (dir, outcome) = train_pairs(
+        home.path(),
+        "model",
+        &["--data", path_str(&data), "--columns", "word,reversed"],
+        &["--epochs", "1", "--encoder-units", "8", "--decoder-units", "8"],
+    );
+    outcome
+        .succeeded()
+        .stderr_has(&["pairs.csv: the source is column 2 (\"word\"), the target column 3 (\"reversed\")"]);
+    let config = read_json(&dir.join("config.json"));
+    assert_eq!(config["task"]["data"]["columns"], serde_json::json!({"source": "word", "target": "reversed"}));
+    // Only the letters of the chosen columns became tokens: no digit of `id`, no quote, no comma.
+    let tokens = config["task"]["source_vocabulary"].as_array().expect("a list of tokens").clone();
+    let foreign = |token: &serde_json::Value| {
+        token.as_str().is_some_and(|t| t.len() == 1 && !t.chars().all(|c| c.is_ascii_lowercase()))
+    };
+    assert!(!tokens.iter().any(foreign), "{tokens:?}");
+    let model = path_str(&dir);
+
+    // evaluate --data and predict --file read another CSV in the model's columns, found by name.
+    let scored = home.path().join("scored.csv");
+    fs::write(&scored, "reversed,word\ncba,abc\n,dd\n").expect("write");
+    let report = run(&["evaluate", "--model", model, "--data", path_str(&scored), "--skip-bad-lines", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(report.succeeded().stdout.trim()).expect("JSON");
+    assert_eq!(report["samples"], 1, "the line with an empty target is bad: {report}");
+    let answers = run(&["predict", "--model", model, "--file", path_str(&scored), "--json"]);
+    let lines = answers.succeeded().stdout_lines();
+    let rows: Vec<serde_json::Value> = lines.iter().map(|line| serde_json::from_str(line).expect("JSON")).collect();
+    assert_eq!(rows.len(), 2, "{lines:?}");
+    assert_eq!((rows[0]["input"].as_str(), rows[0]["expected"].as_str()), (Some("abc"), Some("cba")));
+    assert_eq!(
+        (rows[1]["input"].as_str(), rows[1].get("expected")),
+        (Some("dd"), None),
+        "an empty field gives no target"
+    );
+    // Without the target column, predict answers the sources alone; without the source, it refuses the file.
+    let sources = home.path().join("sources.csv");
+    fs::write(&sources, "word\nabc\n\n\"ab\n").expect("write");
+    let answers = run(&["predict", "--model", model, "--file", path_str(&sources)]);
+    answers.failed().stderr_has(&["sources.csv:3: the source is empty", "sources.csv:4: a quoted field is not closed"]);
+    assert!(answers.stdout.starts_with("abc\t"), "{}", answers.stdout);
+    let numbered = run(&["predict", "--model", model, "--file", path_str(&scored), "--columns", "2,1"]);
+    assert!(numbered.succeeded().stdout_lines()[0].starts_with("abc\t"), "{:?}", numbered.stdout);
+    run(&["predict", "--model", model, "--file", path_str(&sources), "--columns", "spelling,reversed"])
+        .failed()
+        .stderr_has(&["sources.csv:1: the header has no column \"spelling\" for the source"]);
+    // encode reads the same sources.
+    let vectors = run(&["encode", "--model", model, "--file", path_str(&scored)]);
+    assert_eq!(vectors.succeeded().stdout_lines().len(), 2);
+
+    // --columns where no CSV file is read is refused, not ignored.
+    let tabbed = home.path().join("pairs.tsv");
+    write_pairs(&tabbed, &reversal_pairs(50, 2));
+    let (_, outcome) = train_pairs(home.path(), "tabbed", &["--data", path_str(&tabbed), "--columns", "1,2"], &[]);
+    outcome.failed().stderr_has(&["--columns picks the columns of a CSV file", "pairs.tsv is read as"]);
+    run(&["predict", "--model", model, "--file", "-", "--columns", "1,2"]).failed().stderr_has(&["standard input"]);
+    run(&["predict", "--model", model, "--columns", "1,2", "abc"]).failed().stderr_has(&["--columns", "CSV --file"]);
+    run(&["predict", "--model", model, "--columns", "1,2"]).failed_usage();
+    // A header without the chosen columns stops training before anything is written.
+    let (dir, outcome) =
+        train_pairs(home.path(), "missing", &["--data", path_str(&data), "--columns", "word,french"], &[]);
+    outcome
+        .failed()
+        .stderr_has(&["pairs.csv:1: the header has no column \"french\" for the target", "\"id\", \"word\""]);
+    assert!(!dir.exists());
+}
+
+#[test]
 fn the_held_out_split_is_deterministic_disjoint_and_a_valid_file_is_checked_for_overlap() {
     let home = TempDir::new().expect("temp dir");
     let data = home.path().join("pairs.tsv");

@@ -25,6 +25,7 @@ use crate::data::corpus::TokenKind;
 use crate::data::corpus::load::{DEFAULT_VALID_FRACTION, DataSettings, PairSettings};
 use crate::data::corpus::read::PairFiles;
 use crate::data::corpus::sequences::SequenceSettings;
+use crate::data::csv::Columns;
 use crate::data::input::InputSource;
 use crate::nn::device::DeviceChoice;
 use crate::nn::model::{DecoderKind, ModelConfig};
@@ -153,9 +154,9 @@ pub enum TaskKind {
 /// Files of sequence pairs, for `train` and `evaluate`.
 #[derive(Debug, Args)]
 pub struct PairFileArgs {
-    /// Pairs, one per line: source<TAB>target (further columns ignored); with --task
-    /// autoencoder, one sequence per line, comma-separated, all of one length. UTF-8, .gz read
-    /// decompressed.
+    /// Pairs, one per line: source<TAB>target (further columns ignored), or CSV with a header
+    /// when the name ends in .csv (see --columns); with --task autoencoder, one sequence per
+    /// line, comma-separated, all of one length. UTF-8, .gz read decompressed.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["source", "target"], help_heading = "Your own data")]
     pub data: Option<PathBuf>,
     /// Sources, one per line, line-aligned with --target (the OpenNMT layout).
@@ -164,6 +165,11 @@ pub struct PairFileArgs {
     /// Targets, one per line, line-aligned with --source.
     #[arg(long, value_name = "FILE", requires = "source", help_heading = "Your own data")]
     pub target: Option<PathBuf>,
+    /// The source and target columns of a CSV --data file (a name ending in .csv or .csv.gz;
+    /// its first line is the header): names from the header, or numbers from 1. [default: the
+    /// first two]
+    #[arg(long, value_name = "SOURCE,TARGET", requires = "data", help_heading = "Your own data")]
+    pub columns: Option<Columns>,
     /// Leave out bad lines (no tab, an empty side, invalid UTF-8, a NUL byte, over 1 MiB) and
     /// say how many, instead of refusing the file.
     #[arg(long, help_heading = "Your own data")]
@@ -171,14 +177,14 @@ pub struct PairFileArgs {
 }
 
 impl PairFileArgs {
-    fn files(&self) -> Option<PairFiles> {
-        match (&self.data, &self.source, &self.target) {
-            (Some(data), _, _) => Some(PairFiles::Tabbed(data.clone())),
+    fn files(&self) -> Result<Option<PairFiles>> {
+        Ok(match (&self.data, &self.source, &self.target) {
+            (Some(data), _, _) => Some(PairFiles::one_file(data.clone(), self.columns.clone())?),
             (None, Some(source), Some(target)) => {
                 Some(PairFiles::Aligned { source: source.clone(), target: target.clone() })
             }
             _ => None,
-        }
+        })
     }
 }
 
@@ -430,19 +436,36 @@ pub struct InputArgs {
     /// starts with '-'.
     #[arg(value_name = "INPUT")]
     pub inputs: Vec<String>,
-    /// Read inputs from this file, one per line ('-' for standard input).
+    /// Read inputs from this file, one per line ('-' for standard input). For a model of pairs,
+    /// a file named .csv or .csv.gz is CSV: a header, then a source (and its expected target)
+    /// per line, in the model's --columns.
     #[arg(long, value_name = "PATH", conflicts_with = "inputs")]
     pub file: Option<PathBuf>,
+    /// The source and target columns of a CSV --file: names from its header, or numbers from 1.
+    /// [default: the model's, or the first two]
+    #[arg(long, value_name = "SOURCE,TARGET", requires = "file")]
+    pub columns: Option<Columns>,
 }
 
 impl InputArgs {
-    fn source(self) -> InputSource {
-        match self.file {
-            Some(path) if path.as_os_str() == "-" => InputSource::Stdin,
-            Some(path) => InputSource::File(path),
+    fn source(self) -> Result<InputSource> {
+        Ok(match self.file {
+            Some(path) if path.as_os_str() == "-" => {
+                if self.columns.is_some() {
+                    bail!(
+                        "--columns reads a CSV file named .csv or .csv.gz; standard input is read one source per line"
+                    );
+                }
+                InputSource::Stdin
+            }
+            Some(path) => InputSource::File { path, columns: self.columns },
+            // clap lets the arguments stand in for --file, which --columns requires.
+            None if self.columns.is_some() => {
+                bail!("--columns picks the columns of a CSV --file; inputs given as arguments are sources")
+            }
             None if !self.inputs.is_empty() => InputSource::Arguments(self.inputs),
             None => InputSource::Stdin,
-        }
+        })
     }
 }
 
@@ -531,7 +554,7 @@ impl TrainArgs {
     /// What to read for a model of the user's data; `None` for a generated problem. Flags of
     /// files without files are errors rather than ignored.
     fn data_settings(&self) -> Result<Option<DataSettings>> {
-        let Some(files) = self.files.files() else {
+        let Some(files) = self.files.files()? else {
             let held_out = [
                 ("--valid", self.valid.is_some()),
                 ("--valid-fraction", self.valid_fraction != DEFAULT_VALID_FRACTION),
@@ -576,14 +599,19 @@ impl TrainArgs {
 
     /// `--task autoencoder --data FILE`: one sequence per line; the flags of token pairs do not apply.
     fn sequence_settings(&self, files: &PairFiles) -> Result<DataSettings> {
-        let PairFiles::Tabbed(data) = files else {
+        if self.files.columns.is_some() {
+            bail!(
+                "--columns picks the source and target columns of pairs; the autoencoder reads one sequence per line"
+            );
+        }
+        let Some(data) = files.single_path() else {
             bail!("--task autoencoder reads one file of sequences: give it with --data FILE, not --source/--target");
         };
         if let Some((flag, _)) = self.token_flags().into_iter().find(|(_, given)| *given) {
             bail!("{flag} applies to pairs of tokens, not to the autoencoder's sequences of values");
         }
         Ok(DataSettings::Sequences(SequenceSettings {
-            data: data.clone(),
+            data: data.to_path_buf(),
             valid: self.valid.clone(),
             valid_fraction: self.valid_fraction,
             skip_bad_lines: self.files.skip_bad_lines,
@@ -606,7 +634,7 @@ impl TrainArgs {
             ("--high", self.high.is_some()),
         ];
         let kind = self.task.unwrap_or(TaskKind::Arithmetic);
-        if self.files.files().is_some() {
+        if self.files.files()?.is_some() {
             let generated = arithmetic_flags.iter().chain(&autoencoder_flags).find(|(_, given)| *given);
             if let Some((flag, _)) = generated {
                 bail!("{flag} describes a generated problem; it does not apply to your own pairs");
@@ -648,25 +676,25 @@ impl TrainArgs {
 }
 
 impl EvaluateArgs {
-    fn into_request(self) -> EvaluateRequest {
-        EvaluateRequest {
+    fn into_request(self) -> Result<EvaluateRequest> {
+        Ok(EvaluateRequest {
             model_dir: self.model,
             samples: self.samples,
-            data: self.files.files(),
+            data: self.files.files()?,
             skip_bad_lines: self.files.skip_bad_lines,
             seed: self.seed,
             device: self.device,
             errors: self.errors,
             beam: self.beam.map_or(1, usize::from),
-        }
+        })
     }
 }
 
 impl PredictArgs {
-    fn into_request(self, workers: usize) -> PredictRequest {
-        PredictRequest {
+    fn into_request(self, workers: usize) -> Result<PredictRequest> {
+        Ok(PredictRequest {
             model_dir: self.model,
-            source: self.inputs.source(),
+            source: self.inputs.source()?,
             batch_size: self.batch_size,
             device: self.device,
             json: self.json,
@@ -674,24 +702,24 @@ impl PredictArgs {
             beam: self.beam.map(usize::from),
             n_best: self.n_best.map(usize::from),
             workers,
-        }
+        })
     }
 }
 
 impl EncodeArgs {
-    fn into_request(self) -> EncodeRequest {
+    fn into_request(self) -> Result<EncodeRequest> {
         let no_inputs = self.inputs.inputs.is_empty() && self.inputs.file.is_none();
-        EncodeRequest {
+        Ok(EncodeRequest {
             model_dir: self.model,
             // With --plot and nothing to read, draw samples rather than wait on standard input.
-            source: if no_inputs && self.plot.is_some() { None } else { Some(self.inputs.source()) },
+            source: if no_inputs && self.plot.is_some() { None } else { Some(self.inputs.source()?) },
             samples: self.samples,
             format: self.format,
             out: self.out,
             plot: self.plot,
             batch_size: self.batch_size,
             device: self.device,
-        }
+        })
     }
 }
 
@@ -733,16 +761,16 @@ pub fn run(cli: Cli) -> Result<()> {
         .map(|_| ()),
         Command::Evaluate(args) => {
             let json = args.json;
-            output::render(&commands::evaluate::evaluate(&args.into_request())?, json)
+            output::render(&commands::evaluate::evaluate(&args.into_request()?)?, json)
         }
         Command::Predict(args) => {
             // predict shares each batch among that many threads of its own, each running
             // libtorch on one.
             let workers = tch::get_num_threads().max(1) as usize;
             tch::set_num_threads(1);
-            commands::predict(&args.into_request(workers))
+            commands::predict(&args.into_request(workers)?)
         }
-        Command::Encode(args) => commands::encode(&args.into_request()),
+        Command::Encode(args) => commands::encode(&args.into_request()?),
         Command::Plot(args) => {
             output::render(&commands::plot(&PlotRequest { model_dir: args.model, out: args.out })?, false)
         }

@@ -205,8 +205,9 @@ fn evaluate_pairs(
     }
     let (corpus, origin) = match &request.data {
         Some(files) => {
+            let files = files.clone().with_default_columns(problem.data.columns.as_ref());
             let mut notes = Vec::new();
-            let mut corpus = load::read_for_model(problem, files, request.skip_bad_lines, &mut notes)?;
+            let mut corpus = load::read_for_model(problem, &files, request.skip_bad_lines, &mut notes)?;
             let limits = corpus.limit_lengths(Some(problem.max_source_len), Some(problem.max_target_len));
             notes.extend(limits.describe().map(|text| format!("{text}, which this model cannot read or write")));
             for line in notes {
@@ -247,7 +248,10 @@ fn evaluate_sequences(
         bail!("--seed, --samples and --errors do not apply to an autoencoder scored on a file of sequences");
     }
     let (held, origin) = match &request.data {
-        Some(PairFiles::Tabbed(path)) => {
+        Some(files) if files.columns().is_some() => {
+            bail!("--columns picks the source and target columns of pairs; an autoencoder reads one sequence per line")
+        }
+        Some(PairFiles::Tabbed(path) | PairFiles::Csv { path, .. }) => {
             let mut notes = Vec::new();
             let held = sequences::read_file(path, Some(problem.length), request.skip_bad_lines, &mut notes)?;
             notes.iter().for_each(output::note);

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use crate::data::csv::{Column, Columns, CsvRecord, is_csv};
 use crate::data::lines::{Line, LineReader, MAX_LINE_BYTES, describe_utf8_error};
 use crate::output::plain_io_message;
 
@@ -17,7 +18,12 @@ use crate::task::{Samples, Task};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InputSource {
     Arguments(Vec<String>),
-    File(PathBuf),
+    /// A file of inputs; for a model of pairs, a CSV file (by its name) read in `columns` (the
+    /// model's, or the first two, when `None`).
+    File {
+        path: PathBuf,
+        columns: Option<Columns>,
+    },
     Stdin,
 }
 
@@ -46,20 +52,21 @@ pub fn for_each_batch<'t>(
                 batcher.push(&format!("argument {}", number + 1), Ok(argument))?;
             }
         }
-        InputSource::File(path) => {
+        InputSource::File { path, columns } => {
+            let csv = csv_inputs(task, path, columns.as_ref())?;
             let file = File::open(path)
                 .map_err(|e| anyhow::anyhow!("cannot open {}: {}", path.display(), plain_io_message(&e)))?;
             if file.metadata().is_ok_and(|metadata| metadata.is_dir()) {
                 anyhow::bail!("{} is a directory, not a file of inputs", path.display());
             }
             let descriptor = file.as_raw_fd();
-            read_lines(&file, Some(descriptor), Some(path), &mut batcher)?;
+            read_lines(&file, Some(descriptor), Some(path), csv, &mut batcher)?;
         }
         InputSource::Stdin => {
             // Read through a descriptor of our own, unbuffered by Rust, so that polling it tells
             // whether a line is waiting.
             let stdin = File::from(io::stdin().as_fd().try_clone_to_owned().context("cannot read standard input")?);
-            read_lines(&stdin, Some(stdin.as_raw_fd()), None, &mut batcher)?;
+            read_lines(&stdin, Some(stdin.as_raw_fd()), None, None, &mut batcher)?;
         }
     }
     batcher.finish()
@@ -77,10 +84,23 @@ struct Batcher<'a, 't, F> {
 impl<'t, F: FnMut(&Samples<'t>) -> Result<()>> Batcher<'_, 't, F> {
     /// One input at `location`; `Err` carries why a line is not text at all.
     fn push(&mut self, location: &str, text: Result<&str, &str>) -> Result<()> {
-        let parsed = match text {
-            Ok(text) => self.pending.parse_into(text).map_err(|error| (text, error.to_string())),
-            Err(reason) => Err(("", reason.to_owned())),
-        };
+        match text {
+            Ok(text) => {
+                let parsed = self.pending.parse_into(text).map(<[_]>::to_vec).map_err(|error| error.to_string());
+                self.settle(location, text, parsed)
+            }
+            Err(reason) => self.settle(location, "", Err(reason.to_owned())),
+        }
+    }
+
+    /// A source and its expected target, read from the columns of a CSV line at `location`.
+    fn push_pair(&mut self, location: &str, source: &str, target: Option<&str>) -> Result<()> {
+        let parsed = self.pending.parse_pair_into(source, target).map(<[_]>::to_vec).map_err(|error| error.to_string());
+        self.settle(location, source, parsed)
+    }
+
+    /// Reports what parsing `text` gave: its unknown tokens, or why it was refused.
+    fn settle(&mut self, location: &str, text: &str, parsed: Result<Vec<(usize, String)>, String>) -> Result<()> {
         match parsed {
             Ok(unknown) => {
                 for (column, token) in unknown {
@@ -91,7 +111,7 @@ impl<'t, F: FnMut(&Samples<'t>) -> Result<()>> Batcher<'_, 't, F> {
                 }
                 self.accepted()?
             }
-            Err((text, reason)) => {
+            Err(reason) => {
                 self.summary.rejected += 1;
                 let shown = text.trim_end_matches(['\n', '\r']);
                 if shown.trim().is_empty() {
@@ -136,6 +156,7 @@ fn read_lines<'t, F: FnMut(&Samples<'t>) -> Result<()>>(
     source: impl Read,
     descriptor: Option<RawFd>,
     path: Option<&Path>,
+    mut csv: Option<CsvInputs>,
     batcher: &mut Batcher<'_, 't, F>,
 ) -> Result<()> {
     let mut reader = LineReader::new(source, descriptor);
@@ -156,9 +177,82 @@ fn read_lines<'t, F: FnMut(&Samples<'t>) -> Result<()>>(
             Line::TooLong => Err(format!("longer than {MAX_LINE_BYTES} bytes (the limit of a line); skipped")),
             Line::Text(bytes) => std::str::from_utf8(bytes).map_err(describe_utf8_error),
         };
-        batcher.push(&location, text.as_ref().map(|text| *text).map_err(String::as_str))?;
+        let text = text.as_ref().map(|text| *text).map_err(String::as_str);
+        match csv.as_mut() {
+            Some(csv) => csv.push(&location, text, batcher)?,
+            None => batcher.push(&location, text)?,
+        }
     }
     Ok(())
+}
+
+/// How a model of pairs reads `path` when its name says CSV: in `columns`, else the model's, else
+/// the first two. `None` for other files and tasks (an autoencoder's `.csv` holds its lines).
+fn csv_inputs(task: &Task, path: &Path, columns: Option<&Columns>) -> Result<Option<CsvInputs>> {
+    let Task::Pairs(problem) = task else {
+        if columns.is_some() {
+            anyhow::bail!("--columns picks the source and target columns of a CSV file for a model of pairs");
+        }
+        return Ok(None);
+    };
+    if !is_csv(path) {
+        if columns.is_some() {
+            anyhow::bail!(
+                "--columns picks the columns of a CSV file, but {} is read one source per line (a file is read as \
+                 CSV when its name ends in .csv or .csv.gz)",
+                path.display()
+            );
+        }
+        return Ok(None);
+    }
+    let columns = columns.or(problem.data.columns.as_ref()).cloned().unwrap_or_default();
+    Ok(Some(CsvInputs { columns, found: None, record: CsvRecord::default() }))
+}
+
+/// The sources (and expected targets) of a CSV file's lines, once its header has said where they are.
+struct CsvInputs {
+    columns: Columns,
+    /// The source column, and the target's when the header has it.
+    found: Option<(Column, Option<Column>)>,
+    record: CsvRecord,
+}
+
+impl CsvInputs {
+    /// Reads the header (a file without the source column is refused whole), or hands on the
+    /// source and target of a line after it; an empty target field means none was given.
+    fn push<'t, F: FnMut(&Samples<'t>) -> Result<()>>(
+        &mut self,
+        location: &str,
+        text: Result<&str, &str>,
+        batcher: &mut Batcher<'_, 't, F>,
+    ) -> Result<()> {
+        let Some((source, target)) = &self.found else {
+            let text = text.map_err(|reason| anyhow::anyhow!("{location}: the header: {reason}"))?;
+            if text.trim().is_empty() {
+                return Ok(());
+            }
+            self.record.parse(text).map_err(|reason| anyhow::anyhow!("{location}: the header: {reason}"))?;
+            let source = self.columns.find(&self.record, &self.columns.source, "source");
+            let source = source.map_err(|reason| anyhow::anyhow!("{location}: {reason}"))?;
+            let target = self.columns.find(&self.record, &self.columns.target, "target").ok();
+            let target = target.filter(|target| target.index != source.index);
+            self.found = Some((source, target));
+            return Ok(());
+        };
+        let text = match text {
+            Ok(text) => text,
+            Err(reason) => return batcher.push(location, Err(reason)),
+        };
+        if let Err(reason) = self.record.parse(text) {
+            return batcher.push(location, Err(&reason));
+        }
+        let source_text = match self.record.field_of(source, "source") {
+            Ok(text) => text,
+            Err(reason) => return batcher.push(location, Err(&reason)),
+        };
+        let target_text = target.as_ref().and_then(|target| self.record.field(target.index)).filter(|t| !t.is_empty());
+        batcher.push_pair(location, source_text, target_text)
+    }
 }
 
 /// Long lines are shown by their first characters only.
@@ -205,7 +299,7 @@ mod tests {
             pending: Samples::of(task),
             summary: InputSummary::default(),
         };
-        read_lines(bytes, None, Some(Path::new("input.txt")), &mut batcher).expect("reading memory cannot fail");
+        read_lines(bytes, None, Some(Path::new("input.txt")), None, &mut batcher).expect("reading memory cannot fail");
         let summary = batcher.finish().expect("no write fails");
         (summary, batch_sizes, String::from_utf8(errors).expect("messages are UTF-8"))
     }
@@ -304,7 +398,7 @@ mod tests {
                 pending: Samples::of(&task),
                 summary: InputSummary::default(),
             };
-            read_lines(&reader, Some(reader.as_raw_fd()), None, &mut batcher).expect("read the pipe");
+            read_lines(&reader, Some(reader.as_raw_fd()), None, None, &mut batcher).expect("read the pipe");
             batcher.finish().expect("finish")
         });
         // The two lines are handed on while the pipe is still open and the batch is far from full.

@@ -3,6 +3,7 @@
 //! `encode` ([`input`]).
 
 pub mod corpus;
+pub mod csv;
 pub mod generated;
 pub mod input;
 pub mod lines;

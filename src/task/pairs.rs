@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::corpus::read::PairFiles;
 use crate::data::corpus::{PAD_ID, TokenKind, UNKNOWN_ID, Vocabulary};
+use crate::data::csv::Columns;
 
 /// The target id of an output step after the end marker: libtorch's default `ignore_index`,
 /// left out of the loss and of every score.
@@ -35,6 +36,10 @@ pub struct PairData {
     /// The held-out file, when given; otherwise `valid_fraction` of the data is held out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub valid: Option<PathBuf>,
+    /// The CSV columns of source and target (`--columns`), when given: a CSV file given later
+    /// (`evaluate --data`, `predict --file`) is read in the same ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Columns>,
     pub valid_fraction: f64,
     pub min_count: u64,
     pub skip_bad_lines: bool,
@@ -54,10 +59,15 @@ pub struct PairData {
 }
 
 impl PairData {
+    /// The held-out file, read as the training file is.
+    pub fn valid_files(&self) -> Option<PairFiles> {
+        self.valid.clone().map(|valid| PairFiles::of_model(valid, self.columns.clone()))
+    }
+
     /// The training files as the reader takes them.
     pub fn files(&self) -> Result<PairFiles> {
         match (&self.data, &self.source, &self.target) {
-            (Some(data), None, None) => Ok(PairFiles::Tabbed(data.clone())),
+            (Some(data), None, None) => Ok(PairFiles::of_model(data.clone(), self.columns.clone())),
             (None, Some(source), Some(target)) => {
                 Ok(PairFiles::Aligned { source: source.clone(), target: target.clone() })
             }
@@ -142,10 +152,14 @@ impl PairsProblem {
     /// Parses a line: a source, or `source<TAB>target` (the target is then the expected answer).
     pub fn parse_line(&self, line: &str) -> Result<PairInput, PairError> {
         let line = line.trim_end_matches(['\n', '\r']);
-        let (text, target) = match line.split_once('\t') {
-            Some((source, rest)) => (source, Some(rest.split('\t').next().unwrap_or_default())),
-            None => (line, None),
-        };
+        match line.split_once('\t') {
+            Some((source, rest)) => self.parse_pair(source, Some(rest.split('\t').next().unwrap_or_default())),
+            None => self.parse_pair(line, None),
+        }
+    }
+
+    /// Parses a source, with its expected target when one is given.
+    pub fn parse_pair(&self, text: &str, target: Option<&str>) -> Result<PairInput, PairError> {
         let mut unknown = Vec::new();
         let source = ids_of(&self.source_vocabulary, self.source_tokens, text, Some(&mut unknown));
         if source.is_empty() {
@@ -275,6 +289,7 @@ mod tests {
                 source: None,
                 target: None,
                 valid: None,
+                columns: None,
                 valid_fraction: 0.05,
                 min_count: 1,
                 skip_bad_lines: false,

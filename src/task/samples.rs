@@ -75,6 +75,18 @@ impl<'t> Samples<'t> {
             }
         }
     }
+
+    /// Appends a source and its expected target, read from the columns of a CSV file, to
+    /// samples of pairs; other tasks read `source` as a line.
+    pub fn parse_pair_into(&mut self, source: &str, target: Option<&str>) -> Result<&[(usize, String)], InputError> {
+        match self {
+            Samples::Pairs(problem, pairs) => {
+                pairs.push(problem.parse_pair(source, target).map_err(InputError::Pair)?);
+                Ok(pairs.last().map_or(&[], |pair| pair.unknown.as_slice()))
+            }
+            _ => self.parse_into(source),
+        }
+    }
 }
 
 #[cfg(test)]

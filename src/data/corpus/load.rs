@@ -59,7 +59,7 @@ pub fn load_for_training(settings: &PairSettings, seed: u64) -> Result<LoadedPai
         }
     }
     let (data, source, target) = match &settings.files {
-        PairFiles::Tabbed(path) => (Some(absolute(path)), None, None),
+        PairFiles::Tabbed(path) | PairFiles::Csv { path, .. } => (Some(absolute(path)), None, None),
         PairFiles::Aligned { source, target } => (None, Some(absolute(source)), Some(absolute(target))),
     };
     let data = PairData {
@@ -67,6 +67,7 @@ pub fn load_for_training(settings: &PairSettings, seed: u64) -> Result<LoadedPai
         source,
         target,
         valid: settings.valid.as_ref().map(absolute),
+        columns: settings.files.columns().cloned(),
         valid_fraction: settings.valid_fraction,
         min_count: settings.min_count,
         skip_bad_lines: settings.skip_bad_lines,
@@ -192,7 +193,7 @@ fn read_training(data: &PairData, tokenizing: &Tokenizing<'_>, seed: u64) -> Res
     let files = data.files()?;
     let hold_out = data.valid.is_none().then_some(HoldOut { fraction: data.valid_fraction, seed });
     let read = read_pairs(&files, tokenizing, data.min_count, hold_out, false)?;
-    let mut notes = Vec::new();
+    let mut notes = Vec::from_iter(read.describe_columns(&files));
     check_bad_lines(&read, &files, data.skip_bad_lines, &mut notes)?;
     if read.corpus.is_empty() && read.held_out.is_empty() {
         bail!("{files} holds no good pair");
@@ -209,8 +210,8 @@ fn validation(
     notes: &mut Vec<String>,
 ) -> Result<PairCorpus> {
     let data = &problem.data;
-    let mut validation = match &data.valid {
-        Some(valid) => read_for_model(problem, &PairFiles::Tabbed(valid.clone()), data.skip_bad_lines, notes)?,
+    let mut validation = match data.valid_files() {
+        Some(valid) => read_for_model(problem, &valid, data.skip_bad_lines, notes)?,
         None => held_out,
     };
     let limits = validation.limit_lengths(Some(problem.max_source_len), Some(problem.max_target_len));
@@ -255,6 +256,7 @@ pub fn read_for_model(
     notes: &mut Vec<String>,
 ) -> Result<PairCorpus> {
     let read = read_pairs_for(problem, files)?;
+    notes.extend(read.describe_columns(files));
     check_bad_lines(&read, files, skip, notes)?;
     if read.unknown.count > 0 {
         notes.push(format!(

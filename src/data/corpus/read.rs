@@ -1,5 +1,6 @@
 //! Reading a corpus from the user's files: one pair per line (`source<TAB>target`, further
-//! columns ignored, the Anki/Tatoeba layout), or two line-aligned files (the OpenNMT layout).
+//! columns ignored, the Anki/Tatoeba layout), a CSV file with a header ([`crate::data::csv`]),
+//! or two line-aligned files (the OpenNMT layout).
 //! UTF-8, `\r\n` accepted, a byte-order mark skipped, gzip read decompressed. Every bad line is
 //! located (FILE:LINE) and said what is wrong with it.
 
@@ -12,6 +13,7 @@ use anyhow::{Result, bail};
 
 use super::vocabulary::{PAD_ID, TokenKind, UNKNOWN_ID, Vocabulary};
 use super::{Packed, PairCorpus};
+use crate::data::csv::{Column, Columns, CsvRecord, is_csv};
 use crate::data::lines::{Line, LineReader, MAX_LINE_BYTES, describe_utf8_error};
 use crate::data::mix_seed;
 use crate::output::plain_io_message;
@@ -27,6 +29,8 @@ pub const BAD_LINES_SHOWN: usize = 10;
 pub enum PairFiles {
     /// `source<TAB>target` on each line.
     Tabbed(PathBuf),
+    /// A CSV file: a header, then a pair per line in the chosen columns.
+    Csv { path: PathBuf, columns: Option<Columns> },
     /// Line N of one file is the source of line N of the other.
     Aligned { source: PathBuf, target: PathBuf },
 }
@@ -34,8 +38,58 @@ pub enum PairFiles {
 impl fmt::Display for PairFiles {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PairFiles::Tabbed(path) => write!(f, "{}", path.display()),
+            PairFiles::Tabbed(path) | PairFiles::Csv { path, .. } => write!(f, "{}", path.display()),
             PairFiles::Aligned { source, target } => write!(f, "{} and {}", source.display(), target.display()),
+        }
+    }
+}
+
+impl PairFiles {
+    /// The file of `--data`: CSV when its name says so, read in `columns` (when `None`, a
+    /// model's own or the first two); otherwise `source<TAB>target` lines, which have no
+    /// columns to choose, so `columns` is then refused rather than ignored.
+    pub fn one_file(path: PathBuf, columns: Option<Columns>) -> Result<PairFiles> {
+        match (is_csv(&path), columns) {
+            (true, columns) => Ok(PairFiles::Csv { path, columns }),
+            (false, None) => Ok(PairFiles::Tabbed(path)),
+            (false, Some(_)) => bail!(
+                "--columns picks the columns of a CSV file, but {} is read as `source<TAB>target` lines (a file is \
+                 read as CSV when its name ends in .csv or .csv.gz)",
+                path.display()
+            ),
+        }
+    }
+
+    /// A file named by a model's `config.json` (its training or held-out pairs): CSV when its
+    /// name says so, read in the model's `columns`.
+    pub fn of_model(path: PathBuf, columns: Option<Columns>) -> PairFiles {
+        match is_csv(&path) {
+            true => PairFiles::Csv { path, columns },
+            false => PairFiles::Tabbed(path),
+        }
+    }
+
+    /// These files, with `columns` (a model's) for a CSV file given none of its own.
+    pub fn with_default_columns(self, columns: Option<&Columns>) -> PairFiles {
+        match self {
+            PairFiles::Csv { path, columns: None } => PairFiles::Csv { path, columns: columns.cloned() },
+            files => files,
+        }
+    }
+
+    /// The one file of `--data`, or `None` for aligned files.
+    pub fn single_path(&self) -> Option<&Path> {
+        match self {
+            PairFiles::Tabbed(path) | PairFiles::Csv { path, .. } => Some(path),
+            PairFiles::Aligned { .. } => None,
+        }
+    }
+
+    /// The CSV columns given for these files, if any.
+    pub fn columns(&self) -> Option<&Columns> {
+        match self {
+            PairFiles::Csv { columns, .. } => columns.as_ref(),
+            _ => None,
         }
     }
 }
@@ -100,6 +154,16 @@ pub struct ReadPairs {
     pub unknown: FirstFew<(String, usize, String)>,
     /// Target tokens not in a model's vocabulary: it cannot write them.
     pub unknown_targets: usize,
+    /// For a CSV file, the source and target columns its header gave.
+    pub columns: Option<(Column, Column)>,
+}
+
+impl ReadPairs {
+    /// `pairs.csv: the source is column 2 ("english"), the target column 3 ("french")`, for a CSV file.
+    pub fn describe_columns(&self, files: &PairFiles) -> Option<String> {
+        let (source, target) = self.columns.as_ref()?;
+        Some(format!("{files}: the source is {source}, the target {target}"))
+    }
 }
 
 /// Holds out about `fraction` of the pairs, chosen by a hash of each pair's text salted with
@@ -233,13 +297,36 @@ fn split_tabbed(text: &str) -> Result<(&str, &str), String> {
     let source = columns.next().unwrap_or_default();
     let Some(target) = columns.next() else {
         let hint = if text.contains(',') {
-            " (this line has a comma: CSV is not read, so write the pairs tab-separated)"
+            " (this line has a comma: a file is read as CSV only when its name ends in .csv or .csv.gz)"
         } else {
             ""
         };
         return Err(format!("no tab: a pair is `source<TAB>target`{hint}"));
     };
     Ok((source, target))
+}
+
+/// The pairs of a CSV file's lines, once its header has said where the columns are.
+struct CsvPairs {
+    columns: Columns,
+    found: Option<(Column, Column)>,
+    record: CsvRecord,
+}
+
+impl CsvPairs {
+    /// Reads the header line; `Err` says why the file cannot be read.
+    fn header(&mut self, text: &str) -> Result<(), String> {
+        self.record.parse(text).map_err(|reason| format!("the header: {reason}"))?;
+        self.found = Some(self.columns.resolve(&self.record)?);
+        Ok(())
+    }
+
+    /// Splits a line after the header into its source and target, or says why it cannot be.
+    fn split(&mut self, text: &str) -> Result<(&str, &str), String> {
+        self.record.parse(text)?;
+        let (source, target) = self.found.as_ref().expect("the header is read first");
+        Ok((self.record.field_of(source, "source")?, self.record.field_of(target, "target")?))
+    }
 }
 
 /// Reads every pair of `files`, holding out some with `hold_out`. `min_count` applies when the
@@ -267,14 +354,21 @@ pub fn read_pairs(
         bad: FirstFew::default(),
         unknown: FirstFew::default(),
         unknown_targets: 0,
+        columns: None,
     };
     // The text of pairs with a token the vocabulary lacks, by index; while the vocabularies
     // are still counted, every held-out pair's, kept below if one of its tokens ends up `<unk>`.
     let counting = tokenizing.vocabularies.is_none();
     let (mut spelled, mut held_spelled) = (HashMap::new(), HashMap::new());
     let (first_path, second_path) = match files {
-        PairFiles::Tabbed(path) => (path.as_path(), None),
+        PairFiles::Tabbed(path) | PairFiles::Csv { path, .. } => (path.as_path(), None),
         PairFiles::Aligned { source, target } => (source.as_path(), Some(target.as_path())),
+    };
+    let mut csv = match files {
+        PairFiles::Csv { columns, .. } => {
+            Some(CsvPairs { columns: columns.clone().unwrap_or_default(), found: None, record: CsvRecord::default() })
+        }
+        _ => None,
     };
     let mut first = open_lines(first_path)?;
     let mut second = second_path.map(open_lines).transpose()?;
@@ -306,13 +400,22 @@ pub fn read_pairs(
             continue;
         }
         let location = format!("{}:{number}", first_path.display());
+        if let Some(csv) = csv.as_mut().filter(|csv| csv.found.is_none()) {
+            match line.as_ref().map_err(|reason| format!("the header: {reason}")).and_then(|text| csv.header(text)) {
+                Ok(()) => continue,
+                Err(reason) => bail!("{location}: {reason}"),
+            }
+        }
         let texts = match (&line, &other) {
             (Err(reason), _) => Err(reason.clone()),
             (Ok(_), Some(Err(reason))) => {
                 Err(format!("{}:{number}: {reason}", second_path.map(Path::display).expect("aligned")))
             }
             (Ok(text), Some(Ok(target))) => Ok((text.as_str(), target.as_str())),
-            (Ok(text), None) => split_tabbed(text),
+            (Ok(text), None) => match csv.as_mut() {
+                Some(csv) => csv.split(text),
+                None => split_tabbed(text),
+            },
         };
         let (source_text, target_text) = match texts {
             Ok(texts) => texts,
@@ -378,6 +481,7 @@ pub fn read_pairs(
         spelled: held_spelled,
     };
     read.corpus = PairCorpus { sources, targets, source_vocabulary, target_vocabulary, spelled };
+    read.columns = csv.and_then(|csv| csv.found);
     Ok(read)
 }
 
@@ -549,14 +653,58 @@ mod tests {
     }
 
     #[test]
-    fn a_comma_separated_line_is_told_that_csv_is_not_read() {
+    fn a_comma_separated_line_of_a_tabbed_file_says_how_csv_is_read() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let path = write(dir.path(), "pairs.csv", b"source,target\nabc,cba\n");
+        let path = write(dir.path(), "pairs.txt", b"source,target\nabc,cba\n");
         let read = read_pairs(&PairFiles::Tabbed(path.clone()), &chars(), 1, None, true).expect("read");
         assert_eq!(read.bad.count, 2);
         let shown = read.bad.shown[1].to_string();
         assert!(shown.starts_with(&format!("{}:2: no tab", path.display())), "{shown}");
-        assert!(shown.contains("this line has a comma: CSV is not read"), "{shown}");
+        assert!(shown.contains("a file is read as CSV only when its name ends in .csv"), "{shown}");
+    }
+
+    #[test]
+    fn a_csv_file_is_read_in_the_columns_its_header_names() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let bytes = "\u{feff}id,english,french\r\n1,Go.,Va !\n\n2,\"Hi, you\",\"Salut \"\"toi\"\"\"\n3,only two\n4,\"open,x\n5,,vide\n"
+            .as_bytes();
+        let path = write(dir.path(), "pairs.csv", bytes);
+        let columns = Some("english,french".parse().expect("columns"));
+        let files = PairFiles::one_file(path.clone(), columns).expect("a CSV name");
+        let read = read_pairs(&files, &chars(), 1, None, true).expect("read");
+        assert_eq!(
+            texts(&read),
+            [("G|o|.".into(), "V|a| |!".into()), ("H|i|,| |y|o|u".into(), "S|a|l|u|t| |\"|t|o|i|\"".into())]
+        );
+        let shown: Vec<String> = read.bad.shown.iter().map(ToString::to_string).collect();
+        let at = |line: usize| format!("{}:{line}: ", path.display());
+        for (line, reason) in [
+            (5, "2 fields, but the target is column 3 (\"french\")"),
+            (6, "a quoted field is not closed on this line"),
+            (7, "the source is empty"),
+        ] {
+            assert!(shown.iter().any(|s| s.starts_with(&at(line)) && s.contains(reason)), "line {line}: {shown:?}");
+        }
+        assert_eq!(read.bad.count, 3, "{shown:?}");
+        assert_eq!(
+            read.describe_columns(&files).as_deref(),
+            Some(format!("{}: the source is column 2 (\"english\"), the target column 3 (\"french\")", path.display()))
+                .as_deref()
+        );
+
+        // By default the first two columns; a column the header lacks refuses the whole file.
+        let read =
+            read_pairs(&PairFiles::Csv { path: path.clone(), columns: None }, &chars(), 1, None, true).expect("read");
+        assert_eq!(texts(&read)[0], ("1".into(), "G|o|.".into()));
+        let missing = PairFiles::Csv { path: path.clone(), columns: Some("english,german".parse().expect("columns")) };
+        let error = read_pairs(&missing, &chars(), 1, None, true).expect_err("no german column");
+        let message = format!("{error:#}");
+        assert!(message.starts_with(&at(1)) && message.contains("no column \"german\" for the target"), "{message}");
+
+        // --columns names CSV columns: a tabbed file refuses it rather than ignoring it.
+        let tabbed = write(dir.path(), "pairs.tsv", b"a\tb\n");
+        let error = PairFiles::one_file(tabbed, Some(Columns::default())).expect_err("not CSV");
+        assert!(format!("{error:#}").contains("read as `source<TAB>target` lines"), "{error:#}");
     }
 
     #[test]
