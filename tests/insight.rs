@@ -395,7 +395,11 @@ fn predict_verbose_shows_the_probability_of_each_written_character() {
     }
     let product: f64 = answers[0]["probabilities"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap()).product();
     let confidence = mistake["confidence"].as_f64().expect("confidence");
-    assert!((product - confidence).abs() < 1e-9, "predict says {product}, evaluate --errors says {confidence}");
+    // The two commands batch the input with different rows, and a row's probabilities may differ
+    // in float32's last bits with its batch (MKL's AVX-512 kernels block by the rows: on an Intel
+    // Xeon, 0.69036160 alone and 0.69036153 among 1,000 rows): equal to float32's precision.
+    let relative = (product - confidence).abs() / confidence;
+    assert!(relative < 1e-6, "predict says {product}, evaluate --errors says {confidence}");
     assert_eq!(answers[0]["prediction"], mistake["prediction"]);
 
     // Text: the usual line, then each character with its probability, to two decimals.
