@@ -176,10 +176,15 @@ impl Columns {
         });
         let Some(index) = index else {
             let listed = names.iter().map(|name| format!("{name:?}")).collect::<Vec<_>>().join(", ");
-            return Err(format!(
-                "the header has no column {wanted:?} for the {side} (its {} columns: {listed}); choose with --columns SOURCE,TARGET",
-                names.len()
-            ));
+            let count = match names.len() {
+                1 => "its one column".to_owned(),
+                count => format!("its {count} columns"),
+            };
+            let advice = match names.iter().any(|name| name.contains('\t')) {
+                true => "the header has tabs: a file named .tsv or .txt is read as `source<TAB>target` lines",
+                false => "choose with --columns SOURCE,TARGET",
+            };
+            return Err(format!("the header has no column {wanted:?} for the {side} ({count}: {listed}); {advice}"));
         };
         let name = names[index].to_owned();
         if name.trim().is_empty() {
@@ -263,6 +268,10 @@ mod tests {
         );
         assert!(Columns::default().resolve(&header).is_ok());
         assert!("4,1".parse::<Columns>().expect("numbers").resolve(&header).is_err());
+        let mut tabbed = CsvRecord::default();
+        tabbed.parse("source\ttarget").expect("one field");
+        let error = Columns::default().resolve(&tabbed).expect_err("one column");
+        assert!(error.contains("its one column") && error.contains("a file named .tsv or .txt"), "{error}");
         assert!("2,2".parse::<Columns>().expect("numbers").resolve(&header).expect_err("same").contains("both"));
         header.parse(",english,french").expect("pandas header");
         let error = Columns::default().resolve(&header).expect_err("unnamed index");
