@@ -49,15 +49,14 @@ impl PairFiles {
     /// model's own or the first two); otherwise `source<TAB>target` lines, which have no
     /// columns to choose, so `columns` is then refused rather than ignored.
     pub fn one_file(path: PathBuf, columns: Option<Columns>) -> Result<PairFiles> {
-        match (is_csv(&path), columns) {
-            (true, columns) => Ok(PairFiles::Csv { path, columns }),
-            (false, None) => Ok(PairFiles::Tabbed(path)),
-            (false, Some(_)) => bail!(
+        if columns.is_some() && !is_csv(&path) {
+            bail!(
                 "--columns picks the columns of a CSV file, but {} is read as `source<TAB>target` lines (a file is \
                  read as CSV when its name ends in .csv or .csv.gz)",
                 path.display()
-            ),
+            );
         }
+        Ok(PairFiles::of_model(path, columns))
     }
 
     /// A file named by a model's `config.json` (its training or held-out pairs): CSV when its
