@@ -156,44 +156,96 @@ impl fmt::Display for Column {
     }
 }
 
-impl Columns {
-    /// Finds the source and target columns in `header`; `Err` says which is missing and lists
-    /// the header's names.
-    pub fn resolve(&self, header: &CsvRecord) -> Result<(Column, Column), String> {
-        let source = self.find(header, &self.source, "source")?;
-        let target = self.find(header, &self.target, "target")?;
-        if source.index == target.index {
-            return Err(format!("{source} is chosen as both the source and the target (--columns)"));
-        }
-        Ok((source, target))
+/// Finds `wanted` in `header`: a name first, then a number; `Err` if missing or unnamed.
+fn find_column(header: &CsvRecord, wanted: &str, side: &str) -> Result<Column, String> {
+    let names: Vec<&str> = (0..header.len()).map(|index| header.field(index).unwrap_or_default()).collect();
+    let index = names.iter().position(|name| *name == wanted).or_else(|| {
+        wanted.parse::<usize>().ok().filter(|number| (1..=names.len()).contains(number)).map(|number| number - 1)
+    });
+    let Some(index) = index else {
+        let listed = names.iter().map(|name| format!("{name:?}")).collect::<Vec<_>>().join(", ");
+        let count = match names.len() {
+            1 => "its one column".to_owned(),
+            count => format!("its {count} columns"),
+        };
+        let advice = match names.iter().any(|name| name.contains('\t')) {
+            true => "the header has tabs: a file named .tsv or .txt is read as `source<TAB>target` lines",
+            false => "choose with --columns SOURCE,TARGET",
+        };
+        return Err(format!("the header has no column {wanted:?} for the {side} ({count}: {listed}); {advice}"));
+    };
+    let name = names[index].to_owned();
+    if name.trim().is_empty() {
+        return Err(format!(
+            "column {} of the header, taken as the {side}, has no name (an index column written by pandas?); choose the columns with --columns SOURCE,TARGET",
+            index + 1
+        ));
+    }
+    Ok(Column { index, name })
+}
+
+/// Whether a CSV file must hold the target: training learns from it; prediction scores against
+/// it where it is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Required,
+    Optional,
+}
+
+/// A CSV file's pairs, line by line, once its header has said which columns hold them.
+#[derive(Debug)]
+pub struct CsvPairs {
+    columns: Columns,
+    target: Target,
+    /// The source column, and the target's where the header has it (always, when required).
+    found: Option<(Column, Option<Column>)>,
+    record: CsvRecord,
+}
+
+impl CsvPairs {
+    pub fn new(columns: Columns, target: Target) -> Self {
+        Self { columns, target, found: None, record: CsvRecord::default() }
     }
 
-    /// Finds `wanted` in `header`: a name first, then a number; `Err` if missing or unnamed.
-    pub fn find(&self, header: &CsvRecord, wanted: &str, side: &str) -> Result<Column, String> {
-        let names: Vec<&str> = (0..header.len()).map(|index| header.field(index).unwrap_or_default()).collect();
-        let index = names.iter().position(|name| *name == wanted).or_else(|| {
-            wanted.parse::<usize>().ok().filter(|number| (1..=names.len()).contains(number)).map(|number| number - 1)
+    /// The columns the header gave, once it is read.
+    pub fn found(&self) -> Option<&(Column, Option<Column>)> {
+        self.found.as_ref()
+    }
+
+    /// Reads the header line; `Err` says why the file cannot be read: the header lacks the source
+    /// column, or the target's when it is required.
+    pub fn read_header(&mut self, text: &str) -> Result<(), String> {
+        self.record.parse(text).map_err(|reason| format!("the header: {reason}"))?;
+        let source = find_column(&self.record, &self.columns.source, "source")?;
+        let target = find_column(&self.record, &self.columns.target, "target").and_then(|target| {
+            match target.index == source.index {
+                true => Err(format!("{source} is chosen as both the source and the target (--columns)")),
+                false => Ok(target),
+            }
         });
-        let Some(index) = index else {
-            let listed = names.iter().map(|name| format!("{name:?}")).collect::<Vec<_>>().join(", ");
-            let count = match names.len() {
-                1 => "its one column".to_owned(),
-                count => format!("its {count} columns"),
-            };
-            let advice = match names.iter().any(|name| name.contains('\t')) {
-                true => "the header has tabs: a file named .tsv or .txt is read as `source<TAB>target` lines",
-                false => "choose with --columns SOURCE,TARGET",
-            };
-            return Err(format!("the header has no column {wanted:?} for the {side} ({count}: {listed}); {advice}"));
+        let target = match self.target {
+            Target::Required => Some(target?),
+            Target::Optional => target.ok(),
         };
-        let name = names[index].to_owned();
-        if name.trim().is_empty() {
-            return Err(format!(
-                "column {} of the header, taken as the {side}, has no name (an index column written by pandas?); choose the columns with --columns SOURCE,TARGET",
-                index + 1
-            ));
-        }
-        Ok(Column { index, name })
+        self.found = Some((source, target));
+        Ok(())
+    }
+
+    /// Splits a line after the header into its source and target fields, or says why it cannot
+    /// be. A required target's field must be on the line (empty or not); an optional one is
+    /// `None` where the line lacks it or leaves it empty.
+    pub fn split(&mut self, text: &str) -> Result<(&str, Option<&str>), String> {
+        let Some((source, target)) = &self.found else {
+            return Err("the header is read first".to_owned());
+        };
+        self.record.parse(text)?;
+        let source = self.record.field_of(source, "source")?;
+        let target = match (target, self.target) {
+            (Some(column), Target::Required) => Some(self.record.field_of(column, "target")?),
+            (Some(column), Target::Optional) => self.record.field(column.index).filter(|field| !field.is_empty()),
+            (None, _) => None,
+        };
+        Ok((source, target))
     }
 }
 
@@ -249,36 +301,60 @@ mod tests {
         }
     }
 
+    /// The columns that `columns` finds in `header`, the target as `need` asks.
+    fn found(columns: &str, header: &str, need: Target) -> Result<(Column, Option<Column>), String> {
+        let mut pairs = CsvPairs::new(columns.parse().expect("SOURCE,TARGET"), need);
+        pairs.read_header(header)?;
+        Ok(pairs.found().expect("read").clone())
+    }
+
+    fn column(index: usize, name: &str) -> Column {
+        Column { index, name: name.to_owned() }
+    }
+
     #[test]
     fn columns_are_found_by_name_then_number_and_missing_ones_named() {
-        let mut header = CsvRecord::default();
-        header.parse("id,english,french").expect("header");
-        let by_name: Columns = "english,french".parse().expect("two names");
-        assert_eq!(
-            by_name.resolve(&header),
-            Ok((Column { index: 1, name: "english".into() }, Column { index: 2, name: "french".into() }))
-        );
-        let by_number: Columns = "3,1".parse().expect("two numbers");
-        assert_eq!(by_number.resolve(&header).map(|(s, t)| (s.index, t.index)), Ok((2, 0)));
-        let missing: Columns = "english,german".parse().expect("two names");
-        let error = missing.resolve(&header).expect_err("no german");
+        let header = "id,english,french";
+        let required = |columns| found(columns, header, Target::Required);
+        assert_eq!(required("english,french"), Ok((column(1, "english"), Some(column(2, "french")))));
+        assert_eq!(required("3,1"), Ok((column(2, "french"), Some(column(0, "id")))));
+        let error = required("english,german").expect_err("no german");
         assert!(
             error.contains(r#"no column "german" for the target"#) && error.contains(r#""id", "english""#),
             "{error}"
         );
-        assert!(Columns::default().resolve(&header).is_ok());
-        assert!("4,1".parse::<Columns>().expect("numbers").resolve(&header).is_err());
-        let mut tabbed = CsvRecord::default();
-        tabbed.parse("source\ttarget").expect("one field");
-        let error = Columns::default().resolve(&tabbed).expect_err("one column");
+        assert!(required("1,2").is_ok());
+        assert!(required("4,1").is_err());
+        assert!(required("2,2").expect_err("the same column").contains("both"));
+        let error = found("1,2", "source\ttarget", Target::Required).expect_err("one column");
         assert!(error.contains("its one column") && error.contains("a file named .tsv or .txt"), "{error}");
-        assert!("2,2".parse::<Columns>().expect("numbers").resolve(&header).expect_err("same").contains("both"));
-        header.parse(",english,french").expect("pandas header");
-        let error = Columns::default().resolve(&header).expect_err("unnamed index");
+        let error = found("1,2", ",english,french", Target::Required).expect_err("unnamed index");
         assert!(error.contains("column 1 of the header, taken as the source, has no name"), "{error}");
         for bad in ["english", "a,b,c", ",b", ""] {
             assert!(bad.parse::<Columns>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_optional_target_may_be_missing_from_the_header_and_from_a_line() {
+        let optional = |columns| found(columns, "id,english,french", Target::Optional);
+        assert_eq!(optional("english,german"), Ok((column(1, "english"), None)));
+        assert_eq!(optional("2,2"), Ok((column(1, "english"), None)));
+        assert!(optional("german,english").expect_err("no source").contains("for the source"));
+
+        let mut pairs = CsvPairs::new("english,french".parse().expect("names"), Target::Optional);
+        assert_eq!(pairs.split("1,one,un"), Err("the header is read first".to_owned()));
+        pairs.read_header("id,english,french").expect("header");
+        assert_eq!(pairs.split("1,one,un"), Ok(("one", Some("un"))));
+        assert_eq!(pairs.split("2,two,"), Ok(("two", None)), "an empty field is no target");
+        assert_eq!(pairs.split("3,three"), Ok(("three", None)), "nor is a missing one");
+        assert!(pairs.split("4").expect_err("no source").contains("but the source is column 2"));
+
+        let mut pairs = CsvPairs::new("english,french".parse().expect("names"), Target::Required);
+        pairs.read_header("id,english,french").expect("header");
+        assert_eq!(pairs.split("2,two,"), Ok(("two", Some(""))), "the reader of pairs says it is empty");
+        let error = pairs.split("3,three").expect_err("no target");
+        assert_eq!(error, r#"2 fields, but the target is column 3 ("french")"#);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::data::csv::{Column, Columns, CsvRecord, is_csv};
+use crate::data::csv::{Columns, CsvPairs, Target, is_csv};
 use crate::data::lines::{Line, LineReader, MAX_LINE_BYTES, describe_utf8_error};
 use crate::output::plain_io_message;
 
@@ -156,7 +156,7 @@ fn read_lines<'t, F: FnMut(&Samples<'t>) -> Result<()>>(
     source: impl Read,
     descriptor: Option<RawFd>,
     path: Option<&Path>,
-    mut csv: Option<CsvInputs>,
+    mut csv: Option<CsvPairs>,
     batcher: &mut Batcher<'_, 't, F>,
 ) -> Result<()> {
     let mut reader = LineReader::new(source, descriptor);
@@ -179,7 +179,7 @@ fn read_lines<'t, F: FnMut(&Samples<'t>) -> Result<()>>(
         };
         let text = text.as_ref().map(|text| *text).map_err(String::as_str);
         match csv.as_mut() {
-            Some(csv) => csv.push(&location, text, batcher)?,
+            Some(csv) => push_csv_line(csv, &location, text, batcher)?,
             None => batcher.push(&location, text)?,
         }
     }
@@ -188,7 +188,7 @@ fn read_lines<'t, F: FnMut(&Samples<'t>) -> Result<()>>(
 
 /// How a model of pairs reads `path` when its name says CSV: in `columns`, else the model's, else
 /// the first two. `None` for other files and tasks (an autoencoder's `.csv` holds its lines).
-fn csv_inputs(task: &Task, path: &Path, columns: Option<&Columns>) -> Result<Option<CsvInputs>> {
+fn csv_inputs(task: &Task, path: &Path, columns: Option<&Columns>) -> Result<Option<CsvPairs>> {
     let Task::Pairs(problem) = task else {
         if columns.is_some() {
             anyhow::bail!("--columns picks the source and target columns of a CSV file for a model of pairs");
@@ -206,52 +206,27 @@ fn csv_inputs(task: &Task, path: &Path, columns: Option<&Columns>) -> Result<Opt
         return Ok(None);
     }
     let columns = columns.or(problem.data.columns.as_ref()).cloned().unwrap_or_default();
-    Ok(Some(CsvInputs { columns, found: None, record: CsvRecord::default() }))
+    Ok(Some(CsvPairs::new(columns, Target::Optional)))
 }
 
-/// The sources (and expected targets) of a CSV file's lines, once its header has said where they are.
-struct CsvInputs {
-    columns: Columns,
-    /// The source column, and the target's when the header has it.
-    found: Option<(Column, Option<Column>)>,
-    record: CsvRecord,
-}
-
-impl CsvInputs {
-    /// Reads the header (a file without the source column is refused whole), or hands on the
-    /// source and target of a line after it; an empty target field means none was given.
-    fn push<'t, F: FnMut(&Samples<'t>) -> Result<()>>(
-        &mut self,
-        location: &str,
-        text: Result<&str, &str>,
-        batcher: &mut Batcher<'_, 't, F>,
-    ) -> Result<()> {
-        let Some((source, target)) = &self.found else {
-            let text = text.map_err(|reason| anyhow::anyhow!("{location}: the header: {reason}"))?;
-            if text.trim().is_empty() {
-                return Ok(());
-            }
-            self.record.parse(text).map_err(|reason| anyhow::anyhow!("{location}: the header: {reason}"))?;
-            let source = self.columns.find(&self.record, &self.columns.source, "source");
-            let source = source.map_err(|reason| anyhow::anyhow!("{location}: {reason}"))?;
-            let target = self.columns.find(&self.record, &self.columns.target, "target").ok();
-            let target = target.filter(|target| target.index != source.index);
-            self.found = Some((source, target));
+/// Reads the header of a CSV file (a file without the source column is refused whole), or hands
+/// on the source and target of a line after it.
+fn push_csv_line<'t, F: FnMut(&Samples<'t>) -> Result<()>>(
+    csv: &mut CsvPairs,
+    location: &str,
+    text: Result<&str, &str>,
+    batcher: &mut Batcher<'_, 't, F>,
+) -> Result<()> {
+    if csv.found().is_none() {
+        let text = text.map_err(|reason| anyhow::anyhow!("{location}: the header: {reason}"))?;
+        if text.trim().is_empty() {
             return Ok(());
-        };
-        let text = match text {
-            Ok(text) => text,
-            Err(reason) => return batcher.push(location, Err(reason)),
-        };
-        if let Err(reason) = self.record.parse(text) {
-            return batcher.push(location, Err(&reason));
         }
-        let source_text = match self.record.field_of(source, "source") {
-            Ok(text) => text,
-            Err(reason) => return batcher.push(location, Err(&reason)),
-        };
-        let target_text = target.as_ref().and_then(|target| self.record.field(target.index)).filter(|t| !t.is_empty());
-        batcher.push_pair(location, source_text, target_text)
+        return csv.read_header(text).map_err(|reason| anyhow::anyhow!("{location}: {reason}"));
+    }
+    match text.map_err(str::to_owned).and_then(|text| csv.split(text)) {
+        Ok((source, target)) => batcher.push_pair(location, source, target),
+        Err(reason) => batcher.push(location, Err(&reason)),
     }
 }
 

@@ -13,7 +13,7 @@ use anyhow::{Result, bail};
 
 use super::vocabulary::{PAD_ID, TokenKind, UNKNOWN_ID, Vocabulary};
 use super::{Packed, PairCorpus};
-use crate::data::csv::{Column, Columns, CsvRecord, is_csv};
+use crate::data::csv::{Column, Columns, CsvPairs, Target, is_csv};
 use crate::data::lines::{Line, LineReader, MAX_LINE_BYTES, describe_utf8_error};
 use crate::data::mix_seed;
 use crate::output::plain_io_message;
@@ -305,29 +305,6 @@ fn split_tabbed(text: &str) -> Result<(&str, &str), String> {
     Ok((source, target))
 }
 
-/// The pairs of a CSV file's lines, once its header has said where the columns are.
-struct CsvPairs {
-    columns: Columns,
-    found: Option<(Column, Column)>,
-    record: CsvRecord,
-}
-
-impl CsvPairs {
-    /// Reads the header line; `Err` says why the file cannot be read.
-    fn header(&mut self, text: &str) -> Result<(), String> {
-        self.record.parse(text).map_err(|reason| format!("the header: {reason}"))?;
-        self.found = Some(self.columns.resolve(&self.record)?);
-        Ok(())
-    }
-
-    /// Splits a line after the header into its source and target, or says why it cannot be.
-    fn split(&mut self, text: &str) -> Result<(&str, &str), String> {
-        self.record.parse(text)?;
-        let (source, target) = self.found.as_ref().expect("the header is read first");
-        Ok((self.record.field_of(source, "source")?, self.record.field_of(target, "target")?))
-    }
-}
-
 /// Reads every pair of `files`, holding out some with `hold_out`. `min_count` applies when the
 /// vocabularies are built here. The held-out pairs in which a token becomes `<unk>` keep their
 /// text (they are scored, and `evaluate --errors` shows them); with `spell_all`, the others too.
@@ -364,9 +341,7 @@ pub fn read_pairs(
         PairFiles::Aligned { source, target } => (source.as_path(), Some(target.as_path())),
     };
     let mut csv = match files {
-        PairFiles::Csv { columns, .. } => {
-            Some(CsvPairs { columns: columns.clone().unwrap_or_default(), found: None, record: CsvRecord::default() })
-        }
+        PairFiles::Csv { columns, .. } => Some(CsvPairs::new(columns.clone().unwrap_or_default(), Target::Required)),
         _ => None,
     };
     let mut first = open_lines(first_path)?;
@@ -399,8 +374,9 @@ pub fn read_pairs(
             continue;
         }
         let location = format!("{}:{number}", first_path.display());
-        if let Some(csv) = csv.as_mut().filter(|csv| csv.found.is_none()) {
-            match line.as_ref().map_err(|reason| format!("the header: {reason}")).and_then(|text| csv.header(text)) {
+        if let Some(csv) = csv.as_mut().filter(|csv| csv.found().is_none()) {
+            match line.as_ref().map_err(|reason| format!("the header: {reason}")).and_then(|text| csv.read_header(text))
+            {
                 Ok(()) => continue,
                 Err(reason) => bail!("{location}: {reason}"),
             }
@@ -412,7 +388,7 @@ pub fn read_pairs(
             }
             (Ok(text), Some(Ok(target))) => Ok((text.as_str(), target.as_str())),
             (Ok(text), None) => match csv.as_mut() {
-                Some(csv) => csv.split(text),
+                Some(csv) => csv.split(text).map(|(source, target)| (source, target.unwrap_or_default())),
                 None => split_tabbed(text),
             },
         };
@@ -480,7 +456,8 @@ pub fn read_pairs(
         spelled: held_spelled,
     };
     read.corpus = PairCorpus { sources, targets, source_vocabulary, target_vocabulary, spelled };
-    read.columns = csv.and_then(|csv| csv.found);
+    read.columns =
+        csv.as_ref().and_then(CsvPairs::found).and_then(|(source, target)| Some((source.clone(), target.clone()?)));
     Ok(read)
 }
 
