@@ -420,7 +420,10 @@ fn assert_answered(outcome: &Outcome, answered: &[&str], total: usize) {
         outcome.stdout_lines().iter().map(|line| parse_text_line(line, 8, 2).input.trim().to_owned()).collect();
     assert_eq!(inputs, answered, "good lines must still be answered\n{outcome}");
     let rejected = total - answered.len();
-    let summary = format!("error: {rejected} of {total} inputs were rejected");
+    let summary = match rejected {
+        1 => format!("error: 1 of {total} inputs was rejected (see the message above)"),
+        _ => format!("error: {rejected} of {total} inputs were rejected (see the messages above)"),
+    };
     assert!(outcome.stderr.lines().last().is_some_and(|l| l.starts_with(&summary)), "expected {summary:?}\n{outcome}");
     assert_eq!(outcome.stderr.lines().count(), rejected + 1, "one message per bad line, then the summary\n{outcome}");
 }
@@ -497,7 +500,7 @@ fn predict_quotes_only_the_start_of_a_very_long_line() {
         "argument 1",
         &format!("expression is 100 characters long; this model reads at most 8: {shown}"),
     );
-    outcome.stderr_has(&["error: 1 of 1 inputs were rejected"]);
+    outcome.stderr_has(&["error: the input was rejected (see the message above)"]);
 }
 
 #[test]

@@ -149,7 +149,7 @@ fn unknown_tokens_length_limits_and_expected_answers() {
     outcome.failed().stderr_has(&[
         "inputs.txt:2: token 2 (\"z\") is not in the model's vocabulary; read as <unk>",
         "inputs.txt:3: 10 tokens; this model reads sources of at most 8",
-        "1 of 3 inputs were rejected",
+        "1 of 3 inputs was rejected (see the message above)",
     ]);
     let lines = outcome.stdout_lines();
     assert_eq!(lines.len(), 2, "{lines:?}");
@@ -262,6 +262,12 @@ fn a_csv_file_is_read_in_its_named_columns_by_train_evaluate_and_predict() {
     run(&["predict", "--model", model, "--file", path_str(&sources), "--columns", "spelling,reversed"])
         .failed()
         .stderr_has(&["sources.csv:1: the header has no column \"spelling\" for the source"]);
+    // Standard input is CSV when --columns says so, and otherwise a source per line.
+    let piped =
+        run_with_stdin(&["predict", "--model", model, "--file", "-", "--columns", "word,reversed"], "word\nabc\n");
+    assert!(piped.succeeded().stdout_lines().len() == 1 && piped.stdout.starts_with("abc\t"), "{}", piped.stdout);
+    let lines = run_with_stdin(&["predict", "--model", model, "--file", "-"], "word\nabc\n");
+    assert_eq!(lines.succeeded().stdout_lines().len(), 2, "{}", lines.stdout);
     // encode reads the same sources.
     let vectors = run(&["encode", "--model", model, "--file", path_str(&scored)]);
     assert_eq!(vectors.succeeded().stdout_lines().len(), 2);
@@ -271,7 +277,6 @@ fn a_csv_file_is_read_in_its_named_columns_by_train_evaluate_and_predict() {
     write_pairs(&tabbed, &reversal_pairs(50, 2));
     let (_, outcome) = train_pairs(home.path(), "tabbed", &["--data", path_str(&tabbed), "--columns", "1,2"], &[]);
     outcome.failed().stderr_has(&["--columns picks the columns of a CSV file", "pairs.tsv is read as"]);
-    run(&["predict", "--model", model, "--file", "-", "--columns", "1,2"]).failed().stderr_has(&["standard input"]);
     run(&["predict", "--model", model, "--columns", "1,2", "abc"]).failed().stderr_has(&["--columns", "CSV --file"]);
     run(&["predict", "--model", model, "--columns", "1,2"]).failed_usage();
     // A header without the chosen columns stops training before anything is written.

@@ -442,6 +442,7 @@ pub struct InputArgs {
     #[arg(long, value_name = "PATH", conflicts_with = "inputs")]
     pub file: Option<PathBuf>,
     /// The source and target columns of a CSV --file: names from its header, or numbers from 1.
+    /// With `--file -`, standard input is read as CSV (it is otherwise one source per line).
     /// [default: the model's, or the first two]
     #[arg(long, value_name = "SOURCE,TARGET", requires = "file")]
     pub columns: Option<Columns>,
@@ -450,21 +451,14 @@ pub struct InputArgs {
 impl InputArgs {
     fn source(self) -> Result<InputSource> {
         Ok(match self.file {
-            Some(path) if path.as_os_str() == "-" => {
-                if self.columns.is_some() {
-                    bail!(
-                        "--columns reads a CSV file named .csv or .csv.gz; standard input is read one source per line"
-                    );
-                }
-                InputSource::Stdin
-            }
+            Some(path) if path.as_os_str() == "-" => InputSource::Stdin { columns: self.columns },
             Some(path) => InputSource::File { path, columns: self.columns },
             // clap lets the arguments stand in for --file, which --columns requires.
             None if self.columns.is_some() => {
                 bail!("--columns picks the columns of a CSV --file; inputs given as arguments are sources")
             }
             None if !self.inputs.is_empty() => InputSource::Arguments(self.inputs),
-            None => InputSource::Stdin,
+            None => InputSource::Stdin { columns: None },
         })
     }
 }

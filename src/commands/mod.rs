@@ -517,7 +517,7 @@ pub fn predict(request: &PredictRequest) -> Result<()> {
     let batch_size =
         request.batch_size.unwrap_or_else(|| (evaluation_batch_size(&loaded.model.shape()) / decoding.beam).max(1));
     // Someone typing at a terminal wants each answer as soon as the line is entered.
-    let interactive = request.source == InputSource::Stdin && io::stdin().is_terminal();
+    let interactive = matches!(request.source, InputSource::Stdin { .. }) && io::stdin().is_terminal();
     let predictor = Predictor {
         model: &loaded.model,
         task: &loaded.config.task,
@@ -542,12 +542,12 @@ fn check_batch_size(batch_size: usize) -> Result<()> {
 
 /// Bad inputs are reported one by one as they come; the command still fails at the end.
 fn fail_on_rejections(summary: &InputSummary) -> Result<()> {
-    if summary.rejected > 0 {
-        bail!(
-            "{} of {} inputs were rejected (see the messages above)",
-            summary.rejected,
-            summary.rejected + summary.accepted
-        );
+    let (rejected, total) = (summary.rejected, summary.rejected + summary.accepted);
+    match (rejected, total) {
+        (0, _) => {}
+        (1, 1) => bail!("the input was rejected (see the message above)"),
+        (1, _) => bail!("1 of {total} inputs was rejected (see the message above)"),
+        _ => bail!("{rejected} of {total} inputs were rejected (see the messages above)"),
     }
     Ok(())
 }

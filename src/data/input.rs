@@ -24,7 +24,11 @@ pub enum InputSource {
         path: PathBuf,
         columns: Option<Columns>,
     },
-    Stdin,
+    /// Standard input: a source per line, or CSV read in `columns` when they are given (the
+    /// name of a file says CSV; standard input has none).
+    Stdin {
+        columns: Option<Columns>,
+    },
 }
 
 /// Counts of what happened to the inputs.
@@ -53,7 +57,7 @@ pub fn for_each_batch<'t>(
             }
         }
         InputSource::File { path, columns } => {
-            let csv = csv_inputs(task, path, columns.as_ref())?;
+            let csv = csv_inputs(task, Some(path), columns.as_ref())?;
             let file = File::open(path)
                 .map_err(|e| anyhow::anyhow!("cannot open {}: {}", path.display(), plain_io_message(&e)))?;
             if file.metadata().is_ok_and(|metadata| metadata.is_dir()) {
@@ -62,11 +66,12 @@ pub fn for_each_batch<'t>(
             let descriptor = file.as_raw_fd();
             read_lines(&file, Some(descriptor), Some(path), csv, &mut batcher)?;
         }
-        InputSource::Stdin => {
+        InputSource::Stdin { columns } => {
+            let csv = csv_inputs(task, None, columns.as_ref())?;
             // Read through a descriptor of our own, unbuffered by Rust, so that polling it tells
             // whether a line is waiting.
             let stdin = File::from(io::stdin().as_fd().try_clone_to_owned().context("cannot read standard input")?);
-            read_lines(&stdin, Some(stdin.as_raw_fd()), None, None, &mut batcher)?;
+            read_lines(&stdin, Some(stdin.as_raw_fd()), None, csv, &mut batcher)?;
         }
     }
     batcher.finish()
@@ -186,24 +191,29 @@ fn read_lines<'t, F: FnMut(&Samples<'t>) -> Result<()>>(
     Ok(())
 }
 
-/// How a model of pairs reads `path` when its name says CSV: in `columns`, else the model's, else
-/// the first two. `None` for other files and tasks (an autoencoder's `.csv` holds its lines).
-fn csv_inputs(task: &Task, path: &Path, columns: Option<&Columns>) -> Result<Option<CsvPairs>> {
+/// How a model of pairs reads `path` (standard input when `None`) as CSV: a file when its name
+/// says so, standard input when `columns` are given; in `columns`, else the model's, else the
+/// first two. `None` for other inputs and tasks (an autoencoder's `.csv` holds its lines).
+fn csv_inputs(task: &Task, path: Option<&Path>, columns: Option<&Columns>) -> Result<Option<CsvPairs>> {
     let Task::Pairs(problem) = task else {
         if columns.is_some() {
             anyhow::bail!("--columns picks the source and target columns of a CSV file for a model of pairs");
         }
         return Ok(None);
     };
-    if !is_csv(path) {
-        if columns.is_some() {
-            anyhow::bail!(
-                "--columns picks the columns of a CSV file, but {} is read one source per line (a file is read as \
-                 CSV when its name ends in .csv or .csv.gz)",
-                path.display()
-            );
+    match path {
+        Some(path) if !is_csv(path) => {
+            if columns.is_some() {
+                anyhow::bail!(
+                    "--columns picks the columns of a CSV file, but {} is read one source per line (a file is read \
+                     as CSV when its name ends in .csv or .csv.gz, standard input with --file - --columns)",
+                    path.display()
+                );
+            }
+            return Ok(None);
         }
-        return Ok(None);
+        None if columns.is_none() => return Ok(None),
+        _ => {}
     }
     let columns = columns.or(problem.data.columns.as_ref()).cloned().unwrap_or_default();
     Ok(Some(CsvPairs::new(columns, Target::Optional)))
