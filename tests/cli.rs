@@ -645,6 +645,10 @@ fn train_rejects_invalid_values_with_a_clear_error() {
         (&["--terms", "100000000", "--largest", "1"], "100000000 terms"),
         (&["--terms", "9223372036854775807", "--largest", "1"], "9223372036854775807 terms"),
         (&["--curriculum", "75001"], "--curriculum 75001 is longer than an epoch's 75000 samples"),
+        (
+            &["--warmup", "150001", "--epochs", "2"],
+            "--warmup 150001 is longer than the run (150000 samples: --samples 75000",
+        ),
         (&["--task", "autoencoder", "--curriculum", "10"], "this run trains an autoencoder"),
         // Before the files are read: they are not looked at.
         (&["--data", "no-such-pairs.tsv", "--curriculum", "10"], "this run trains a model of your own data"),

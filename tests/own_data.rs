@@ -204,6 +204,11 @@ fn tokens_the_model_lacks_are_never_right_and_shown_as_written() {
         train_pairs(home.path(), "none", &["--data", path_str(&data)], &["--epochs", "1", "--min-count", "100000"]);
     outcome.failed().stderr_has(&["occurs --min-count 100000 times", "lower --min-count"]);
     assert!(!dir.exists());
+    // So is a warm-up longer than the run, once the pairs have said how long it is.
+    let (dir, outcome) =
+        train_pairs(home.path(), "warm", &["--data", path_str(&data)], &["--epochs", "2", "--warmup", "100000"]);
+    outcome.failed().stderr_has(&["--warmup 100000 is longer than the run (", " training pairs × --epochs 2)"]);
+    assert!(!dir.exists());
 }
 
 #[test]

@@ -93,6 +93,27 @@ fn refuse_arithmetic_settings_elsewhere(request: &TrainRequest) -> Result<()> {
     Ok(())
 }
 
+/// A warm-up longer than the run would end it before the learning rate reaches its peak: most
+/// likely a count of steps given for one of samples. Checked once the run's length is known
+/// (with your own data, the pairs), and not on resume, where it is the checkpoint's.
+fn refuse_endless_warmup(training: &TrainConfig, own_data: bool) -> Result<()> {
+    let total = training.total_samples();
+    if training.warmup > total {
+        let epoch = match own_data {
+            true => format!("{} training pairs", training.samples),
+            false => format!("--samples {}", training.samples),
+        };
+        bail!(
+            "--warmup {} is longer than the run ({total} samples: {epoch} × --epochs {}), so the learning rate \
+             would never reach --learning-rate {}; --warmup counts samples, not batches",
+            training.warmup,
+            training.epochs,
+            training.learning_rate
+        );
+    }
+    Ok(())
+}
+
 /// Trains a model, scores it on fresh samples and saves it; returns its directory.
 pub fn train(request: &TrainRequest) -> Result<PathBuf> {
     let TrainRequest { model: model_config, .. } = request;
@@ -124,6 +145,7 @@ pub fn train(request: &TrainRequest) -> Result<PathBuf> {
     }
     task.validate()?;
     training.validate()?;
+    refuse_endless_warmup(training, request.data.is_some())?;
     if model_config.dropout > 0.0 && model_config.encoder_layers == 1 && model_config.decoder_layers == 1 {
         bail!(
             "--dropout applies between stacked LSTM layers, and one encoder and one decoder layer have none \
