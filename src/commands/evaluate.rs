@@ -71,9 +71,11 @@ impl Report for EvaluateReport {
                 let samples = evaluation.metrics.samples;
                 let mut text = format!("On {samples} pairs of {origin}: {} ({device})", describe_pairs(evaluation));
                 if let Some((wrong, kept)) = mistakes {
-                    match wrong {
-                        0 => text.push_str(&format!("\nnone of {samples} wrong")),
-                        _ => text.push_str(&format!("\n{wrong} of {samples} wrong; the most confident:")),
+                    match (wrong, kept.is_empty()) {
+                        (0, _) => text.push_str(&format!("\nnone of {samples} wrong")),
+                        // `--errors 0`: the count alone.
+                        (_, true) => text.push_str(&format!("\n{wrong} of {samples} wrong")),
+                        (_, false) => text.push_str(&format!("\n{wrong} of {samples} wrong; the most confident:")),
                     }
                     for mistake in kept {
                         text.push_str(&format!(
@@ -356,6 +358,8 @@ mod tests {
             expected: "K AE T".to_owned(),
             confidence: 0.5,
         };
+        let counted = pairs_report(Some((3, Vec::new()))).text();
+        assert!(counted.ends_with("\n3 of 4 wrong"), "--errors 0 counts without a list: {counted}");
         let report = pairs_report(Some((1, vec![mistake])));
         let text = report.text();
         assert!(text.starts_with("On 4 pairs of test.tsv: loss 0.5000, token accuracy 90.00%"), "{text}");
