@@ -49,12 +49,14 @@ fn metrics_rows(dir: &Path) -> Vec<Vec<String>> {
         lines.next(),
         Some(
             "samples_seen,epoch,elapsed_seconds,loss,char_accuracy,sequence_accuracy,validation_loss,\
-             validation_char_accuracy,validation_sequence_accuracy"
+             validation_char_accuracy,validation_sequence_accuracy,gradient_norm"
         )
     );
     let rows: Vec<Vec<String>> = lines.map(|line| line.split(',').map(String::from).collect()).collect();
     for row in &rows {
-        assert_eq!(row.len(), 9, "{row:?}");
+        assert_eq!(row.len(), 10, "{row:?}");
+        let norm = number(&row[9]);
+        assert!(norm.is_finite() && norm > 0.0, "the gradient norm: {row:?}");
     }
     rows
 }

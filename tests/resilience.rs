@@ -93,9 +93,10 @@ fn interrupted_then_resumed_run_ends_with_the_same_weights_bit_for_bit() {
     assert!(finished.get("checkpoint").is_none());
 
     // The resumed run appended to metrics.csv: the same reports at the same positions, with the
-    // same validation figures (the weights agree at every one of them). Only the training
-    // figures of the report spanning the interruption cover fewer samples, and the times differ.
-    let validation_columns = |dir: &Path| -> Vec<(String, String, String, String, String)> {
+    // same validation figures and gradient norms (the weights agree at every one of them). Only
+    // the training figures of the report spanning the interruption cover fewer samples, and the
+    // times differ.
+    let validation_columns = |dir: &Path| -> Vec<(String, String, String, String, String, String)> {
         let text = fs::read_to_string(dir.join("metrics.csv")).expect("metrics.csv exists");
         assert_eq!(text.lines().filter(|line| line.starts_with("samples_seen,")).count(), 1, "one header");
         text.lines()
@@ -103,7 +104,7 @@ fn interrupted_then_resumed_run_ends_with_the_same_weights_bit_for_bit() {
             .map(|line| {
                 let fields: Vec<&str> = line.split(',').collect();
                 let owned = |index: usize| fields[index].to_owned();
-                (owned(0), owned(1), owned(6), owned(7), owned(8))
+                (owned(0), owned(1), owned(6), owned(7), owned(8), owned(9))
             })
             .collect()
     };
@@ -147,6 +148,10 @@ fn a_threaded_scheduled_run_resumes_bit_for_bit_with_its_recorded_settings() {
     assert_eq!(training["operator_weights"].as_str(), Some("+=1,-=3,*=1,/=1"));
     assert_eq!(training["max_grad_norm"].as_f64(), Some(0.01));
     run(&["info", "--model", path_str(&uninterrupted)]).succeeded().stdout_has(&["gradients clipped to norm 0.01"]);
+    // metrics.csv logs each row's last gradient as it was before clipping.
+    let log = fs::read_to_string(uninterrupted.join("metrics.csv")).unwrap();
+    let norms: Vec<f64> = log.lines().skip(1).map(|line| line.rsplit(',').next().unwrap().parse().unwrap()).collect();
+    assert!(!norms.is_empty() && norms.iter().all(|&norm| norm > 0.01), "{norms:?}");
 
     let interrupted = home.path().join("interrupted");
     let mut extra = vec!["--checkpoint-every", "2000"];

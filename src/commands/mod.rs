@@ -497,6 +497,7 @@ fn metrics_row(report: &train::Report, validation: Option<&Metrics>) -> MetricsR
         validation_loss: validation.map(|v| v.loss),
         validation_char_accuracy: validation.and_then(|v| v.char_accuracy),
         validation_sequence_accuracy: validation.and_then(|v| v.sequence_accuracy),
+        gradient_norm: Some(report.gradient_norm),
     }
 }
 

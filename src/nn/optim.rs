@@ -89,6 +89,16 @@ pub struct Adam {
     fused: Option<RangeUpdate>,
     learning_rate: f64,
     steps: u64,
+    /// The last step's gradient norm before clipping scaled the gradient, where it was clipped.
+    pre_clip_norm: Option<PreClipNorm>,
+}
+
+/// A gradient's norm as clipping computed it: on the host, or left on a GPU so that no step
+/// waits to read it back.
+#[derive(Debug)]
+enum PreClipNorm {
+    Host(f64),
+    Device(Tensor),
 }
 
 impl Adam {
@@ -121,7 +131,7 @@ impl Adam {
                 Parameter { name, start, variable, buffers }
             })
             .collect();
-        let mut adam = Adam { parameters, flat, learning_rate, steps: 0, fused: None };
+        let mut adam = Adam { parameters, flat, learning_rate, steps: 0, fused: None, pre_clip_norm: None };
         adam.fused = adam.can_run_fused().then(|| adam.new_range_update());
         adam
     }
@@ -196,9 +206,30 @@ impl Adam {
                 // SAFETY: as above.
                 unsafe { update.scale_gradient(everything, factor) };
             }
+            self.pre_clip_norm = Some(PreClipNorm::Host(norm));
             return;
         }
-        tch::no_grad(|| clip::scale_on_device(&mut self.flat.grad, max_norm));
+        let norm = tch::no_grad(|| clip::scale_on_device(&mut self.flat.grad, max_norm));
+        self.pre_clip_norm = Some(PreClipNorm::Device(norm));
+    }
+
+    /// Records the norm of this step's gradient where clipping ran outside the optimiser (on
+    /// ranges of the buffer, by several threads), before it scaled the gradient.
+    pub fn note_pre_clip_norm(&mut self, norm: f64) {
+        self.pre_clip_norm = Some(PreClipNorm::Host(norm));
+    }
+
+    /// The L2 norm of the last step's gradient over every weight together, before any
+    /// clipping: what `metrics.csv` logs. It may read a value back from a GPU, so it is for
+    /// reports, not for every step; between steps, when nothing else touches the buffer.
+    pub fn gradient_norm(&self) -> f64 {
+        match (&self.pre_clip_norm, &self.fused) {
+            (Some(PreClipNorm::Host(norm)), _) => *norm,
+            (Some(PreClipNorm::Device(norm)), _) => norm.double_value(&[]),
+            // SAFETY: between steps no other thread touches the gradient buffer.
+            (None, Some(update)) => unsafe { update.gradient_squared_norm(0..update.elements) }.sqrt(),
+            (None, None) => tch::no_grad(|| self.flat.grad.to_kind(Kind::Double).norm().double_value(&[])),
+        }
     }
 
     /// Handles with which other threads run parts of a step ([`RangeUpdate::run`]), where

@@ -17,7 +17,7 @@ const MAX_LOG_BYTES: u64 = 1 << 30;
 pub const METRICS_FILE: &str = "metrics.csv";
 
 /// Column names, in the order every line holds them.
-const COLUMNS: [&str; 9] = [
+const COLUMNS: [&str; 10] = [
     "samples_seen",
     "epoch",
     "elapsed_seconds",
@@ -27,7 +27,12 @@ const COLUMNS: [&str; 9] = [
     "validation_loss",
     "validation_char_accuracy",
     "validation_sequence_accuracy",
+    "gradient_norm",
 ];
+
+/// Logs written before the gradient norm was logged hold the columns before it; they are read
+/// as they are, and rebuilt with the column (empty in their rows) when a run resumes.
+const OLDER_COLUMNS: usize = 9;
 
 /// One report of a training run. `None` means "not applicable" and is written as an empty field:
 /// regression tasks have no accuracies, and validation is not scored at every report.
@@ -47,6 +52,9 @@ pub struct MetricsRow {
     pub validation_loss: Option<f64>,
     pub validation_char_accuracy: Option<f64>,
     pub validation_sequence_accuracy: Option<f64>,
+    /// The L2 norm of the last batch's gradient before the report, before any clipping (`None`
+    /// in logs older than the column).
+    pub gradient_norm: Option<f64>,
 }
 
 /// An open `metrics.csv` that training appends to.
@@ -113,7 +121,7 @@ impl MetricsLog {
 fn format_row(row: &MetricsRow) -> String {
     let optional = |value: Option<f64>| value.map(|v| v.to_string()).unwrap_or_default();
     format!(
-        "{},{},{},{},{},{},{},{},{}\n",
+        "{},{},{},{},{},{},{},{},{},{}\n",
         row.samples_seen,
         row.epoch,
         row.elapsed_seconds,
@@ -123,6 +131,7 @@ fn format_row(row: &MetricsRow) -> String {
         optional(row.validation_loss),
         optional(row.validation_char_accuracy),
         optional(row.validation_sequence_accuracy),
+        optional(row.gradient_norm),
     )
 }
 
@@ -130,28 +139,33 @@ fn format_row(row: &MetricsRow) -> String {
 pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
     let text = read_text(path, MAX_LOG_BYTES)?;
     let mut lines = text.lines();
-    check_header(path, lines.next())?;
+    let columns = check_header(path, lines.next())?;
     lines
         .enumerate()
-        .map(|(index, line)| parse_row(line).with_context(|| format!("{} line {}", path.display(), index + 2)))
+        .map(|(index, line)| parse_row(line, columns).with_context(|| format!("{} line {}", path.display(), index + 2)))
         .collect()
 }
 
-/// The rows of a log's `text` up to `samples_seen`, each with its line end, and a description of
-/// the first damaged line when there is one (rows after it are dropped too).
+/// The rows of a log's `text` up to `samples_seen`, each with its line end (and with every
+/// column: an older log's rows gain an empty gradient norm), and a description of the first
+/// damaged line when there is one (rows after it are dropped too).
 fn good_rows(path: &Path, text: &str, samples_seen: u64) -> (String, Option<String>) {
     let mut lines = text.split_inclusive('\n');
-    if let Err(error) = check_header(path, lines.next()) {
-        return (String::new(), Some(format!("{error:#}")));
-    }
+    let columns = match check_header(path, lines.next()) {
+        Ok(columns) => columns,
+        Err(error) => return (String::new(), Some(format!("{error:#}"))),
+    };
     let mut kept = String::new();
     for (index, line) in lines.enumerate() {
         // A last line cut short by a crash is no damage: it is dropped, and trained again.
         if !line.ends_with('\n') {
             break;
         }
-        match parse_row(line.trim_end()) {
-            Ok(row) if row.samples_seen <= samples_seen => kept.push_str(line),
+        match parse_row(line.trim_end(), columns) {
+            Ok(row) if row.samples_seen <= samples_seen => match columns == COLUMNS.len() {
+                true => kept.push_str(line),
+                false => kept.push_str(&format!("{},\n", line.trim_end())),
+            },
             Ok(_) => {}
             Err(error) => {
                 // The damage may be NUL bytes or other control characters: not for a terminal.
@@ -164,41 +178,35 @@ fn good_rows(path: &Path, text: &str, samples_seen: u64) -> (String, Option<Stri
     (kept, None)
 }
 
-fn check_header(path: &Path, first_line: Option<&str>) -> Result<()> {
+/// The number of columns the log's lines hold: all of them, or an older log's.
+fn check_header(path: &Path, first_line: Option<&str>) -> Result<usize> {
     let expected_header = COLUMNS.join(",");
     match first_line.map(str::trim_end) {
-        Some(header) if header == expected_header => Ok(()),
+        Some(header) if header == expected_header => Ok(COLUMNS.len()),
+        Some(header) if header == COLUMNS[..OLDER_COLUMNS].join(",") => Ok(OLDER_COLUMNS),
         Some(header) => bail!("{} line 1: expected the header `{expected_header}`, found `{header}`", path.display()),
         None => bail!("{} is empty: expected the header `{expected_header}`", path.display()),
     }
 }
 
-fn parse_row(line: &str) -> Result<MetricsRow> {
+/// A line of a log whose lines hold the first `columns` of [`COLUMNS`].
+fn parse_row(line: &str, columns: usize) -> Result<MetricsRow> {
     let fields: Vec<&str> = line.split(',').collect();
-    let [
-        samples_seen,
-        epoch,
-        elapsed_seconds,
-        loss,
-        char_accuracy,
-        sequence_accuracy,
-        validation_loss,
-        validation_char_accuracy,
-        validation_sequence_accuracy,
-    ] = fields[..]
-    else {
-        bail!("expected {} comma-separated fields, found {}: `{line}`", COLUMNS.len(), fields.len());
-    };
+    if fields.len() != columns {
+        bail!("expected {columns} comma-separated fields, found {}: `{line}`", fields.len());
+    }
+    let optional = |index: usize| fields.get(index).map_or(Ok(None), |text| parse_optional(COLUMNS[index], text));
     Ok(MetricsRow {
-        samples_seen: parse_field(COLUMNS[0], samples_seen)?,
-        epoch: parse_field(COLUMNS[1], epoch)?,
-        elapsed_seconds: parse_field(COLUMNS[2], elapsed_seconds)?,
-        loss: parse_field(COLUMNS[3], loss)?,
-        char_accuracy: parse_optional(COLUMNS[4], char_accuracy)?,
-        sequence_accuracy: parse_optional(COLUMNS[5], sequence_accuracy)?,
-        validation_loss: parse_optional(COLUMNS[6], validation_loss)?,
-        validation_char_accuracy: parse_optional(COLUMNS[7], validation_char_accuracy)?,
-        validation_sequence_accuracy: parse_optional(COLUMNS[8], validation_sequence_accuracy)?,
+        samples_seen: parse_field(COLUMNS[0], fields[0])?,
+        epoch: parse_field(COLUMNS[1], fields[1])?,
+        elapsed_seconds: parse_field(COLUMNS[2], fields[2])?,
+        loss: parse_field(COLUMNS[3], fields[3])?,
+        char_accuracy: optional(4)?,
+        sequence_accuracy: optional(5)?,
+        validation_loss: optional(6)?,
+        validation_char_accuracy: optional(7)?,
+        validation_sequence_accuracy: optional(8)?,
+        gradient_norm: optional(9)?,
     })
 }
 
@@ -225,6 +233,7 @@ mod tests {
             validation_loss: None,
             validation_char_accuracy: None,
             validation_sequence_accuracy: None,
+            gradient_norm: Some(0.75),
         }
     }
 
@@ -306,9 +315,30 @@ mod tests {
     }
 
     #[test]
+    fn an_older_log_reads_without_gradient_norms_and_gains_the_column_on_resume() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join(METRICS_FILE);
+        let older = format!("{}\n32,1,0.5,2,0.25,0,,,\n64,1,1,1.5,0.5,0.125,1.25,0.5,0.25\n", COLUMNS[..9].join(","));
+        std::fs::write(&path, &older).expect("write an older log");
+        let rows = read_metrics(&path).expect("an older log reads");
+        assert_eq!((rows.len(), rows[1].validation_sequence_accuracy, rows[1].gradient_norm), (2, Some(0.25), None));
+        std::fs::write(&path, format!("{older}96,1,1.5,1,0.5,0.125,,,,\n")).expect("a row of the new width");
+        assert!(format!("{:#}", read_metrics(&path).expect_err("mixed widths")).contains("line 4"));
+
+        std::fs::write(&path, &older).expect("write an older log");
+        let mut log = MetricsLog::reopen(&path, 64).expect("resume an older run");
+        log.append(&classification_row(96)).expect("append after resuming");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(text.starts_with(&format!("{}\n32,1,0.5,2,0.25,0,,,,\n", COLUMNS.join(","))), "{text}");
+        let rows = read_metrics(&path).expect("the rebuilt log reads");
+        let norms: Vec<Option<f64>> = rows.iter().map(|row| row.gradient_norm).collect();
+        assert_eq!(norms, vec![None, None, Some(0.75)]);
+    }
+
+    #[test]
     fn empty_fields_are_written_for_missing_values() {
         let line = format_row(&classification_row(64));
-        assert!(line.ends_with(",0.8125,0.1,,,\n"), "{line}");
+        assert!(line.ends_with(",0.8125,0.1,,,,0.75\n"), "{line}");
     }
 
     #[test]

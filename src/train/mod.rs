@@ -301,6 +301,8 @@ pub struct Report {
     pub elapsed_seconds: f64,
     /// Means over the samples since the previous report (or the start of the epoch).
     pub running: Metrics,
+    /// The L2 norm of the last batch's gradient before the report, before any clipping.
+    pub gradient_norm: f64,
 }
 
 /// Steps between read-backs of the running metrics (each one synchronises a GPU).
@@ -412,8 +414,13 @@ fn train_steps(
                 }
                 reporter.show(epoch, &running, start.elapsed(), samples_seen - run.start.samples_seen(config));
                 if report_due {
-                    let report =
-                        Report { samples_seen, epoch, elapsed_seconds: elapsed(), running: running.since(&reported) };
+                    let report = Report {
+                        samples_seen,
+                        epoch,
+                        elapsed_seconds: elapsed(),
+                        running: running.since(&reported),
+                        gradient_norm: optimizer.gradient_norm(),
+                    };
                     (run.on_report)(&report, &|inputs| shared.forward(inputs))?;
                     reported = running;
                     samples_at_last_report = samples_seen;

@@ -361,6 +361,7 @@ impl<'a> SharedStep<'a> {
         for helper in helpers {
             squared_norm += helper.combined()?;
         }
+        optimizer.note_pre_clip_norm(squared_norm.sqrt());
         let scale = clip::scale_for(squared_norm.sqrt(), max_norm);
         let constants = optimizer.begin_step();
         for (helper, range) in helpers.iter().zip(&ranges[1..]) {

@@ -517,6 +517,7 @@ mod tests {
                     validation_loss: validation.then_some(2.6 * (1.0 - progress) + 0.15),
                     validation_char_accuracy: accuracy(0.2 + 0.7 * progress).filter(|_| validation),
                     validation_sequence_accuracy: accuracy(0.9 * progress * progress).filter(|_| validation),
+                    gradient_norm: Some(1.0 - 0.5 * progress),
                 }
             })
             .collect()

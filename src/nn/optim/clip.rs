@@ -41,11 +41,12 @@ pub fn scale_for(norm: f64, max_norm: f64) -> Option<f32> {
 /// Clips `gradient` by libtorch's ops, as [`scale_for`] and [`scale`] do on the host, to the
 /// bit: the norm and the factor stay on the tensor's device, since reading the norm back would
 /// make a GPU finish every step before the next could be queued. Where the norm is within the
-/// maximum the factor is 1, which changes no bit.
-pub fn scale_on_device(gradient: &mut Tensor, max_norm: f64) {
+/// maximum the factor is 1, which changes no bit. Returns the norm before clipping, on the device.
+pub fn scale_on_device(gradient: &mut Tensor, max_norm: f64) -> Tensor {
     let norm = gradient.to_kind(Kind::Double).norm();
-    let coefficient = Tensor::full(Vec::<i64>::new(), max_norm, (Kind::Double, gradient.device())) / (norm + NORM_EPS);
+    let coefficient = Tensor::full(Vec::<i64>::new(), max_norm, (Kind::Double, gradient.device())) / (&norm + NORM_EPS);
     let _ = gradient.g_mul_(&coefficient.clamp_max(1.0).to_kind(gradient.kind()));
+    norm
 }
 
 /// Multiplies `values` by `factor`, rounding as libtorch's `mul_` by a scalar on float32.
