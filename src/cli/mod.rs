@@ -297,7 +297,8 @@ pub struct TrainArgs {
     /// --final-learning-rate at the last sample along a straight line or half a cosine.
     #[arg(long, value_enum, default_value_t = LrSchedule::Constant, value_name = "SCHEDULE")]
     pub lr_schedule: LrSchedule,
-    /// Samples over which the learning rate rises linearly to --learning-rate.
+    /// Samples over which the learning rate rises linearly to --learning-rate (at most the run's
+    /// samples: --samples × --epochs, or your pairs × --epochs).
     #[arg(long, value_name = "N", default_value_t = TrainConfig::default().warmup)]
     pub warmup: usize,
     /// Where a decaying --lr-schedule ends.
