@@ -187,6 +187,44 @@ fn metrics_logging_leaves_the_trained_weights_unchanged() {
     run(&["train", "--log-every", "0", "--samples", "64"]).failed().stderr_has(&["--log-every must be at least 1"]);
 }
 
+/// `--patience N` stops the run at the first row that ends N validation rows in a row without
+/// a loss below the best before them, as the log itself shows, and says so.
+#[test]
+fn patience_stops_where_the_logged_validation_losses_say() {
+    let home = TempDir::new().unwrap();
+    let dir = home.path().join("patient");
+    let args = ["--samples", "20000", "--log-every", "320", "--learning-rate", "0.01", "--patience", "2"];
+    let mut command = vec!["train", "--out", path_str(&dir), "--eval-samples", "200", "--device", "cpu"];
+    command.extend_from_slice(&args);
+    let outcome = run(&command);
+    outcome.succeeded().stdout_has(&["Stopped early after ", " of 20000 samples", "for 2 rows (--patience)"]);
+
+    let rows = metrics_rows(&dir);
+    let losses: Vec<f64> = rows.iter().map(|row| number(&row[6])).collect();
+    let (mut best, mut since_best) = (f64::INFINITY, 0);
+    let stop = losses.iter().position(|&loss| {
+        if loss < best {
+            (best, since_best) = (loss, 0);
+        } else {
+            since_best += 1;
+        }
+        since_best == 2
+    });
+    assert_eq!(stop, Some(rows.len() - 1), "the run ends at the row that stops it: {losses:?}");
+    let last = number(&rows[rows.len() - 1][0]) as u64;
+    assert!(last < 20_000);
+    let config = read_json(&dir.join("config.json"));
+    assert_eq!(config["stopped_early_after"].as_u64(), Some(last));
+    assert_eq!(config["training"]["patience"].as_u64(), Some(2));
+    run(&["info", "--model", path_str(&dir)]).succeeded().stdout_has(&[
+        &format!("trained on {last} samples (stopped early, of 20000 planned)"),
+        "early stopping after 2 rows",
+    ]);
+    run(&["train", "--out", path_str(&home.path().join("none")), "--patience", "0"])
+        .failed()
+        .stderr_has(&["--patience must be at least 1"]);
+}
+
 #[test]
 fn autoencoder_logs_and_draws_without_accuracies() {
     let home = TempDir::new().unwrap();

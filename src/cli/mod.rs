@@ -308,6 +308,11 @@ pub struct TrainArgs {
     /// (PyTorch's clip_grad_norm_, OpenNMT's -max_grad_norm). [default: no clipping]
     #[arg(long, value_name = "NORM", allow_negative_numbers = true)]
     pub max_grad_norm: Option<f64>,
+    /// Stop early once N validation rows of metrics.csv in a row have not improved on the best
+    /// validation loss before them (Keras's EarlyStopping(patience=N) on val_loss; rows come
+    /// every --log-every samples). The model saved is the last one. [default: train to the end]
+    #[arg(long, value_name = "N")]
+    pub patience: Option<usize>,
     /// Arithmetic: samples over which the terms grow from one digit to as many as --largest
     /// has (a quarter of them drawn from the whole range throughout); then the whole range.
     #[arg(long, value_name = "N", default_value_t = TrainConfig::default().curriculum)]
@@ -359,7 +364,7 @@ pub struct TrainArgs {
         "max_target_len", "source_tokens", "target_tokens", "skip_bad_lines", "ops", "terms", "largest", "reverse", "reverse_output", "length", "sequence", "low", "high", "encoder_units",
         "decoder_units", "encoder_layers", "decoder_layers", "dropout", "decoder", "bidirectional", "attention_heads", "samples", "batch_size", "epochs",
         "learning_rate", "seed", "out", "overwrite", "lr_schedule", "warmup", "final_learning_rate", "curriculum", "op_weights",
-        "max_grad_norm",
+        "max_grad_norm", "patience",
     ])]
     pub resume: Option<PathBuf>,
 }
@@ -538,6 +543,7 @@ impl TrainArgs {
                 curriculum: self.curriculum,
                 operator_weights: self.op_weights,
                 max_grad_norm: self.max_grad_norm,
+                patience: self.patience,
             },
             device: self.device,
             out: self.out,

@@ -70,7 +70,7 @@ pub fn model_info(dir: &Path) -> Result<ModelInfo> {
     let planned = config.training.total_samples();
     let (state, trained) = match &config.checkpoint {
         Some(position) => (ModelState::Checkpoint, position.samples_seen(&config.training)),
-        None => (ModelState::Finished, planned),
+        None => (ModelState::Finished, config.stopped_early_after.unwrap_or(planned)),
     };
     let scores_text = config.metrics.as_ref().map(|scores| describe_evaluation(&config.task, scores));
     Ok(ModelInfo {
@@ -102,7 +102,14 @@ impl Report for ModelInfo {
                 self.samples_trained, self.samples_planned
             ),
             ModelState::Finished => {
-                format!("a finished model, trained on {} samples in {seconds:.1} s on {device}", self.samples_trained)
+                let early = match self.samples_trained < self.samples_planned {
+                    true => format!(" (stopped early, of {} planned)", self.samples_planned),
+                    false => String::new(),
+                };
+                format!(
+                    "a finished model, trained on {} samples{early} in {seconds:.1} s on {device}",
+                    self.samples_trained
+                )
             }
         };
         let scores =
@@ -148,6 +155,9 @@ fn describe_training(training: &TrainConfig) -> String {
     }
     if let Some(norm) = training.max_grad_norm {
         parts.push(format!("gradients clipped to norm {norm}"));
+    }
+    if let Some(rows) = training.patience {
+        parts.push(format!("early stopping after {} without a better validation loss", plural(rows, "row")));
     }
     parts.push(format!("seed {}", training.seed));
     parts.push(plural(training.threads, "thread"));

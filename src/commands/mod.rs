@@ -34,7 +34,8 @@ use crate::store::lock::DirLock;
 use crate::store::metrics_log::{METRICS_FILE, MetricsLog, MetricsRow, read_metrics};
 use crate::task::Task;
 use crate::train::interrupt::{self, Stopped};
-use crate::train::{self, Position, Progress, TrainConfig, TrainLoop, TrainOutcome};
+use crate::train::patience::Patience;
+use crate::train::{self, AfterReport, Position, Progress, TrainConfig, TrainLoop, TrainOutcome};
 use crate::viz::{pca, plot};
 
 pub use crate::evaluate::DEFAULT_EVALUATION_SAMPLES;
@@ -176,6 +177,7 @@ pub fn train(request: &TrainRequest) -> Result<PathBuf> {
             start: Position::default(),
             seconds_before: 0.0,
             validation_seconds: Cell::new(0.0),
+            stopped_early_after: None,
             device,
             progress: request.progress,
         },
@@ -250,6 +252,7 @@ pub fn resume(request: &ResumeRequest) -> Result<PathBuf> {
             start: checkpoint.position,
             seconds_before: checkpoint.config.training_seconds,
             validation_seconds: Cell::new(checkpoint.config.validation_seconds),
+            stopped_early_after: None,
             device,
             progress: request.progress,
         },
@@ -323,6 +326,8 @@ struct Session {
     seconds_before: f64,
     /// Seconds spent scoring validation rows so far, by this run and the ones it resumes.
     validation_seconds: Cell<f64>,
+    /// Samples seen when early stopping ended the run.
+    stopped_early_after: Option<usize>,
     device: Device,
     progress: Progress,
 }
@@ -343,6 +348,7 @@ impl Session {
             validation_seconds: self.validation_seconds.get(),
             metrics,
             checkpoint,
+            stopped_early_after: self.stopped_early_after,
             run_id: self.run_id.clone(),
             versions: Versions::current(),
         }
@@ -351,7 +357,7 @@ impl Session {
 
 /// Trains `session` with `optimizer` to the end (or to a stop signal), saves the model, then
 /// scores it and saves the figures with it.
-fn run_training(session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
+fn run_training(mut session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
     let training = session.training.clone();
     let (device, dir) = (session.device, session.dir.clone());
     let mut console = BestEffort::default();
@@ -384,6 +390,16 @@ fn run_training(session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
         0 => MetricsLog::create(&metrics_path)?,
         seen => MetricsLog::reopen(&metrics_path, seen as u64)?,
     };
+    // A resumed run's early stopping takes up the rows its checkpoint kept.
+    let mut patience = match (training.patience, session.start.samples_seen(&training)) {
+        (None, _) => None,
+        (Some(rows), 0) => Some(Patience::new(rows)),
+        (Some(rows), _) => {
+            let kept = read_metrics(&metrics_path)?;
+            Some(Patience::after_rows(rows, kept.iter().map(|row| (row.samples_seen, row.validation_loss))))
+        }
+    };
+    let mut stopped_early = None;
     let evaluation_batch = evaluation_batch_size(&session.model.shape());
     let validation_data = BatchStream::of(Arc::clone(&session.data.validation), evaluation_batch, device);
     let mut last_checkpoint: Option<usize> = None;
@@ -408,7 +424,10 @@ fn run_training(session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
             seconds.set(seconds.get() + started.elapsed().as_secs_f64());
             // A stop signal cuts the validation short: its partial figures are not kept.
             let validation = interrupt::requested().is_none().then_some(validation);
-            metrics_log.append(&metrics_row(report, validation.as_ref()))
+            let row = metrics_row(report, validation.as_ref());
+            metrics_log.append(&row)?;
+            stopped_early = patience.as_mut().and_then(|watch| watch.observe(row.samples_seen, row.validation_loss));
+            Ok(if stopped_early.is_some() { AfterReport::Stop } else { AfterReport::GoOn })
         };
         train::train(
             &session.model,
@@ -447,6 +466,22 @@ fn run_training(session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
             .into());
         }
         TrainOutcome::Finished { seconds } => seconds,
+        TrainOutcome::StoppedEarly { position, seconds } => {
+            let samples = position.samples_seen(&training);
+            if let Some(stopped) = stopped_early {
+                console.line(format!(
+                    "Stopped early after {samples} of {} samples: the validation loss has not improved on {:.4} \
+                     (after {} samples) for {} row{} (--patience)",
+                    training.total_samples(),
+                    stopped.best_validation_loss,
+                    stopped.best_at,
+                    stopped.patience,
+                    if stopped.patience == 1 { "" } else { "s" }
+                ));
+            }
+            session.stopped_early_after = Some(samples);
+            seconds
+        }
     };
 
     // The trained weights are saved before the final evaluation, which can take long, so that

@@ -77,6 +77,10 @@ pub struct SavedConfig {
     /// Where an unfinished run stopped; `None` once training finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<Position>,
+    /// The samples seen when early stopping (`training.patience`) ended the run; `None` for a
+    /// run that trained to its end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_early_after: Option<usize>,
     /// Names one training run (drawn when it starts): a checkpoint's training state must carry
     /// the same id. Absent in directories written before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]

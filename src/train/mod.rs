@@ -2,6 +2,7 @@
 //! Ctrl-C, and resumption at any batch.
 
 pub mod interrupt;
+pub mod patience;
 pub mod shared_step;
 
 use std::io::IsTerminal;
@@ -72,6 +73,10 @@ pub struct TrainConfig {
     /// together (PyTorch's `clip_grad_norm_`); `None`: no clipping, the reference.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_grad_norm: Option<f64>,
+    /// Stop once this many validation rows of `metrics.csv` in a row have not improved on the
+    /// best validation loss before them ([`patience`]); `None`: train to the end, the reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patience: Option<usize>,
 }
 
 fn is_zero(samples: &usize) -> bool {
@@ -126,6 +131,7 @@ impl Default for TrainConfig {
             curriculum: 0,
             operator_weights: None,
             max_grad_norm: None,
+            patience: None,
         }
     }
 }
@@ -205,6 +211,9 @@ impl TrainConfig {
         {
             bail!("--max-grad-norm must be a positive number, got {norm}");
         }
+        if self.patience == Some(0) {
+            bail!("--patience must be at least 1 validation row");
+        }
         if !(1..=MAX_THREADS).contains(&self.threads) {
             bail!("--threads must be between 1 and {MAX_THREADS}, got {}", self.threads);
         }
@@ -283,6 +292,12 @@ pub enum TrainOutcome {
     Finished {
         seconds: f64,
     },
+    /// `on_report` asked to stop (early stopping): the weights are those after `position`,
+    /// and no checkpoint was written for it.
+    StoppedEarly {
+        position: Position,
+        seconds: f64,
+    },
     /// A stop signal: stopped at `position`, after the checkpoint was written.
     Interrupted {
         position: Position,
@@ -305,6 +320,14 @@ pub struct Report {
     pub gradient_norm: f64,
 }
 
+/// What the run does after a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterReport {
+    GoOn,
+    /// Stop here, as if the run had ended (early stopping).
+    Stop,
+}
+
 /// Steps between read-backs of the running metrics (each one synchronises a GPU).
 const READ_EVERY_STEPS: usize = 50;
 
@@ -324,7 +347,7 @@ pub struct TrainLoop<'a> {
     /// Receives a report every [`TrainConfig::log_every_samples`] samples and at each epoch's end,
     /// with the model's forward pass shared among the training threads. It may score the model
     /// (without gradients, in evaluation mode): that changes nothing here.
-    pub on_report: &'a mut dyn FnMut(&Report, &Forward<'_>) -> Result<()>,
+    pub on_report: &'a mut dyn FnMut(&Report, &Forward<'_>) -> Result<AfterReport>,
     /// Standard output for the progress: a failure there silences it and training goes on.
     pub console: &'a mut BestEffort,
 }
@@ -421,9 +444,13 @@ fn train_steps(
                         running: running.since(&reported),
                         gradient_norm: optimizer.gradient_norm(),
                     };
-                    (run.on_report)(&report, &|inputs| shared.forward(inputs))?;
+                    let after = (run.on_report)(&report, &|inputs| shared.forward(inputs))?;
                     reported = running;
                     samples_at_last_report = samples_seen;
+                    if after == AfterReport::Stop && samples_seen < total {
+                        reporter.finish();
+                        return Ok(TrainOutcome::StoppedEarly { position: next, seconds: elapsed() });
+                    }
                 }
             }
             if checkpoint_due || stop {
