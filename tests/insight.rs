@@ -223,6 +223,37 @@ fn patience_stops_where_the_logged_validation_losses_say() {
     run(&["train", "--out", path_str(&home.path().join("none")), "--patience", "0"])
         .failed()
         .stderr_has(&["--patience must be at least 1"]);
+
+    // --restore-best keeps the weights of the row with the lowest validation loss: scored on the
+    // same 1,000 samples (the first of the evaluation stream), they give that row's loss.
+    let best = home.path().join("best");
+    let mut command = vec!["train", "--out", path_str(&best), "--eval-samples", "200", "--device", "cpu"];
+    command.extend_from_slice(&args);
+    command.push("--restore-best");
+    run(&command).succeeded().stdout_has(&["Kept the weights of the best validation row: loss "]);
+    let without_time = |rows: &[Vec<String>]| -> Vec<Vec<String>> {
+        rows.iter()
+            .map(|row| row.iter().enumerate().filter(|(i, _)| *i != 2).map(|(_, f)| f.clone()).collect())
+            .collect()
+    };
+    assert_eq!(
+        without_time(&metrics_rows(&best)),
+        without_time(&rows),
+        "keeping the best weights changes nothing before the end"
+    );
+    let (best_index, best_loss) =
+        losses.iter().enumerate().min_by(|a, b| a.1.total_cmp(b.1)).map(|(i, &l)| (i, l)).expect("rows");
+    let best_at = number(&rows[best_index][0]) as u64;
+    assert!(best_at < last, "the best row is before the row that stopped the run");
+    assert_eq!(read_json(&best.join("config.json"))["restored_best_after"].as_u64(), Some(best_at));
+    let scored = run(&["evaluate", "--model", path_str(&best), "--samples", "1000", "--json"]);
+    let scored: Value = serde_json::from_str(scored.succeeded().stdout.trim()).expect("JSON");
+    let loss = scored["loss"].as_f64().expect("a loss");
+    assert!((loss - best_loss).abs() <= 1e-6 * best_loss, "evaluated {loss}, the best row {best_loss}");
+    assert_ne!(fs::read(best.join("model.safetensors")).unwrap(), fs::read(dir.join("model.safetensors")).unwrap());
+    run(&["info", "--model", path_str(&best)])
+        .succeeded()
+        .stdout_has(&[&format!("the weights of its best validation row, after {best_at} samples")]);
 }
 
 #[test]

@@ -136,6 +136,8 @@ fn a_threaded_scheduled_run_resumes_bit_for_bit_with_its_recorded_settings() {
         // Below every step's norm here, so every step is clipped.
         "--max-grad-norm",
         "0.01",
+        // The best validation row's weights go into the checkpoint and come back with it.
+        "--restore-best",
     ];
     let uninterrupted = home.path().join("uninterrupted");
     let mut args = vec!["--threads", "2", "train", "--quiet", "--out", path_str(&uninterrupted)];

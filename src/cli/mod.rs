@@ -313,6 +313,10 @@ pub struct TrainArgs {
     /// every --log-every samples). The model saved is the last one. [default: train to the end]
     #[arg(long, value_name = "N")]
     pub patience: Option<usize>,
+    /// Save the weights of the validation row with the lowest validation loss, not the last
+    /// step's (Keras's restore_best_weights), with or without --patience.
+    #[arg(long)]
+    pub restore_best: bool,
     /// Arithmetic: samples over which the terms grow from one digit to as many as --largest
     /// has (a quarter of them drawn from the whole range throughout); then the whole range.
     #[arg(long, value_name = "N", default_value_t = TrainConfig::default().curriculum)]
@@ -364,7 +368,7 @@ pub struct TrainArgs {
         "max_target_len", "source_tokens", "target_tokens", "skip_bad_lines", "ops", "terms", "largest", "reverse", "reverse_output", "length", "sequence", "low", "high", "encoder_units",
         "decoder_units", "encoder_layers", "decoder_layers", "dropout", "decoder", "bidirectional", "attention_heads", "samples", "batch_size", "epochs",
         "learning_rate", "seed", "out", "overwrite", "lr_schedule", "warmup", "final_learning_rate", "curriculum", "op_weights",
-        "max_grad_norm", "patience",
+        "max_grad_norm", "patience", "restore_best",
     ])]
     pub resume: Option<PathBuf>,
 }
@@ -544,6 +548,7 @@ impl TrainArgs {
                 operator_weights: self.op_weights,
                 max_grad_norm: self.max_grad_norm,
                 patience: self.patience,
+                restore_best: self.restore_best,
             },
             device: self.device,
             out: self.out,

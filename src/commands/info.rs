@@ -50,6 +50,9 @@ pub struct ModelInfo {
     pub parameters: i64,
     pub architecture: ModelConfig,
     pub training: TrainConfig,
+    /// With `--restore-best`: the samples seen at the validation row whose weights it holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restored_best_after: Option<u64>,
     /// The scores `train` gave the finished model (none for a checkpoint).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scores: Option<Evaluation>,
@@ -85,6 +88,7 @@ pub fn model_info(dir: &Path) -> Result<ModelInfo> {
         layers: loaded.model.summary(),
         architecture: config.model.clone(),
         training: config.training.clone(),
+        restored_best_after: config.restored_best_after,
         scores: config.metrics.clone(),
         scores_text,
         versions: config.versions.clone(),
@@ -106,8 +110,12 @@ impl Report for ModelInfo {
                     true => format!(" (stopped early, of {} planned)", self.samples_planned),
                     false => String::new(),
                 };
+                let best = match self.restored_best_after {
+                    Some(at) => format!("; the weights of its best validation row, after {at} samples"),
+                    None => String::new(),
+                };
                 format!(
-                    "a finished model, trained on {} samples{early} in {seconds:.1} s on {device}",
+                    "a finished model, trained on {} samples{early} in {seconds:.1} s on {device}{best}",
                     self.samples_trained
                 )
             }
@@ -158,6 +166,9 @@ fn describe_training(training: &TrainConfig) -> String {
     }
     if let Some(rows) = training.patience {
         parts.push(format!("early stopping after {} without a better validation loss", plural(rows, "row")));
+    }
+    if training.restore_best {
+        parts.push("the best validation row's weights kept".to_owned());
     }
     parts.push(format!("seed {}", training.seed));
     parts.push(plural(training.threads, "thread"));

@@ -6,7 +6,7 @@ pub mod evaluate;
 pub mod info;
 pub mod predict;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,7 +29,7 @@ use crate::nn::device::{DeviceChoice, FORCE_AUTOGRAD_VARIABLE, autograd_forced, 
 use crate::nn::model::{ModelConfig, ModelShape, Seq2Seq};
 use crate::nn::optim::Adam;
 use crate::output::{self, BestEffort, Report, Stdout};
-use crate::store::checkpoint::{self, SavedConfig, Versions};
+use crate::store::checkpoint::{self, BestWeights, SavedConfig, Versions};
 use crate::store::lock::DirLock;
 use crate::store::metrics_log::{METRICS_FILE, MetricsLog, MetricsRow, read_metrics};
 use crate::task::Task;
@@ -178,6 +178,8 @@ pub fn train(request: &TrainRequest) -> Result<PathBuf> {
             seconds_before: 0.0,
             validation_seconds: Cell::new(0.0),
             stopped_early_after: None,
+            best: None,
+            restored_best_after: None,
             device,
             progress: request.progress,
         },
@@ -253,6 +255,8 @@ pub fn resume(request: &ResumeRequest) -> Result<PathBuf> {
             seconds_before: checkpoint.config.training_seconds,
             validation_seconds: Cell::new(checkpoint.config.validation_seconds),
             stopped_early_after: None,
+            best: checkpoint.best,
+            restored_best_after: None,
             device,
             progress: request.progress,
         },
@@ -328,6 +332,10 @@ struct Session {
     validation_seconds: Cell<f64>,
     /// Samples seen when early stopping ended the run.
     stopped_early_after: Option<usize>,
+    /// With `--restore-best`: the best validation row's weights so far (from the checkpoint on
+    /// resume), and once restored, the samples seen at that row.
+    best: Option<BestWeights>,
+    restored_best_after: Option<u64>,
     device: Device,
     progress: Progress,
 }
@@ -349,6 +357,7 @@ impl Session {
             metrics,
             checkpoint,
             stopped_early_after: self.stopped_early_after,
+            restored_best_after: self.restored_best_after,
             run_id: self.run_id.clone(),
             versions: Versions::current(),
         }
@@ -390,8 +399,11 @@ fn run_training(mut session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
         0 => MetricsLog::create(&metrics_path)?,
         seen => MetricsLog::reopen(&metrics_path, seen as u64)?,
     };
-    // A resumed run's early stopping takes up the rows its checkpoint kept.
-    let mut patience = match (training.patience, session.start.samples_seen(&training)) {
+    // Early stopping and the best row's weights watch the validation losses; a resumed run
+    // takes up the rows its checkpoint kept (without --patience, the watch never stops a run).
+    let watched =
+        (training.patience.is_some() || training.restore_best).then(|| training.patience.unwrap_or(usize::MAX));
+    let mut patience = match (watched, session.start.samples_seen(&training)) {
         (None, _) => None,
         (Some(rows), 0) => Some(Patience::new(rows)),
         (Some(rows), _) => {
@@ -399,6 +411,21 @@ fn run_training(mut session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
             Some(Patience::after_rows(rows, kept.iter().map(|row| (row.samples_seen, row.validation_loss))))
         }
     };
+    let best = RefCell::new(session.best.take());
+    if training.restore_best {
+        let (logged, kept) =
+            (patience.as_ref().and_then(Patience::best), best.borrow().as_ref().map(|b| b.samples_seen));
+        if logged.map(|(_, at)| at) != kept {
+            bail!(
+                "{}'s best validation row ({}) is not the one whose weights the checkpoint keeps ({}): the log lost rows \
+                 that the checkpoint saw, so --restore-best cannot go on from it; train afresh (the directory's \
+                 model.safetensors holds the checkpoint's latest weights)",
+                metrics_path.display(),
+                logged.map_or("none".to_owned(), |(_, at)| format!("after {at} samples")),
+                kept.map_or("none".to_owned(), |at| format!("after {at} samples")),
+            );
+        }
+    }
     let mut stopped_early = None;
     let evaluation_batch = evaluation_batch_size(&session.model.shape());
     let validation_data = BatchStream::of(Arc::clone(&session.data.validation), evaluation_batch, device);
@@ -407,7 +434,7 @@ fn run_training(mut session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
         let session = &session;
         let mut save_checkpoint = |position: Position, optimizer: &Adam, seconds: f64| {
             let config = session.saved_config(seconds, None, Some(position));
-            checkpoint::save_checkpoint(&dir, &config, &session.vs, optimizer, position)?;
+            checkpoint::save_checkpoint(&dir, &config, &session.vs, optimizer, position, best.borrow().as_ref())?;
             last_checkpoint = Some(position.samples_seen(&training));
             Ok(())
         };
@@ -426,7 +453,13 @@ fn run_training(mut session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
             let validation = interrupt::requested().is_none().then_some(validation);
             let row = metrics_row(report, validation.as_ref());
             metrics_log.append(&row)?;
-            stopped_early = patience.as_mut().and_then(|watch| watch.observe(row.samples_seen, row.validation_loss));
+            if let Some(watch) = patience.as_mut() {
+                let before = watch.best();
+                stopped_early = watch.observe(row.samples_seen, row.validation_loss);
+                if training.restore_best && watch.best() != before {
+                    *best.borrow_mut() = Some(BestWeights::of(&session.vs, row.samples_seen));
+                }
+            }
             Ok(if stopped_early.is_some() { AfterReport::Stop } else { AfterReport::GoOn })
         };
         train::train(
@@ -483,6 +516,15 @@ fn run_training(mut session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
             seconds
         }
     };
+    if let Some(best) = best.into_inner().filter(|_| training.restore_best) {
+        best.restore_into(&session.vs)?;
+        let loss = patience.as_ref().and_then(Patience::best).map(|(loss, _)| loss).unwrap_or(f64::NAN);
+        console.line(format!(
+            "Kept the weights of the best validation row: loss {loss:.4} after {} samples (--restore-best)",
+            best.samples_seen
+        ));
+        session.restored_best_after = Some(best.samples_seen);
+    }
 
     // The trained weights are saved before the final evaluation, which can take long, so that
     // no stop from here on loses them; the save itself is shielded from a second Ctrl-C.

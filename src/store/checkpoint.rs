@@ -36,6 +36,10 @@ const STATE_STEP: &str = "position.step";
 const STATE_SETTINGS: &str = "run.settings";
 /// The run's id, as UTF-8 bytes: a training state copied in from another run is refused.
 const STATE_RUN_ID: &str = "run.id";
+/// With `--restore-best`: the weights of the best validation row so far (`best_model.<variable>`)
+/// and the samples seen at that row.
+const STATE_BEST_PREFIX: &str = "best_model.";
+const STATE_BEST_AT: &str = "best_row.samples_seen";
 /// Largest config.json read (a few kilobytes in practice).
 const MAX_CONFIG_BYTES: u64 = 16 << 20;
 /// The files a model directory holds, which `train --overwrite` replaces.
@@ -81,6 +85,10 @@ pub struct SavedConfig {
     /// run that trained to its end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_early_after: Option<usize>,
+    /// With `training.restore_best`: the samples seen at the validation row whose weights the
+    /// finished model holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_best_after: Option<u64>,
     /// Names one training run (drawn when it starts): a checkpoint's training state must carry
     /// the same id. Absent in directories written before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -340,9 +348,17 @@ pub fn save_checkpoint(
     vs: &nn::VarStore,
     optimizer: &Adam,
     position: Position,
+    best: Option<&BestWeights>,
 ) -> Result<()> {
     let mut state = cpu_variables(vs, STATE_WEIGHTS_PREFIX);
     state.extend(optimizer.state());
+    if let Some(best) = best {
+        for (name, tensor) in &best.weights {
+            state.insert(format!("{STATE_BEST_PREFIX}{name}"), tensor.to_device(Device::Cpu));
+        }
+        let at = i64::try_from(best.samples_seen).context("position beyond 2^63")?;
+        state.insert(STATE_BEST_AT.to_owned(), Tensor::from_slice(&[at]).reshape([]));
+    }
     for (name, value) in [(STATE_EPOCH, position.epoch), (STATE_STEP, position.step)] {
         let value = i64::try_from(value).context("position beyond 2^63")?;
         state.insert(name.to_owned(), Tensor::from_slice(&[value]).reshape([]));
@@ -364,6 +380,31 @@ pub struct Checkpoint {
     pub vs: nn::VarStore,
     pub optimizer: Adam,
     pub position: Position,
+    /// The best validation row's weights, where the run keeps them (`--restore-best`) and had
+    /// a validation row.
+    pub best: Option<BestWeights>,
+}
+
+/// A copy of a model's weights at one validation row, kept for `--restore-best`.
+#[derive(Debug)]
+pub struct BestWeights {
+    /// Samples seen at the row.
+    pub samples_seen: u64,
+    weights: BTreeMap<String, Tensor>,
+}
+
+impl BestWeights {
+    /// A copy of the weights of `vs` now, on their device.
+    pub fn of(vs: &nn::VarStore, samples_seen: u64) -> Self {
+        let weights =
+            tch::no_grad(|| vs.variables().into_iter().map(|(name, tensor)| (name, tensor.detach().copy())).collect());
+        Self { samples_seen, weights }
+    }
+
+    /// Puts these weights back into `vs`.
+    pub fn restore_into(&self, vs: &nn::VarStore) -> Result<()> {
+        copy_weights(vs, &self.weights)
+    }
 }
 
 /// Reads the checkpoint in `dir` for `train --resume`.
@@ -390,6 +431,19 @@ pub fn load_checkpoint(dir: &Path, device: Device) -> Result<Checkpoint> {
     model.place(&mut vs, device);
     let mut optimizer = Adam::new(&vs, config.training.learning_rate);
     optimizer.load_state(&stored).with_context(context)?;
+    let best_weights: BTreeMap<String, Tensor> = stored
+        .iter()
+        .filter_map(|(name, t)| name.strip_prefix(STATE_BEST_PREFIX).map(|n| (n.to_owned(), t.to_device(device))))
+        .collect();
+    let best = match (stored.get(STATE_BEST_AT), best_weights.is_empty()) {
+        (None, true) => None,
+        (Some(at), false) => {
+            check_weights(&vs, &best_weights).with_context(|| format!("{}: the best row's weights", context()))?;
+            let samples_seen = u64::try_from(at.f_int64_value(&[])?).with_context(context)?;
+            Some(BestWeights { samples_seen, weights: best_weights })
+        }
+        _ => bail!("{}: the best row's weights are incomplete", state_path.display()),
+    };
     let read_position = |name: &str| -> Result<usize> {
         let value = stored.get(name).map(|t| t.f_int64_value(&[])).transpose()?;
         let value = value.with_context(|| format!("{}: no {name}", state_path.display()))?;
@@ -406,7 +460,7 @@ pub fn load_checkpoint(dir: &Path, device: Device) -> Result<Checkpoint> {
             config.training.epochs
         );
     }
-    Ok(Checkpoint { config, model, vs, optimizer, position })
+    Ok(Checkpoint { config, model, vs, optimizer, position, best })
 }
 
 /// The settings a resumed run must share with the run that wrote its training state: all of
@@ -609,28 +663,36 @@ fn load_weights(vs: &nn::VarStore, path: &Path) -> Result<()> {
     copy_weights(vs, &read_safetensors(path)?).with_context(|| format!("{}", path.display()))
 }
 
-/// Copies `stored` into `vs` after checking names, shapes and dtypes one by one (a plain copy
-/// would silently broadcast a wrong shape).
+/// Copies `stored` into `vs` after [`check_weights`] (a plain copy would silently broadcast a
+/// wrong shape).
 fn copy_weights(vs: &nn::VarStore, stored: &BTreeMap<String, Tensor>) -> Result<()> {
-    let mut expected = vs.variables();
+    check_weights(vs, stored)?;
+    tch::no_grad(|| {
+        for (name, mut variable) in vs.variables() {
+            variable.copy_(&stored[&name]);
+        }
+    });
+    Ok(())
+}
+
+/// Checks that `stored` holds exactly the variables of `vs`, by name, shape and dtype.
+fn check_weights(vs: &nn::VarStore, stored: &BTreeMap<String, Tensor>) -> Result<()> {
+    let expected = vs.variables();
     for name in stored.keys() {
         if !expected.contains_key(name) {
             bail!("holds tensor {name:?}, which this model (per config.json) does not have");
         }
     }
-    tch::no_grad(|| {
-        for (name, variable) in expected.iter_mut() {
-            let Some(tensor) = stored.get(name) else {
-                bail!("has no tensor {name:?}; config.json describes a different model");
-            };
-            if tensor.size() != variable.size() {
-                bail!("tensor {name:?} has shape {:?}, but config.json implies {:?}", tensor.size(), variable.size());
-            }
-            if tensor.kind() != Kind::Float {
-                bail!("tensor {name:?} is {}, expected float32", dtype_name(tensor.kind()));
-            }
-            variable.copy_(tensor);
+    for (name, variable) in &expected {
+        let Some(tensor) = stored.get(name) else {
+            bail!("has no tensor {name:?}; config.json describes a different model");
+        };
+        if tensor.size() != variable.size() {
+            bail!("tensor {name:?} has shape {:?}, but config.json implies {:?}", tensor.size(), variable.size());
         }
-        Ok(())
-    })
+        if tensor.kind() != Kind::Float {
+            bail!("tensor {name:?} is {}, expected float32", dtype_name(tensor.kind()));
+        }
+    }
+    Ok(())
 }

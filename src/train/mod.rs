@@ -77,6 +77,14 @@ pub struct TrainConfig {
     /// best validation loss before them ([`patience`]); `None`: train to the end, the reference.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patience: Option<usize>,
+    /// The finished model holds the weights of the validation row with the lowest validation
+    /// loss, not the last step's (Keras's `restore_best_weights`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub restore_best: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
 }
 
 fn is_zero(samples: &usize) -> bool {
@@ -132,6 +140,7 @@ impl Default for TrainConfig {
             operator_weights: None,
             max_grad_norm: None,
             patience: None,
+            restore_best: false,
         }
     }
 }

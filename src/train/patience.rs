@@ -37,6 +37,11 @@ impl Patience {
         watch
     }
 
+    /// The lowest validation loss so far, and the samples seen at its row.
+    pub fn best(&self) -> Option<(f64, u64)> {
+        self.best
+    }
+
     /// Takes in one report's row (samples seen, validation loss); `Some` when the run should stop
     /// here. A row without a validation loss (cut short by a stop signal) counts neither way; a
     /// loss that is not a number never improves.
