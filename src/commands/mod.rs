@@ -5,6 +5,7 @@ pub mod encode;
 pub mod evaluate;
 pub mod info;
 pub mod predict;
+mod watch;
 
 use std::cell::{Cell, RefCell};
 use std::io::{self, BufWriter, IsTerminal, Write};
@@ -18,6 +19,7 @@ use tch::{Device, nn};
 
 use crate::commands::encode::{EncodeFormat, Encoder, Inputs, KeptVectors};
 use crate::commands::predict::{AnswerStyle, Decoding, Predictor};
+use crate::commands::watch::ValidationWatch;
 use crate::data::corpus::batches::PairSource;
 use crate::data::corpus::load::{self, DataSettings, LoadedPairs, load_for_training};
 use crate::data::corpus::sequences::{self, LoadedSequences, SequenceSource};
@@ -34,7 +36,6 @@ use crate::store::lock::DirLock;
 use crate::store::metrics_log::{METRICS_FILE, MetricsLog, MetricsRow, read_metrics};
 use crate::task::Task;
 use crate::train::interrupt::{self, Stopped};
-use crate::train::patience::Patience;
 use crate::train::{self, AfterReport, Position, Progress, TrainConfig, TrainLoop, TrainOutcome};
 use crate::viz::{pca, plot};
 
@@ -399,33 +400,9 @@ fn run_training(mut session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
         0 => MetricsLog::create(&metrics_path)?,
         seen => MetricsLog::reopen(&metrics_path, seen as u64)?,
     };
-    // Early stopping and the best row's weights watch the validation losses; a resumed run
-    // takes up the rows its checkpoint kept (without --patience, the watch never stops a run).
-    let watched =
-        (training.patience.is_some() || training.restore_best).then(|| training.patience.unwrap_or(usize::MAX));
-    let mut patience = match (watched, session.start.samples_seen(&training)) {
-        (None, _) => None,
-        (Some(rows), 0) => Some(Patience::new(rows)),
-        (Some(rows), _) => {
-            let kept = read_metrics(&metrics_path)?;
-            Some(Patience::after_rows(rows, kept.iter().map(|row| (row.samples_seen, row.validation_loss))))
-        }
-    };
-    let best = RefCell::new(session.best.take());
-    if training.restore_best {
-        let (logged, kept) =
-            (patience.as_ref().and_then(Patience::best), best.borrow().as_ref().map(|b| b.samples_seen));
-        if logged.map(|(_, at)| at) != kept {
-            bail!(
-                "{}'s best validation row ({}) is not the one whose weights the checkpoint keeps ({}): the log lost rows \
-                 that the checkpoint saw, so --restore-best cannot go on from it; train afresh (the directory's \
-                 model.safetensors holds the checkpoint's latest weights)",
-                metrics_path.display(),
-                logged.map_or("none".to_owned(), |(_, at)| format!("after {at} samples")),
-                kept.map_or("none".to_owned(), |at| format!("after {at} samples")),
-            );
-        }
-    }
+    let watch =
+        ValidationWatch::start(&training, session.start.samples_seen(&training), &metrics_path, session.best.take())?;
+    let watch = RefCell::new(watch);
     let mut stopped_early = None;
     let evaluation_batch = evaluation_batch_size(&session.model.shape());
     let validation_data = BatchStream::of(Arc::clone(&session.data.validation), evaluation_batch, device);
@@ -434,7 +411,9 @@ fn run_training(mut session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
         let session = &session;
         let mut save_checkpoint = |position: Position, optimizer: &Adam, seconds: f64| {
             let config = session.saved_config(seconds, None, Some(position));
-            checkpoint::save_checkpoint(&dir, &config, &session.vs, optimizer, position, best.borrow().as_ref())?;
+            let watch = watch.borrow();
+            let best = watch.as_ref().and_then(ValidationWatch::best_weights);
+            checkpoint::save_checkpoint(&dir, &config, &session.vs, optimizer, position, best)?;
             last_checkpoint = Some(position.samples_seen(&training));
             Ok(())
         };
@@ -453,13 +432,7 @@ fn run_training(mut session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
             let validation = interrupt::requested().is_none().then_some(validation);
             let row = metrics_row(report, validation.as_ref());
             metrics_log.append(&row)?;
-            if let Some(watch) = patience.as_mut() {
-                let before = watch.best();
-                stopped_early = watch.observe(row.samples_seen, row.validation_loss);
-                if training.restore_best && watch.best() != before {
-                    *best.borrow_mut() = Some(BestWeights::of(&session.vs, row.samples_seen));
-                }
-            }
+            stopped_early = watch.borrow_mut().as_mut().and_then(|watch| watch.observe(&row, &session.vs));
             Ok(if stopped_early.is_some() { AfterReport::Stop } else { AfterReport::GoOn })
         };
         train::train(
@@ -516,14 +489,11 @@ fn run_training(mut session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
             seconds
         }
     };
-    if let Some(best) = best.into_inner().filter(|_| training.restore_best) {
-        best.restore_into(&session.vs)?;
-        let loss = patience.as_ref().and_then(Patience::best).map(|(loss, _)| loss).unwrap_or(f64::NAN);
+    if let Some((loss, at)) = watch.into_inner().map(|watch| watch.restore_best(&session.vs)).transpose()?.flatten() {
         console.line(format!(
-            "Kept the weights of the best validation row: loss {loss:.4} after {} samples (--restore-best)",
-            best.samples_seen
+            "Kept the weights of the best validation row: loss {loss:.4} after {at} samples (--restore-best)"
         ));
-        session.restored_best_after = Some(best.samples_seen);
+        session.restored_best_after = Some(at);
     }
 
     // The trained weights are saved before the final evaluation, which can take long, so that
