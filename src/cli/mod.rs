@@ -310,7 +310,8 @@ pub struct TrainArgs {
     pub max_grad_norm: Option<f64>,
     /// Stop early once N validation rows of metrics.csv in a row have not improved on the best
     /// validation loss before them (Keras's EarlyStopping(patience=N) on val_loss; rows come
-    /// every --log-every samples). The model saved is the last one. [default: train to the end]
+    /// every --log-every samples). The model saved is the last one (see --restore-best).
+    /// [default: train to the end]
     #[arg(long, value_name = "N")]
     pub patience: Option<usize>,
     /// Save the weights of the validation row with the lowest validation loss, not the last
