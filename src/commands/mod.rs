@@ -403,7 +403,6 @@ fn run_training(mut session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
     let watch =
         ValidationWatch::start(&training, session.start.samples_seen(&training), &metrics_path, session.best.take())?;
     let watch = RefCell::new(watch);
-    let mut stopped_early = None;
     let evaluation_batch = evaluation_batch_size(&session.model.shape());
     let validation_data = BatchStream::of(Arc::clone(&session.data.validation), evaluation_batch, device);
     let mut last_checkpoint: Option<usize> = None;
@@ -432,8 +431,8 @@ fn run_training(mut session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
             let validation = interrupt::requested().is_none().then_some(validation);
             let row = metrics_row(report, validation.as_ref());
             metrics_log.append(&row)?;
-            stopped_early = watch.borrow_mut().as_mut().and_then(|watch| watch.observe(&row, &session.vs));
-            Ok(if stopped_early.is_some() { AfterReport::Stop } else { AfterReport::GoOn })
+            let stop = watch.borrow_mut().as_mut().is_some_and(|watch| watch.observe(&row, &session.vs));
+            Ok(if stop { AfterReport::Stop } else { AfterReport::GoOn })
         };
         train::train(
             &session.model,
@@ -474,16 +473,8 @@ fn run_training(mut session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
         TrainOutcome::Finished { seconds } => seconds,
         TrainOutcome::StoppedEarly { position, seconds } => {
             let samples = position.samples_seen(&training);
-            if let Some(stopped) = stopped_early {
-                console.line(format!(
-                    "Stopped early after {samples} of {} samples: the validation loss has not improved on {:.4} \
-                     (after {} samples) for {} row{} (--patience)",
-                    training.total_samples(),
-                    stopped.best_validation_loss,
-                    stopped.best_at,
-                    stopped.patience,
-                    if stopped.patience == 1 { "" } else { "s" }
-                ));
+            if let Some(watch) = watch.borrow().as_ref() {
+                console.line(watch.stop_line(samples, training.total_samples()));
             }
             session.stopped_early_after = Some(samples);
             seconds

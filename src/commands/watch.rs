@@ -9,7 +9,7 @@ use tch::nn;
 use crate::store::checkpoint::BestWeights;
 use crate::store::metrics_log::{MetricsRow, read_metrics};
 use crate::train::TrainConfig;
-use crate::train::patience::{Patience, StoppedEarly};
+use crate::train::patience::Patience;
 
 /// The validation losses of a run's rows, watched as its settings ask.
 pub struct ValidationWatch {
@@ -57,14 +57,25 @@ impl ValidationWatch {
         Ok(Some(watch))
     }
 
-    /// Takes in a row just logged, with `vs` the weights it scored; `Some` when the run should stop.
-    pub fn observe(&mut self, row: &MetricsRow, vs: &nn::VarStore) -> Option<StoppedEarly> {
+    /// Takes in a row just logged, with `vs` the weights it scored; `true` when the run should stop.
+    pub fn observe(&mut self, row: &MetricsRow, vs: &nn::VarStore) -> bool {
         let before = self.rows.best();
         let stop = self.rows.observe(row.samples_seen, row.validation_loss);
         if self.keep_best && self.rows.best() != before {
             self.best = Some(BestWeights::of(vs, row.samples_seen));
         }
         stop
+    }
+
+    /// The closing line of a run this watch stopped after `samples` of `total`.
+    pub fn stop_line(&self, samples: usize, total: usize) -> String {
+        let (loss, at) = self.rows.best().unwrap_or((f64::NAN, 0));
+        let rows = self.rows.patience();
+        format!(
+            "Stopped early after {samples} of {total} samples: the validation loss has not improved on {loss:.4} \
+             (after {at} samples) for {rows} row{} (--patience)",
+            if rows == 1 { "" } else { "s" }
+        )
     }
 
     /// The best row's weights, for a checkpoint.

@@ -14,15 +14,6 @@ pub struct Patience {
     rows_since_best: usize,
 }
 
-/// Why a run stopped early, for its closing line and `config.json`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct StoppedEarly {
-    pub patience: usize,
-    pub best_validation_loss: f64,
-    /// Samples seen at the best row.
-    pub best_at: u64,
-}
-
 impl Patience {
     pub fn new(patience: usize) -> Self {
         Self { patience, best: None, rows_since_best: 0 }
@@ -42,11 +33,16 @@ impl Patience {
         self.best
     }
 
-    /// Takes in one report's row (samples seen, validation loss); `Some` when the run should stop
+    /// Validation rows without a new best that stop a run.
+    pub fn patience(&self) -> usize {
+        self.patience
+    }
+
+    /// Takes in one report's row (samples seen, validation loss); `true` when the run should stop
     /// here. A row without a validation loss (cut short by a stop signal) counts neither way; a
-    /// loss that is not a number never improves.
-    pub fn observe(&mut self, samples_seen: u64, validation_loss: Option<f64>) -> Option<StoppedEarly> {
-        let loss = validation_loss?;
+    /// loss that is not a number never improves, and no run stops before it has a best row.
+    pub fn observe(&mut self, samples_seen: u64, validation_loss: Option<f64>) -> bool {
+        let Some(loss) = validation_loss else { return false };
         let improved = match self.best {
             Some((best, _)) => loss < best,
             None => !loss.is_nan(),
@@ -57,12 +53,7 @@ impl Patience {
         } else {
             self.rows_since_best += 1;
         }
-        let (best_validation_loss, best_at) = self.best?;
-        (self.rows_since_best >= self.patience).then_some(StoppedEarly {
-            patience: self.patience,
-            best_validation_loss,
-            best_at,
-        })
+        self.best.is_some() && self.rows_since_best >= self.patience
     }
 }
 
@@ -70,24 +61,23 @@ impl Patience {
 mod tests {
     use super::*;
 
-    /// The row index at which `losses` stop a run of `patience`, if any.
-    fn stops_at(patience: usize, losses: &[Option<f64>]) -> Option<(usize, StoppedEarly)> {
+    /// The row index at which `losses` stop a run of `patience`, if any, and the best row then
+    /// (loss, samples seen; row `i` is after `100 * (i + 1)` samples).
+    fn stops_at(patience: usize, losses: &[Option<f64>]) -> Option<(usize, (f64, u64))> {
         let mut watch = Patience::new(patience);
-        losses
-            .iter()
-            .enumerate()
-            .find_map(|(index, &loss)| watch.observe(100 * (index as u64 + 1), loss).map(|stopped| (index, stopped)))
+        let index =
+            losses.iter().enumerate().position(|(index, &loss)| watch.observe(100 * (index as u64 + 1), loss))?;
+        Some((index, watch.best().expect("a run stops at a best row")))
     }
 
     #[test]
     fn stops_after_patience_rows_without_a_new_best() {
         let losses = [Some(3.0), Some(2.0), Some(2.5), Some(2.0), Some(1.5), Some(1.6), Some(1.7)];
-        let stop = |patience| stops_at(patience, &losses).map(|(index, stopped)| (index, stopped.best_at));
+        let stop = |patience| stops_at(patience, &losses).map(|(index, (_, best_at))| (index, best_at));
         assert_eq!(stop(1), Some((2, 200)), "2.5 is no improvement on 2.0");
         assert_eq!(stop(2), Some((3, 200)), "nor is an equal loss");
         assert_eq!(stop(3), None, "1.5 is a new best; two rows after it are not three");
-        let stopped = stops_at(2, &losses).expect("stops").1;
-        assert_eq!(stopped, StoppedEarly { patience: 2, best_validation_loss: 2.0, best_at: 200 });
+        assert_eq!(stops_at(2, &losses), Some((3, (2.0, 200))));
     }
 
     #[test]
@@ -101,7 +91,7 @@ mod tests {
     fn a_resumed_run_rebuilds_the_state_from_its_rows() {
         let rows = [(100, Some(3.0)), (200, Some(2.0)), (300, Some(2.5))];
         let mut whole = Patience::new(3);
-        rows.iter().for_each(|&(samples, loss)| assert_eq!(whole.observe(samples, loss), None));
+        rows.iter().for_each(|&(samples, loss)| assert!(!whole.observe(samples, loss)));
         assert_eq!(Patience::after_rows(3, rows), whole);
     }
 }
