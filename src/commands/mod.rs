@@ -396,12 +396,11 @@ fn run_training(mut session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
     }
     let data = BatchStream::of(Arc::clone(&session.data.training), training.batch_size, device);
     let metrics_path = dir.join(METRICS_FILE);
-    let mut metrics_log = match session.start.samples_seen(&training) {
-        0 => MetricsLog::create(&metrics_path)?,
+    let (mut metrics_log, logged) = match session.start.samples_seen(&training) {
+        0 => (MetricsLog::create(&metrics_path)?, Vec::new()),
         seen => MetricsLog::reopen(&metrics_path, seen as u64)?,
     };
-    let watch =
-        ValidationWatch::start(&training, session.start.samples_seen(&training), &metrics_path, session.best.take())?;
+    let watch = ValidationWatch::start(&training, &logged, &metrics_path, session.best.take())?;
     let watch = RefCell::new(watch);
     let evaluation_batch = evaluation_batch_size(&session.model.shape());
     let validation_data = BatchStream::of(Arc::clone(&session.data.validation), evaluation_batch, device);

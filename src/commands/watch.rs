@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use tch::nn;
 
 use crate::store::checkpoint::BestWeights;
-use crate::store::metrics_log::{MetricsRow, read_metrics};
+use crate::store::metrics_log::MetricsRow;
 use crate::train::TrainConfig;
 use crate::train::patience::Patience;
 
@@ -20,12 +20,13 @@ pub struct ValidationWatch {
 }
 
 impl ValidationWatch {
-    /// The watch of a run that starts after `samples_seen` samples; `None` where `training` asks
-    /// for none. A resumed run takes up the rows of `metrics_path` (what its checkpoint kept)
-    /// and the best weights its checkpoint holds, which must be those of the log's best row.
+    /// The watch of a run whose log `metrics_path` holds `logged` rows so far (none for a fresh
+    /// run; a resumed one's, what its checkpoint kept); `None` where `training` asks for none. A
+    /// resumed run takes up those rows and the best weights its checkpoint holds, which must be
+    /// those of the log's best row.
     pub fn start(
         training: &TrainConfig,
-        samples_seen: usize,
+        logged: &[MetricsRow],
         metrics_path: &Path,
         best: Option<BestWeights>,
     ) -> Result<Option<Self>> {
@@ -34,13 +35,7 @@ impl ValidationWatch {
         }
         // Without --patience the watch never stops a run.
         let patience = training.patience.unwrap_or(usize::MAX);
-        let rows = match samples_seen {
-            0 => Patience::new(patience),
-            _ => {
-                let kept = read_metrics(metrics_path)?;
-                Patience::after_rows(patience, kept.iter().map(|row| (row.samples_seen, row.validation_loss)))
-            }
-        };
+        let rows = Patience::after_rows(patience, logged.iter().map(|row| (row.samples_seen, row.validation_loss)));
         let watch = Self { rows, best, keep_best: training.restore_best };
         let (logged, kept) = (watch.rows.best().map(|(_, at)| at), watch.best.as_ref().map(|b| b.samples_seen));
         if watch.keep_best && logged != kept {

@@ -78,21 +78,22 @@ impl MetricsLog {
     /// after `samples_seen` samples. Rows past the checkpoint (written before a crash, and about to
     /// be trained again) are dropped, as is a last line cut short, so that the resumed run's rows
     /// follow on without repeats. A run without a log (older than the log) gets a new one.
-    pub fn reopen(path: &Path, samples_seen: u64) -> Result<Self> {
+    /// Returns the log and the rows it kept, which early stopping takes up.
+    pub fn reopen(path: &Path, samples_seen: u64) -> Result<(Self, Vec<MetricsRow>)> {
         if std::fs::symlink_metadata(path).is_err_and(|e| e.kind() == ErrorKind::NotFound) {
-            return Self::create(path);
+            return Ok((Self::create(path)?, Vec::new()));
         }
-        let (text, kept, damage) = match read_text(path, MAX_LOG_BYTES) {
+        let (text, (kept, rows, damage)) = match read_text(path, MAX_LOG_BYTES) {
             Ok(text) => {
-                let (kept, damage) = good_rows(path, &text, samples_seen);
-                (Some(text), kept, damage)
+                let good = good_rows(path, &text, samples_seen);
+                (Some(text), good)
             }
             // Not text at all (NUL bytes from a crash are text; bytes cut mid-character are not).
-            Err(error) if path.is_file() => (None, String::new(), Some(format!("{error:#}"))),
+            Err(error) if path.is_file() => (None, (String::new(), Vec::new(), Some(format!("{error:#}")))),
             Err(error) => return Err(error),
         };
         if let Some(damage) = damage {
-            let rows = kept.lines().count();
+            let rows = rows.len();
             crate::output::note(format!(
                 "{damage}: kept the {rows} good row(s) before it and rebuilt {} from there",
                 path.display()
@@ -104,7 +105,7 @@ impl MetricsLog {
         }
         let file =
             OpenOptions::new().append(true).open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        Ok(Self { file, path: path.to_owned() })
+        Ok((Self { file, path: path.to_owned() }, rows))
     }
     /// Writes one line in a single call and flushes it.
     pub fn append(&mut self, row: &MetricsRow) -> Result<()> {
@@ -146,36 +147,39 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
         .collect()
 }
 
-/// The rows of a log's `text` up to `samples_seen`, each with its line end (and with every
-/// column: an older log's rows gain an empty gradient norm), and a description of the first
-/// damaged line when there is one (rows after it are dropped too).
-fn good_rows(path: &Path, text: &str, samples_seen: u64) -> (String, Option<String>) {
+/// The rows of a log's `text` up to `samples_seen`: as text, each with its line end (and with
+/// every column: an older log's rows gain an empty gradient norm), and parsed; and a description
+/// of the first damaged line when there is one (rows after it are dropped too).
+fn good_rows(path: &Path, text: &str, samples_seen: u64) -> (String, Vec<MetricsRow>, Option<String>) {
     let mut lines = text.split_inclusive('\n');
     let columns = match check_header(path, lines.next()) {
         Ok(columns) => columns,
-        Err(error) => return (String::new(), Some(format!("{error:#}"))),
+        Err(error) => return (String::new(), Vec::new(), Some(format!("{error:#}"))),
     };
-    let mut kept = String::new();
+    let (mut kept, mut rows) = (String::new(), Vec::new());
     for (index, line) in lines.enumerate() {
         // A last line cut short by a crash is no damage: it is dropped, and trained again.
         if !line.ends_with('\n') {
             break;
         }
         match parse_row(line.trim_end(), columns) {
-            Ok(row) if row.samples_seen <= samples_seen => match columns == COLUMNS.len() {
-                true => kept.push_str(line),
-                false => kept.push_str(&format!("{},\n", line.trim_end())),
-            },
+            Ok(row) if row.samples_seen <= samples_seen => {
+                match columns == COLUMNS.len() {
+                    true => kept.push_str(line),
+                    false => kept.push_str(&format!("{},\n", line.trim_end())),
+                }
+                rows.push(row);
+            }
             Ok(_) => {}
             Err(error) => {
                 // The damage may be NUL bytes or other control characters: not for a terminal.
                 let error: String =
                     format!("{error:#}").chars().map(|c| if c.is_control() { '?' } else { c }).collect();
-                return (kept, Some(format!("{} line {} is damaged ({error})", path.display(), index + 2)));
+                return (kept, rows, Some(format!("{} line {} is damaged ({error})", path.display(), index + 2)));
             }
         }
     }
-    (kept, None)
+    (kept, rows, None)
 }
 
 /// The number of columns the log's lines hold: all of them, or an older log's.
@@ -291,13 +295,14 @@ mod tests {
         text.push_str("128,1,0.5");
         std::fs::write(&path, text).expect("write a torn line");
 
-        let mut log = MetricsLog::reopen(&path, 64).expect("reopen after 64 samples");
+        let (mut log, kept) = MetricsLog::reopen(&path, 64).expect("reopen after 64 samples");
+        assert_eq!(kept, vec![classification_row(32), classification_row(64)], "the rows kept, parsed");
         log.append(&classification_row(96)).expect("append after resuming");
         let samples: Vec<u64> = read_metrics(&path).expect("read").iter().map(|row| row.samples_seen).collect();
         assert_eq!(samples, vec![32, 64, 96]);
 
         let missing = dir.path().join("new.csv");
-        MetricsLog::reopen(&missing, 64).expect("a missing log is created");
+        assert!(MetricsLog::reopen(&missing, 64).expect("a missing log is created").1.is_empty());
         assert_eq!(read_metrics(&missing).expect("a new log reads"), vec![]);
 
         // Damage does not cost the checkpoint: the log keeps its good rows before the damage.
@@ -326,7 +331,8 @@ mod tests {
         assert!(format!("{:#}", read_metrics(&path).expect_err("mixed widths")).contains("line 4"));
 
         std::fs::write(&path, &older).expect("write an older log");
-        let mut log = MetricsLog::reopen(&path, 64).expect("resume an older run");
+        let (mut log, kept) = MetricsLog::reopen(&path, 64).expect("resume an older run");
+        assert_eq!(kept.iter().map(|row| row.gradient_norm).collect::<Vec<_>>(), vec![None, None]);
         log.append(&classification_row(96)).expect("append after resuming");
         let text = std::fs::read_to_string(&path).expect("read");
         assert!(text.starts_with(&format!("{}\n32,1,0.5,2,0.25,0,,,,\n", COLUMNS.join(","))), "{text}");
