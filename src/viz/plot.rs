@@ -34,6 +34,11 @@ const SCATTER_SIZE: (u32, u32) = (1000, 800);
 const COLOUR_BAR_WIDTH: u32 = 150;
 
 const TITLE_SIZE: u32 = 28;
+/// A title too wide for the picture at [`TITLE_SIZE`] shrinks down to this size, then loses its
+/// middle to an ellipsis.
+const SMALLEST_TITLE_SIZE: u32 = 16;
+/// The margin every chart keeps around its caption and plotting area.
+const CHART_MARGIN: u32 = 20;
 const AXIS_TITLE_SIZE: u32 = 20;
 const LABEL_SIZE: u32 = 16;
 
@@ -103,9 +108,10 @@ impl Picture for LearningCurve<'_> {
         DB::ErrorType: 'static,
     {
         let (chart_area, legend_area) = root.split_vertically(Self::SIZE.1 - LEGEND_HEIGHT);
+        let (title, title_size) = fitted_title(&chart_area, self.title)?;
         let mut chart = ChartBuilder::on(&chart_area)
-            .caption(self.title, (FONT, TITLE_SIZE))
-            .margin(20)
+            .caption(title, (FONT, title_size))
+            .margin(CHART_MARGIN)
             .margin_bottom(0)
             .x_label_area_size(60)
             .y_label_area_size(90)
@@ -323,9 +329,10 @@ impl Picture for Scatter<'_> {
         DB::ErrorType: 'static,
     {
         let (plot_area, bar_area) = root.split_horizontally(Self::SIZE.0 - COLOUR_BAR_WIDTH);
+        let (title, title_size) = fitted_title(&plot_area, self.labels.title)?;
         let mut chart = ChartBuilder::on(&plot_area)
-            .caption(self.labels.title, (FONT, TITLE_SIZE))
-            .margin(20)
+            .caption(title, (FONT, title_size))
+            .margin(CHART_MARGIN)
             .x_label_area_size(60)
             .y_label_area_size(80)
             .build_cartesian_2d(self.x_range.clone(), self.y_range.clone())?;
@@ -390,6 +397,37 @@ fn ensure_font() -> Result<()> {
 }
 
 /// Draws `picture` on white in the format `path` names, then writes it at `path` atomically.
+/// `title` and a font size at which it fits across `area` within its margins: smaller for a long
+/// title (a model of your own data names its file), and cut in the middle below
+/// [`SMALLEST_TITLE_SIZE`], so that neither end is drawn off the picture.
+fn fitted_title<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, title: &str) -> Result<(String, u32)>
+where
+    DB::ErrorType: 'static,
+{
+    let room = area.dim_in_pixel().0.saturating_sub(2 * CHART_MARGIN);
+    let width = |text: &str, size: u32| -> Result<u32> {
+        let style: TextStyle = (FONT, size).into();
+        Ok(area.estimate_text_size(text, &style)?.0)
+    };
+    for size in (SMALLEST_TITLE_SIZE..=TITLE_SIZE).rev().step_by(2) {
+        if width(title, size)? <= room {
+            return Ok((title.to_owned(), size));
+        }
+    }
+    let chars: Vec<char> = title.chars().collect();
+    let mut kept = chars.len();
+    while kept > 0 {
+        kept -= 1;
+        let head: String = chars[..kept.div_ceil(2)].iter().collect();
+        let tail: String = chars[chars.len() - kept / 2..].iter().collect();
+        let cut = format!("{head}…{tail}");
+        if width(&cut, SMALLEST_TITLE_SIZE)? <= room {
+            return Ok((cut, SMALLEST_TITLE_SIZE));
+        }
+    }
+    Ok((String::new(), SMALLEST_TITLE_SIZE))
+}
+
 fn render<P: Picture>(path: &Path, picture: &P) -> Result<()> {
     let format = ImageFormat::of(path)?;
     ensure_font()?;
@@ -499,6 +537,31 @@ mod tests {
                 pixels[start..start + channels].to_vec()
             })
             .collect()
+    }
+
+    #[test]
+    fn a_long_title_shrinks_then_loses_its_middle_but_keeps_both_ends() {
+        ensure_font().expect("the embedded font registers");
+        let mut pixels = vec![0u8; 600 * 100 * 3];
+        let area = BitMapBackend::with_buffer(&mut pixels, (600, 100)).into_drawing_area();
+        let room = 600 - 2 * CHART_MARGIN;
+        let width = |text: &str, size: u32| area.estimate_text_size(text, &TextStyle::from((FONT, size))).unwrap().0;
+
+        let short = "Learning curve: 3 terms";
+        assert_eq!(fitted_title(&area, short).unwrap(), (short.to_owned(), TITLE_SIZE));
+
+        let longer = "Learning curve: pairs of /data/words.tsv, sources of up to 8 characters";
+        let (title, size) = fitted_title(&area, longer).unwrap();
+        assert_eq!(title, longer);
+        assert!((SMALLEST_TITLE_SIZE..TITLE_SIZE).contains(&size) && width(&title, size) <= room);
+
+        let endless = format!("Learning curve: pairs of /{}/words.tsv (vocabulary 13)", "very-long-folder/".repeat(20));
+        let (title, size) = fitted_title(&area, &endless).unwrap();
+        assert_eq!(size, SMALLEST_TITLE_SIZE);
+        assert!(width(&title, size) <= room, "{title}");
+        let (head, tail) = title.split_once('…').expect("the middle is cut");
+        assert!(head.len() > 10 && endless.starts_with(head), "{title}");
+        assert!(tail.len() > 10 && endless.ends_with(tail), "{title}");
     }
 
     fn rows(with_accuracy: bool) -> Vec<MetricsRow> {
