@@ -708,7 +708,8 @@ fn train_refuses_an_out_directory_that_holds_something_else() {
     let notes = home.path().join("notes.txt");
     fs::write(&notes, "keep me").unwrap();
     let outcome = run(&["train", "--quiet", "--samples", "64", "--out", path_str(home.path())]);
-    outcome.failed().stderr_has(&[&format!("--out {} is not empty and holds no model", home.path().display())]);
+    let refusal = format!("--out {} is not empty (it holds notes.txt) and holds no model", home.path().display());
+    outcome.failed().stderr_has(&[&refusal]);
     assert_eq!(file_names(home.path()), BTreeSet::from(["notes.txt".to_owned()]), "the directory was touched");
     assert_eq!(fs::read_to_string(&notes).unwrap(), "keep me");
 

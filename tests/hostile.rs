@@ -169,6 +169,15 @@ fn train_refuses_to_overwrite_a_model_or_a_checkpoint_unless_told_to() {
     run(&args).succeeded();
     assert_eq!(read_json(&finished.join("config.json"))["model"]["encoder_units"], 8);
 
+    // The picture of the replaced model's metrics goes with them; the user's own files stay.
+    run(&["plot", "--model", path_str(&finished)]).succeeded();
+    fs::write(finished.join("predictions.txt"), "keep me").expect("write");
+    args.extend_from_slice(&["--seed", "2"]);
+    run(&args).succeeded();
+    assert_eq!(read_json(&finished.join("config.json"))["training"]["seed"], 2);
+    assert!(!finished.join("learning_curve.png").exists(), "the old learning curve was left beside the new model");
+    assert_eq!(fs::read_to_string(finished.join("predictions.txt")).expect("kept"), "keep me");
+
     let unfinished = stopped_run(home.path(), "unfinished", &[]);
     let mut args = vec!["train", "--quiet", "--out", path_str(&unfinished)];
     args.extend_from_slice(&small);

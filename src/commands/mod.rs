@@ -40,8 +40,7 @@ use crate::train::{self, AfterReport, Position, Progress, TrainConfig, TrainLoop
 use crate::viz::{pca, plot};
 
 pub use crate::evaluate::DEFAULT_EVALUATION_SAMPLES;
-/// The learning curve's file name inside the model directory, unless `plot --out` says otherwise.
-pub const LEARNING_CURVE_FILE: &str = "learning_curve.png";
+pub use crate::store::metrics_log::LEARNING_CURVE_FILE;
 /// Evaluation needs no small batches: they only cost time.
 pub const EVALUATION_BATCH_SIZE: usize = 1000;
 /// Output numbers (logits) one evaluation or prediction batch may hold: 128 MiB of float32, so

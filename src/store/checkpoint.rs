@@ -46,9 +46,10 @@ const MAX_CONFIG_BYTES: u64 = 16 << 20;
 pub const MODEL_FILES: [&str; 3] = [CONFIG_FILE, TRAINING_STATE_FILE, WEIGHTS_FILE];
 /// What `train --overwrite` sets aside (renamed with [`SET_ASIDE_SUFFIX`]) until the new run
 /// first saves, so that a run that fails before then gives the old model back: the model's
-/// files and its metrics.csv.
+/// files, its metrics.csv and `plot`'s picture of it. Other files are the user's, and stay.
 fn set_aside_files() -> impl Iterator<Item = &'static str> {
-    MODEL_FILES.into_iter().chain([crate::store::metrics_log::METRICS_FILE])
+    use crate::store::metrics_log::{LEARNING_CURVE_FILE, METRICS_FILE};
+    MODEL_FILES.into_iter().chain([METRICS_FILE, LEARNING_CURVE_FILE])
 }
 const SET_ASIDE_SUFFIX: &str = ".replaced";
 /// Bumped whenever `config.json` changes meaning; loading refuses versions it does not know.
@@ -156,21 +157,25 @@ pub fn prepare_output_dir(out: Option<&Path>, overwrite: bool) -> Result<OutputD
     if out.exists() && !out.is_dir() {
         bail!("--out {} exists and is not a directory", out.display());
     }
-    // A directory of other things is left untouched, not even locked.
-    if out.is_dir() {
+    // A directory of other things is left untouched, not even locked; one that holds a model
+    // may hold the user's files beside it (predictions, notes), which --overwrite keeps.
+    let holds_run = |name: &&str| out.join(name).exists() || out.join(set_aside_name(name)).exists();
+    if out.is_dir() && !MODEL_FILES.iter().any(holds_run) {
         let ours: Vec<String> = set_aside_files()
             .flat_map(|name| [name.to_string(), set_aside_name(name)])
             .chain([crate::store::lock::LOCK_FILE.to_owned()])
             .collect();
-        let mut entries = fs::read_dir(out).with_context(|| format!("cannot read {}", out.display()))?;
-        let foreign = entries.any(|entry| {
-            entry.is_ok_and(|entry| {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                !ours.contains(&name) && !files::is_temporary_name(&name)
-            })
+        let entries = fs::read_dir(out).with_context(|| format!("cannot read {}", out.display()))?;
+        let foreign = entries.filter_map(|entry| entry.ok()).map(|entry| entry.file_name()).find(|name| {
+            let name = name.to_string_lossy();
+            !ours.iter().any(|ours| *ours == name) && !files::is_temporary_name(&name)
         });
-        if foreign {
-            bail!("--out {} is not empty and holds no model ({CONFIG_FILE}); choose a new directory", out.display());
+        if let Some(name) = foreign {
+            bail!(
+                "--out {} is not empty (it holds {}) and holds no model ({CONFIG_FILE}); choose a new directory",
+                out.display(),
+                name.to_string_lossy()
+            );
         }
     }
     let made = !out.exists();

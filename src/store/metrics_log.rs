@@ -15,6 +15,9 @@ const MAX_LOG_BYTES: u64 = 1 << 30;
 
 /// File name of the log inside the model directory.
 pub const METRICS_FILE: &str = "metrics.csv";
+/// The learning curve's file name inside the model directory, unless `plot --out` says
+/// otherwise: a picture of [`METRICS_FILE`], replaced with it by `train --overwrite`.
+pub const LEARNING_CURVE_FILE: &str = "learning_curve.png";
 
 /// Column names, in the order every line holds them.
 const COLUMNS: [&str; 10] = [
