@@ -256,6 +256,53 @@ fn patience_stops_where_the_logged_validation_losses_say() {
         .stdout_has(&[&format!("the weights of its best validation row, after {best_at} samples")]);
 }
 
+/// `--validation-samples N` sets which samples every row's validation columns score (the first
+/// N of the evaluation stream, as `evaluate --samples N` draws them); 0 leaves them out, and
+/// changes no weight.
+#[test]
+fn validation_samples_set_what_each_row_scores_or_leave_the_columns_out() {
+    let home = TempDir::new().unwrap();
+    let train = |name: &str, validation: &str| {
+        let dir = home.path().join(name);
+        let mut args = vec!["train", "--out", path_str(&dir), "--validation-samples", validation];
+        args.extend_from_slice(&["--samples", "640", "--log-every", "320", "--encoder-units", "8"]);
+        args.extend_from_slice(&["--decoder-units", "8", "--eval-samples", "50", "--device", "cpu", "--quiet"]);
+        run(&args).succeeded();
+        dir
+    };
+    let evaluated_loss = |dir: &Path, samples: &str| {
+        let scored = run(&["evaluate", "--model", path_str(dir), "--samples", samples, "--json"]);
+        let scored: Value = serde_json::from_str(scored.succeeded().stdout.trim()).expect("JSON");
+        scored["loss"].as_f64().expect("a loss")
+    };
+
+    let some = train("some", "300");
+    let rows = metrics_rows(&some);
+    let logged = number(&rows[rows.len() - 1][6]);
+    let (on_300, on_1000) = (evaluated_loss(&some, "300"), evaluated_loss(&some, "1000"));
+    assert!((logged - on_300).abs() <= 1e-6 * on_300, "the last row {logged}, the first 300 samples {on_300}");
+    assert!((logged - on_1000).abs() > 1e-6 * on_1000, "the last row scored the default 1,000 samples");
+    assert_eq!(read_json(&some.join("config.json"))["training"]["validation_samples"].as_u64(), Some(300));
+    run(&["info", "--model", path_str(&some)]).succeeded().stdout_has(&["validation rows on 300 samples"]);
+
+    let none = train("none", "0");
+    let rows = metrics_rows(&none);
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|row| row[6..9].iter().all(String::is_empty)), "{rows:?}");
+    assert!(rows.iter().all(|row| !row[3].is_empty()), "the training columns stay: {rows:?}");
+    assert_eq!(fs::read(none.join("model.safetensors")).unwrap(), fs::read(some.join("model.safetensors")).unwrap());
+    run(&["info", "--model", path_str(&none)]).succeeded().stdout_has(&["no validation rows"]);
+    run(&["plot", "--model", path_str(&none)]).succeeded();
+
+    let refused = home.path().join("refused");
+    for watcher in [&["--restore-best"][..], &["--patience", "2"]] {
+        let mut args = vec!["train", "--out", path_str(&refused), "--validation-samples", "0"];
+        args.extend_from_slice(watcher);
+        run(&args).failed().stderr_has(&[&format!("{} watches the validation rows", watcher[0])]);
+    }
+    assert!(!refused.exists());
+}
+
 #[test]
 fn autoencoder_logs_and_draws_without_accuracies() {
     let home = TempDir::new().unwrap();

@@ -325,6 +325,13 @@ fn the_held_out_split_is_deterministic_disjoint_and_a_valid_file_is_checked_for_
     outcome.succeeded();
     assert_eq!(held(&v), 50);
     assert_eq!(trained(&v), 1000);
+    // The validation rows score at most the held-out pairs, and say so when asked for more.
+    let more = ["--data", path_str(&data), "--valid", path_str(&valid), "--validation-samples", "80"];
+    let (m, outcome) = train_pairs(home.path(), "more", &more, &fast);
+    outcome
+        .succeeded()
+        .stderr_has(&["the validation rows score all 50 held-out samples, fewer than --validation-samples 80"]);
+    run(&["info", "--model", path_str(&m)]).succeeded().stdout_has(&["validation rows on 50 samples"]);
     // A model evaluates on any file of pairs in its own token settings.
     let scored = run(&["evaluate", "--model", path_str(&v), "--data", path_str(&valid), "--json"]);
     assert_eq!(json_lines(&scored.stdout)[0]["samples"], 50);

@@ -324,6 +324,10 @@ fn resume_refuses_what_it_cannot_continue() {
     run(&["train", "--resume", path_str(&model.dir), "--samples", "10"])
         .failed_usage()
         .stderr_has(&["'--resume <DIR>' cannot be used with '--samples <SAMPLES>'"]);
+    // The validation rows of the log so far, which --patience and --restore-best read, stay comparable.
+    run(&["train", "--resume", path_str(&model.dir), "--validation-samples", "10"])
+        .failed_usage()
+        .stderr_has(&["'--resume <DIR>' cannot be used with '--validation-samples <N>'"]);
     run(&["train", "--checkpoint-every", "0", "--out", "/tmp/never-made"])
         .failed()
         .stderr_has(&["--checkpoint-every must be at least 1 sample"]);

@@ -31,7 +31,7 @@ use crate::nn::device::DeviceChoice;
 use crate::nn::model::{DecoderKind, ModelConfig};
 use crate::output::{self, Stdout};
 use crate::task::{ArithmeticProblem, OperatorWeights, Operators, SequenceKind, SequenceProblem, Task, TermCount};
-use crate::train::{DEFAULT_CHECKPOINT_MINUTES, LrSchedule, Progress, TrainConfig};
+use crate::train::{DEFAULT_CHECKPOINT_MINUTES, DEFAULT_VALIDATION_SAMPLES, LrSchedule, Progress, TrainConfig};
 
 /// Most CPU threads: far more than these models use, few enough to start in a moment.
 pub const MAX_THREADS: u64 = crate::train::MAX_THREADS as u64;
@@ -358,10 +358,15 @@ pub struct TrainArgs {
     #[arg(long, value_name = "M", help_heading = "Checkpoints", allow_negative_numbers = true)]
     pub checkpoint_minutes: Option<f64>,
     /// Add a row to the model directory's metrics.csv every N samples (and at each epoch's end):
-    /// running loss and accuracies, and the same figures on 1,000 fresh validation samples.
+    /// running loss and accuracies, and the same figures on the validation samples.
     /// [default: a twentieth of the run, at least one batch]
     #[arg(long, value_name = "N")]
     pub log_every: Option<usize>,
+    /// Samples scored for the validation columns of every metrics.csv row, the same ones at every
+    /// row: the first N of the fresh evaluation samples, or of your own held-out pairs (at most
+    /// all of them). 0 leaves the columns empty and the time to score them out.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_VALIDATION_SAMPLES)]
+    pub validation_samples: usize,
     /// Continue the interrupted run whose checkpoint is in DIR, to the same weights an
     /// uninterrupted run would reach (on the CPU). Takes its settings from the checkpoint.
     #[arg(long, value_name = "DIR", help_heading = "Checkpoints", conflicts_with_all = [
@@ -369,7 +374,7 @@ pub struct TrainArgs {
         "max_target_len", "source_tokens", "target_tokens", "skip_bad_lines", "ops", "terms", "largest", "reverse", "reverse_output", "length", "sequence", "low", "high", "encoder_units",
         "decoder_units", "encoder_layers", "decoder_layers", "dropout", "decoder", "bidirectional", "attention_heads", "samples", "batch_size", "epochs",
         "learning_rate", "seed", "out", "overwrite", "lr_schedule", "warmup", "final_learning_rate", "curriculum", "op_weights",
-        "max_grad_norm", "patience", "restore_best",
+        "max_grad_norm", "patience", "restore_best", "validation_samples",
     ])]
     pub resume: Option<PathBuf>,
 }
@@ -541,6 +546,7 @@ impl TrainArgs {
                 checkpoint_every: self.checkpoint_every,
                 checkpoint_minutes: self.checkpoint_minutes.unwrap_or(DEFAULT_CHECKPOINT_MINUTES),
                 log_every: self.log_every,
+                validation_samples: self.validation_samples,
                 lr_schedule: self.lr_schedule,
                 warmup: self.warmup,
                 final_learning_rate: self.final_learning_rate,

@@ -14,7 +14,7 @@ use crate::nn::device::RuntimeInfo;
 use crate::nn::model::ModelConfig;
 use crate::output::Report;
 use crate::store::checkpoint::{self, Versions};
-use crate::train::{LrSchedule, TrainConfig};
+use crate::train::{DEFAULT_VALIDATION_SAMPLES, LrSchedule, TrainConfig};
 
 impl Report for RuntimeInfo {
     fn text(&self) -> String {
@@ -50,6 +50,9 @@ pub struct ModelInfo {
     pub parameters: i64,
     pub architecture: ModelConfig,
     pub training: TrainConfig,
+    /// The held-out samples of a model of your own data (`None`: generated samples).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_out: Option<usize>,
     /// With `--restore-best`: the samples seen at the validation row whose weights it holds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restored_best_after: Option<u64>,
@@ -88,6 +91,7 @@ pub fn model_info(dir: &Path) -> Result<ModelInfo> {
         layers: loaded.model.summary(),
         architecture: config.model.clone(),
         training: config.training.clone(),
+        held_out: config.task.held_out(),
         restored_best_after: config.restored_best_after,
         scores: config.metrics.clone(),
         scores_text,
@@ -127,7 +131,7 @@ impl Report for ModelInfo {
             format!("{dir}: {state}"),
             format!("Problem: {}", self.problem),
             self.layers.clone(),
-            format!("Training: {}", describe_training(&self.training)),
+            format!("Training: {}", describe_training(&self.training, self.held_out)),
             scores,
             format!("Written by seq2seq {seq2seq} on libtorch {libtorch}"),
         ]
@@ -137,7 +141,7 @@ impl Report for ModelInfo {
 
 /// `batches of 32, 1 epoch of 75000 samples, Adam at 0.001, seed 1, 1 thread`, with the
 /// schedule, curriculum and operator weights where the run had them.
-fn describe_training(training: &TrainConfig) -> String {
+fn describe_training(training: &TrainConfig, held_out: Option<usize>) -> String {
     let plural = |count: usize, one: &str| if count == 1 { format!("1 {one}") } else { format!("{count} {one}s") };
     let mut parts = vec![
         format!("batches of {}", training.batch_size),
@@ -169,6 +173,15 @@ fn describe_training(training: &TrainConfig) -> String {
     }
     if training.restore_best {
         parts.push("the best validation row's weights kept".to_owned());
+    }
+    // Your own data's rows score at most its held-out part.
+    match (training.validation_samples, held_out) {
+        (0, _) => parts.push("no validation rows".to_owned()),
+        (DEFAULT_VALIDATION_SAMPLES, _) => {}
+        (samples, held_out) => {
+            let scored = held_out.map_or(samples, |held_out| held_out.min(samples));
+            parts.push(format!("validation rows on {}", plural(scored, "sample")));
+        }
     }
     parts.push(format!("seed {}", training.seed));
     parts.push(plural(training.threads, "thread"));

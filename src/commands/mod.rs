@@ -23,6 +23,7 @@ use crate::commands::watch::ValidationWatch;
 use crate::data::corpus::batches::PairSource;
 use crate::data::corpus::load::{self, DataSettings, LoadedPairs, load_for_training};
 use crate::data::corpus::sequences::{self, LoadedSequences, SequenceSource};
+use crate::data::corpus::thousands;
 use crate::data::generated::Generated;
 use crate::data::input::{InputSource, InputSummary};
 use crate::data::{Batch, BatchStream, SampleSource, Stream};
@@ -36,7 +37,9 @@ use crate::store::lock::DirLock;
 use crate::store::metrics_log::{METRICS_FILE, MetricsLog, MetricsRow, read_metrics};
 use crate::task::Task;
 use crate::train::interrupt::{self, Stopped};
-use crate::train::{self, AfterReport, Position, Progress, TrainConfig, TrainLoop, TrainOutcome};
+use crate::train::{
+    self, AfterReport, DEFAULT_VALIDATION_SAMPLES, Position, Progress, TrainConfig, TrainLoop, TrainOutcome,
+};
 use crate::viz::{pca, plot};
 
 pub use crate::evaluate::DEFAULT_EVALUATION_SAMPLES;
@@ -52,9 +55,9 @@ pub fn evaluation_batch_size(shape: &ModelShape) -> usize {
     let per_row = (shape.output_len * shape.output.width()).max(1);
     EVALUATION_BATCH_SIZE.min(OUTPUT_BUDGET / per_row).max(1)
 }
-/// Fresh samples scored at each row of `metrics.csv`: the first of the evaluation stream, the
-/// same ones at every row, so that the validation curve moves only because the model does.
-pub const VALIDATION_SAMPLES: usize = 1000;
+/// Validation samples above which a run makes their batches again at every row of
+/// `metrics.csv` rather than holding them all in memory.
+const VALIDATION_BATCHES_KEPT: usize = 10_000;
 
 /// Everything `train` needs.
 #[derive(Debug, Clone)]
@@ -129,13 +132,13 @@ pub fn train(request: &TrainRequest) -> Result<PathBuf> {
             loaded.notes.iter().for_each(output::note);
             // An epoch is every training pair.
             training.samples = loaded.training.len();
-            (Task::Pairs(Box::new(loaded.problem.clone())), RunData::pairs(&loaded, training.seed))
+            (Task::Pairs(Box::new(loaded.problem.clone())), RunData::pairs(&loaded, &training))
         }
         Some(DataSettings::Sequences(settings)) => {
             let loaded = sequences::load_for_training(settings, training.seed)?;
             loaded.notes.iter().for_each(output::note);
             training.samples = loaded.training.len();
-            (Task::Autoencoder(loaded.problem.clone()), RunData::sequences(&loaded, training.seed))
+            (Task::Autoencoder(loaded.problem.clone()), RunData::sequences(&loaded, &training))
         }
     };
     let (task, training) = (&task, &training);
@@ -147,6 +150,17 @@ pub fn train(request: &TrainRequest) -> Result<PathBuf> {
     task.validate()?;
     training.validate()?;
     refuse_endless_warmup(training, request.data.is_some())?;
+    // Asked for more than there are (the default quietly takes what there is).
+    if let Some(held_out) = task.held_out()
+        && training.validation_samples > held_out
+        && training.validation_samples != DEFAULT_VALIDATION_SAMPLES
+    {
+        output::note(format!(
+            "note: the validation rows score all {} held-out samples, fewer than --validation-samples {}",
+            thousands(held_out),
+            training.validation_samples
+        ));
+    }
     if model_config.dropout > 0.0 && model_config.encoder_layers == 1 && model_config.decoder_layers == 1 {
         bail!(
             "--dropout applies between stacked LSTM layers, and one encoder and one decoder layer have none \
@@ -233,9 +247,9 @@ pub fn resume(request: &ResumeRequest) -> Result<PathBuf> {
     training.validate()?;
     let task = &checkpoint.config.task;
     let data = match task {
-        Task::Pairs(problem) => RunData::pairs(&load::reload(problem, training.seed)?, training.seed),
+        Task::Pairs(problem) => RunData::pairs(&load::reload(problem, training.seed)?, &training),
         Task::Autoencoder(problem) if problem.data.is_some() => {
-            RunData::sequences(&sequences::reload(problem, training.seed)?, training.seed)
+            RunData::sequences(&sequences::reload(problem, training.seed)?, &training)
         }
         _ => RunData::generated(task, &training)?,
     };
@@ -267,50 +281,62 @@ pub fn resume(request: &ResumeRequest) -> Result<PathBuf> {
 /// The samples a run trains on and scores with.
 struct RunData {
     training: Arc<dyn SampleSource>,
-    /// Scored at every row of metrics.csv.
-    validation: Arc<dyn SampleSource>,
+    /// Scored at every row of metrics.csv, the same ones at every row, so that the validation
+    /// curve moves only because the model does; `None` with `--validation-samples 0`.
+    validation: Option<Arc<dyn SampleSource>>,
     /// Scored once training ends, for the figures in config.json.
     evaluation: Arc<dyn SampleSource>,
 }
 
 impl RunData {
     /// A generated problem's streams: the validation rows score the first
-    /// [`VALIDATION_SAMPLES`] of the evaluation stream, the same ones at every row, so that the
-    /// curve moves only because the model does; the final figures score fresh samples of it.
+    /// `validation_samples` of the evaluation stream; the final figures score
+    /// `evaluation_samples` of it.
     fn generated(task: &Task, training: &TrainConfig) -> Result<Self> {
         let seed = training.seed;
+        let validation = match training.validation_samples {
+            0 => None,
+            samples => {
+                Some(Arc::new(Generated::new(task, seed, Stream::Evaluation, samples)?) as Arc<dyn SampleSource>)
+            }
+        };
         Ok(Self {
             training: Arc::new(
                 Generated::new(task, seed, Stream::Training, training.samples)?
                     .with_curriculum(training.curriculum)
                     .with_operator_weights(training.operator_weights),
             ),
-            validation: Arc::new(Generated::new(task, seed, Stream::Evaluation, VALIDATION_SAMPLES)?),
+            validation,
             evaluation: Arc::new(Generated::new(task, seed, Stream::Evaluation, training.evaluation_samples)?),
         })
     }
 
-    /// The user's pairs: training shuffled every epoch from `seed`; the validation rows score
-    /// the first [`VALIDATION_SAMPLES`] held-out pairs, the final figures all of them.
-    fn pairs(loaded: &LoadedPairs, seed: u64) -> Self {
+    /// The user's pairs: training shuffled every epoch from the seed; the validation rows score
+    /// the first `validation_samples` held-out pairs, the final figures all of them.
+    fn pairs(loaded: &LoadedPairs, training: &TrainConfig) -> Self {
         let problem = &loaded.problem;
-        let validation = PairSource::new(problem, Arc::clone(&loaded.validation), None);
+        let held_out = || PairSource::new(problem, Arc::clone(&loaded.validation), None);
         Self {
-            training: Arc::new(PairSource::new(problem, Arc::clone(&loaded.training), Some(seed))),
-            validation: Arc::new(validation.first(VALIDATION_SAMPLES)),
-            evaluation: Arc::new(PairSource::new(problem, Arc::clone(&loaded.validation), None)),
+            training: Arc::new(PairSource::new(problem, Arc::clone(&loaded.training), Some(training.seed))),
+            validation: Self::first(training.validation_samples, || held_out().first(training.validation_samples)),
+            evaluation: Arc::new(held_out()),
         }
     }
 
     /// The autoencoder's sequences from a file, as [`RunData::pairs`] takes pairs.
-    fn sequences(loaded: &LoadedSequences, seed: u64) -> Self {
+    fn sequences(loaded: &LoadedSequences, training: &TrainConfig) -> Self {
         let problem = &loaded.problem;
-        let validation = SequenceSource::new(problem, Arc::clone(&loaded.validation), None);
+        let held_out = || SequenceSource::new(problem, Arc::clone(&loaded.validation), None);
         Self {
-            training: Arc::new(SequenceSource::new(problem, Arc::clone(&loaded.training), Some(seed))),
-            validation: Arc::new(validation.first(VALIDATION_SAMPLES)),
-            evaluation: Arc::new(SequenceSource::new(problem, Arc::clone(&loaded.validation), None)),
+            training: Arc::new(SequenceSource::new(problem, Arc::clone(&loaded.training), Some(training.seed))),
+            validation: Self::first(training.validation_samples, || held_out().first(training.validation_samples)),
+            evaluation: Arc::new(held_out()),
         }
+    }
+
+    /// The validation source `make` makes, unless `samples` is 0.
+    fn first<S: SampleSource + 'static>(samples: usize, make: impl FnOnce() -> S) -> Option<Arc<dyn SampleSource>> {
+        (samples > 0).then(|| Arc::new(make()) as Arc<dyn SampleSource>)
     }
 }
 
@@ -402,7 +428,8 @@ fn run_training(mut session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
     let watch = ValidationWatch::start(&training, &logged, &metrics_path, session.best.take())?;
     let watch = RefCell::new(watch);
     let evaluation_batch = evaluation_batch_size(&session.model.shape());
-    let validation_data = BatchStream::of(Arc::clone(&session.data.validation), evaluation_batch, device);
+    let validation_data =
+        session.data.validation.as_ref().map(|source| BatchStream::of(Arc::clone(source), evaluation_batch, device));
     let mut last_checkpoint: Option<usize> = None;
     let outcome = {
         let session = &session;
@@ -414,19 +441,26 @@ fn run_training(mut session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
             last_checkpoint = Some(position.samples_seen(&training));
             Ok(())
         };
-        // Made at the first row, then scored again at every row.
+        // Made at the first row, then scored again at every row (unless there are too many to hold).
         let mut validation_batches: Option<Vec<Batch<'_>>> = None;
         let mut on_report = |report: &train::Report, forward: &train::Forward<'_>| {
             let started = Instant::now();
             let features = session.model.shape().output;
             let answer = |inputs: &tch::Tensor| Ok(Answers::greedy(forward(inputs)?, features));
-            let batches = validation_batches.get_or_insert_with(|| validation_data.iter().collect());
-            let validation =
-                evaluate_batches(&session.model, &answer, &validation_data, batches.iter(), |_, _| {})?.metrics;
+            let validation = match &validation_data {
+                None => None,
+                Some(data) if data.samples() > VALIDATION_BATCHES_KEPT => {
+                    Some(evaluate_batches(&session.model, &answer, data, data.iter(), |_, _| {})?.metrics)
+                }
+                Some(data) => {
+                    let batches = validation_batches.get_or_insert_with(|| data.iter().collect());
+                    Some(evaluate_batches(&session.model, &answer, data, batches.iter(), |_, _| {})?.metrics)
+                }
+            };
             let seconds = &session.validation_seconds;
             seconds.set(seconds.get() + started.elapsed().as_secs_f64());
             // A stop signal cuts the validation short: its partial figures are not kept.
-            let validation = interrupt::requested().is_none().then_some(validation);
+            let validation = validation.filter(|_| interrupt::requested().is_none());
             let row = metrics_row(report, validation.as_ref());
             metrics_log.append(&row)?;
             let stop = watch.borrow_mut().as_mut().is_some_and(|watch| watch.observe(&row, &session.vs));

@@ -219,6 +219,16 @@ impl Task {
         }
     }
 
+    /// The held-out samples of a problem read from files (which bound its validation rows);
+    /// `None` for generated samples, which never run out.
+    pub fn held_out(&self) -> Option<usize> {
+        match self {
+            Task::Arithmetic(_) => None,
+            Task::Autoencoder(problem) => problem.data.as_ref().map(|data| data.held_out_sequences),
+            Task::Pairs(problem) => Some(problem.data.held_out_pairs),
+        }
+    }
+
     /// What kind of model this task makes, for messages: `an autoencoder`.
     pub fn model_kind(&self) -> &'static str {
         match self {

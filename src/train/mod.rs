@@ -49,6 +49,11 @@ pub struct TrainConfig {
     /// Samples between rows of `metrics.csv` (`None`: [`TrainConfig::log_every_samples`]'s default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_every: Option<usize>,
+    /// Samples scored for the validation columns of each `metrics.csv` row (at most the held-out
+    /// pairs of your own data); 0: no validation columns. Runs recorded before it existed
+    /// scored [`DEFAULT_VALIDATION_SAMPLES`].
+    #[serde(default = "default_validation_samples")]
+    pub validation_samples: usize,
     /// How the learning rate moves over the run (after any warm-up).
     #[serde(default)]
     pub lr_schedule: LrSchedule,
@@ -120,6 +125,14 @@ fn default_evaluation_samples() -> usize {
     DEFAULT_EVALUATION_SAMPLES
 }
 
+/// [`TrainConfig::validation_samples`] unless the user says otherwise: enough for a smooth
+/// curve, few enough to score at every row in a fraction of the row's training time.
+pub const DEFAULT_VALIDATION_SAMPLES: usize = 1000;
+
+fn default_validation_samples() -> usize {
+    DEFAULT_VALIDATION_SAMPLES
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
@@ -132,6 +145,7 @@ impl Default for TrainConfig {
             checkpoint_every: None,
             checkpoint_minutes: DEFAULT_CHECKPOINT_MINUTES,
             log_every: None,
+            validation_samples: DEFAULT_VALIDATION_SAMPLES,
             lr_schedule: LrSchedule::Constant,
             warmup: 0,
             final_learning_rate: 0.0,
@@ -222,6 +236,16 @@ impl TrainConfig {
         }
         if self.patience == Some(0) {
             bail!("--patience must be at least 1 validation row");
+        }
+        if self.validation_samples > MAX_SAMPLES {
+            bail!("--validation-samples must be at most {MAX_SAMPLES}, got {}", self.validation_samples);
+        }
+        if self.validation_samples == 0 {
+            for (flag, used) in [("--patience", self.patience.is_some()), ("--restore-best", self.restore_best)] {
+                if used {
+                    bail!("{flag} watches the validation rows, which --validation-samples 0 leaves out");
+                }
+            }
         }
         if !(1..=MAX_THREADS).contains(&self.threads) {
             bail!("--threads must be between 1 and {MAX_THREADS}, got {}", self.threads);
