@@ -49,7 +49,7 @@ fn small_model_learns_addition_and_records_its_run() {
         json!({
             "samples": 24000, "batch_size": 32, "epochs": 1, "learning_rate": 0.002, "seed": 11,
             "evaluation_samples": 10000, "lr_schedule": "constant", "warmup": 0, "final_learning_rate": 0.0,
-            "threads": 1, "checkpoint_minutes": 10.0
+            "threads": 1, "checkpoint_minutes": 10.0, "validation_samples": 1000
         })
     );
     assert_eq!(config["trained_on"], "cpu");
