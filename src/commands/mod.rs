@@ -318,7 +318,7 @@ impl RunData {
         let held_out = || PairSource::new(problem, Arc::clone(&loaded.validation), None);
         Self {
             training: Arc::new(PairSource::new(problem, Arc::clone(&loaded.training), Some(training.seed))),
-            validation: Self::first(training.validation_samples, || held_out().first(training.validation_samples)),
+            validation: Self::validation(training.validation_samples, |samples| held_out().first(samples)),
             evaluation: Arc::new(held_out()),
         }
     }
@@ -329,14 +329,17 @@ impl RunData {
         let held_out = || SequenceSource::new(problem, Arc::clone(&loaded.validation), None);
         Self {
             training: Arc::new(SequenceSource::new(problem, Arc::clone(&loaded.training), Some(training.seed))),
-            validation: Self::first(training.validation_samples, || held_out().first(training.validation_samples)),
+            validation: Self::validation(training.validation_samples, |samples| held_out().first(samples)),
             evaluation: Arc::new(held_out()),
         }
     }
 
-    /// The validation source `make` makes, unless `samples` is 0.
-    fn first<S: SampleSource + 'static>(samples: usize, make: impl FnOnce() -> S) -> Option<Arc<dyn SampleSource>> {
-        (samples > 0).then(|| Arc::new(make()) as Arc<dyn SampleSource>)
+    /// `make(samples)`, the validation rows' source, unless `--validation-samples 0` asks for none.
+    fn validation<S: SampleSource + 'static>(
+        samples: usize,
+        make: impl FnOnce(usize) -> S,
+    ) -> Option<Arc<dyn SampleSource>> {
+        (samples > 0).then(|| Arc::new(make(samples)) as Arc<dyn SampleSource>)
     }
 }
 
