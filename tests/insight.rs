@@ -124,6 +124,26 @@ fn train_logs_metrics_at_its_cadence_and_each_epoch_end() {
     assert!(number(&rows[7][6]) < number(&rows[0][6]), "{rows:?}");
 }
 
+/// `--log-every epoch` logs at each epoch's end only, whatever an epoch's size (your own data's
+/// is known only once its pairs are read), as Keras does.
+#[test]
+fn log_every_epoch_gives_one_row_at_each_epoch_end() {
+    let home = TempDir::new().unwrap();
+    let data = home.path().join("pairs.tsv");
+    write_pairs(&data, &reversal_pairs(400, 3));
+    let dir = home.path().join("model");
+    let mut args = vec!["train", "--data", path_str(&data), "--out", path_str(&dir), "--epochs", "3"];
+    args.extend_from_slice(&["--log-every", "epoch", "--encoder-units", "8", "--decoder-units", "8", "--quiet"]);
+    run(&args).succeeded();
+    let config = read_json(&dir.join("config.json"));
+    let pairs = config["task"]["data"]["training_pairs"].as_u64().expect("training pairs") as usize;
+    assert_eq!(config["training"]["log_every"].as_u64(), Some(pairs as u64));
+    let rows = metrics_rows(&dir);
+    let positions: Vec<(usize, &str)> = rows.iter().map(|row| (number(&row[0]) as usize, row[1].as_str())).collect();
+    assert_eq!(positions, [(pairs, "1"), (2 * pairs, "2"), (3 * pairs, "3")]);
+    run(&["train", "--log-every", "epochs"]).failed_usage().stderr_has(&["neither a number of samples nor `epoch`"]);
+}
+
 #[test]
 fn plot_draws_the_learning_curve_as_a_1200x700_png() {
     let home = TempDir::new().unwrap();

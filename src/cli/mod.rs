@@ -31,7 +31,9 @@ use crate::nn::device::DeviceChoice;
 use crate::nn::model::{DecoderKind, ModelConfig};
 use crate::output::{self, Stdout};
 use crate::task::{ArithmeticProblem, OperatorWeights, Operators, SequenceKind, SequenceProblem, Task, TermCount};
-use crate::train::{DEFAULT_CHECKPOINT_MINUTES, DEFAULT_VALIDATION_SAMPLES, LrSchedule, Progress, TrainConfig};
+use crate::train::{
+    DEFAULT_CHECKPOINT_MINUTES, DEFAULT_VALIDATION_SAMPLES, LogCadence, LrSchedule, Progress, TrainConfig,
+};
 
 /// Most CPU threads: far more than these models use, few enough to start in a moment.
 pub const MAX_THREADS: u64 = crate::train::MAX_THREADS as u64;
@@ -310,7 +312,8 @@ pub struct TrainArgs {
     pub max_grad_norm: Option<f64>,
     /// Stop early once N validation rows of metrics.csv in a row have not improved on the best
     /// validation loss before them (Keras's EarlyStopping(patience=N) on val_loss; rows come
-    /// every --log-every samples). The model saved is the last one (see --restore-best).
+    /// every --log-every samples, and with --log-every epoch once an epoch, as Keras counts).
+    /// The model saved is the last one (see --restore-best).
     /// [default: train to the end]
     #[arg(long, value_name = "N")]
     pub patience: Option<usize>,
@@ -358,10 +361,11 @@ pub struct TrainArgs {
     #[arg(long, value_name = "M", help_heading = "Checkpoints", allow_negative_numbers = true)]
     pub checkpoint_minutes: Option<f64>,
     /// Add a row to the model directory's metrics.csv every N samples (and at each epoch's end):
-    /// running loss and accuracies, and the same figures on the validation samples.
+    /// running loss and accuracies, and the same figures on the validation samples. `epoch`: at
+    /// each epoch's end only, as Keras logs (then --patience counts epochs).
     /// [default: a twentieth of the run, at least one batch]
-    #[arg(long, value_name = "N")]
-    pub log_every: Option<usize>,
+    #[arg(long, value_name = "N|epoch")]
+    pub log_every: Option<LogCadence>,
     /// Samples scored for the validation columns of every metrics.csv row, the same ones at every
     /// row: the first N of the fresh evaluation samples, or of your own held-out pairs (at most
     /// all of them). 0 leaves the columns empty and the time to score them out.
@@ -545,7 +549,7 @@ impl TrainArgs {
                 evaluation_samples: self.eval_samples.unwrap_or(DEFAULT_EVALUATION_SAMPLES),
                 checkpoint_every: self.checkpoint_every,
                 checkpoint_minutes: self.checkpoint_minutes.unwrap_or(DEFAULT_CHECKPOINT_MINUTES),
-                log_every: self.log_every,
+                log_every: None,
                 validation_samples: self.validation_samples,
                 lr_schedule: self.lr_schedule,
                 warmup: self.warmup,
@@ -560,6 +564,7 @@ impl TrainArgs {
             device: self.device,
             out: self.out,
             overwrite: self.overwrite,
+            log_every: self.log_every,
             progress: Progress::for_stdout(self.quiet),
         })
     }

@@ -38,7 +38,7 @@ use crate::store::metrics_log::{METRICS_FILE, MetricsLog, MetricsRow, read_metri
 use crate::task::Task;
 use crate::train::interrupt::{self, Stopped};
 use crate::train::{
-    self, AfterReport, DEFAULT_VALIDATION_SAMPLES, Position, Progress, TrainConfig, TrainLoop, TrainOutcome,
+    self, AfterReport, DEFAULT_VALIDATION_SAMPLES, LogCadence, Position, Progress, TrainConfig, TrainLoop, TrainOutcome,
 };
 use crate::viz::{pca, plot};
 
@@ -72,6 +72,9 @@ pub struct TrainRequest {
     pub out: Option<PathBuf>,
     /// Replace the model or checkpoint that `out` may hold.
     pub overwrite: bool,
+    /// `--log-every`, which sets `training.log_every` once an epoch's size is known (your own
+    /// data's is its training pairs); `None`: the default cadence.
+    pub log_every: Option<LogCadence>,
     pub progress: Progress,
 }
 
@@ -141,6 +144,9 @@ pub fn train(request: &TrainRequest) -> Result<PathBuf> {
             (Task::Autoencoder(loaded.problem.clone()), RunData::sequences(&loaded, &training))
         }
     };
+    if let Some(cadence) = request.log_every {
+        training.log_every = Some(cadence.samples(training.samples));
+    }
     let (task, training) = (&task, &training);
     if let Some(signal) = interrupt::requested() {
         return Err(
@@ -215,7 +221,7 @@ pub struct ResumeRequest {
     /// Replaces the number of samples scored at the end, when given.
     pub evaluation_samples: Option<usize>,
     /// Replaces the metrics log's cadence, when given.
-    pub log_every: Option<usize>,
+    pub log_every: Option<LogCadence>,
     /// Replaces the run's thread count, when given (the weights then differ from an
     /// uninterrupted run's with the recorded count).
     pub threads: Option<usize>,
@@ -238,8 +244,8 @@ pub fn resume(request: &ResumeRequest) -> Result<PathBuf> {
     if let Some(samples) = request.evaluation_samples {
         training.evaluation_samples = samples;
     }
-    if request.log_every.is_some() {
-        training.log_every = request.log_every;
+    if let Some(cadence) = request.log_every {
+        training.log_every = Some(cadence.samples(training.samples));
     }
     if let Some(threads) = request.threads {
         training.threads = threads;

@@ -96,6 +96,38 @@ fn is_zero(samples: &usize) -> bool {
     *samples == 0
 }
 
+/// `--log-every`: how often `metrics.csv` gains a row. Rows also come at each epoch's end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogCadence {
+    /// Every this many samples.
+    Samples(usize),
+    /// At each epoch's end only: Keras's cadence, which makes `--patience` count epochs.
+    Epoch,
+}
+
+impl LogCadence {
+    /// The samples between rows, for a run of `epoch_samples` per epoch.
+    pub fn samples(self, epoch_samples: usize) -> usize {
+        match self {
+            LogCadence::Samples(samples) => samples,
+            LogCadence::Epoch => epoch_samples,
+        }
+    }
+}
+
+impl std::str::FromStr for LogCadence {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text == "epoch" {
+            return Ok(LogCadence::Epoch);
+        }
+        text.parse()
+            .map(LogCadence::Samples)
+            .map_err(|_| format!("{text:?} is neither a number of samples nor `epoch`"))
+    }
+}
+
 /// The learning rate's course over a run, after the warm-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
