@@ -51,6 +51,10 @@ const AXIS_LIMIT: f64 = 1e300;
 const LEGEND_HEIGHT: u32 = 70;
 /// Width of one legend entry: one column per metric.
 const LEGEND_COLUMN_WIDTH: i32 = 330;
+/// Height of the strip under the learning curve that draws the gradient's norm, when the log has one.
+const GRADIENT_STRIP_HEIGHT: u32 = 170;
+/// The gradient norm's line: a colour no metric, text or grid line uses (matplotlib's tab:purple).
+const GRADIENT_COLOUR: RGBColor = RGBColor(148, 103, 189);
 
 /// Draws loss (left axis) and accuracies in % (right axis) against samples seen, training and
 /// validation as separate series, into a 1200x700 picture at `path` (PNG or SVG, by its name).
@@ -88,7 +92,12 @@ pub fn learning_curve(rows: &[MetricsRow], title: &str, path: &Path) -> Result<(
     // Losses are never negative in practice: start the axis at 0 so that curves compare by height.
     let loss_range = if loss_values.fold(f64::INFINITY, f64::min) >= 0.0 { 0.0..loss_range.end } else { loss_range };
     let has_accuracy = curves.iter().any(|curve| curve.metric != Metric::Loss);
-    render(path, &LearningCurve { title, curves, samples_range, loss_range, has_accuracy })
+    let gradient_norms = rows
+        .iter()
+        .filter_map(|row| Some((row.samples_seen as f64, row.gradient_norm?)))
+        .filter(|(_, norm)| norm.is_finite() && *norm > 0.0)
+        .collect();
+    render(path, &LearningCurve { title, curves, samples_range, loss_range, has_accuracy, gradient_norms })
 }
 
 /// The learning curve, ready to draw.
@@ -98,6 +107,48 @@ struct LearningCurve<'a> {
     samples_range: Range<f64>,
     loss_range: Range<f64>,
     has_accuracy: bool,
+    /// (samples seen, the last batch's gradient norm before clipping), drawn in a strip of their
+    /// own: their scale is not the loss's.
+    gradient_norms: Vec<(f64, f64)>,
+}
+
+impl LearningCurve<'_> {
+    /// Right-axis room, so that the strip's plotting area lines up with the chart's.
+    fn right_label_area(&self) -> u32 {
+        if self.has_accuracy { 90 } else { 0 }
+    }
+
+    /// The gradient norms against samples seen, under the chart and aligned with it.
+    fn draw_gradient_strip<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        let norms = 0.0..padded_range(self.gradient_norms.iter().map(|&(_, norm)| norm), 0.1).end;
+        let mut strip = ChartBuilder::on(area)
+            .margin_left(CHART_MARGIN)
+            .margin_right(CHART_MARGIN + self.right_label_area())
+            .margin_top(10)
+            .x_label_area_size(50)
+            .y_label_area_size(90)
+            .build_cartesian_2d(self.samples_range.clone(), norms)?;
+        strip
+            .configure_mesh()
+            .x_desc("samples seen")
+            .y_desc("gradient norm")
+            .x_label_formatter(&|samples| format_count(*samples))
+            .y_label_formatter(&tick_label)
+            .y_labels(4)
+            .label_style((FONT, LABEL_SIZE))
+            .axis_desc_style((FONT, LABEL_SIZE))
+            .draw()?;
+        let style = GRADIENT_COLOUR.stroke_width(2);
+        let area = strip.plotting_area();
+        area.draw(&PathElement::new(self.gradient_norms.clone(), style))?;
+        for &point in &self.gradient_norms {
+            area.draw(&Circle::new(point, 3, GRADIENT_COLOUR.filled()))?;
+        }
+        Ok(())
+    }
 }
 
 impl Picture for LearningCurve<'_> {
@@ -108,19 +159,26 @@ impl Picture for LearningCurve<'_> {
         DB::ErrorType: 'static,
     {
         let (chart_area, legend_area) = root.split_vertically(Self::SIZE.1 - LEGEND_HEIGHT);
+        let (chart_area, strip_area) = match self.gradient_norms.is_empty() {
+            true => (chart_area, None),
+            false => {
+                let (chart, strip) = chart_area.split_vertically(Self::SIZE.1 - LEGEND_HEIGHT - GRADIENT_STRIP_HEIGHT);
+                (chart, Some(strip))
+            }
+        };
         let (title, title_size) = fitted_title(&chart_area, self.title)?;
         let mut chart = ChartBuilder::on(&chart_area)
             .caption(title, (FONT, title_size))
             .margin(CHART_MARGIN)
             .margin_bottom(0)
-            .x_label_area_size(60)
+            .x_label_area_size(if strip_area.is_some() { 30 } else { 60 })
             .y_label_area_size(90)
-            .right_y_label_area_size(if self.has_accuracy { 90 } else { 0 })
+            .right_y_label_area_size(self.right_label_area())
             .build_cartesian_2d(self.samples_range.clone(), self.loss_range.clone())?
             .set_secondary_coord(self.samples_range.clone(), 0.0..100.0);
         chart
             .configure_mesh()
-            .x_desc("samples seen")
+            .x_desc(if strip_area.is_some() { "" } else { "samples seen" })
             .y_desc("loss")
             .x_label_formatter(&|samples| format_count(*samples))
             .y_label_formatter(&tick_label)
@@ -141,6 +199,9 @@ impl Picture for LearningCurve<'_> {
                 Metric::Loss => curve.draw(chart.plotting_area())?,
                 Metric::CharAccuracy | Metric::SequenceAccuracy => curve.draw(chart.secondary_plotting_area())?,
             }
+        }
+        if let Some(strip_area) = &strip_area {
+            self.draw_gradient_strip(strip_area)?;
         }
         // The legend starts level with the plotting area's left edge.
         let left = chart.plotting_area().get_pixel_range().0.start;
@@ -522,6 +583,12 @@ mod tests {
     /// Decodes the PNG at `path`, checks its size, and returns the distinct colours in its central
     /// region (the middle half in each direction, inside the plotting area).
     fn central_colours(path: &Path, (width, height): (u32, u32)) -> HashSet<Vec<u8>> {
+        colours_in(path, (width, height), (width / 4..width * 3 / 4, height / 4..height * 3 / 4))
+    }
+
+    /// The distinct colours of the pixels in `(x_range, y_range)` of the PNG at `path`, after
+    /// checking its size.
+    fn colours_in(path: &Path, (width, height): (u32, u32), region: (Range<u32>, Range<u32>)) -> HashSet<Vec<u8>> {
         let file = File::open(path).expect("the picture exists");
         let mut reader = png::Decoder::new(std::io::BufReader::new(file)).read_info().expect("a PNG header");
         let mut pixels = vec![0; reader.output_buffer_size().expect("a sensible PNG size")];
@@ -529,7 +596,7 @@ mod tests {
         assert_eq!((frame.width, frame.height), (width, height));
         let channels = frame.color_type.samples();
         let row_bytes = frame.line_size;
-        let (x_range, y_range) = (width / 4..width * 3 / 4, height / 4..height * 3 / 4);
+        let (x_range, y_range) = region;
         y_range
             .flat_map(|y| x_range.clone().map(move |x| (x, y)))
             .map(|(x, y)| {
@@ -594,6 +661,23 @@ mod tests {
         assert!(central_colours(&path, (1200, 700)).len() > 1);
         let leftovers: Vec<_> = std::fs::read_dir(dir.path()).expect("list the directory").collect();
         assert_eq!(leftovers.len(), 1, "only the picture remains, no temporary file");
+    }
+
+    #[test]
+    fn gradient_norms_are_drawn_in_a_strip_under_the_chart_when_the_log_has_them() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let grey = vec![GRADIENT_COLOUR.0, GRADIENT_COLOUR.1, GRADIENT_COLOUR.2];
+        let strip = (200..1000, 700 - LEGEND_HEIGHT - GRADIENT_STRIP_HEIGHT + 20..700 - LEGEND_HEIGHT - 60);
+        let with = dir.path().join("with.png");
+        learning_curve(&rows(true), "with norms", &with).expect("draw");
+        assert!(colours_in(&with, (1200, 700), strip.clone()).contains(&grey), "no gradient line in the strip");
+
+        let without_norms: Vec<MetricsRow> =
+            rows(true).into_iter().map(|row| MetricsRow { gradient_norm: None, ..row }).collect();
+        let without = dir.path().join("without.png");
+        learning_curve(&without_norms, "an older log", &without).expect("draw");
+        let whole = (0..1200, 0..700);
+        assert!(!colours_in(&without, (1200, 700), whole).contains(&grey), "a strip without norms");
     }
 
     #[test]
