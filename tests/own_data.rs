@@ -335,6 +335,10 @@ fn the_held_out_split_is_deterministic_disjoint_and_a_valid_file_is_checked_for_
     // A model evaluates on any file of pairs in its own token settings.
     let scored = run(&["evaluate", "--model", path_str(&v), "--data", path_str(&valid), "--json"]);
     assert_eq!(json_lines(&scored.stdout)[0]["samples"], 50);
+    // Scoring pairs the model was trained on is allowed, and said: here the whole training file.
+    let scored = run(&["evaluate", "--model", path_str(&a), "--data", path_str(&data)]);
+    let trained_on = format!("note: {} of the 1,000 pairs scored are pairs this model was trained on", trained(&a));
+    scored.succeeded().stderr_has(&[&trained_on]);
 }
 
 #[test]

@@ -14,6 +14,7 @@ use crate::data::corpus::batches::PairSource;
 use crate::data::corpus::load;
 use crate::data::corpus::read::PairFiles;
 use crate::data::corpus::sequences::{self, SequenceSource};
+use crate::data::corpus::{PairCorpus, thousands};
 use crate::data::{BatchStream, Stream};
 use crate::evaluate::mistakes::{ErrorReport, MistakeTally};
 use crate::evaluate::pair_mistakes::{PairMistake, PairMistakes};
@@ -218,6 +219,7 @@ fn evaluate_pairs(
             if corpus.is_empty() {
                 bail!("{files} holds no pair this model can score");
             }
+            note_training_pairs(problem, loaded.config.training.seed, &corpus);
             (Arc::new(corpus), files.to_string())
         }
         None => {
@@ -236,6 +238,22 @@ fn evaluate_pairs(
     })?;
     let mistakes = mistakes.map(PairMistakes::finish);
     Ok(EvaluateReport::Pairs { origin, device: decoded_on(device, request.beam), evaluation, mistakes })
+}
+
+/// Says how many of the pairs to score are pairs the model was trained on (a test file that
+/// overlaps the training data flatters the figures), when the training data can still be read
+/// as it was; otherwise nothing, as the check is only a courtesy.
+fn note_training_pairs(problem: &PairsProblem, seed: u64, scored: &PairCorpus) {
+    let Ok(trained) = load::reload(problem, seed) else { return };
+    let seen = trained.training.overlap(scored);
+    if seen > 0 {
+        output::note(format!(
+            "note: {} of the {} pairs scored are pairs this model was trained on: its figures on them say less \
+             about pairs it has not seen",
+            thousands(seen),
+            thousands(scored.len())
+        ));
+    }
 }
 
 /// Scores an autoencoder on a file of sequences (`--data`), or on the held-out part of the file

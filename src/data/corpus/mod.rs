@@ -8,7 +8,7 @@ pub mod read;
 pub mod sequences;
 pub mod vocabulary;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use rand::SeedableRng;
@@ -174,12 +174,17 @@ impl PairCorpus {
     }
 
     /// How many pairs of `other` also occur here (ids compared, so both must share vocabularies).
+    /// Only `other`'s pairs are held, borrowed: it is the smaller side (pairs scored against the
+    /// training pairs).
     pub fn overlap(&self, other: &PairCorpus) -> usize {
-        let keys: HashSet<(Vec<u32>, Vec<u32>)> =
-            (0..self.len()).map(|i| (self.sources.get(i).to_vec(), self.targets.get(i).to_vec())).collect();
-        (0..other.len())
-            .filter(|&i| keys.contains(&(other.sources.get(i).to_vec(), other.targets.get(i).to_vec())))
-            .count()
+        fn pair(corpus: &PairCorpus, index: usize) -> (&[u32], &[u32]) {
+            (corpus.sources.get(index), corpus.targets.get(index))
+        }
+        let mut counts: HashMap<(&[u32], &[u32]), usize> = HashMap::new();
+        for index in 0..other.len() {
+            *counts.entry(pair(other, index)).or_default() += 1;
+        }
+        (0..self.len()).filter_map(|index| counts.remove(&pair(self, index))).sum()
     }
 
     /// Bytes the packed pairs hold.
@@ -287,6 +292,16 @@ mod tests {
         assert_eq!((packed.len(), packed.longest()), (3, 2));
         packed.remap(&[0, 0, 0, 9, 8, 7]);
         assert_eq!(packed.get(0), [9, 8]);
+    }
+
+    #[test]
+    fn overlap_counts_every_pair_of_the_other_side_found_here() {
+        let training = corpus(&[(&[2, 3], &[3, 2]), (&[4], &[4]), (&[2, 3], &[3, 2])]);
+        // A pair twice counts twice; the same source with another target, or the reverse, not at all.
+        let scored = corpus(&[(&[2, 3], &[3, 2]), (&[2, 3], &[3, 2]), (&[2, 3], &[2, 3]), (&[4], &[4]), (&[5], &[5])]);
+        assert_eq!(training.overlap(&scored), 3);
+        assert_eq!(scored.overlap(&training), 3);
+        assert_eq!(training.overlap(&PairCorpus::default()), 0);
     }
 
     #[test]
