@@ -136,6 +136,8 @@ fn a_threaded_scheduled_run_resumes_bit_for_bit_with_its_recorded_settings() {
         // Below every step's norm here, so every step is clipped.
         "--max-grad-norm",
         "0.01",
+        "--adam-betas",
+        "0.85,0.98",
         // The best validation row's weights go into the checkpoint and come back with it.
         "--restore-best",
     ];
@@ -149,7 +151,10 @@ fn a_threaded_scheduled_run_resumes_bit_for_bit_with_its_recorded_settings() {
     assert_eq!((training["warmup"].as_u64(), training["curriculum"].as_u64()), (Some(6000), Some(12000)));
     assert_eq!(training["operator_weights"].as_str(), Some("+=1,-=3,*=1,/=1"));
     assert_eq!(training["max_grad_norm"].as_f64(), Some(0.01));
-    run(&["info", "--model", path_str(&uninterrupted)]).succeeded().stdout_has(&["gradients clipped to norm 0.01"]);
+    assert_eq!(training["adam_betas"], serde_json::json!([0.85, 0.98]));
+    run(&["info", "--model", path_str(&uninterrupted)])
+        .succeeded()
+        .stdout_has(&["gradients clipped to norm 0.01", "Adam's betas 0.85 and 0.98"]);
     // metrics.csv logs each row's last gradient as it was before clipping.
     let log = fs::read_to_string(uninterrupted.join("metrics.csv")).unwrap();
     let norms: Vec<f64> = log.lines().skip(1).map(|line| line.rsplit(',').next().unwrap().parse().unwrap()).collect();

@@ -29,6 +29,7 @@ use crate::data::csv::Columns;
 use crate::data::input::InputSource;
 use crate::nn::device::DeviceChoice;
 use crate::nn::model::{DecoderKind, ModelConfig};
+use crate::nn::optim::Betas;
 use crate::output::{self, Stdout};
 use crate::task::{ArithmeticProblem, OperatorWeights, Operators, SequenceKind, SequenceProblem, Task, TermCount};
 use crate::train::{
@@ -310,6 +311,11 @@ pub struct TrainArgs {
     /// (PyTorch's clip_grad_norm_, OpenNMT's -max_grad_norm). [default: no clipping]
     #[arg(long, value_name = "NORM", allow_negative_numbers = true)]
     pub max_grad_norm: Option<f64>,
+    /// Adam's decay rates of its first and second moments (PyTorch's betas, Keras's beta_1 and
+    /// beta_2); a lower second, such as 0.98, follows a changing gradient scale sooner, which
+    /// can keep a high learning rate stable. [default: 0.9,0.999]
+    #[arg(long, value_name = "B1,B2", allow_negative_numbers = true)]
+    pub adam_betas: Option<Betas>,
     /// Stop early once N validation rows of metrics.csv in a row have not improved on the best
     /// validation loss before them (Keras's EarlyStopping(patience=N) on val_loss; rows come
     /// every --log-every samples, and with --log-every epoch once an epoch, as Keras counts).
@@ -378,7 +384,7 @@ pub struct TrainArgs {
         "max_target_len", "source_tokens", "target_tokens", "skip_bad_lines", "ops", "terms", "largest", "reverse", "reverse_output", "length", "sequence", "low", "high", "encoder_units",
         "decoder_units", "encoder_layers", "decoder_layers", "dropout", "decoder", "bidirectional", "attention_heads", "samples", "batch_size", "epochs",
         "learning_rate", "seed", "out", "overwrite", "lr_schedule", "warmup", "final_learning_rate", "curriculum", "op_weights",
-        "max_grad_norm", "patience", "restore_best", "validation_samples",
+        "max_grad_norm", "adam_betas", "patience", "restore_best", "validation_samples",
     ])]
     pub resume: Option<PathBuf>,
 }
@@ -558,6 +564,7 @@ impl TrainArgs {
                 curriculum: self.curriculum,
                 operator_weights: self.op_weights,
                 max_grad_norm: self.max_grad_norm,
+                adam_betas: self.adam_betas.unwrap_or_default(),
                 patience: self.patience,
                 restore_best: self.restore_best,
             },

@@ -12,6 +12,7 @@ use crate::commands::evaluate::describe_evaluation;
 use crate::evaluate::Evaluation;
 use crate::nn::device::RuntimeInfo;
 use crate::nn::model::ModelConfig;
+use crate::nn::optim::Betas;
 use crate::output::Report;
 use crate::store::checkpoint::{self, Versions};
 use crate::train::{DEFAULT_VALIDATION_SAMPLES, LrSchedule, TrainConfig};
@@ -167,6 +168,10 @@ fn describe_training(training: &TrainConfig, held_out: Option<usize>) -> String 
     }
     if let Some(norm) = training.max_grad_norm {
         parts.push(format!("gradients clipped to norm {norm}"));
+    }
+    if !training.adam_betas.is_default() {
+        let Betas(beta1, beta2) = training.adam_betas;
+        parts.push(format!("Adam's betas {beta1} and {beta2}"));
     }
     if let Some(rows) = training.patience {
         parts.push(format!("early stopping after {} without a better validation loss", plural(rows, "row")));

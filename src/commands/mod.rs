@@ -182,7 +182,7 @@ pub fn train(request: &TrainRequest) -> Result<PathBuf> {
     let mut vs = nn::VarStore::new(Device::Cpu);
     let model = Seq2Seq::new_seeded(&vs.root(), model_config, ModelShape::for_task(task), training.seed);
     model.place(&mut vs, device);
-    let mut optimizer = Adam::new(&vs, training.learning_rate);
+    let mut optimizer = Adam::new(&vs, training.learning_rate).with_betas(training.adam_betas);
     let trained = run_training(
         Session {
             dir: out.path,

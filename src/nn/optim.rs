@@ -1,8 +1,8 @@
 //! Adam whose moments and step count can be saved and restored, so that a resumed run
 //! continues bit for bit. (tch's `nn::Adam` wraps libtorch's C++ optimiser and hides its state.)
 //!
-//! The update is `torch.optim.Adam`'s default on the CPU (the single-tensor path: betas
-//! 0.9/0.999, eps 1e-8, no weight decay, no amsgrad), with PyTorch's rounding: on a GPU op for
+//! The update is `torch.optim.Adam`'s on the CPU (the single-tensor path: betas 0.9/0.999
+//! unless [`Betas`] says otherwise, eps 1e-8, no weight decay, no amsgrad), with PyTorch's rounding: on a GPU op for
 //! op, and for float32 on the CPU in one pass over the elements (`fused`) that rounds as
 //! those ops' kernels do, bit for bit.
 
@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 
 use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor, nn};
 
 use crate::nn::device::{autograd_forced, dtype_name};
@@ -20,9 +21,52 @@ mod fused;
 
 pub use fused::Constants as StepConstants;
 
-const BETA1: f64 = 0.9;
-const BETA2: f64 = 0.999;
 const EPS: f64 = 1e-8;
+
+/// Adam's decay rates of its two moment estimates (PyTorch's `betas`, Keras's `beta_1` and
+/// `beta_2`); written `B1,B2` and stored as `[B1, B2]`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Betas(pub f64, pub f64);
+
+impl Default for Betas {
+    /// PyTorch's and Keras's: 0.9 and 0.999.
+    fn default() -> Self {
+        Betas(0.9, 0.999)
+    }
+}
+
+impl Betas {
+    /// These betas, or why Adam cannot use them.
+    pub fn check(self) -> Result<Self, String> {
+        match [self.0, self.1].iter().all(|beta| (0.0..1.0).contains(beta)) {
+            true => Ok(self),
+            false => Err(format!("Adam's betas must each be at least 0 and below 1, got {self}")),
+        }
+    }
+
+    /// Whether these are the defaults, which config.json leaves unwritten.
+    pub fn is_default(&self) -> bool {
+        *self == Betas::default()
+    }
+}
+
+impl std::str::FromStr for Betas {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let number = |part: &str| part.trim().parse::<f64>().ok();
+        match text.split_once(',').and_then(|(first, second)| Some((number(first)?, number(second)?))) {
+            Some((beta1, beta2)) => Betas(beta1, beta2).check(),
+            None => Err(format!("{text:?} is not two numbers B1,B2 (e.g. 0.9,0.98)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Betas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{},{}", self.0, self.1)
+    }
+}
 
 /// The name of the step counter in [`Adam::state`].
 pub const STEP_NAME: &str = "adam.step";
@@ -45,14 +89,14 @@ struct Buffers {
 impl Buffers {
     /// PyTorch's single-tensor update up to the parameter change, whose lines the comments quote:
     /// afterwards the parameter moves by `scaled / denom` (`addcdiv_`).
-    fn advance(&mut self, grad: &Tensor, bias_correction2_sqrt: f64, step_size: f64) {
+    fn advance(&mut self, grad: &Tensor, Betas(beta1, beta2): Betas, bias_correction2_sqrt: f64, step_size: f64) {
         // exp_avg.lerp_(grad, 1 - beta1)
-        let _ = self.exp_avg.lerp_(grad, 1.0 - BETA1);
+        let _ = self.exp_avg.lerp_(grad, 1.0 - beta1);
         // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2): tch's addcmul_ has no
         // `value`, and the kernel computes self + (value * t1) * t2, so scaling t1 first rounds
         // identically.
-        let _ = self.exp_avg_sq.g_mul_scalar_(BETA2);
-        let _ = grad.mul_scalar_out(&self.scaled, 1.0 - BETA2);
+        let _ = self.exp_avg_sq.g_mul_scalar_(beta2);
+        let _ = grad.mul_scalar_out(&self.scaled, 1.0 - beta2);
         let _ = self.exp_avg_sq.addcmul_(&self.scaled, grad);
         // denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
         let _ = self.exp_avg_sq.sqrt_out(&self.denom);
@@ -88,6 +132,7 @@ pub struct Adam {
     /// variables' device and dtype when the optimiser is built), the handles those passes use.
     fused: Option<RangeUpdate>,
     learning_rate: f64,
+    betas: Betas,
     steps: u64,
     /// The last step's gradient norm before clipping scaled the gradient, where it was clipped.
     pre_clip_norm: Option<PreClipNorm>,
@@ -131,9 +176,16 @@ impl Adam {
                 Parameter { name, start, variable, buffers }
             })
             .collect();
-        let mut adam = Adam { parameters, flat, learning_rate, steps: 0, fused: None, pre_clip_norm: None };
+        let betas = Betas::default();
+        let mut adam = Adam { parameters, flat, learning_rate, betas, steps: 0, fused: None, pre_clip_norm: None };
         adam.fused = adam.can_run_fused().then(|| adam.new_range_update());
         adam
+    }
+
+    /// The same optimiser with other decay rates of its moments (`--adam-betas`).
+    pub fn with_betas(mut self, betas: Betas) -> Adam {
+        self.betas = betas;
+        self
     }
 
     /// The slice of the gradient buffer that belongs to `variable` (shaped like it), where
@@ -242,7 +294,7 @@ impl Adam {
     /// [`RangeUpdate::run`], in ranges, instead of [`Adam::step_from_buffer`].
     pub fn begin_step(&mut self) -> StepConstants {
         let (bias_correction2_sqrt, step_size) = self.next_step();
-        StepConstants::new(bias_correction2_sqrt, step_size)
+        StepConstants::new(self.betas, bias_correction2_sqrt, step_size)
     }
 
     fn new_range_update(&self) -> RangeUpdate {
@@ -271,8 +323,9 @@ impl Adam {
     fn next_step(&mut self) -> (f64, f64) {
         self.steps += 1;
         let step = self.steps as f64;
-        let bias_correction1 = 1.0 - BETA1.powf(step);
-        let bias_correction2_sqrt = (1.0 - BETA2.powf(step)).sqrt();
+        let Betas(beta1, beta2) = self.betas;
+        let bias_correction1 = 1.0 - beta1.powf(step);
+        let bias_correction2_sqrt = (1.0 - beta2.powf(step)).sqrt();
         (bias_correction2_sqrt, self.learning_rate / bias_correction1)
     }
 
@@ -280,7 +333,7 @@ impl Adam {
     /// bit for bit the per-variable update), then each variable moved by its slice.
     fn step_flat(&mut self, bias_correction2_sqrt: f64, step_size: f64) {
         let grad = self.flat.grad.shallow_clone();
-        self.flat.advance(&grad, bias_correction2_sqrt, step_size);
+        self.flat.advance(&grad, self.betas, bias_correction2_sqrt, step_size);
         for parameter in &mut self.parameters {
             let _ = parameter.variable.addcdiv_(&parameter.buffers.scaled, &parameter.buffers.denom);
         }
@@ -528,26 +581,46 @@ mod tests {
     #[test]
     fn matches_tch_adam() {
         let batches = batches(20);
-        let (ours_vs, ours_model) = model(1);
-        let mut ours = Adam::new(&ours_vs, LEARNING_RATE);
-        train(&ours_model, &mut ours, &batches);
+        let mut moved = Vec::new();
+        for betas in [Betas::default(), Betas(0.8, 0.98)] {
+            let (ours_vs, ours_model) = model(1);
+            let mut ours = Adam::new(&ours_vs, LEARNING_RATE).with_betas(betas);
+            train(&ours_model, &mut ours, &batches);
 
-        let (tch_vs, tch_model) = model(1);
-        let mut reference = nn::Adam::default().build(&tch_vs, LEARNING_RATE).expect("tch builds Adam");
-        for batch in &batches {
-            reference.backward_step(&loss(&tch_model, batch));
-        }
+            let (tch_vs, tch_model) = model(1);
+            let settings = nn::Adam { beta1: betas.0, beta2: betas.1, ..nn::Adam::default() };
+            let mut reference = settings.build(&tch_vs, LEARNING_RATE).expect("tch builds Adam");
+            for batch in &batches {
+                reference.backward_step(&loss(&tch_model, batch));
+            }
 
-        let (ours, reference) = (weights(&ours_vs), weights(&tch_vs));
-        assert_eq!(ours.len(), 10);
-        for (name, expected) in &reference {
-            let difference = (&ours[name] - expected).abs().max().double_value(&[]);
-            let scale = expected.abs().max().double_value(&[]).max(1e-3);
-            assert!(difference <= 1e-6 * scale, "{name}: differs by {difference}, scale {scale}");
+            let (ours, reference) = (weights(&ours_vs), weights(&tch_vs));
+            assert_eq!(ours.len(), 10);
+            for (name, expected) in &reference {
+                let difference = (&ours[name] - expected).abs().max().double_value(&[]);
+                let scale = expected.abs().max().double_value(&[]).max(1e-3);
+                assert!(difference <= 1e-6 * scale, "{betas}: {name} differs by {difference}, scale {scale}");
+            }
+            moved.push(reference["encoder.weight_ih_l0"].copy());
         }
-        // The weights moved: the comparison is not between two untouched models.
+        // The weights moved, and the betas moved them differently: the comparisons are not
+        // between untouched models, nor of betas that go unused.
         let (untouched_vs, _) = model(1);
-        assert!(!reference["encoder.weight_ih_l0"].equal(&weights(&untouched_vs)["encoder.weight_ih_l0"]));
+        assert!(!moved[0].equal(&weights(&untouched_vs)["encoder.weight_ih_l0"]));
+        assert!(!moved[0].equal(&moved[1]));
+    }
+
+    #[test]
+    fn betas_read_as_two_numbers_below_one() {
+        assert_eq!("0.9,0.98".parse::<Betas>(), Ok(Betas(0.9, 0.98)));
+        assert_eq!(" 0 , 0.5 ".parse::<Betas>(), Ok(Betas(0.0, 0.5)));
+        for (text, why) in
+            [("0.9", "not two numbers"), ("0.9,1", "below 1"), ("-0.1,0.9", "at least 0"), ("a,b", "not two")]
+        {
+            let error = text.parse::<Betas>().expect_err(text);
+            assert!(error.contains(why), "{text}: {error}");
+        }
+        assert!(Betas::default().is_default() && !Betas(0.9, 0.98).is_default());
     }
 
     /// Clipping as tch's `clip_grad_norm` (libtorch's float32 norms where ours are summed in
@@ -635,8 +708,9 @@ mod tests {
                 variable.copy_(&fused_vs.variables()[&name]);
             }
         });
-        let (mut fused, mut ops) = (Adam::new(&fused_vs, 0.003), Adam::new(&ops_vs, 0.003));
-        let mut ranged = Adam::new(&ranged_vs, 0.003);
+        // Betas other than the defaults, so that every constant of the step is the configured one.
+        let adam = |vs: &nn::VarStore| Adam::new(vs, 0.003).with_betas(Betas(0.85, 0.98));
+        let (mut fused, mut ops, mut ranged) = (adam(&fused_vs), adam(&ops_vs), adam(&ranged_vs));
         let total = fused.gradient_buffer().numel();
         assert_ne!(total % 16, 0, "some elements take libtorch's scalar remainder");
         let mut rng = StdRng::seed_from_u64(9);

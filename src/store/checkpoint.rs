@@ -434,7 +434,7 @@ pub fn load_checkpoint(dir: &Path, device: Device) -> Result<Checkpoint> {
         .collect();
     copy_weights(&vs, &weights).with_context(context)?;
     model.place(&mut vs, device);
-    let mut optimizer = Adam::new(&vs, config.training.learning_rate);
+    let mut optimizer = Adam::new(&vs, config.training.learning_rate).with_betas(config.training.adam_betas);
     optimizer.load_state(&stored).with_context(context)?;
     let best_weights: BTreeMap<String, Tensor> = stored
         .iter()

@@ -18,7 +18,7 @@ use crate::data::{BatchStream, mix_seed};
 use crate::evaluate::{DEFAULT_EVALUATION_SAMPLES, MetricSums, Metrics};
 use crate::nn::lstm::Masks;
 use crate::nn::model::Seq2Seq;
-use crate::nn::optim::Adam;
+use crate::nn::optim::{Adam, Betas};
 use crate::output::BestEffort;
 use crate::task::OperatorWeights;
 use interrupt::StopSignal;
@@ -78,6 +78,10 @@ pub struct TrainConfig {
     /// together (PyTorch's `clip_grad_norm_`); `None`: no clipping, the reference.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_grad_norm: Option<f64>,
+    /// Adam's decay rates of its moments; PyTorch's and Keras's 0.9 and 0.999 unless set, and
+    /// then left out of config.json as before the option existed.
+    #[serde(default, skip_serializing_if = "Betas::is_default")]
+    pub adam_betas: Betas,
     /// Stop once this many validation rows of `metrics.csv` in a row have not improved on the
     /// best validation loss before them ([`patience`]); `None`: train to the end, the reference.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -185,6 +189,7 @@ impl Default for TrainConfig {
             curriculum: 0,
             operator_weights: None,
             max_grad_norm: None,
+            adam_betas: Betas::default(),
             patience: None,
             restore_best: false,
         }
@@ -266,6 +271,7 @@ impl TrainConfig {
         {
             bail!("--max-grad-norm must be a positive number, got {norm}");
         }
+        self.adam_betas.check().map_err(anyhow::Error::msg)?;
         if self.patience == Some(0) {
             bail!("--patience must be at least 1 validation row");
         }

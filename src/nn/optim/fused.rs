@@ -8,7 +8,7 @@
 //! `sqrt` is MKL's, which is not correctly rounded (it differs from `f32::sqrt` in about one
 //! value in six), so that one op stays libtorch's.
 
-use super::{BETA1, BETA2, EPS};
+use super::{Betas, EPS};
 #[cfg(target_arch = "x86_64")]
 use crate::nn::cell::wide_vectors;
 
@@ -24,11 +24,11 @@ pub struct Constants {
 }
 
 impl Constants {
-    pub fn new(bias_correction2_sqrt: f64, step_size: f64) -> Self {
+    pub fn new(Betas(beta1, beta2): Betas, bias_correction2_sqrt: f64, step_size: f64) -> Self {
         Self {
-            lerp_weight: (1.0 - BETA1) as f32,
-            beta2: BETA2 as f32,
-            one_minus_beta2: (1.0 - BETA2) as f32,
+            lerp_weight: (1.0 - beta1) as f32,
+            beta2: beta2 as f32,
+            one_minus_beta2: (1.0 - beta2) as f32,
             bias_correction2_sqrt: bias_correction2_sqrt as f32,
             eps: EPS as f32,
             negative_step_size: (-step_size) as f32,
