@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use common::*;
@@ -39,6 +39,18 @@ const SMALL_TRAINING: &[&str] = &[
 fn small_model() -> &'static TrainedModel {
     static SMALL: OnceLock<TrainedModel> = OnceLock::new();
     SMALL.get_or_init(|| train_for_the_run("insight-small-model-", SMALL_TRAINING))
+}
+
+/// Trains a tiny model (8 units a side, 50 samples scored at the end, on the CPU) with `args`
+/// into `home/name`, and returns its directory.
+fn train_tiny(home: &Path, name: &str, args: &[&str]) -> PathBuf {
+    let dir = home.join(name);
+    let mut command = vec!["train", "--out", path_str(&dir)];
+    command.extend_from_slice(args);
+    command.extend_from_slice(&["--encoder-units", "8", "--decoder-units", "8", "--eval-samples", "50"]);
+    command.extend_from_slice(&["--device", "cpu", "--quiet"]);
+    run(&command).succeeded();
+    dir
 }
 
 /// The metrics log as rows of fields, after checking its header.
@@ -186,15 +198,10 @@ fn plot_draws_the_learning_curve_as_a_1200x700_png() {
 #[test]
 fn metrics_logging_leaves_the_trained_weights_unchanged() {
     let home = TempDir::new().unwrap();
+    // Two layers with dropout: scoring the validation samples must draw no random numbers.
     let train = |name: &str, every: &str| {
-        let dir = home.path().join(name);
-        let mut args = vec!["train", "--out", path_str(&dir), "--log-every", every];
-        // Two layers with dropout: scoring the validation samples must draw no random numbers.
-        args.extend_from_slice(&["--samples", "320", "--encoder-layers", "2", "--dropout", "0.3"]);
-        args.extend_from_slice(&["--encoder-units", "8", "--decoder-units", "8", "--eval-samples", "50"]);
-        args.extend_from_slice(&["--device", "cpu", "--quiet"]);
-        run(&args).succeeded();
-        dir
+        let args = ["--log-every", every, "--samples", "320", "--encoder-layers", "2", "--dropout", "0.3"];
+        train_tiny(home.path(), name, &args)
     };
     let often = train("often", "32");
     let once = train("once", "1000000");
@@ -283,12 +290,8 @@ fn patience_stops_where_the_logged_validation_losses_say() {
 fn validation_samples_set_what_each_row_scores_or_leave_the_columns_out() {
     let home = TempDir::new().unwrap();
     let train = |name: &str, validation: &str| {
-        let dir = home.path().join(name);
-        let mut args = vec!["train", "--out", path_str(&dir), "--validation-samples", validation];
-        args.extend_from_slice(&["--samples", "640", "--log-every", "320", "--encoder-units", "8"]);
-        args.extend_from_slice(&["--decoder-units", "8", "--eval-samples", "50", "--device", "cpu", "--quiet"]);
-        run(&args).succeeded();
-        dir
+        let args = ["--validation-samples", validation, "--samples", "640", "--log-every", "320"];
+        train_tiny(home.path(), name, &args)
     };
     let evaluated_loss = |dir: &Path, samples: &str| {
         let scored = run(&["evaluate", "--model", path_str(dir), "--samples", samples, "--json"]);
