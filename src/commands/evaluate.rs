@@ -245,13 +245,14 @@ fn evaluate_pairs(
 /// as it was; otherwise nothing, as the check is only a courtesy.
 fn note_training_pairs(problem: &PairsProblem, seed: u64, scored: &PairCorpus) {
     let Ok(trained) = load::reload(problem, seed) else { return };
-    let seen = trained.training.overlap(scored);
-    if seen > 0 {
+    let overlap = trained.training.overlap(scored);
+    if overlap.shared > 0 {
         output::note(format!(
             "note: {} of the {} pairs scored are pairs this model was trained on: its figures on them say less \
-             about pairs it has not seen",
-            thousands(seen),
-            thousands(scored.len())
+             about pairs it has not seen{}",
+            thousands(overlap.shared),
+            thousands(scored.len()),
+            overlap.uncompared_clause()
         ));
     }
 }

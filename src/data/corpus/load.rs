@@ -225,12 +225,13 @@ fn validation(
         );
     }
     if data.valid.is_some() {
-        let shared = training.overlap(&validation);
-        if shared > 0 {
+        let overlap = training.overlap(&validation);
+        if overlap.shared > 0 {
             notes.push(format!(
-                "{} of the {} held-out pairs also occur in the training data",
-                thousands(shared),
-                thousands(validation.len())
+                "{} of the {} held-out pairs also occur in the training data{}",
+                thousands(overlap.shared),
+                thousands(validation.len()),
+                overlap.uncompared_clause()
             ));
         }
     }

@@ -174,22 +174,50 @@ impl PairCorpus {
     }
 
     /// How many pairs of `other` also occur here (ids compared, so both must share vocabularies).
-    /// Only `other`'s pairs are held, borrowed: it is the smaller side (pairs scored against the
-    /// training pairs).
-    pub fn overlap(&self, other: &PairCorpus) -> usize {
+    /// A pair of `other` that holds `<unk>` is not compared, only counted: two different rare
+    /// tokens read alike there. Only `other`'s pairs are held, borrowed: it is the smaller side
+    /// (pairs scored against the training pairs).
+    pub fn overlap(&self, other: &PairCorpus) -> Overlap {
         fn pair(corpus: &PairCorpus, index: usize) -> (&[u32], &[u32]) {
             (corpus.sources.get(index), corpus.targets.get(index))
         }
         let mut counts: HashMap<(&[u32], &[u32]), usize> = HashMap::new();
+        let mut uncompared = 0;
         for index in 0..other.len() {
-            *counts.entry(pair(other, index)).or_default() += 1;
+            let (source, target) = pair(other, index);
+            if source.contains(&UNKNOWN_ID) || target.contains(&UNKNOWN_ID) {
+                uncompared += 1;
+            } else {
+                *counts.entry((source, target)).or_default() += 1;
+            }
         }
-        (0..self.len()).filter_map(|index| counts.remove(&pair(self, index))).sum()
+        let shared = (0..self.len()).filter_map(|index| counts.remove(&pair(self, index))).sum();
+        Overlap { shared, uncompared }
     }
 
     /// Bytes the packed pairs hold.
     pub fn heap_bytes(&self) -> usize {
         self.sources.heap_bytes() + self.targets.heap_bytes()
+    }
+}
+
+/// What [`PairCorpus::overlap`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overlap {
+    /// Pairs of the other side that also occur here.
+    pub shared: usize,
+    /// Pairs of the other side holding `<unk>`, left out of the comparison.
+    pub uncompared: usize,
+}
+
+impl Overlap {
+    /// ", besides N pairs ... not compared" for a message, or nothing when every pair was.
+    pub fn uncompared_clause(&self) -> String {
+        match self.uncompared {
+            0 => String::new(),
+            1 => "; 1 pair holding a token outside the vocabulary was not compared".to_owned(),
+            n => format!("; {} pairs holding tokens outside the vocabulary were not compared", thousands(n)),
+        }
     }
 }
 
@@ -299,9 +327,20 @@ mod tests {
         let training = corpus(&[(&[2, 3], &[3, 2]), (&[4], &[4]), (&[2, 3], &[3, 2])]);
         // A pair twice counts twice; the same source with another target, or the reverse, not at all.
         let scored = corpus(&[(&[2, 3], &[3, 2]), (&[2, 3], &[3, 2]), (&[2, 3], &[2, 3]), (&[4], &[4]), (&[5], &[5])]);
-        assert_eq!(training.overlap(&scored), 3);
-        assert_eq!(scored.overlap(&training), 3);
-        assert_eq!(training.overlap(&PairCorpus::default()), 0);
+        assert_eq!(training.overlap(&scored), Overlap { shared: 3, uncompared: 0 });
+        assert_eq!(scored.overlap(&training), Overlap { shared: 3, uncompared: 0 });
+        assert_eq!(training.overlap(&PairCorpus::default()), Overlap { shared: 0, uncompared: 0 });
+    }
+
+    #[test]
+    fn overlap_leaves_pairs_with_an_unknown_token_uncompared() {
+        // `<unk>` in either side stands for any rare token, so an equal pair of ids proves nothing.
+        let training = corpus(&[(&[UNKNOWN_ID, 3], &[3]), (&[4], &[UNKNOWN_ID]), (&[5], &[5])]);
+        let scored = corpus(&[(&[UNKNOWN_ID, 3], &[3]), (&[4], &[UNKNOWN_ID]), (&[5], &[5])]);
+        let overlap = training.overlap(&scored);
+        assert_eq!(overlap, Overlap { shared: 1, uncompared: 2 });
+        assert_eq!(overlap.uncompared_clause(), "; 2 pairs holding tokens outside the vocabulary were not compared");
+        assert_eq!(Overlap { shared: 1, uncompared: 0 }.uncompared_clause(), "");
     }
 
     #[test]
