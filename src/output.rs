@@ -93,6 +93,15 @@ pub fn plain_io_message(error: &io::Error) -> String {
     }
 }
 
+/// `text` with its line breaks and tabs written `\n`, `\r` and `\t`, for output read one line
+/// per answer and split at tabs (a CSV field may hold both); `--json` keeps the text exact.
+pub fn on_one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains(['\n', '\r', '\t']) {
+        return text.into();
+    }
+    text.replace('\n', "\\n").replace('\r', "\\r").replace('\t', "\\t").into()
+}
+
 /// Progress lines that the work must not depend on: the first failed write silences every later
 /// one (a full disk or a closed pipe stops the progress, not the training), and is kept so that
 /// the command can report it once its work is safe.
@@ -132,6 +141,12 @@ mod tests {
         assert_eq!(StdoutError(full).to_string(), "cannot write to stdout: No space left on device");
         let custom = io::Error::other("odd (os error 5) in the middle");
         assert_eq!(plain_io_message(&custom), "odd (os error 5) in the middle");
+    }
+
+    #[test]
+    fn line_breaks_and_tabs_are_shown_escaped_on_one_line() {
+        assert_eq!(on_one_line("two\r\nlines\tand a tab"), "two\\r\\nlines\\tand a tab");
+        assert!(matches!(on_one_line("plain"), std::borrow::Cow::Borrowed("plain")));
     }
 
     #[test]

@@ -260,8 +260,23 @@ fn a_csv_file_is_read_in_its_named_columns_by_train_evaluate_and_predict() {
     let sources = home.path().join("sources.csv");
     fs::write(&sources, "word\nabc\n\n\"ab\n").expect("write");
     let answers = run(&["predict", "--model", model, "--file", path_str(&sources)]);
-    answers.failed().stderr_has(&["sources.csv:3: the source is empty", "sources.csv:4: a quoted field is not closed"]);
+    answers.failed().stderr_has(&[
+        "sources.csv:3: the source is empty",
+        "sources.csv:4: a quoted field opened on this record's first line is not closed at the end of the file",
+    ]);
     assert!(answers.stdout.starts_with("abc\t"), "{}", answers.stdout);
+    // A quoted field may hold a line break (a spreadsheet's cell of two lines): its record spans
+    // its lines, located by them; the plain output writes the break as \n, JSON keeps it.
+    let broken = home.path().join("broken.csv");
+    fs::write(&broken, "word,reversed\n\"ab\nc\",\"c\nba\"\nabc,cba\n").expect("write");
+    let answers = run(&["predict", "--model", model, "--file", path_str(&broken)]);
+    let lines = answers.succeeded().stdout_lines();
+    assert!(lines.len() == 2 && lines[0].starts_with("ab\\nc\t"), "{lines:?}");
+    assert!(lines[0].ends_with("(expect c\\nba: wrong)") && lines[1].starts_with("abc\t"), "{lines:?}");
+    answers.stderr_has(&["broken.csv:2-4: token 3 (\"\\n\") is not in the model's vocabulary"]);
+    let answers = run(&["predict", "--model", model, "--file", path_str(&broken), "--json"]);
+    let first: serde_json::Value = serde_json::from_str(answers.succeeded().stdout_lines()[0]).expect("JSON");
+    assert_eq!((first["input"].as_str(), first["expected"].as_str()), (Some("ab\nc"), Some("c\nba")));
     let numbered = run(&["predict", "--model", model, "--file", path_str(&scored), "--columns", "2,1"]);
     assert!(numbered.succeeded().stdout_lines()[0].starts_with("abc\t"), "{:?}", numbered.stdout);
     run(&["predict", "--model", model, "--file", path_str(&sources), "--columns", "spelling,reversed"])

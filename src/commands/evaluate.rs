@@ -21,7 +21,7 @@ use crate::evaluate::pair_mistakes::{PairMistake, PairMistakes};
 use crate::evaluate::{self, Choice, DEFAULT_EVALUATION_SAMPLES, Evaluation};
 use crate::nn::device::{DeviceChoice, describe};
 use crate::nn::model::ModelShape;
-use crate::output::{self, Report};
+use crate::output::{self, Report, on_one_line};
 use crate::store::checkpoint;
 use crate::task::{PairsProblem, Samples, SequenceProblem, Task};
 use crate::train;
@@ -81,7 +81,10 @@ impl Report for EvaluateReport {
                     for mistake in kept {
                         text.push_str(&format!(
                             "\n  {}  →  {}  (expected {}, confidence {:.2})",
-                            mistake.input, mistake.prediction, mistake.expected, mistake.confidence
+                            on_one_line(&mistake.input),
+                            on_one_line(&mistake.prediction),
+                            on_one_line(&mistake.expected),
+                            mistake.confidence
                         ));
                     }
                 }

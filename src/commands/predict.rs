@@ -13,6 +13,7 @@ use tch::{Device, Kind};
 use crate::data::input::{InputSource, InputSummary, for_each_batch};
 use crate::nn::feedback::Hypothesis;
 use crate::nn::model::Seq2Seq;
+use crate::output::on_one_line;
 use crate::task::sequence::format_sequence;
 use crate::task::{Features, PairsProblem, Samples, Task};
 
@@ -309,7 +310,8 @@ fn listed(hypotheses: Option<&Vec<Hypothesis>>, text: impl Fn(&[i64]) -> String)
 fn write_listed(listed: &[JsonHypothesis], out: &mut dyn Write) -> Result<()> {
     for (rank, hypothesis) in listed.iter().enumerate() {
         let (log_prob, per_token) = (hypothesis.log_prob, hypothesis.log_prob_per_token);
-        writeln!(out, "  {}. {}  (log p {log_prob:.4}, per token {per_token:.4})", rank + 1, hypothesis.prediction)?;
+        let prediction = on_one_line(&hypothesis.prediction);
+        writeln!(out, "  {}. {prediction}  (log p {log_prob:.4}, per token {per_token:.4})", rank + 1)?;
     }
     Ok(())
 }
@@ -389,9 +391,10 @@ fn write_answers(batch: &Samples<'_>, written: &Written, style: AnswerStyle, out
                     };
                     writeln!(out, "{}", serde_json::to_string(&answer)?)?;
                 } else {
-                    write!(out, "{}\t{prediction}", pair.text)?;
+                    write!(out, "{}\t{}", on_one_line(&pair.text), on_one_line(&prediction))?;
                     if let (Some((text, _)), Some(right)) = (expected, is_correct) {
-                        write!(out, "\t(expect {text}: {})", if right { "right" } else { "wrong" })?;
+                        let verdict = if right { "right" } else { "wrong" };
+                        write!(out, "\t(expect {}: {verdict})", on_one_line(text))?;
                     }
                     if let Some(row_probabilities) = row_probabilities {
                         let tokens = ids.iter().map(|&id| format!("{:?}", problem.target_text(&[id])));

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::data::csv::{Columns, CsvPairs, Target, is_csv};
+use crate::data::csv::{Columns, CsvPairs, OPEN_AT_THE_END, RecordLines, Split, Target, is_csv};
 use crate::data::lines::{Line, LineReader, MAX_LINE_BYTES, describe_utf8_error};
 use crate::output::plain_io_message;
 
@@ -169,24 +169,30 @@ fn read_lines<'t, F: FnMut(&Samples<'t>) -> Result<()>>(
         Some(path) => anyhow::anyhow!("cannot read {}: {}", path.display(), plain_io_message(&error)),
         None => anyhow::anyhow!("cannot read standard input: {}", plain_io_message(&error)),
     };
+    let located = |lines: RecordLines| match path {
+        Some(path) => format!("{}:{lines}", path.display()),
+        None if lines.count() == 1 => format!("line {lines}"),
+        None => format!("lines {lines}"),
+    };
+    let mut last = 0;
     for number in 1.. {
         if !reader.next_line_is_ready() {
             batcher.flush()?;
         }
         let Some(line) = reader.next_line().map_err(cannot_read)? else { break };
-        let location = match path {
-            Some(path) => format!("{}:{number}", path.display()),
-            None => format!("line {number}"),
-        };
+        last = number;
         let text = match line {
             Line::TooLong => Err(format!("longer than {MAX_LINE_BYTES} bytes (the limit of a line); skipped")),
             Line::Text(bytes) => std::str::from_utf8(bytes).map_err(describe_utf8_error),
         };
         let text = text.as_ref().map(|text| *text).map_err(String::as_str);
         match csv.as_mut() {
-            Some(csv) => push_csv_line(csv, &location, text, batcher)?,
-            None => batcher.push(&location, text)?,
+            Some(csv) => push_csv_line(csv, number, &located, text, batcher)?,
+            None => batcher.push(&located(RecordLines { first: number, last: number }), text)?,
         }
+    }
+    if let Some(lines) = csv.as_mut().and_then(|csv| csv.abandon(last)) {
+        batcher.push(&located(lines), Err(OPEN_AT_THE_END))?;
     }
     Ok(())
 }
@@ -220,23 +226,31 @@ fn csv_inputs(task: &Task, path: Option<&Path>, columns: Option<&Columns>) -> Re
 }
 
 /// Reads the header of a CSV file (a file without the source column is refused whole), or hands
-/// on the source and target of a line after it.
+/// on the source and target of a record that ends on line `number` (located by `located`).
 fn push_csv_line<'t, F: FnMut(&Samples<'t>) -> Result<()>>(
     csv: &mut CsvPairs,
-    location: &str,
+    number: usize,
+    located: &impl Fn(RecordLines) -> String,
     text: Result<&str, &str>,
     batcher: &mut Batcher<'_, 't, F>,
 ) -> Result<()> {
+    let this_line = RecordLines { first: number, last: number };
     if csv.found().is_none() {
+        let location = located(this_line);
         let text = text.map_err(|reason| anyhow::anyhow!("{location}: the header: {reason}"))?;
         if text.trim().is_empty() {
             return Ok(());
         }
         return csv.read_header(text).map_err(|reason| anyhow::anyhow!("{location}: {reason}"));
     }
-    match text.map_err(str::to_owned).and_then(|text| csv.split(text)) {
-        Ok((source, target)) => batcher.push_pair(location, source, target),
-        Err(reason) => batcher.push(location, Err(&reason)),
+    let text = match text {
+        Ok(text) => text,
+        Err(reason) => return batcher.push(&located(csv.abandon(number).unwrap_or(this_line)), Err(reason)),
+    };
+    match csv.split(number, text) {
+        Split::Continues => Ok(()),
+        Split::Record(lines, Ok((source, target))) => batcher.push_pair(&located(lines), source, target),
+        Split::Record(lines, Err(reason)) => batcher.push(&located(lines), Err(&reason)),
     }
 }
 

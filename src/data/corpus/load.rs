@@ -194,6 +194,7 @@ fn read_training(data: &PairData, tokenizing: &Tokenizing<'_>, seed: u64) -> Res
     let hold_out = data.valid.is_none().then_some(HoldOut { fraction: data.valid_fraction, seed });
     let read = read_pairs(&files, tokenizing, data.min_count, hold_out, false)?;
     let mut notes = Vec::from_iter(read.describe_columns(&files));
+    notes.extend(read.describe_multi_line(&files));
     check_bad_lines(&read, &files, data.skip_bad_lines, &mut notes)?;
     if read.corpus.is_empty() && read.held_out.is_empty() {
         bail!("{files} holds no good pair");
@@ -258,6 +259,7 @@ pub fn read_for_model(
 ) -> Result<PairCorpus> {
     let read = read_pairs_for(problem, files)?;
     notes.extend(read.describe_columns(files));
+    notes.extend(read.describe_multi_line(files));
     check_bad_lines(&read, files, skip, notes)?;
     if read.unknown.count > 0 {
         notes.push(format!(

@@ -13,7 +13,7 @@ use anyhow::{Result, bail};
 
 use super::vocabulary::{PAD_ID, TokenKind, UNKNOWN_ID, Vocabulary};
 use super::{Packed, PairCorpus};
-use crate::data::csv::{Column, Columns, CsvPairs, Target, is_csv};
+use crate::data::csv::{Column, Columns, CsvPairs, OPEN_AT_THE_END, RecordLines, Split, Target, is_csv};
 use crate::data::lines::{Line, LineReader, MAX_LINE_BYTES, describe_utf8_error};
 use crate::data::mix_seed;
 use crate::output::plain_io_message;
@@ -132,7 +132,12 @@ impl<T> Default for FirstFew<T> {
 
 impl<T> FirstFew<T> {
     fn record(&mut self, item: T) {
-        self.count += 1;
+        self.record_counting(item, 1);
+    }
+
+    /// Records `item`, which stands for `count` of what is counted (a bad record of several lines).
+    fn record_counting(&mut self, item: T, count: usize) {
+        self.count += count;
         if self.shown.len() < BAD_LINES_SHOWN {
             self.shown.push(item);
         }
@@ -155,6 +160,8 @@ pub struct ReadPairs {
     pub unknown_targets: usize,
     /// For a CSV file, the source and target columns its header gave.
     pub columns: Option<(Column, Column)>,
+    /// For a CSV file, how many records spanned several lines, and the lines of the first.
+    pub multi_line: Option<(usize, RecordLines)>,
 }
 
 impl ReadPairs {
@@ -162,6 +169,19 @@ impl ReadPairs {
     pub fn describe_columns(&self, files: &PairFiles) -> Option<String> {
         let (source, target) = self.columns.as_ref()?;
         Some(format!("{files}: the source is {source}, the target {target}"))
+    }
+
+    /// `2 records of pairs.csv span several lines ...`, where a quoted field held line breaks:
+    /// said because a quote left open by mistake reads the same way, until a later quote.
+    pub fn describe_multi_line(&self, files: &PairFiles) -> Option<String> {
+        let (count, first) = self.multi_line?;
+        let (records, verb) = match count {
+            1 => ("1 record".to_owned(), "spans"),
+            count => (format!("{} records", super::thousands(count)), "span"),
+        };
+        Some(format!(
+            "{records} of {files} {verb} several lines, a quoted field holding line breaks (the first: lines {first})"
+        ))
     }
 }
 
@@ -331,6 +351,7 @@ pub fn read_pairs(
         unknown: FirstFew::default(),
         unknown_targets: 0,
         columns: None,
+        multi_line: None,
     };
     // The text of pairs with a token the vocabulary lacks, by index; while the vocabularies
     // are still counted, every held-out pair's, kept below if one of its tokens ends up `<unk>`.
@@ -370,10 +391,12 @@ pub fn read_pairs(
             }
         };
         read.lines = number;
-        if is_blank(&line) && other.as_ref().is_none_or(is_blank) {
+        let in_record = csv.as_ref().is_some_and(CsvPairs::continues);
+        if is_blank(&line) && other.as_ref().is_none_or(is_blank) && !in_record {
             continue;
         }
-        let location = format!("{}:{number}", first_path.display());
+        let mut location = format!("{}:{number}", first_path.display());
+        let mut lines_spanned = 1;
         if let Some(csv) = csv.as_mut().filter(|csv| csv.found().is_none()) {
             match line.as_ref().map_err(|reason| format!("the header: {reason}")).and_then(|text| csv.read_header(text))
             {
@@ -382,20 +405,33 @@ pub fn read_pairs(
             }
         }
         let texts = match (&line, &other) {
-            (Err(reason), _) => Err(reason.clone()),
+            (Err(reason), _) => {
+                if let Some(lines) = csv.as_mut().and_then(|csv| csv.abandon(number)) {
+                    location = format!("{}:{lines}", first_path.display());
+                    lines_spanned = lines.count();
+                }
+                Err(reason.clone())
+            }
             (Ok(_), Some(Err(reason))) => {
                 Err(format!("{}:{number}: {reason}", second_path.map(Path::display).expect("aligned")))
             }
             (Ok(text), Some(Ok(target))) => Ok((text.as_str(), target.as_str())),
             (Ok(text), None) => match csv.as_mut() {
-                Some(csv) => csv.split(text).map(|(source, target)| (source, target.unwrap_or_default())),
+                Some(csv) => match csv.split(number, text) {
+                    Split::Continues => continue,
+                    Split::Record(lines, fields) => {
+                        location = format!("{}:{lines}", first_path.display());
+                        lines_spanned = lines.count();
+                        fields.map(|(source, target)| (source, target.unwrap_or_default()))
+                    }
+                },
                 None => split_tabbed(text),
             },
         };
         let (source_text, target_text) = match texts {
             Ok(texts) => texts,
             Err(reason) => {
-                read.bad.record(BadLine { location, reason });
+                read.bad.record_counting(BadLine { location, reason }, lines_spanned);
                 continue;
             }
         };
@@ -410,7 +446,7 @@ pub fn read_pairs(
             _ => None,
         };
         if let Some(reason) = empty {
-            read.bad.record(BadLine { location, reason: reason.to_owned() });
+            read.bad.record_counting(BadLine { location, reason: reason.to_owned() }, lines_spanned);
             continue;
         }
         let spell = (held || spell_all) && (!unknown_source.is_empty() || unknown_target > 0 || counting);
@@ -429,6 +465,10 @@ pub fn read_pairs(
             sources.push(&scratch.0);
             targets.push(&scratch.1);
         }
+    }
+    if let Some(lines) = csv.as_mut().and_then(|csv| csv.abandon(read.lines)) {
+        let location = format!("{}:{lines}", first_path.display());
+        read.bad.record_counting(BadLine { location, reason: OPEN_AT_THE_END.to_owned() }, lines.count());
     }
     let (source_vocabulary, source_remap) = source_ids.finish(min_count);
     let (target_vocabulary, target_remap) = target_ids.finish(min_count);
@@ -458,6 +498,7 @@ pub fn read_pairs(
     read.corpus = PairCorpus { sources, targets, source_vocabulary, target_vocabulary, spelled };
     read.columns =
         csv.as_ref().and_then(CsvPairs::found).and_then(|(source, target)| Some((source.clone(), target.clone()?)));
+    read.multi_line = csv.as_ref().and_then(CsvPairs::multi_line_records);
     Ok(read)
 }
 
@@ -642,7 +683,7 @@ mod tests {
     #[test]
     fn a_csv_file_is_read_in_the_columns_its_header_names() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let bytes = "\u{feff}id,english,french\r\n1,Go.,Va !\n\n2,\"Hi, you\",\"Salut \"\"toi\"\"\"\n3,only two\n4,\"open,x\n5,,vide\n"
+        let bytes = "\u{feff}id,english,french\r\n1,Go.,Va !\n\n2,\"Hi, you\",\"Salut \"\"toi\"\"\"\n3,only two\n5,,vide\n6,\"Two\r\n\nlines\",\"Deux\nlignes\"\n4,\"open,x\n8,y,z\n"
             .as_bytes();
         let path = write(dir.path(), "pairs.csv", bytes);
         let columns = Some("english,french".parse().expect("columns"));
@@ -650,18 +691,29 @@ mod tests {
         let read = read_pairs(&files, &chars(), 1, None, true).expect("read");
         assert_eq!(
             texts(&read),
-            [("G|o|.".into(), "V|a| |!".into()), ("H|i|,| |y|o|u".into(), "S|a|l|u|t| |\"|t|o|i|\"".into())]
+            [
+                ("G|o|.".into(), "V|a| |!".into()),
+                ("H|i|,| |y|o|u".into(), "S|a|l|u|t| |\"|t|o|i|\"".into()),
+                ("T|w|o|\n|\n|l|i|n|e|s".into(), "D|e|u|x|\n|l|i|g|n|e|s".into())
+            ]
         );
         let shown: Vec<String> = read.bad.shown.iter().map(ToString::to_string).collect();
-        let at = |line: usize| format!("{}:{line}: ", path.display());
+        let at = |line: &str| format!("{}:{line}: ", path.display());
         for (line, reason) in [
-            (5, "2 fields, but the target is column 3 (\"french\")"),
-            (6, "a quoted field is not closed on this line"),
-            (7, "the source is empty"),
+            ("5", "2 fields, but the target is column 3 (\"french\")"),
+            ("6", "the source is empty"),
+            ("11-12", OPEN_AT_THE_END),
         ] {
             assert!(shown.iter().any(|s| s.starts_with(&at(line)) && s.contains(reason)), "line {line}: {shown:?}");
         }
-        assert_eq!(read.bad.count, 3, "{shown:?}");
+        assert_eq!(read.bad.count, 4, "{shown:?}: the record left open counts its two lines");
+        assert_eq!(
+            read.describe_multi_line(&files),
+            Some(format!(
+                "1 record of {} spans several lines, a quoted field holding line breaks (the first: lines 7-10)",
+                path.display()
+            ))
+        );
         assert_eq!(
             read.describe_columns(&files).as_deref(),
             Some(format!("{}: the source is column 2 (\"english\"), the target column 3 (\"french\")", path.display()))
@@ -675,7 +727,7 @@ mod tests {
         let missing = PairFiles::Csv { path: path.clone(), columns: Some("english,german".parse().expect("columns")) };
         let error = read_pairs(&missing, &chars(), 1, None, true).expect_err("no german column");
         let message = format!("{error:#}");
-        assert!(message.starts_with(&at(1)) && message.contains("no column \"german\" for the target"), "{message}");
+        assert!(message.starts_with(&at("1")) && message.contains("no column \"german\" for the target"), "{message}");
 
         // --columns names CSV columns: a tabbed file refuses it rather than ignoring it.
         let tabbed = write(dir.path(), "pairs.tsv", b"a\tb\n");
