@@ -96,21 +96,80 @@ fn interrupted_then_resumed_run_ends_with_the_same_weights_bit_for_bit() {
     // same validation figures and gradient norms (the weights agree at every one of them). Only
     // the training figures of the report spanning the interruption cover fewer samples, and the
     // times differ.
-    let validation_columns = |dir: &Path| -> Vec<(String, String, String, String, String, String)> {
-        let text = fs::read_to_string(dir.join("metrics.csv")).expect("metrics.csv exists");
-        assert_eq!(text.lines().filter(|line| line.starts_with("samples_seen,")).count(), 1, "one header");
-        text.lines()
-            .skip(1)
-            .map(|line| {
-                let fields: Vec<&str> = line.split(',').collect();
-                let owned = |index: usize| fields[index].to_owned();
-                (owned(0), owned(1), owned(6), owned(7), owned(8), owned(9))
-            })
-            .collect()
-    };
     let resumed_rows = validation_columns(&interrupted);
     assert_eq!(resumed_rows.len(), 20, "every twentieth of 48,000 samples; the first epoch's end is one of them");
     assert_eq!(resumed_rows, validation_columns(&uninterrupted));
+}
+
+/// The columns of `dir`'s metrics.csv that an interruption leaves as they were: samples seen,
+/// epoch, the validation figures and the gradient norm.
+fn validation_columns(dir: &Path) -> Vec<[String; 6]> {
+    let text = fs::read_to_string(dir.join("metrics.csv")).expect("metrics.csv exists");
+    assert_eq!(text.lines().filter(|line| line.starts_with("samples_seen,")).count(), 1, "one header");
+    text.lines()
+        .skip(1)
+        .map(|line| {
+            let fields: Vec<&str> = line.split(',').collect();
+            [0, 1, 6, 7, 8, 9].map(|index| fields[index].to_owned())
+        })
+        .collect()
+}
+
+/// A stop that lands while a row's validation runs leaves that row without its figures, and the
+/// checkpoint is written at the row's position. The resumed run scores the row first, from the
+/// checkpoint's weights, which are the ones it was to score: its log, and the best row whose
+/// weights `--restore-best` keeps, are the uninterrupted run's.
+#[test]
+fn a_row_whose_validation_a_stop_cut_short_is_scored_when_the_run_resumes() {
+    let home = TempDir::new().unwrap();
+    // Scoring 100,000 samples after every 64 trained: a stop soon after the start lands in one.
+    let run_args = [
+        "--samples",
+        "320",
+        "--log-every",
+        "64",
+        "--validation-samples",
+        "100000",
+        "--restore-best",
+        "--seed",
+        "5",
+        "--eval-samples",
+        "100",
+        "--device",
+        "cpu",
+    ];
+    fn train<'a>(dir: &'a Path, run_args: &[&'a str]) -> Vec<&'a str> {
+        [&["train", "--quiet", "--out", path_str(dir)][..], run_args].concat()
+    }
+    let uninterrupted = home.path().join("uninterrupted");
+    run(&train(&uninterrupted, &run_args)).succeeded();
+
+    let mut cut_short = None;
+    for attempt in 1..=5 {
+        let dir = home.path().join(format!("interrupted-{attempt}"));
+        let child = spawn(&train(&dir, &run_args));
+        wait_for(&dir.join("metrics.csv"));
+        sleep(Duration::from_millis(100 * attempt));
+        send(&child, libc::SIGINT);
+        let output = child.wait_with_output().expect("the run ends");
+        assert_eq!(output.status.code(), Some(130), "{}", String::from_utf8_lossy(&output.stderr));
+        let rows = validation_columns(&dir);
+        if rows.last().is_some_and(|row| row[2].is_empty()) {
+            cut_short = Some(dir);
+            break;
+        }
+    }
+    let interrupted = cut_short.expect("in five tries, no stop landed in a validation");
+    let resumed = run(&["train", "--quiet", "--resume", path_str(&interrupted)]);
+    resumed.succeeded();
+    let rows = validation_columns(&interrupted);
+    assert!(rows.iter().all(|row| !row[2].is_empty()), "{rows:?}");
+    assert_eq!(rows, validation_columns(&uninterrupted));
+    assert_eq!(
+        fs::read(interrupted.join("model.safetensors")).unwrap(),
+        fs::read(uninterrupted.join("model.safetensors")).unwrap(),
+        "resumed weights differ from an uninterrupted run's"
+    );
 }
 
 /// Batches shared among two threads, a learning rate that warms up and decays, a curriculum,

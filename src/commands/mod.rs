@@ -38,7 +38,8 @@ use crate::store::metrics_log::{METRICS_FILE, MetricsLog, MetricsRow, read_metri
 use crate::task::Task;
 use crate::train::interrupt::{self, Stopped};
 use crate::train::{
-    self, AfterReport, DEFAULT_VALIDATION_SAMPLES, LogCadence, Position, Progress, TrainConfig, TrainLoop, TrainOutcome,
+    self, AfterReport, DEFAULT_VALIDATION_SAMPLES, LogCadence, Position, Progress, ReportDue, TrainConfig, TrainLoop,
+    TrainOutcome,
 };
 use crate::viz::{pca, plot};
 
@@ -430,9 +431,19 @@ fn run_training(mut session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
     }
     let data = BatchStream::of(Arc::clone(&session.data.training), training.batch_size, device);
     let metrics_path = dir.join(METRICS_FILE);
-    let (mut metrics_log, logged) = match session.start.samples_seen(&training) {
+    let (mut metrics_log, mut logged) = match session.start.samples_seen(&training) {
         0 => (MetricsLog::create(&metrics_path)?, Vec::new()),
         seen => MetricsLog::reopen(&metrics_path, seen as u64)?,
+    };
+    // The row at the checkpoint's position, if a stop signal cut its validation short: scored
+    // before the resumed run's first step (`ReportDue::Resumed`), and watched only then.
+    let mut cut_short = match (&session.data.validation, logged.last()) {
+        (Some(_), Some(row))
+            if row.samples_seen == session.start.samples_seen(&training) as u64 && row.validation_loss.is_none() =>
+        {
+            logged.pop()
+        }
+        _ => None,
     };
     let watch = ValidationWatch::start(&training, &logged, &metrics_path, session.best.take())?;
     let watch = RefCell::new(watch);
@@ -452,7 +463,14 @@ fn run_training(mut session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
         };
         // Made at the first row, then scored again at every row (unless there are too many to hold).
         let mut validation_batches: Option<Vec<Batch<'_>>> = None;
-        let mut on_report = |report: &train::Report, forward: &train::Forward<'_>| {
+        let mut on_report = |due: ReportDue<'_>, forward: &train::Forward<'_>| {
+            let row = match due {
+                ReportDue::Row(report) => metrics_row(report),
+                ReportDue::Resumed => match cut_short.take() {
+                    Some(row) => row,
+                    None => return Ok(AfterReport::GoOn),
+                },
+            };
             let started = Instant::now();
             let features = session.model.shape().output;
             let answer = |inputs: &tch::Tensor| Ok(Answers::greedy(forward(inputs)?, features));
@@ -468,10 +486,15 @@ fn run_training(mut session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
             };
             let seconds = &session.validation_seconds;
             seconds.set(seconds.get() + started.elapsed().as_secs_f64());
-            // A stop signal cuts the validation short: its partial figures are not kept.
+            // A stop signal cuts the validation short: its partial figures are not kept, and the
+            // row is scored again when the run resumes.
             let validation = validation.filter(|_| interrupt::requested().is_none());
-            let row = metrics_row(report, validation.as_ref());
-            metrics_log.append(&row)?;
+            let row = with_validation(row, validation.as_ref());
+            match due {
+                ReportDue::Row(_) => metrics_log.append(&row)?,
+                ReportDue::Resumed if validation.is_some() => metrics_log.replace_last(&row)?,
+                ReportDue::Resumed => return Ok(AfterReport::GoOn),
+            }
             let stop = watch.borrow_mut().as_mut().is_some_and(|watch| watch.observe(&row, &session.vs));
             Ok(if stop { AfterReport::Stop } else { AfterReport::GoOn })
         };
@@ -565,7 +588,7 @@ fn run_training(mut session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
 }
 
 /// One line of `metrics.csv`: a training report and the validation figures scored with it.
-fn metrics_row(report: &train::Report, validation: Option<&Metrics>) -> MetricsRow {
+fn metrics_row(report: &train::Report) -> MetricsRow {
     MetricsRow {
         samples_seen: report.samples_seen as u64,
         epoch: report.epoch + 1,
@@ -573,10 +596,20 @@ fn metrics_row(report: &train::Report, validation: Option<&Metrics>) -> MetricsR
         loss: report.running.loss,
         char_accuracy: report.running.char_accuracy,
         sequence_accuracy: report.running.sequence_accuracy,
+        validation_loss: None,
+        validation_char_accuracy: None,
+        validation_sequence_accuracy: None,
+        gradient_norm: Some(report.gradient_norm),
+    }
+}
+
+/// `row` with the validation figures of `validation` (none: the columns stay empty).
+fn with_validation(row: MetricsRow, validation: Option<&Metrics>) -> MetricsRow {
+    MetricsRow {
         validation_loss: validation.map(|v| v.loss),
         validation_char_accuracy: validation.and_then(|v| v.char_accuracy),
         validation_sequence_accuracy: validation.and_then(|v| v.sequence_accuracy),
-        gradient_norm: Some(report.gradient_norm),
+        ..row
     }
 }
 

@@ -110,6 +110,25 @@ impl MetricsLog {
             OpenOptions::new().append(true).open(path).with_context(|| format!("cannot open {}", path.display()))?;
         Ok((Self { file, path: path.to_owned() }, rows))
     }
+    /// Replaces the last row, which is `row`'s (the same samples seen), with `row`: a row whose
+    /// validation a stop signal cut short, scored when the run resumes. The file is rewritten
+    /// whole and atomically, so that a crash leaves either row.
+    pub fn replace_last(&mut self, row: &MetricsRow) -> Result<()> {
+        let text = read_text(&self.path, MAX_LOG_BYTES)?;
+        let body = text.strip_suffix('\n').unwrap_or(&text);
+        let last = body.rfind('\n').map_or(0, |newline| newline + 1);
+        if last == 0 || !body[last..].starts_with(&format!("{},", row.samples_seen)) {
+            bail!("{} does not end with the row after {} samples", self.path.display(), row.samples_seen);
+        }
+        let replaced = format!("{}{}", &text[..last], format_row(row));
+        write_atomically(&self.path, |temporary| std::fs::write(temporary, &replaced).map_err(anyhow::Error::from))?;
+        self.file = OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .with_context(|| format!("cannot open {}", self.path.display()))?;
+        Ok(())
+    }
+
     /// Writes one line in a single call and flushes it.
     pub fn append(&mut self, row: &MetricsRow) -> Result<()> {
         let line = format_row(row);
@@ -320,6 +339,26 @@ mod tests {
         std::fs::write(&path, "step,loss\n1,2\n").expect("write a foreign csv");
         drop(MetricsLog::reopen(&path, 64).expect("a foreign header is rebuilt"));
         assert_eq!(read_metrics(&path).expect("read"), vec![]);
+    }
+
+    #[test]
+    fn the_last_row_is_replaced_in_place_and_appending_goes_on_after_it() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join(METRICS_FILE);
+        let mut log = MetricsLog::create(&path).expect("create the log");
+        let unscored = MetricsRow { validation_loss: None, ..classification_row(64) };
+        for row in [classification_row(32), unscored] {
+            log.append(&row).expect("append a row");
+        }
+        let error = log.replace_last(&classification_row(32)).expect_err("not the last row");
+        assert!(format!("{error:#}").contains("does not end with the row after 32 samples"), "{error:#}");
+        log.replace_last(&classification_row(64)).expect("replace the last row");
+        log.append(&classification_row(96)).expect("append after it");
+        let rows = read_metrics(&path).expect("read");
+        assert_eq!(rows, [32, 64, 96].map(classification_row));
+
+        let mut empty = MetricsLog::create(&dir.path().join("empty.csv")).expect("create");
+        assert!(empty.replace_last(&classification_row(32)).is_err(), "a header is no row");
     }
 
     #[test]

@@ -369,7 +369,8 @@ pub enum TrainOutcome {
         position: Position,
         seconds: f64,
     },
-    /// A stop signal: stopped at `position`, after the checkpoint was written.
+    /// A stop signal: stopped at `position`, after the checkpoint was written (or, stopped
+    /// before a resumed run's first step, with the checkpoint it resumed from).
     Interrupted {
         position: Position,
         seconds: f64,
@@ -389,6 +390,17 @@ pub struct Report {
     pub running: Metrics,
     /// The L2 norm of the last batch's gradient before the report, before any clipping.
     pub gradient_norm: f64,
+}
+
+/// When the loop calls `on_report`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ReportDue<'r> {
+    /// A row of the log: every [`TrainConfig::log_every_samples`] samples and at each epoch's end.
+    Row(&'r Report),
+    /// A resumed run, before its first step. If a stop signal cut short the validation of the row
+    /// at the checkpoint's position, that row can be scored now: the weights are the ones it was
+    /// to score, so the row, and what early stopping makes of it, are the uninterrupted run's.
+    Resumed,
 }
 
 /// What the run does after a report.
@@ -418,7 +430,7 @@ pub struct TrainLoop<'a> {
     /// Receives a report every [`TrainConfig::log_every_samples`] samples and at each epoch's end,
     /// with the model's forward pass shared among the training threads. It may score the model
     /// (without gradients, in evaluation mode): that changes nothing here.
-    pub on_report: &'a mut dyn FnMut(&Report, &Forward<'_>) -> Result<AfterReport>,
+    pub on_report: &'a mut dyn FnMut(ReportDue<'_>, &Forward<'_>) -> Result<AfterReport>,
     /// Standard output for the progress: a failure there silences it and training goes on.
     pub console: &'a mut BestEffort,
 }
@@ -461,6 +473,17 @@ fn train_steps(
     let mut last_checkpoint = Instant::now();
     let log_every = config.log_every_samples();
     let mut samples_at_last_report = run.start.samples_seen(config);
+    if samples_at_last_report > 0 {
+        let after = (run.on_report)(ReportDue::Resumed, &|inputs| shared.forward(inputs))?;
+        if let Some(signal) = interrupt::requested() {
+            reporter.finish();
+            return Ok(TrainOutcome::Interrupted { position: run.start, seconds: elapsed(), signal });
+        }
+        if after == AfterReport::Stop {
+            reporter.finish();
+            return Ok(TrainOutcome::StoppedEarly { position: run.start, seconds: elapsed() });
+        }
+    }
     for epoch in run.start.epoch..config.epochs {
         let mut sums = MetricSums::new(data.device(), shape.output).for_task(data.task());
         // The epoch's running sums when the previous report was made: a report covers the difference.
@@ -515,7 +538,7 @@ fn train_steps(
                         running: running.since(&reported),
                         gradient_norm: optimizer.gradient_norm(),
                     };
-                    let after = (run.on_report)(&report, &|inputs| shared.forward(inputs))?;
+                    let after = (run.on_report)(ReportDue::Row(&report), &|inputs| shared.forward(inputs))?;
                     reported = running;
                     samples_at_last_report = samples_seen;
                     if after == AfterReport::Stop && samples_seen < total {
@@ -524,15 +547,19 @@ fn train_steps(
                     }
                 }
             }
-            if checkpoint_due || stop {
+            // A stop that arrived during the report (cutting its validation short) is taken here,
+            // at the row's position, so that the resumed run scores the row with these weights;
+            // even after the last step, whose row is the run's last.
+            let signal = signal.or_else(interrupt::requested);
+            if checkpoint_due || signal.is_some() {
                 // A finished run is saved whole by the caller; no checkpoint is needed at its end.
                 let finished = samples_seen == total;
-                if !finished || stop {
+                if !finished || signal.is_some() {
                     (run.save_checkpoint)(next, optimizer, elapsed())?;
                     samples_at_last_checkpoint = samples_seen;
                     last_checkpoint = Instant::now();
                 }
-                if let (Some(signal), false) = (signal, finished) {
+                if let Some(signal) = signal {
                     reporter.finish();
                     return Ok(TrainOutcome::Interrupted { position: next, seconds: elapsed(), signal });
                 }
