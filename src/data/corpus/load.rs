@@ -297,7 +297,7 @@ pub fn refuse_or_note_bad_lines(
             for line in &bad.shown {
                 crate::output::note(line.to_string());
             }
-            let which = if count > bad.shown.len() {
+            let which = if bad.recorded > bad.shown.len() {
                 format!("the first {} above", bad.shown.len())
             } else {
                 "above".to_owned()

@@ -121,12 +121,15 @@ impl fmt::Display for BadLine {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FirstFew<T> {
     pub shown: Vec<T>,
+    /// What the items stand for in all (lines: a bad CSV record may span several).
     pub count: usize,
+    /// Items recorded, shown or not.
+    pub recorded: usize,
 }
 
 impl<T> Default for FirstFew<T> {
     fn default() -> Self {
-        Self { shown: Vec::new(), count: 0 }
+        Self { shown: Vec::new(), count: 0, recorded: 0 }
     }
 }
 
@@ -138,6 +141,7 @@ impl<T> FirstFew<T> {
     /// Records `item`, which stands for `count` of what is counted (a bad record of several lines).
     fn record_counting(&mut self, item: T, count: usize) {
         self.count += count;
+        self.recorded += 1;
         if self.shown.len() < BAD_LINES_SHOWN {
             self.shown.push(item);
         }
@@ -707,6 +711,7 @@ mod tests {
             assert!(shown.iter().any(|s| s.starts_with(&at(line)) && s.contains(reason)), "line {line}: {shown:?}");
         }
         assert_eq!(read.bad.count, 4, "{shown:?}: the record left open counts its two lines");
+        assert_eq!(read.bad.recorded, 3, "{shown:?}: three bad records");
         assert_eq!(
             read.describe_multi_line(&files),
             Some(format!(
