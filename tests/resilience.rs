@@ -227,12 +227,7 @@ fn a_threaded_scheduled_run_resumes_bit_for_bit_with_its_recorded_settings() {
     send(&child, libc::SIGINT);
     assert_eq!(child.wait_with_output().expect("the run ends").status.code(), Some(130));
     let stopped_at = read_json(&interrupted.join("config.json"))["checkpoint"].clone();
-    let before_resume = home.path().join("interrupted-before-resume");
-    fs::create_dir(&before_resume).unwrap();
-    for entry in fs::read_dir(&interrupted).unwrap() {
-        let path = entry.unwrap().path();
-        fs::copy(&path, before_resume.join(path.file_name().unwrap())).unwrap();
-    }
+    copy_dir(&interrupted, &home.path().join("interrupted-before-resume"));
     // No --threads: the resumed run takes the recorded two.
     let resumed = std::process::Command::new(assert_cmd::cargo::cargo_bin("seq2seq"))
         .args(["train", "--quiet", "--resume", path_str(&interrupted)])
