@@ -106,10 +106,9 @@ impl MetricsLog {
         if text.as_deref() != Some(kept.as_str()) {
             write_atomically(path, |temporary| std::fs::write(temporary, &kept).map_err(anyhow::Error::from))?;
         }
-        let file =
-            OpenOptions::new().append(true).open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        Ok((Self { file, path: path.to_owned() }, rows))
+        Ok((Self { file: open_for_appending(path)?, path: path.to_owned() }, rows))
     }
+
     /// Replaces the last row, which is `row`'s (the same samples seen), with `row`: a row whose
     /// validation a stop signal cut short, scored when the run resumes. The file is rewritten
     /// whole and atomically, so that a crash leaves either row.
@@ -122,10 +121,7 @@ impl MetricsLog {
         }
         let replaced = format!("{}{}", &text[..last], format_row(row));
         write_atomically(&self.path, |temporary| std::fs::write(temporary, &replaced).map_err(anyhow::Error::from))?;
-        self.file = OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .with_context(|| format!("cannot open {}", self.path.display()))?;
+        self.file = open_for_appending(&self.path)?;
         Ok(())
     }
 
@@ -137,6 +133,11 @@ impl MetricsLog {
             .and_then(|()| self.file.flush())
             .with_context(|| format!("cannot append to {}", self.path.display()))
     }
+}
+
+/// The log at `path`, opened to append rows after the ones it holds.
+fn open_for_appending(path: &Path) -> Result<File> {
+    OpenOptions::new().append(true).open(path).with_context(|| format!("cannot open {}", path.display()))
 }
 
 /// One CSV line, newline included. `{}` prints the shortest text that parses back to the same
