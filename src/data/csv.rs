@@ -249,6 +249,11 @@ pub struct RecordLines {
 }
 
 impl RecordLines {
+    /// A record of line `number` alone.
+    pub fn one(number: usize) -> Self {
+        Self { first: number, last: number }
+    }
+
     /// How many lines the record spans.
     pub fn count(&self) -> usize {
         self.last - self.first + 1
@@ -346,7 +351,7 @@ impl CsvPairs {
     /// there (empty or not); an optional one is `None` where the record lacks it or leaves it
     /// empty.
     pub fn split(&mut self, number: usize, text: &str) -> Split<'_> {
-        let lines = RecordLines { first: self.open_since.unwrap_or(number), last: number };
+        let lines = RecordLines { first: self.open_since.unwrap_or(number), ..RecordLines::one(number) };
         let Some((source, target)) = &self.found else {
             return Split::Record(lines, Err("the header is read first".to_owned()));
         };

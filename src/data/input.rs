@@ -188,7 +188,7 @@ fn read_lines<'t, F: FnMut(&Samples<'t>) -> Result<()>>(
         let text = text.as_ref().map(|text| *text).map_err(String::as_str);
         match csv.as_mut() {
             Some(csv) => push_csv_line(csv, number, &located, text, batcher)?,
-            None => batcher.push(&located(RecordLines { first: number, last: number }), text)?,
+            None => batcher.push(&located(RecordLines::one(number)), text)?,
         }
     }
     if let Some(lines) = csv.as_mut().and_then(|csv| csv.abandon(last)) {
@@ -234,7 +234,7 @@ fn push_csv_line<'t, F: FnMut(&Samples<'t>) -> Result<()>>(
     text: Result<&str, &str>,
     batcher: &mut Batcher<'_, 't, F>,
 ) -> Result<()> {
-    let this_line = RecordLines { first: number, last: number };
+    let this_line = RecordLines::one(number);
     if csv.found().is_none() {
         let location = located(this_line);
         let text = text.map_err(|reason| anyhow::anyhow!("{location}: the header: {reason}"))?;

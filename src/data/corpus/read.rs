@@ -399,20 +399,19 @@ pub fn read_pairs(
         if is_blank(&line) && other.as_ref().is_none_or(is_blank) && !in_record {
             continue;
         }
-        let mut location = format!("{}:{number}", first_path.display());
-        let mut lines_spanned = 1;
+        // The lines of the record that ends here: more than this one where a CSV field held line breaks.
+        let mut lines = RecordLines::one(number);
         if let Some(csv) = csv.as_mut().filter(|csv| csv.found().is_none()) {
             match line.as_ref().map_err(|reason| format!("the header: {reason}")).and_then(|text| csv.read_header(text))
             {
                 Ok(()) => continue,
-                Err(reason) => bail!("{location}: {reason}"),
+                Err(reason) => bail!("{}:{number}: {reason}", first_path.display()),
             }
         }
         let texts = match (&line, &other) {
             (Err(reason), _) => {
-                if let Some(lines) = csv.as_mut().and_then(|csv| csv.abandon(number)) {
-                    location = format!("{}:{lines}", first_path.display());
-                    lines_spanned = lines.count();
+                if let Some(abandoned) = csv.as_mut().and_then(|csv| csv.abandon(number)) {
+                    lines = abandoned;
                 }
                 Err(reason.clone())
             }
@@ -423,19 +422,19 @@ pub fn read_pairs(
             (Ok(text), None) => match csv.as_mut() {
                 Some(csv) => match csv.split(number, text) {
                     Split::Continues => continue,
-                    Split::Record(lines, fields) => {
-                        location = format!("{}:{lines}", first_path.display());
-                        lines_spanned = lines.count();
+                    Split::Record(record, fields) => {
+                        lines = record;
                         fields.map(|(source, target)| (source, target.unwrap_or_default()))
                     }
                 },
                 None => split_tabbed(text),
             },
         };
+        let location = format!("{}:{lines}", first_path.display());
         let (source_text, target_text) = match texts {
             Ok(texts) => texts,
             Err(reason) => {
-                read.bad.record_counting(BadLine { location, reason }, lines_spanned);
+                read.bad.record_counting(BadLine { location, reason }, lines.count());
                 continue;
             }
         };
@@ -450,7 +449,7 @@ pub fn read_pairs(
             _ => None,
         };
         if let Some(reason) = empty {
-            read.bad.record_counting(BadLine { location, reason: reason.to_owned() }, lines_spanned);
+            read.bad.record_counting(BadLine { location, reason: reason.to_owned() }, lines.count());
             continue;
         }
         let spell = (held || spell_all) && (!unknown_source.is_empty() || unknown_target > 0 || counting);
