@@ -431,18 +431,15 @@ fn run_training(mut session: Session, optimizer: &mut Adam) -> Result<PathBuf> {
     }
     let data = BatchStream::of(Arc::clone(&session.data.training), training.batch_size, device);
     let metrics_path = dir.join(METRICS_FILE);
-    let (mut metrics_log, mut logged) = match session.start.samples_seen(&training) {
+    let seen = session.start.samples_seen(&training) as u64;
+    let (mut metrics_log, mut logged) = match seen {
         0 => (MetricsLog::create(&metrics_path)?, Vec::new()),
-        seen => MetricsLog::reopen(&metrics_path, seen as u64)?,
+        seen => MetricsLog::reopen(&metrics_path, seen)?,
     };
     // The row at the checkpoint's position, if a stop signal cut its validation short: scored
     // before the resumed run's first step (`ReportDue::Resumed`), and watched only then.
     let mut cut_short = match (&session.data.validation, logged.last()) {
-        (Some(_), Some(row))
-            if row.samples_seen == session.start.samples_seen(&training) as u64 && row.validation_loss.is_none() =>
-        {
-            logged.pop()
-        }
+        (Some(_), Some(row)) if row.samples_seen == seen && row.validation_loss.is_none() => logged.pop(),
         _ => None,
     };
     let watch = ValidationWatch::start(&training, &logged, &metrics_path, session.best.take())?;
